@@ -1,0 +1,362 @@
+"""ONNX Runtime session factory and tokenizer loading shared by both encoders.
+
+Provider names accepted everywhere (``ORT_PROVIDER``): ``auto``, ``cpu``, ``cuda``,
+``tensorrt``.
+
+* ``auto``: CUDA only when a CUDA device is really present (``onnxruntime-gpu`` lists
+  the CUDA provider as *available* even on machines without a GPU), else CPU.
+  ``auto`` never picks TensorRT because building engines is slow and must be opted in.
+* ``cuda``: CUDA, then CPU.
+* ``tensorrt``: TensorRT (engine cache + fp16 enabled), then CUDA, then CPU.
+* ``cpu``: CPU only.
+
+CPU is always the last fallback. If a GPU provider was asked for but the session ended
+up on CPU, :func:`create_session` logs a warning; the provider actually used is read
+back from ``session.get_providers()[0]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+__all__ = [
+    "CPU",
+    "CUDA",
+    "GPU_PROVIDERS",
+    "PROVIDER_CHOICES",
+    "TENSORRT",
+    "ProviderSpec",
+    "create_session",
+    "cuda_device_present",
+    "encodings_to_inputs",
+    "load_tokenizer",
+    "run_with_io_binding",
+    "select_providers",
+]
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = frozenset({CUDA, TENSORRT})
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+
+#: An ORT provider entry: a name, or (name, options).
+ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
+
+_GRAPH_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def _provider_name(spec: ProviderSpec) -> str:
+    return spec if isinstance(spec, str) else spec[0]
+
+
+@lru_cache(maxsize=1)
+def cuda_device_present() -> bool:
+    """True when an NVIDIA GPU is visible to this process.
+
+    Checks ``/proc/driver/nvidia/gpus`` (present when the kernel driver sees a GPU,
+    also inside containers run with the NVIDIA toolkit), then ``nvidia-smi -L``.
+    The result is cached for the life of the process.
+    """
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        if gpus.is_dir() and any(gpus.iterdir()):
+            return True
+    except OSError:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        proc = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0 and any(
+        line.startswith("GPU ") for line in proc.stdout.splitlines()
+    )
+
+
+def select_providers(
+    requested: str,
+    available: Sequence[str],
+    cuda_device_present: bool,
+    *,
+    trt_cache_dir: str | os.PathLike[str] | None = None,
+    trt_fp16: bool = True,
+) -> list[ProviderSpec]:
+    """Map a provider choice to the ORT ``providers`` list (pure function).
+
+    Args:
+        requested: ``auto`` | ``cpu`` | ``cuda`` | ``tensorrt`` (case-insensitive).
+        available: ``onnxruntime.get_available_providers()``.
+        cuda_device_present: whether a GPU was detected (see :func:`cuda_device_present`).
+            Only ``auto`` consults it; an explicit ``cuda``/``tensorrt`` request is tried
+            whenever the provider library is available, and ORT falls back to CPU.
+        trt_cache_dir: TensorRT engine cache directory (default
+            ``$SEARCH_MODELS_DIR/trt-cache``).
+        trt_fp16: enable fp16 kernels in TensorRT.
+
+    Returns:
+        Provider entries in priority order, always ending with ``CPUExecutionProvider``.
+
+    Raises:
+        ValueError: ``requested`` is not one of :data:`PROVIDER_CHOICES`.
+    """
+    choice = requested.strip().lower()
+    if choice not in PROVIDER_CHOICES:
+        raise ValueError(
+            f"unknown execution provider {requested!r}; expected one of {', '.join(PROVIDER_CHOICES)}"
+        )
+    have = set(available)
+    chain: list[ProviderSpec] = []
+    if choice == "auto":
+        if cuda_device_present and CUDA in have:
+            chain.append(CUDA)
+    elif choice == "cuda":
+        if CUDA in have:
+            chain.append(CUDA)
+    elif choice == "tensorrt":
+        if TENSORRT in have:
+            if trt_cache_dir is None:
+                from services.common.models import default_models_dir
+
+                trt_cache_dir = default_models_dir() / "trt-cache"
+            chain.append(
+                (
+                    TENSORRT,
+                    {
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(trt_cache_dir),
+                        "trt_fp16_enable": bool(trt_fp16),
+                    },
+                )
+            )
+        if CUDA in have:
+            chain.append(CUDA)
+    chain.append(CPU)
+    return chain
+
+
+def _session_options(
+    intra_op_threads: int, inter_op_threads: int, graph_optimization: str
+) -> ort.SessionOptions:
+    level = _GRAPH_OPT_LEVELS.get(graph_optimization.strip().lower())
+    if level is None:
+        raise ValueError(
+            f"unknown graph optimization {graph_optimization!r}; expected one of {', '.join(_GRAPH_OPT_LEVELS)}"
+        )
+    if intra_op_threads < 0 or inter_op_threads < 0:
+        raise ValueError("thread counts must be >= 0 (0 = onnxruntime default)")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = inter_op_threads
+    return opts
+
+
+def create_session(
+    model_path: str | os.PathLike[str],
+    provider: str = "auto",
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    graph_optimization: str = "all",
+    trt_cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[ort.InferenceSession, str]:
+    """Create a tuned ``InferenceSession``; return it and the provider really in use.
+
+    Args:
+        model_path: path to ``model.onnx`` (or a model directory containing it).
+        provider: ``auto`` | ``cpu`` | ``cuda`` | ``tensorrt`` (see module docstring).
+        intra_op_threads / inter_op_threads: 0 lets ORT decide.
+        graph_optimization: ``disable`` | ``basic`` | ``extended`` | ``all``.
+        trt_cache_dir: TensorRT engine cache directory.
+
+    fp16 variant: when the chain starts with CUDA or TensorRT and a ``model.fp16.onnx``
+    exists beside ``model.onnx``, that file is loaded instead. If the session then ends
+    up on CPU anyway, the fp32 ``model.onnx`` is loaded in its place.
+
+    If creating a session with GPU providers raises, a CPU-only session is created and
+    a warning logged. The returned name is the ORT name, e.g. ``"CPUExecutionProvider"``.
+    """
+    path = Path(model_path)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    opts = _session_options(intra_op_threads, inter_op_threads, graph_optimization)
+    chain = select_providers(
+        provider,
+        ort.get_available_providers(),
+        cuda_device_present() if provider.strip().lower() == "auto" else False,
+        trt_cache_dir=trt_cache_dir,
+    )
+    wants_gpu = _provider_name(chain[0]) in GPU_PROVIDERS
+    for entry in chain:
+        if isinstance(entry, tuple) and entry[0] == TENSORRT:
+            Path(entry[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+
+    fp16 = path.with_name("model.fp16.onnx")
+    load_path = fp16 if wants_gpu and fp16.is_file() else path
+    try:
+        session = ort.InferenceSession(str(load_path), sess_options=opts, providers=chain)
+    except Exception as exc:  # noqa: BLE001 - any GPU init failure falls back to CPU
+        if not wants_gpu:
+            raise
+        logger.warning(
+            "GPU session creation failed, falling back to CPU",
+            extra={"model_path": str(load_path), "requested_provider": provider, "error": str(exc)},
+        )
+        load_path = path
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+    actual = session.get_providers()[0]
+    if load_path != path and actual not in GPU_PROVIDERS:
+        load_path = path
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+        actual = session.get_providers()[0]
+
+    fields = {
+        "model_path": str(load_path),
+        "requested_provider": provider,
+        "provider": actual,
+        "providers": session.get_providers(),
+        "provider_chain": [_provider_name(e) for e in chain],
+        "graph_optimization": graph_optimization,
+        "intra_op_threads": intra_op_threads,
+        "inter_op_threads": inter_op_threads,
+    }
+    logger.info("onnxruntime session created on %s for %s", actual, load_path.name, extra=fields)
+    if provider.strip().lower() in ("cuda", "tensorrt") and actual not in GPU_PROVIDERS:
+        logger.warning(
+            "requested execution provider %s is not in use; running on %s",
+            provider,
+            actual,
+            extra=fields,
+        )
+    return session, actual
+
+
+def run_with_io_binding(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    output_name: str,
+    device: str | None = None,
+) -> np.ndarray:
+    """Run ``session`` for one output, using I/O binding on CUDA.
+
+    With ``device=None`` the device follows the session: on CUDA/TensorRT the inputs
+    are bound from host memory, the output is allocated on the GPU and copied back once;
+    on CPU this is a plain ``session.run``. Pass ``device="cpu"`` or ``"cuda"`` to force
+    the binding path (each call uses its own binding, so this is thread-safe).
+    """
+    if device is None:
+        if session.get_providers()[0] not in GPU_PROVIDERS:
+            return session.run([output_name], dict(feeds))[0]
+        device = "cuda"
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    binding.bind_output(output_name, device)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]
+
+
+def _model_max_positions(model_dir: Path) -> int | None:
+    for name in ("config.json", "vectrix_config.json"):
+        try:
+            cfg = json.loads((model_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for key in ("max_position_embeddings", "max_length"):
+            value = cfg.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def load_tokenizer(
+    model_dir: str | os.PathLike[str],
+    max_length: int,
+    *,
+    padding: bool = True,
+    truncation_strategy: str = "longest_first",
+) -> Tokenizer:
+    """Load ``tokenizer.json`` with dynamic padding and truncation at ``max_length``.
+
+    The shipped tokenizer files pad to a fixed 512 tokens; that padding is removed and,
+    when ``padding`` is true, replaced by padding to the longest sequence of each
+    ``encode_batch`` call. ``truncation_strategy`` is ``longest_first``, ``only_first``
+    or ``only_second`` (``only_second`` keeps a cross-encoder's query intact; note that
+    it raises if the first sequence alone exceeds ``max_length``).
+    ``max_length`` is capped to the model's position-embedding size when known.
+    """
+    model_dir = Path(model_dir)
+    if max_length < 8:
+        raise ValueError(f"max_length must be >= 8, got {max_length}")
+    limit = _model_max_positions(model_dir)
+    if limit is not None and max_length > limit:
+        logger.warning(
+            "max_length %d exceeds the model's %d positions; using %d",
+            max_length, limit, limit,
+            extra={"model_dir": str(model_dir)},
+        )  # fmt: skip
+        max_length = limit
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    previous = tokenizer.padding or {}
+    pad_token = previous.get("pad_token") or "[PAD]"
+    pad_id = tokenizer.token_to_id(pad_token)
+    if pad_id is None:
+        pad_id = int(previous.get("pad_id", 0))
+    tokenizer.no_padding()
+    if padding:
+        tokenizer.enable_padding(
+            pad_id=pad_id, pad_type_id=int(previous.get("pad_type_id", 0)), pad_token=pad_token
+        )
+    tokenizer.no_truncation()
+    tokenizer.enable_truncation(max_length, strategy=truncation_strategy)
+    return tokenizer
+
+
+def encodings_to_inputs(
+    encodings: Sequence[Encoding],
+    pad_id: int = 0,
+    input_names: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids"),
+) -> dict[str, np.ndarray]:
+    """Stack encodings into int64 ONNX inputs, right-padded to the longest in the batch.
+
+    Only the names in ``input_names`` are returned (models without ``token_type_ids``
+    simply do not list it).
+    """
+    if not encodings:
+        raise ValueError("encodings must not be empty")
+    n = len(encodings)
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    types = np.zeros((n, width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        length = len(enc.ids)
+        ids[row, :length] = enc.ids
+        mask[row, :length] = enc.attention_mask
+        types[row, :length] = enc.type_ids
+    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: arrays[name] for name in input_names if name in arrays}

@@ -1,0 +1,270 @@
+"""ONNX Runtime session factory: provider selection, fallback, options, I/O binding, tokenizer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.models import default_models_dir
+from services.common.onnx_session import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    create_session,
+    cuda_device_present,
+    encodings_to_inputs,
+    load_tokenizer,
+    run_with_io_binding,
+    select_providers,
+)
+
+BGE = default_models_dir() / "bge-small-en"
+RERANKER = default_models_dir() / "ms-marco-MiniLM-L-12-v2"
+ALL = [TENSORRT, CUDA, CPU]
+
+
+def _need(model_dir: Path) -> Path:
+    if not (model_dir / "model.onnx").is_file() or not (model_dir / "tokenizer.json").is_file():
+        pytest.skip(f"model {model_dir.name} not in {model_dir.parent}; run `searchctl models fetch`")
+    return model_dir
+
+
+def _no_gpu() -> None:
+    if cuda_device_present():
+        pytest.skip("a CUDA device is present; this test asserts the CPU fallback")
+
+
+def _names(chain: list) -> list[str]:
+    return [e if isinstance(e, str) else e[0] for e in chain]
+
+
+# ------------------------------------------------------------------ select_providers (pure)
+
+
+@pytest.mark.parametrize(
+    ("requested", "available", "device", "expected"),
+    [
+        # cpu: always CPU only
+        ("cpu", ALL, True, [CPU]),
+        ("cpu", ALL, False, [CPU]),
+        ("cpu", [CPU], False, [CPU]),
+        # auto: CUDA only when a device is really present and the library has it
+        ("auto", ALL, True, [CUDA, CPU]),
+        ("auto", [CUDA, CPU], True, [CUDA, CPU]),
+        ("auto", ALL, False, [CPU]),  # onnxruntime-gpu lists CUDA without a GPU
+        ("auto", [CPU], True, [CPU]),
+        ("auto", [CPU], False, [CPU]),
+        ("auto", [TENSORRT, CPU], True, [CPU]),  # auto never opts into TensorRT
+        # cuda: tried whenever the library offers it; ORT falls back at runtime
+        ("cuda", ALL, True, [CUDA, CPU]),
+        ("cuda", ALL, False, [CUDA, CPU]),
+        ("cuda", [CPU], True, [CPU]),
+        ("cuda", [CPU], False, [CPU]),
+        # tensorrt: TRT -> CUDA -> CPU, each only if available
+        ("tensorrt", ALL, True, [TENSORRT, CUDA, CPU]),
+        ("tensorrt", ALL, False, [TENSORRT, CUDA, CPU]),
+        ("tensorrt", [CUDA, CPU], True, [CUDA, CPU]),
+        ("tensorrt", [TENSORRT, CPU], True, [TENSORRT, CPU]),
+        ("tensorrt", [CPU], True, [CPU]),
+        # CPU is appended even when the list somehow lacks it
+        ("cuda", [CUDA], True, [CUDA, CPU]),
+        ("auto", [], False, [CPU]),
+    ],
+)
+def test_select_providers_table(requested: str, available: list[str], device: bool, expected: list[str]) -> None:
+    assert _names(select_providers(requested, available, device, trt_cache_dir="/tmp/trt")) == expected
+
+
+def test_tensorrt_options(tmp_path: Path) -> None:
+    chain = select_providers("tensorrt", ALL, True, trt_cache_dir=tmp_path / "trt")
+    name, opts = chain[0]
+    assert name == TENSORRT
+    assert opts == {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(tmp_path / "trt"),
+        "trt_fp16_enable": True,
+    }
+    _, opts32 = select_providers("tensorrt", ALL, True, trt_cache_dir=tmp_path, trt_fp16=False)[0]
+    assert opts32["trt_fp16_enable"] is False
+
+
+def test_tensorrt_default_cache_dir_follows_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEARCH_MODELS_DIR", str(tmp_path))
+    _, opts = select_providers("tensorrt", ALL, True)[0]
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "trt-cache")
+
+
+@pytest.mark.parametrize("requested", ["CUDA", " Auto ", "Cpu", "TensorRT"])
+def test_select_providers_is_case_insensitive(requested: str) -> None:
+    assert select_providers(requested, ALL, True, trt_cache_dir="/x")[-1] == CPU
+
+
+@pytest.mark.parametrize("requested", ["gpu", "", "rocm", "cuda,cpu", "CPUExecutionProvider"])
+def test_select_providers_rejects_unknown(requested: str) -> None:
+    with pytest.raises(ValueError, match="unknown execution provider"):
+        select_providers(requested, ALL, True)
+
+
+@given(
+    requested=st.sampled_from(["auto", "cpu", "cuda", "tensorrt"]),
+    available=st.lists(st.sampled_from(ALL + ["ROCMExecutionProvider"]), unique=True),
+    device=st.booleans(),
+)
+def test_select_providers_properties(requested: str, available: list[str], device: bool) -> None:
+    names = _names(select_providers(requested, available, device, trt_cache_dir="/tmp/trt"))
+    assert names[-1] == CPU and names.count(CPU) == 1
+    assert len(names) == len(set(names))
+    assert all(n == CPU or n in available for n in names)
+    if requested == "cpu" or (requested == "auto" and not device):
+        assert names == [CPU]
+
+
+# ------------------------------------------------------------------ real sessions on this machine
+
+
+def test_cuda_device_detection_matches_machine() -> None:
+    has_driver = Path("/proc/driver/nvidia/gpus").is_dir() or shutil.which("nvidia-smi") is not None
+    if has_driver:
+        pytest.skip("NVIDIA driver present; detection result depends on the hardware")
+    assert cuda_device_present() is False
+
+
+def test_auto_session_runs_on_cpu_here(caplog: pytest.LogCaptureFixture) -> None:
+    _no_gpu()
+    model = _need(RERANKER) / "model.onnx"
+    with caplog.at_level(logging.INFO, logger="services.common.onnx_session"):
+        session, provider = create_session(model, provider="auto", intra_op_threads=1)
+    assert provider == CPU == session.get_providers()[0]
+    created = [r for r in caplog.records if getattr(r, "provider", None) == CPU]
+    assert created and created[0].requested_provider == "auto"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_session_options_applied() -> None:
+    model = _need(RERANKER)
+    session, _ = create_session(model, provider="cpu", intra_op_threads=1, inter_op_threads=1, graph_optimization="basic")
+    opts = session.get_session_options()
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+
+
+def test_invalid_session_arguments() -> None:
+    model = _need(RERANKER)
+    with pytest.raises(ValueError, match="graph optimization"):
+        create_session(model, provider="cpu", graph_optimization="maximum")
+    with pytest.raises(ValueError, match="thread counts"):
+        create_session(model, provider="cpu", intra_op_threads=-1)
+    with pytest.raises(ValueError, match="unknown execution provider"):
+        create_session(model, provider="npu")
+    with pytest.raises(FileNotFoundError):
+        create_session(model / "nope.onnx")
+
+
+def test_requested_gpu_falls_back_to_cpu_with_warning(caplog: pytest.LogCaptureFixture) -> None:
+    _no_gpu()
+    model = _need(RERANKER) / "model.onnx"
+    with caplog.at_level(logging.INFO, logger="services.common.onnx_session"):
+        session, provider = create_session(model, provider="cuda", intra_op_threads=1)
+    assert provider == CPU
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and "cuda" in warnings[-1].getMessage()
+
+
+def test_fp16_variant_only_considered_for_gpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _no_gpu()
+    src = _need(RERANKER)
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    os.symlink(src / "model.onnx", model_dir / "model.onnx")
+    # Not a valid graph: loading it would fail, so success proves which file was used.
+    (model_dir / "model.fp16.onnx").write_bytes(b"not an onnx graph")
+
+    session, provider = create_session(model_dir, provider="cpu", intra_op_threads=1)
+    assert provider == CPU
+
+    # With cuda requested the fp16 file is tried first; here it fails to load (and there
+    # is no GPU), so the factory must fall back to the fp32 graph on CPU and warn.
+    with caplog.at_level(logging.INFO, logger="services.common.onnx_session"):
+        session, provider = create_session(model_dir, provider="cuda", intra_op_threads=1)
+    assert provider == CPU
+    assert any("falling back to CPU" in r.getMessage() for r in caplog.records)
+    created = [r for r in caplog.records if getattr(r, "provider", None) == CPU]
+    assert Path(created[-1].model_path).name == "model.onnx"
+
+
+def test_io_binding_matches_plain_run() -> None:
+    model_dir = _need(RERANKER)
+    session, _ = create_session(model_dir, provider="cpu", intra_op_threads=1)
+    tok = load_tokenizer(model_dir, 64, padding=False, truncation_strategy="only_second")
+    encs = tok.encode_batch([("what is onnx", "ONNX is an open format for ML models."), ("q", "short")])
+    feeds = encodings_to_inputs(encs, 0)
+    plain = session.run(["logits"], feeds)[0]
+    auto = run_with_io_binding(session, feeds, "logits")
+    bound = run_with_io_binding(session, feeds, "logits", device="cpu")
+    assert plain.shape == auto.shape == bound.shape == (2, 1)
+    np.testing.assert_allclose(auto, plain, rtol=0, atol=0)
+    np.testing.assert_allclose(bound, plain, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ tokenizer + input building
+
+
+def test_load_tokenizer_pads_to_longest_not_512() -> None:
+    model_dir = _need(BGE)
+    tok = load_tokenizer(model_dir, 128)
+    assert tok.padding is not None and tok.padding["length"] is None
+    assert tok.truncation["max_length"] == 128
+    encs = tok.encode_batch(["hello", "a slightly longer sentence here"])
+    assert len(encs[0].ids) == len(encs[1].ids) < 40
+    assert sum(encs[0].attention_mask) < len(encs[0].ids)  # the short one is padded
+    assert len(tok.encode("word " * 1000).ids) == 128
+
+
+def test_load_tokenizer_without_padding_and_cap() -> None:
+    model_dir = _need(RERANKER)  # its shipped tokenizer.json pads to a fixed 512
+    tok = load_tokenizer(model_dir, 4096, padding=False)
+    assert tok.padding is None
+    assert tok.truncation["max_length"] == 512  # capped to the model's positions
+    assert len(tok.encode("hi").ids) == 3
+    with pytest.raises(ValueError):
+        load_tokenizer(model_dir, 2)
+
+
+def test_only_second_truncation_keeps_the_query() -> None:
+    model_dir = _need(RERANKER)
+    tok = load_tokenizer(model_dir, 32, padding=False, truncation_strategy="only_second")
+    query = "what is the boiling point of water at sea level"
+    enc = tok.encode(query, "passage text " * 200)
+    assert len(enc.ids) == 32
+    full_query = tok.encode(query)
+    n_query = enc.type_ids.index(1)
+    assert enc.ids[:n_query] == full_query.ids  # [CLS] query [SEP] intact
+    assert tok.truncation["strategy"] == "only_second"
+
+
+def test_encodings_to_inputs() -> None:
+    model_dir = _need(RERANKER)
+    tok = load_tokenizer(model_dir, 64, padding=False)
+    encs = tok.encode_batch([("a", "b"), ("a longer query", "and a longer passage too")])
+    arrays = encodings_to_inputs(encs, pad_id=0)
+    assert set(arrays) == {"input_ids", "attention_mask", "token_type_ids"}
+    width = max(len(e.ids) for e in encs)
+    for arr in arrays.values():
+        assert arr.dtype == np.int64 and arr.shape == (2, width)
+    short = len(encs[0].ids)
+    assert arrays["input_ids"][0, :short].tolist() == encs[0].ids
+    assert (arrays["input_ids"][0, short:] == 0).all() and (arrays["attention_mask"][0, short:] == 0).all()
+    assert arrays["attention_mask"][1].sum() == width
+    assert arrays["token_type_ids"][1].tolist() == encs[1].type_ids
+    assert set(encodings_to_inputs(encs, 0, ["input_ids", "attention_mask"])) == {"input_ids", "attention_mask"}
+    with pytest.raises(ValueError):
+        encodings_to_inputs([], 0)
