@@ -1,0 +1,151 @@
+"""Bi-encoder (dense embedding) model on ONNX Runtime.
+
+Default model: ``bge-small-en`` (384 dimensions, CLS pooling, L2-normalised, queries
+prefixed with the BGE retrieval instruction). Mean pooling is available for models such
+as e5 that need it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding
+
+from services.common.models import resolve_model_dir
+from services.common.onnx_session import (
+    create_session,
+    encodings_to_inputs,
+    load_tokenizer,
+    run_with_io_binding,
+)
+
+__all__ = ["BGE_QUERY_PREFIX", "BiEncoder"]
+
+BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
+_KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
+
+
+class BiEncoder:
+    """Embed queries and documents into dense float32 vectors.
+
+    Thread-safe: the tokenizer is configured once and only read afterwards, and ORT
+    ``InferenceSession.run`` may be called concurrently, so one instance can serve a
+    thread pool.
+
+    Batch dependence: the shipped ONNX graphs are int8 *dynamically quantized*
+    (``DynamicQuantizeLinear`` + ``MatMulInteger``); activation scales are computed per
+    tensor, i.e. over the whole padded batch. A text's vector therefore varies slightly
+    with the other texts in its batch (cosine to the unbatched vector ~0.995). Results
+    are deterministic for a given input list, and permuting the input only permutes the
+    output, because batches are formed from a canonical (length, text) order.
+
+    Attributes:
+        name: model directory name (e.g. ``"bge-small-en"``).
+        dimension: embedding size (384 for bge-small-en).
+        provider: ORT execution provider in use (e.g. ``"CPUExecutionProvider"``).
+        max_length: token limit per text (longer texts are truncated).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        max_length: int = 256,
+        batch_size: int = 32,
+        pooling: str = "cls",
+        normalize: bool = True,
+        query_prefix: str = BGE_QUERY_PREFIX,
+        document_prefix: str = "",
+        provider: str = "auto",
+        intra_op_threads: int = 0,
+    ) -> None:
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.model_dir: Path = resolve_model_dir(model_dir)
+        self.name: str = self.model_dir.name
+        self.batch_size = batch_size
+        self.pooling = pooling
+        self.normalize = normalize
+        self.query_prefix = query_prefix
+        self.document_prefix = document_prefix
+        self._session, self.provider = create_session(
+            self.model_dir / "model.onnx", provider=provider, intra_op_threads=intra_op_threads
+        )
+        self._tokenizer = load_tokenizer(self.model_dir, max_length, padding=True)
+        self.max_length: int = int(self._tokenizer.truncation["max_length"])
+        self._pad_id: int = int(self._tokenizer.padding["pad_id"])
+
+        inputs = self._session.get_inputs()
+        self._input_names = [i.name for i in inputs]
+        unsupported = set(self._input_names) - _KNOWN_INPUTS
+        if unsupported:
+            raise ValueError(f"{self.name}: unsupported model inputs {sorted(unsupported)}")
+        output = self._session.get_outputs()[0]
+        self._output_name: str = output.name
+        self._output_rank = len(output.shape)
+        last = output.shape[-1]
+        self.dimension: int = (
+            int(last) if isinstance(last, int) else int(self._embed_batch(["dimension probe"]).shape[1])
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        """Tokenize ``texts`` as given (no prefix), padded to the longest one."""
+        return self._tokenizer.encode_batch(list(texts))
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Number of real (non-padding) tokens per text after truncation."""
+        return [sum(e.attention_mask) for e in self.tokenize(texts)] if texts else []
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed search queries (with ``query_prefix``); shape ``(n, dimension)``, float32."""
+        return self._embed([self.query_prefix + t for t in texts])
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed passages (with ``document_prefix``); shape ``(n, dimension)``, float32."""
+        return self._embed([self.document_prefix + t for t in texts])
+
+    # ------------------------------------------------------------------ internals
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        # Sort by length so each batch pads little; write results back in input order.
+        # Ties are broken by the text itself, so batch composition (which matters for
+        # dynamically quantized models, see the class docstring) does not depend on
+        # input order.
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), texts[i]))
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self._embed_batch([texts[i] for i in idx])
+        return out
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        encodings = self._tokenizer.encode_batch(texts)
+        arrays = encodings_to_inputs(encodings, self._pad_id)
+        feeds = {name: arrays[name] for name in self._input_names}
+        hidden = run_with_io_binding(self._session, feeds, self._output_name)
+        if self._output_rank == 2:  # model already pools
+            vectors = hidden
+        elif self.pooling == "cls":
+            vectors = hidden[:, 0, :]
+        else:
+            mask = arrays["attention_mask"][:, :, None].astype(hidden.dtype)
+            vectors = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        vectors = vectors.astype(np.float32, copy=False)
+        if self.normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.clip(norms, 1e-12, None)
+        return vectors
+
+    def __repr__(self) -> str:
+        return (
+            f"BiEncoder(name={self.name!r}, dimension={self.dimension}, provider={self.provider!r}, "
+            f"pooling={self.pooling!r}, max_length={self.max_length})"
+        )
