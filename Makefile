@@ -1,0 +1,42 @@
+# Two commands on a fresh machine:  `make up`  (set up + run the stack)  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PROTOS := $(wildcard proto/search/v1/*.proto)
+
+.PHONY: install models up test test-fast proto proto-check lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(BIN)/searchctl models fetch
+
+up: models
+	$(BIN)/searchctl up
+
+# The whole suite: unit, integration (real servers on loopback), end-to-end (grpcurl,
+# buf, promtool, kubectl, Envoy protos when installed; skipped with a reason otherwise).
+test: models
+	@if [ -x scripts/setup_xds_env.sh ]; then scripts/setup_xds_env.sh; fi
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+# Regenerate the Python stubs (committed; tests/unit/test_contracts.py checks they are fresh).
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+
+lint:
+	buf lint
+	buf breaking --against '.git#branch=main'
+
+clean:
+	rm -rf $(VENV) .venv-xds .pytest_cache .data

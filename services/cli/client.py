@@ -1,0 +1,189 @@
+"""Client commands: `searchctl ingest` and `searchctl search`, through the gateway over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from tqdm import tqdm
+
+from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "localhost:50051"
+MODES = {"dense": common_pb2.RETRIEVAL_MODE_DENSE, "sparse": common_pb2.RETRIEVAL_MODE_SPARSE,
+         "hybrid": common_pb2.RETRIEVAL_MODE_HYBRID, "default": common_pb2.RETRIEVAL_MODE_UNSPECIFIED}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        target, options=[("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
+    )
+
+
+def to_document(doc: dict) -> common_pb2.Document:
+    message = common_pb2.Document(id=str(doc["id"]), title=doc.get("title") or "", text=doc.get("text") or "")
+    if doc.get("payload"):
+        json_format.ParseDict(doc["payload"], message.payload)
+    return message
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+async def ensure_collection(stub: pb_grpc.SearchServiceStub, name: str, create: bool = True) -> pb.DescribeCollectionResponse:
+    try:
+        return await stub.DescribeCollection(pb.DescribeCollectionRequest(name=name), timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND or not create:
+            raise
+    try:
+        await stub.CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:  # created concurrently: fine
+            raise
+    return await stub.DescribeCollection(pb.DescribeCollectionRequest(name=name), timeout=30)
+
+
+async def upsert_with_retry(stub, collection: str, batch: list[dict], attempts: int = 5, timeout: float = 120.0) -> int:
+    """Upserts are idempotent on id, so a batch is safe to retry after a transient failure."""
+    request = pb.UpsertRequest(collection=collection, documents=[to_document(d) for d in batch])
+    for attempt in range(attempts):
+        try:
+            return (await stub.Upsert(request, timeout=timeout)).upserted
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRYABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+    raise AssertionError("unreachable")
+
+
+async def ingest(
+    documents: Iterable[dict],
+    collection: str,
+    target: str = DEFAULT_TARGET,
+    batch_size: int = 64,
+    concurrency: int = 2,
+    total: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Stream ``documents`` into ``collection``: batched, bounded concurrency, idempotent."""
+    async with open_channel(target) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        await ensure_collection(stub, collection)
+        bar = tqdm(total=total, unit="doc", desc=f"ingest {collection}", disable=not progress, smoothing=0.1)
+        slots = asyncio.Semaphore(concurrency)
+        written = 0
+        pending: set[asyncio.Task] = set()
+
+        async def send(batch: list[dict]) -> None:
+            nonlocal written
+            try:
+                count = await upsert_with_retry(stub, collection, batch)
+                written += count  # after the await: `written += await ...` would lose concurrent updates
+                bar.update(len(batch))
+            finally:
+                slots.release()
+
+        try:
+            for batch in batched(documents, batch_size):
+                await slots.acquire()
+                task = asyncio.ensure_future(send(batch))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                failed = [t for t in list(pending) if t.done() and t.exception()]
+                if failed:
+                    raise failed[0].exception()
+            if pending:
+                await asyncio.gather(*pending)
+        finally:
+            for task in pending:
+                task.cancel()
+            bar.close()
+        return written
+
+
+def _ingest_cmd(args: argparse.Namespace) -> int:
+    from services.cli import beir
+
+    path = Path(args.path)
+    if not path.exists():
+        print(f"searchctl ingest: {path} does not exist", file=sys.stderr)
+        return 2
+    corpus = path / "corpus.jsonl" if path.is_dir() else path
+    if not corpus.exists():
+        print(f"searchctl ingest: {path} is a folder without corpus.jsonl (BEIR layout expected)", file=sys.stderr)
+        return 2
+    total = beir.count_corpus(corpus)
+    start = time.perf_counter()
+    try:
+        written = asyncio.run(
+            ingest(beir.iter_corpus(corpus), args.collection, args.target, args.batch_size, args.concurrency, total)
+        )
+    except grpc.aio.AioRpcError as exc:
+        print(f"searchctl ingest: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - start
+    print(f"ingested {written} documents into {args.collection!r} in {elapsed:.1f} s ({written / max(elapsed, 1e-9):.1f} docs/s)")
+    return 0
+
+
+async def search(target: str, request: pb.SearchRequest, timeout: float) -> pb.SearchResponse:
+    async with open_channel(target) as channel:
+        return await pb_grpc.SearchServiceStub(channel).Search(request, timeout=timeout)
+
+
+def _search_cmd(args: argparse.Namespace) -> int:
+    request = pb.SearchRequest(collection=args.collection, query=args.query, top_k=args.top_k, mode=MODES[args.mode])
+    request.rerank.enabled = not args.no_rerank
+    if args.candidates:
+        request.rerank.candidates = args.candidates
+    try:
+        response = asyncio.run(search(args.target, request, args.timeout))
+    except grpc.aio.AioRpcError as exc:
+        print(f"searchctl search: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        return 0
+    if response.degraded:
+        print(f"(degraded: {pb.DegradedReason.Name(response.degraded_reason)})")
+    for rank, r in enumerate(response.results, 1):
+        title = r.title or r.text[:60].replace("\n", " ")
+        rerank = f" rerank={r.rerank_score:.3f}" if r.HasField("rerank_score") else ""
+        print(f"{rank:>2}. {r.score:8.4f}  {r.id}  {title}  (retrieval={r.retrieval_score:.4f}{rerank})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="load a JSONL file or BEIR folder into a collection",
+                       description="Stream documents ({id|_id, title, text, payload}) through the gateway in batches. "
+                       "Idempotent: re-running after an interruption ends with exactly the file's documents.")
+    p.add_argument("path", help="a JSONL file or a BEIR folder holding corpus.jsonl")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="documents per Upsert (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=2, help="Upserts in flight (default %(default)s)")
+    p.set_defaults(func=_ingest_cmd)
+
+    s = sub.add_parser("search", help="search a collection", description="Search through the gateway.")
+    s.add_argument("query")
+    s.add_argument("--collection", required=True)
+    s.add_argument("--top-k", type=int, default=10)
+    s.add_argument("--mode", choices=sorted(MODES), default="default")
+    s.add_argument("--candidates", type=int, default=0, help="candidates to rerank (default: server's)")
+    s.add_argument("--no-rerank", action="store_true", help="skip the cross-encoder")
+    s.add_argument("--json", action="store_true", help="print the response as JSON")
+    s.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default %(default)s)")
+    s.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
+    s.set_defaults(func=_search_cmd)

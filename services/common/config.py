@@ -1,0 +1,120 @@
+"""Typed service configuration read from environment variables, each also a flag.
+
+A service declares its settings as a frozen dataclass whose fields are built with
+:func:`setting`. :func:`load` resolves every field with the precedence
+``--flag`` > environment variable > default, so containers configure a service with
+env vars only and a developer can override one value on the command line.
+The same declarations render the ``--help`` text and the configuration tables in
+docs/ARCHITECTURE.md (:func:`markdown_table`), so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A configuration value cannot be parsed; the message names the env var and the flag."""
+
+
+def setting(default: Any, env: str, help: str) -> Any:  # noqa: A002 - mirrors argparse
+    """Declare a dataclass field configurable by ``env`` and by a flag named after the field."""
+    return dataclasses.field(default=default, metadata={"env": env, "help": help})
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE - {''})}, got {raw!r}")
+
+
+def _converter(tp: Any):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _converter(args[0])
+        return lambda raw: None if raw.strip() == "" else inner(raw)
+    if tp is bool:
+        return _parse_bool
+    if tp in (int, float, str):
+        return tp
+    if tp is Path:
+        return lambda raw: Path(raw).expanduser()
+    raise TypeError(f"unsupported setting type {tp!r}")
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if "env" in f.metadata]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per setting; the help names the env var and the default."""
+    for field, tp in _fields(cls):
+        default = field.default
+        parser.add_argument(
+            flag_name(field.name),
+            dest=field.name,
+            default=None,
+            metavar=field.name.upper(),
+            help=f"{field.metadata['help']} [env {field.metadata['env']}; default: {_show(default)}]",
+        )
+        del tp
+
+
+def _show(value: Any) -> str:
+    if value is None or value == "":
+        return "unset"
+    return str(value)
+
+
+def load(cls: type[T], args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> T:
+    """Build ``cls`` from flags (``args``), then env vars, then defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field, tp in _fields(cls):
+        env = field.metadata["env"]
+        raw = getattr(args, field.name, None) if args is not None else None
+        source = flag_name(field.name)
+        if raw is None and env in environ:
+            raw, source = environ[env], env
+        if raw is None:
+            continue
+        try:
+            values[field.name] = _converter(tp)(raw) if isinstance(raw, str) else raw
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid value {raw!r} for {source} ({field.metadata['help']}): {exc}") from exc
+    return cls(**values)
+
+
+def markdown_table(cls: type) -> str:
+    """The configuration table of ``cls`` for the docs: env var, flag, default, meaning."""
+    lines = ["| env var | flag | default | meaning |", "|---|---|---|---|"]
+    for field, _ in _fields(cls):
+        lines.append(
+            f"| `{field.metadata['env']}` | `{flag_name(field.name)}` | `{_show(field.default)}` | {field.metadata['help']} |"
+        )
+    return "\n".join(lines)
+
+
+def env_names(cls: type) -> Sequence[str]:
+    return [field.metadata["env"] for field, _ in _fields(cls)]

@@ -1,0 +1,121 @@
+"""Domain errors and their one mapping to gRPC status codes.
+
+Domain modules raise these (they know nothing of gRPC); :class:`ErrorMappingInterceptor`
+turns them into a precise status with a message a caller can act on. Any other
+exception becomes INTERNAL with the trace id in the message, and is logged with its
+traceback: a bug never crashes the server and is never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error a caller can act on; ``code`` is the gRPC status it maps to."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def details(self) -> list[Any]:
+        return []
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}" if field else description)
+        self.field = field
+        self.description = description
+
+    def details(self) -> list[Any]:
+        return [
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.description)
+                ]
+            )
+        ]
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def to_rpc_status(code: grpc.StatusCode, message: str, details: list[Any] = ()) -> grpc.Status:
+    packed = []
+    for detail in details:
+        container = any_pb2.Any()
+        container.Pack(detail)
+        packed.append(container)
+    return rpc_status.to_status(
+        status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+    )
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Maps :class:`ServiceError` to its status and any other exception to INTERNAL."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior: Behavior = handler.unary_unary
+        method = handler_call_details.method
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except ServiceError as exc:
+                await context.abort_with_status(to_rpc_status(exc.code, exc.message, exc.details()))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:  # noqa: BLE001 - the last line of defence for a server
+                from services.common import tracing
+
+                trace_id = tracing.current_trace_id()
+                log.exception("unhandled error", extra={"method": method})
+                suffix = f" (trace id {trace_id})" if trace_id else ""
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}{suffix}")
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,124 @@
+"""The one way every service runs: grpc.aio server, health, reflection, metrics, shutdown.
+
+Start-up order matters to operators: the port is bound and the health service answers
+NOT_SERVING first, then the service loads its model or store (:meth:`Service.start`),
+and only then does health report SERVING. On SIGTERM or SIGINT health flips to
+NOT_SERVING (load balancers stop routing), the server stops accepting new calls,
+in-flight calls get ``grace_seconds`` to finish, and the service releases its resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import metrics, tracing
+from services.common.errors import ErrorMappingInterceptor
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+)
+
+
+class Service(Protocol):
+    """What a service plugs into :func:`run`."""
+
+    #: Short name (gateway, retrieval, reranker) used in logs and metrics.
+    name: str
+    #: Fully qualified gRPC service names it serves, e.g. ``search.v1.SearchService``.
+    grpc_service_names: Sequence[str]
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the servicers to ``server``."""
+
+    async def start(self) -> None:
+        """Load models, open stores, connect channels. Health stays NOT_SERVING until it returns."""
+
+    async def stop(self) -> None:
+        """Release resources after the server has stopped."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    metrics_port: int
+    grace_seconds: float
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def run(service: Service, endpoint: Endpoint, *, stop_event: asyncio.Event | None = None) -> None:
+    """Serve ``service`` until SIGTERM/SIGINT (or ``stop_event``), then shut down gracefully."""
+    tracing.setup_tracing(service.name)
+    metrics.start_metrics_server(endpoint.metrics_port)
+    server = grpc.aio.server(
+        interceptors=[
+            *tracing.server_interceptors(),
+            metrics.MetricsServerInterceptor(service.name),
+            ErrorMappingInterceptor(),
+        ],
+        options=list(SERVER_OPTIONS),
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service.register(server)
+    reflection.enable_server_reflection(
+        (*service.grpc_service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    health_names = ("", *service.grpc_service_names)
+    for name in health_names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    address = _address(endpoint.host, endpoint.port)
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise SystemExit(f"{service.name}: cannot listen on {address}: {exc} (is the port already in use?)") from exc
+    await server.start()
+    log.info("listening", extra={"address": address, "metrics_port": endpoint.metrics_port})
+
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests) or not POSIX
+            pass
+
+    starting = asyncio.ensure_future(service.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting in done:
+        starting.result()  # a failed start raises here and ends the process with the reason
+        for name in health_names:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"services": list(service.grpc_service_names)})
+        await stopping
+    else:
+        starting.cancel()
+
+    log.info("shutting down", extra={"grace_seconds": endpoint.grace_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(endpoint.grace_seconds)
+    await service.stop()
+    log.info("stopped")

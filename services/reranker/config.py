@@ -1,0 +1,28 @@
+"""Reranker service configuration (env var, flag, default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import setting
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    host: str = setting("0.0.0.0", "RERANKER_HOST", "address to listen on")
+    port: int = setting(50053, "RERANKER_PORT", "gRPC port")
+    metrics_port: int = setting(9103, "RERANKER_METRICS_PORT", "Prometheus /metrics port (0 disables)")
+    grace_seconds: float = setting(10.0, "RERANKER_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
+    log_level: str = setting("INFO", "LOG_LEVEL", "log level")
+    model_dir: str | None = setting(
+        None,
+        "RERANKER_MODEL_DIR",
+        "cross-encoder directory (model.onnx + tokenizer.json); unset: $SEARCH_MODELS_DIR/ms-marco-MiniLM-L-12-v2",
+    )
+    max_length: int = setting(256, "RERANKER_MAX_LENGTH", "tokens per (query, passage) pair; longer passages are truncated")
+    max_batch_pairs: int = setting(32, "RERANKER_MAX_BATCH_PAIRS", "pairs per inference batch")
+    max_batch_tokens: int = setting(8192, "RERANKER_MAX_BATCH_TOKENS", "padded tokens per inference batch")
+    max_wait_ms: float = setting(2.0, "RERANKER_MAX_WAIT_MS", "how long a batch waits for concurrent requests to join")
+    max_queue_pairs: int = setting(2048, "RERANKER_MAX_QUEUE_PAIRS", "pairs queued before requests are shed (RESOURCE_EXHAUSTED)")
+    provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")
+    intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime intra-op threads (0 = one per core)")

@@ -1,0 +1,31 @@
+"""Retrieval service configuration (env var, flag, default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import setting
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    host: str = setting("0.0.0.0", "RETRIEVAL_HOST", "address to listen on")
+    port: int = setting(50052, "RETRIEVAL_PORT", "gRPC port")
+    metrics_port: int = setting(9102, "RETRIEVAL_METRICS_PORT", "Prometheus /metrics port (0 disables)")
+    grace_seconds: float = setting(10.0, "RETRIEVAL_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
+    log_level: str = setting("INFO", "LOG_LEVEL", "log level")
+    qdrant_path: str = setting(".data/qdrant", "QDRANT_PATH", "on-disk path of embedded (local mode) Qdrant")
+    qdrant_url: str | None = setting(None, "QDRANT_URL", "Qdrant server or cluster URL; overrides QDRANT_PATH")
+    qdrant_api_key: str | None = setting(None, "QDRANT_API_KEY", "API key for QDRANT_URL")
+    qdrant_timeout_seconds: float = setting(10.0, "QDRANT_TIMEOUT_SECONDS", "timeout of one Qdrant call")
+    shard_number: int = setting(1, "QDRANT_SHARD_NUMBER", "shards of new collections (Qdrant cluster)")
+    replication_factor: int = setting(1, "QDRANT_REPLICATION_FACTOR", "replicas of each shard of new collections")
+    write_consistency_factor: int = setting(1, "QDRANT_WRITE_CONSISTENCY_FACTOR", "replicas that must confirm a write")
+    model_dir: str | None = setting(
+        None, "EMBEDDER_MODEL_DIR", "bi-encoder directory (model.onnx + tokenizer.json); unset: $SEARCH_MODELS_DIR/bge-small-en"
+    )
+    max_length: int = setting(256, "EMBEDDER_MAX_LENGTH", "tokens per passage the bi-encoder sees (longer text is truncated)")
+    batch_size: int = setting(32, "EMBEDDER_BATCH_SIZE", "texts per bi-encoder inference batch")
+    provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")
+    intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime intra-op threads (0 = one per core)")
+    workers: int = setting(4, "RETRIEVAL_WORKERS", "threads for embedding and Qdrant calls")

@@ -1,0 +1,72 @@
+"""Translate the API's payload filter into a Qdrant filter, validating as it goes.
+
+Caller keys address the caller's payload (stored under ``payload.``), so a filter can
+never reach the service's own fields. Limits keep a hostile filter from costing much.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from qdrant_client import models
+
+from search.v1 import common_pb2
+from services.common.errors import InvalidArgument
+
+MAX_FILTER_DEPTH = 4
+MAX_CONDITIONS = 64
+MAX_ANY_VALUES = 256
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+
+
+def to_qdrant_filter(flt: common_pb2.Filter, field: str = "filter") -> models.Filter | None:
+    """The Qdrant filter for ``flt``, or None when it has no conditions."""
+    counter = [0]
+    converted = _filter(flt, field, depth=1, counter=counter)
+    return converted if counter[0] else None
+
+
+def _filter(flt: common_pb2.Filter, field: str, depth: int, counter: list[int]) -> models.Filter:
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidArgument(field, f"filters nest at most {MAX_FILTER_DEPTH} levels deep")
+    return models.Filter(
+        must=[_condition(c, f"{field}.must[{i}]", depth, counter) for i, c in enumerate(flt.must)] or None,
+        should=[_condition(c, f"{field}.should[{i}]", depth, counter) for i, c in enumerate(flt.should)] or None,
+        must_not=[_condition(c, f"{field}.must_not[{i}]", depth, counter) for i, c in enumerate(flt.must_not)] or None,
+    )
+
+
+def _condition(cond: common_pb2.Condition, field: str, depth: int, counter: list[int]):
+    counter[0] += 1
+    if counter[0] > MAX_CONDITIONS:
+        raise InvalidArgument(field, f"a filter holds at most {MAX_CONDITIONS} conditions")
+    kind = cond.WhichOneof("condition")
+    if kind == "filter":
+        return _filter(cond.filter, f"{field}.filter", depth + 1, counter)
+    if kind != "field":
+        raise InvalidArgument(field, "a condition needs either `field` or `filter`")
+    fc = cond.field
+    if not fc.key or not KEY_PATTERN.match(fc.key) or len(fc.key) > 128:
+        raise InvalidArgument(f"{field}.field.key", "keys are 1..128 characters of letters, digits, _ and -, dotted for nesting")
+    key = f"payload.{fc.key}"
+    match = fc.WhichOneof("match")
+    if match == "keyword":
+        return models.FieldCondition(key=key, match=models.MatchValue(value=fc.keyword))
+    if match == "integer":
+        return models.FieldCondition(key=key, match=models.MatchValue(value=fc.integer))
+    if match == "boolean":
+        return models.FieldCondition(key=key, match=models.MatchValue(value=fc.boolean))
+    if match in ("any_keyword", "any_integer"):
+        values = list(getattr(fc, match).values)
+        if not values or len(values) > MAX_ANY_VALUES:
+            raise InvalidArgument(f"{field}.field.{match}", f"give 1..{MAX_ANY_VALUES} values")
+        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
+    if match == "range":
+        bounds = {b: getattr(fc.range, b) for b in ("gt", "gte", "lt", "lte") if fc.range.HasField(b)}
+        if not bounds:
+            raise InvalidArgument(f"{field}.field.range", "a range needs at least one bound")
+        if any(not math.isfinite(v) for v in bounds.values()):
+            raise InvalidArgument(f"{field}.field.range", "range bounds must be finite numbers")
+        return models.FieldCondition(key=key, range=models.Range(**bounds))
+    raise InvalidArgument(f"{field}.field", "a field condition needs a match: keyword, integer, boolean, any_keyword, any_integer or range")

@@ -1,0 +1,221 @@
+"""The retrieval service's transport: RetrievalService over gRPC on the DocumentStore."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from search.v1 import common_pb2, retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
+from services.common import validation
+from services.common.errors import InvalidArgument, Unavailable
+from services.retrieval.config import RetrievalConfig
+from services.retrieval.filters import to_qdrant_filter
+from services.retrieval.store import (
+    CollectionDescription,
+    DocumentIn,
+    DocumentStore,
+    Fusion,
+    QdrantSettings,
+    open_client,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = {
+    common_pb2.RETRIEVAL_MODE_UNSPECIFIED: "hybrid",
+    common_pb2.RETRIEVAL_MODE_DENSE: "dense",
+    common_pb2.RETRIEVAL_MODE_SPARSE: "sparse",
+    common_pb2.RETRIEVAL_MODE_HYBRID: "hybrid",
+}
+MODE_ENUM = {"dense": common_pb2.RETRIEVAL_MODE_DENSE, "sparse": common_pb2.RETRIEVAL_MODE_SPARSE, "hybrid": common_pb2.RETRIEVAL_MODE_HYBRID}
+FUSIONS = {
+    common_pb2.FUSION_METHOD_RRF: "rrf",
+    common_pb2.FUSION_METHOD_DBSF: "dbsf",
+    common_pb2.FUSION_METHOD_WEIGHTED_ZSCORE: "weighted_zscore",
+    common_pb2.FUSION_METHOD_WEIGHTED_RRF: "weighted_rrf",
+}
+FIELD_TYPES = {
+    common_pb2.FIELD_TYPE_KEYWORD: "keyword",
+    common_pb2.FIELD_TYPE_INTEGER: "integer",
+    common_pb2.FIELD_TYPE_FLOAT: "float",
+    common_pb2.FIELD_TYPE_BOOL: "bool",
+}
+FIELD_TYPE_ENUM = {v: k for k, v in FIELD_TYPES.items()}
+DEFAULT_FUSION = Fusion()
+MAX_PREFETCH = 1000
+
+
+def fusion_options(options: common_pb2.FusionOptions) -> Fusion:
+    method = FUSIONS.get(options.method, DEFAULT_FUSION.method) if options.method else DEFAULT_FUSION.method
+    if options.method and options.method not in FUSIONS:
+        raise InvalidArgument("fusion.method", f"unknown fusion method {options.method}")
+    weight = options.dense_weight if options.HasField("dense_weight") else DEFAULT_FUSION.dense_weight
+    if not 0.0 <= weight <= 1.0:
+        raise InvalidArgument("fusion.dense_weight", f"must be between 0 and 1, got {weight}")
+    rrf_k = options.rrf_k if options.HasField("rrf_k") else DEFAULT_FUSION.rrf_k
+    validation.bounded_int(rrf_k, "fusion.rrf_k", 1, 1000)
+    prefetch = options.prefetch_limit if options.HasField("prefetch_limit") else DEFAULT_FUSION.prefetch_limit
+    validation.bounded_int(prefetch, "fusion.prefetch_limit", 1, MAX_PREFETCH)
+    return Fusion(method=method, dense_weight=weight, rrf_k=rrf_k, prefetch_limit=prefetch)
+
+
+def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
+    return common_pb2.CollectionInfo(
+        name=desc.name,
+        document_count=desc.document_count,
+        point_count=desc.point_count,
+        dense_model=desc.dense_model,
+        dense_dimension=desc.dense_dimension,
+        sparse_enabled=desc.sparse_enabled,
+        filter_fields=[
+            common_pb2.FilterField(key=key, type=FIELD_TYPE_ENUM[kind]) for key, kind in sorted(desc.filter_fields.items())
+        ],
+    )
+
+
+def filter_fields(fields) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i, f in enumerate(fields):
+        if not f.key:
+            raise InvalidArgument(f"filter_fields[{i}].key", "is required")
+        if f.type not in FIELD_TYPES:
+            raise InvalidArgument(f"filter_fields[{i}].type", "choose KEYWORD, INTEGER, FLOAT or BOOL")
+        out[f.key] = FIELD_TYPES[f.type]
+    return out
+
+
+def _struct(payload: dict) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    json_format.ParseDict(payload, message)
+    return message
+
+
+class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self._store: DocumentStore | None = None
+        self.executor = executor
+
+    @property
+    def store(self) -> DocumentStore:
+        if self._store is None:
+            raise Unavailable("the retrieval service is still loading its model and store; retry shortly")
+        return self._store
+
+    async def _run(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
+
+    async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
+        name = validation.collection_name(request.collection)
+        query = validation.query_text(request.query)
+        limit = validation.bounded_int(request.limit or 50, "limit", 1, MAX_PREFETCH)
+        if request.mode not in MODES:
+            raise InvalidArgument("mode", f"unknown retrieval mode {request.mode}")
+        qfilter = to_qdrant_filter(request.filter)
+        fusion = fusion_options(request.fusion)
+        candidates, mode = await self._run(self.store.retrieve, name, query, limit, qfilter, MODES[request.mode], fusion)
+        return pb.RetrieveResponse(
+            candidates=[
+                pb.Candidate(
+                    id=c.id,
+                    score=c.score,
+                    title=c.title,
+                    text=c.text,
+                    payload=_struct(c.payload),
+                    dense_score=c.dense_score,
+                    sparse_score=c.sparse_score,
+                )
+                for c in candidates
+            ],
+            mode=MODE_ENUM[mode],
+        )
+
+    async def Upsert(self, request, context):
+        name = validation.collection_name(request.collection)
+        docs = [DocumentIn(**d) for d in validation.documents(request.documents)]
+        written = await self._run(self.store.upsert, name, docs)
+        return pb.RetrievalServiceUpsertResponse(upserted=written)
+
+    async def Delete(self, request, context):
+        name = validation.collection_name(request.collection)
+        ids = validation.ids(request.ids)
+        deleted = await self._run(self.store.delete, name, ids)
+        return pb.RetrievalServiceDeleteResponse(deleted=deleted)
+
+    async def CreateCollection(self, request, context):
+        name = validation.collection_name(request.name, "name")
+        sparse = request.sparse if request.HasField("sparse") else True
+        desc = await self._run(self.store.create_collection, name, filter_fields(request.filter_fields), sparse)
+        return pb.RetrievalServiceCreateCollectionResponse(collection=collection_info(desc))
+
+    async def DescribeCollection(self, request, context):
+        name = validation.collection_name(request.name, "name")
+        desc = await self._run(self.store.describe, name)
+        return pb.RetrievalServiceDescribeCollectionResponse(collection=collection_info(desc))
+
+    async def DeleteCollection(self, request, context):
+        name = validation.collection_name(request.name, "name")
+        await self._run(self.store.delete_collection, name)
+        return pb.RetrievalServiceDeleteCollectionResponse()
+
+
+class RetrievalService:
+    name = "retrieval"
+    grpc_service_names = (pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name,)
+
+    def __init__(self, config: RetrievalConfig) -> None:
+        self.config = config
+        self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="retrieval")
+        self.servicer = RetrievalServicer(self.executor)
+        self._client = None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_RetrievalServiceServicer_to_server(self.servicer, server)
+
+    async def start(self) -> None:
+        from services.common.models import default_models_dir, resolve_model_dir
+        from services.retrieval.embedder import BiEncoder
+        from services.retrieval.sparse import Bm25SparseEncoder
+
+        cfg = self.config
+        model_dir = resolve_model_dir(cfg.model_dir or default_models_dir() / "bge-small-en")
+        loop = asyncio.get_running_loop()
+        embedder = await loop.run_in_executor(
+            self.executor,
+            partial(
+                BiEncoder,
+                model_dir,
+                max_length=cfg.max_length,
+                batch_size=cfg.batch_size,
+                provider=cfg.provider,
+                intra_op_threads=cfg.intra_op_threads,
+            ),
+        )
+        settings = QdrantSettings(
+            path=cfg.qdrant_path,
+            url=cfg.qdrant_url,
+            api_key=cfg.qdrant_api_key,
+            shard_number=cfg.shard_number,
+            replication_factor=cfg.replication_factor,
+            write_consistency_factor=cfg.write_consistency_factor,
+            timeout_s=cfg.qdrant_timeout_seconds,
+        )
+        self._client = await loop.run_in_executor(self.executor, open_client, settings)
+        store = DocumentStore(self._client, embedder, Bm25SparseEncoder(), settings)
+        # Warm up: the first inference allocates; do it before reporting SERVING.
+        await loop.run_in_executor(self.executor, embedder.embed_queries, ["warmup"])
+        self.servicer._store = store
+        log.info(
+            "retrieval ready",
+            extra={"model": embedder.name, "provider": getattr(embedder, "provider", "?"),
+                   "qdrant": cfg.qdrant_url or f"local:{cfg.qdrant_path}"},
+        )
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)

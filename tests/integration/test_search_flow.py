@@ -1,0 +1,156 @@
+"""Upsert -> Search -> Delete through the generated stubs against the three real servers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+DOCS = [
+    ("photosynthesis", "Photosynthesis", "Plants convert sunlight, water and carbon dioxide into glucose and oxygen in their chloroplasts.", {"topic": "biology", "year": 2019}),
+    ("volcano", "Volcanoes", "A volcano is a rupture in the crust of a planet that lets hot lava, ash and gases escape from a magma chamber.", {"topic": "geology", "year": 2021}),
+    ("sourdough", "Baking sourdough", "Sourdough bread rises thanks to a fermented starter of wild yeast and lactic acid bacteria mixed with flour and water.", {"topic": "cooking", "year": 2020}),
+    ("tides", "Ocean tides", "Tides are the regular rise and fall of sea level caused by the gravitational pull of the Moon and the Sun.", {"topic": "geology", "year": 2018}),
+    ("vaccines", "How vaccines work", "Vaccines train the immune system to recognise a pathogen by exposing it to a harmless antigen, so antibodies are ready.", {"topic": "biology", "year": 2022}),
+    ("gpu", "Graphics processors", "A GPU runs thousands of threads in parallel, which makes it fast for matrix multiplication in deep learning.", {"topic": "computing", "year": 2023}),
+]
+
+
+def document(doc_id, title, text, payload) -> common_pb2.Document:
+    d = common_pb2.Document(id=doc_id, title=title, text=text)
+    json_format.ParseDict(payload, d.payload)
+    return d
+
+
+@pytest.fixture
+def collection(stack):
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with grpc.insecure_channel(stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(
+            pb.CreateCollectionRequest(
+                name=name,
+                filter_fields=[
+                    common_pb2.FilterField(key="topic", type=common_pb2.FIELD_TYPE_KEYWORD),
+                    common_pb2.FilterField(key="year", type=common_pb2.FIELD_TYPE_INTEGER),
+                ],
+            ),
+            timeout=30,
+        )
+        stub.Upsert(pb.UpsertRequest(collection=name, documents=[document(*d) for d in DOCS]), timeout=60)
+    return name
+
+
+@pytest.fixture
+def stub(stack):
+    with grpc.insecure_channel(stack.gateway) as channel:
+        yield pb_grpc.SearchServiceStub(channel)
+
+
+def search(stub, collection, query, **kw) -> pb.SearchResponse:
+    return stub.Search(pb.SearchRequest(collection=collection, query=query, **kw), timeout=60)
+
+
+def test_relevant_document_ranks_first_after_reranking(stub, collection):
+    cases = {
+        "why does the sea level go up and down every day?": "tides",
+        "how do plants make sugar from light": "photosynthesis",
+        "what makes bread dough rise without commercial yeast": "sourdough",
+        "hardware for training neural networks quickly": "gpu",
+    }
+    for query, expected in cases.items():
+        response = search(stub, collection, query, top_k=3)
+        assert response.reranked and not response.degraded
+        assert response.results[0].id == expected, (query, [r.id for r in response.results])
+        top = response.results[0]
+        assert top.HasField("rerank_score") and top.title and top.text
+        assert json_format.MessageToDict(top.payload)["topic"]
+
+
+def test_results_are_ranked_and_carry_both_scores(stub, collection):
+    response = search(stub, collection, "immune system antibodies", top_k=4)
+    assert len(response.results) == 4
+    scores = [r.score for r in response.results]
+    assert scores == sorted(scores, reverse=True)
+    assert all(r.HasField("rerank_score") for r in response.results)
+    assert len({r.id for r in response.results}) == 4
+
+
+def test_search_without_rerank_returns_retrieval_ranking(stub, collection):
+    request = pb.SearchRequest(collection=collection, query="volcanic eruptions and magma", top_k=2)
+    request.rerank.enabled = False
+    response = stub.Search(request, timeout=30)
+    assert not response.reranked
+    assert response.results[0].id == "volcano"
+    assert not response.results[0].HasField("rerank_score")
+    assert response.results[0].score == pytest.approx(response.results[0].retrieval_score)
+
+
+@pytest.mark.parametrize("mode", [common_pb2.RETRIEVAL_MODE_DENSE, common_pb2.RETRIEVAL_MODE_SPARSE, common_pb2.RETRIEVAL_MODE_HYBRID])
+def test_every_mode_finds_the_obvious_document(stub, collection, mode):
+    request = pb.SearchRequest(collection=collection, query="sourdough starter wild yeast", top_k=3, mode=mode)
+    request.rerank.enabled = False
+    response = stub.Search(request, timeout=30)
+    assert response.mode == mode
+    assert response.results[0].id == "sourdough"
+
+
+def test_payload_filter_restricts_results(stub, collection):
+    flt = common_pb2.Filter(
+        must=[common_pb2.Condition(field=common_pb2.FieldCondition(key="topic", keyword="geology"))],
+        must_not=[common_pb2.Condition(field=common_pb2.FieldCondition(key="year", range=common_pb2.Range(lt=2019)))],
+    )
+    response = search(stub, collection, "sea level and the moon", top_k=5, filter=flt)
+    assert [r.id for r in response.results] == ["volcano"]
+
+
+def test_upsert_is_idempotent_and_replaces(stub, collection):
+    before = stub.DescribeCollection(pb.DescribeCollectionRequest(name=collection), timeout=30).collection
+    assert before.document_count == len(DOCS)
+    assert before.dense_dimension == 384 and before.sparse_enabled
+    updated = document("tides", "Ocean tides", "Tides depend on the Moon. Updated text about spring and neap tides.", {"topic": "geology", "year": 2024})
+    reply = stub.Upsert(pb.UpsertRequest(collection=collection, documents=[updated]), timeout=30)
+    assert reply.upserted == 1
+    after = stub.DescribeCollection(pb.DescribeCollectionRequest(name=collection), timeout=30).collection
+    assert after.document_count == len(DOCS)
+    top = search(stub, collection, "spring and neap tides", top_k=1).results[0]
+    assert top.id == "tides" and "neap" in top.text
+
+
+def test_delete_removes_documents_and_ignores_unknown_ids(stub, collection):
+    reply = stub.Delete(pb.DeleteRequest(collection=collection, ids=["gpu", "no-such-id"]), timeout=30)
+    assert reply.deleted == 1
+    response = search(stub, collection, "GPU parallel threads deep learning", top_k=6)
+    assert "gpu" not in [r.id for r in response.results]
+    info = stub.DescribeCollection(pb.DescribeCollectionRequest(name=collection), timeout=30).collection
+    assert info.document_count == len(DOCS) - 1
+
+
+def test_retrieval_persists_across_restart(fresh_stack):
+    fresh_stack.start_all()
+    with grpc.insecure_channel(fresh_stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="persist"), timeout=30)
+        stub.Upsert(pb.UpsertRequest(collection="persist", documents=[document(*d) for d in DOCS[:3]]), timeout=60)
+    fresh_stack.stop("retrieval")
+    fresh_stack.start("retrieval")
+    with grpc.insecure_channel(fresh_stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        deadline = time.monotonic() + 10  # the gateway reconnects within its backoff (<= 5 s)
+        while True:
+            try:
+                info = stub.DescribeCollection(pb.DescribeCollectionRequest(name="persist"), timeout=30).collection
+                break
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert info.document_count == 3
+        assert search(stub, "persist", "volcano lava", top_k=1).results[0].id == "volcano"

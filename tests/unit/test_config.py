@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from services.common import config as cfg
+from services.gateway.config import GatewayConfig
+from services.reranker.config import RerankerConfig
+from services.retrieval.config import RetrievalConfig
+
+
+@dataclass(frozen=True)
+class Sample:
+    port: int = cfg.setting(50051, "SAMPLE_PORT", "port")
+    ratio: float = cfg.setting(0.5, "SAMPLE_RATIO", "ratio")
+    enabled: bool = cfg.setting(False, "SAMPLE_ENABLED", "flag")
+    url: str | None = cfg.setting(None, "SAMPLE_URL", "optional url")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser, Sample)
+    return parser.parse_args(argv)
+
+
+def test_defaults_env_and_flags_in_precedence_order():
+    assert cfg.load(Sample, parse([]), environ={}) == Sample()
+    env = {"SAMPLE_PORT": "6000", "SAMPLE_ENABLED": "yes", "SAMPLE_URL": "http://q:6333"}
+    assert cfg.load(Sample, parse([]), environ=env) == Sample(port=6000, enabled=True, url="http://q:6333")
+    assert cfg.load(Sample, parse(["--port", "7000"]), environ=env).port == 7000
+
+
+def test_empty_optional_env_means_unset():
+    assert cfg.load(Sample, None, environ={"SAMPLE_URL": ""}).url is None
+
+
+@pytest.mark.parametrize("env,needle", [({"SAMPLE_PORT": "abc"}, "SAMPLE_PORT"), ({"SAMPLE_ENABLED": "maybe"}, "SAMPLE_ENABLED")])
+def test_bad_values_name_the_variable(env, needle):
+    with pytest.raises(cfg.ConfigError, match=needle):
+        cfg.load(Sample, None, environ=env)
+
+
+def test_help_names_env_and_default():
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser, GatewayConfig)
+    text = parser.format_help()
+    assert "GATEWAY_PORT" in text and "50051" in text and "RERANKER_ADDR" in text
+
+
+def test_service_default_ports():
+    assert (GatewayConfig().port, RetrievalConfig().port, RerankerConfig().port) == (50051, 50052, 50053)
+    assert (GatewayConfig().metrics_port, RetrievalConfig().metrics_port, RerankerConfig().metrics_port) == (9101, 9102, 9103)
+
+
+@pytest.mark.parametrize("cls", [GatewayConfig, RetrievalConfig, RerankerConfig])
+def test_architecture_doc_lists_every_setting(cls):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
+    missing = [env for env in cfg.env_names(cls) if f"`{env}`" not in doc]
+    assert not missing, f"docs/ARCHITECTURE.md does not document {missing}; paste `searchctl config-docs` output"
