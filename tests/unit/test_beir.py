@@ -116,3 +116,107 @@ def test_scifact_shapes():
     test = load_qrels(SCIFACT, "test")
     assert len(test) == 300 and sum(len(v) for v in test.values()) == 339
     assert set(test) <= set(queries)
+
+
+# ----------------------------------------------------------------------------- evaluation
+# `searchctl eval`'s pure parts (services/cli/evaluate.py) live with the BEIR tests.
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+
+from services.cli.evaluate import compute_metrics, parse_modes, percentile, register, select_queries  # noqa: E402
+
+QRELS = {
+    "q1": {"d1": 1, "d2": 1},
+    "q2": {"d3": 2, "d4": 0},
+    "q3": {"d5": 0},  # nothing relevant: not evaluated
+    "q4": {"d9": 1},  # absent from the run: counts 0
+    "q5": {"r": 1},  # relevant document at rank 11
+}
+RUN = {
+    "q1": {"d1": 3.0, "x": 2.0, "d2": 1.0},
+    "q2": {"d4": 2.0, "d3": 1.0},
+    "q3": {"d5": 1.0},
+    "q5": {**{f"n{i:02d}": 100.0 - i for i in range(10)}, "r": 1.0},
+}
+
+
+def test_compute_metrics_known_answers():
+    ndcg_q1 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))  # hits at ranks 1 and 3 of 2 relevant
+    ndcg_q2 = (2 / math.log2(3)) / 2  # grade-2 hit at rank 2; ideal puts it at rank 1
+    m = compute_metrics(RUN, QRELS)
+    assert m["queries"] == 4
+    assert m["ndcg@10"] == pytest.approx((ndcg_q1 + ndcg_q2 + 0 + 0) / 4)
+    assert m["recall@100"] == pytest.approx((1 + 1 + 0 + 1) / 4)
+    # MRR@10: q5's hit at rank 11 is cut off (plain reciprocal rank would give 1/11).
+    assert m["mrr@10"] == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+
+
+def test_compute_metrics_recall_is_cut_at_100():
+    run = {"q": {f"n{i:03d}": 1000.0 - i for i in range(100)} | {"r": 0.0}}
+    assert compute_metrics(run, {"q": {"r": 1}})["recall@100"] == 0.0
+    run["q"]["r"] = 5000.0
+    assert compute_metrics(run, {"q": {"r": 1}}) == {"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "queries": 1}
+
+
+def test_compute_metrics_without_judged_queries():
+    assert compute_metrics(RUN, {"q3": {"d5": 0}})["queries"] == 0
+
+
+def test_percentile():
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 95) == pytest.approx(4.8)
+    assert math.isnan(percentile([], 50))
+
+
+def test_parse_modes():
+    modes = parse_modes("dense, hybrid+rerank,dense,SPARSE")
+    assert [(m.name, m.retrieval, m.rerank) for m in modes] == [
+        ("dense", "dense", False), ("hybrid+rerank", "hybrid", True), ("sparse", "sparse", False)]
+    for bad in ("bm25", "dense+cross", "", ","):
+        with pytest.raises(ValueError):
+            parse_modes(bad)
+
+
+def test_select_queries_keeps_judged_in_file_order():
+    queries = {"q5": "e", "q1": "a", "q3": "c", "q9": "unjudged"}
+    assert list(select_queries(queries, QRELS, None)) == ["q5", "q1"]
+    assert list(select_queries(queries, QRELS, 1)) == ["q5"]
+
+
+def test_eval_command_line():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "/data/scifact", "--collection", "c", "--modes", "dense,hybrid+rerank",
+                              "--candidates", "30", "--json", "out.json", "--max-queries", "10"])
+    assert (args.dataset, args.collection, args.candidates, args.top_k, args.split) == ("/data/scifact", "c", 30, 100, "test")
+    assert (args.target, args.json, args.max_queries) == ("localhost:50051", "out.json", 10)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "/data", "--collection", "c", "--combination", "borda"])
+
+
+def test_eval_rejects_unknown_mode_before_connecting(dataset, capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", str(dataset), "--collection", "c", "--modes", "bm25", "--target", "127.0.0.1:1"])
+    assert args.func(args) == 2
+    assert "unknown mode 'bm25'" in capsys.readouterr().err
+
+
+def test_search_requests_per_mode():
+    from search.v1 import common_pb2, search_service_pb2 as pb
+
+    from services.cli.evaluate import search_request
+
+    args = argparse.Namespace(candidates=30, combination="weighted_rrf", rerank_weight=0.7,
+                              fusion="weighted_zscore", dense_weight=0.6, rrf_k=0)
+    dense, hybrid_rr = parse_modes("dense,hybrid+rerank")
+    r = search_request(dense, "c", "q", 100, args)
+    assert (r.mode, r.rerank.enabled, r.rerank.HasField("candidates"), r.top_k) == (common_pb2.RETRIEVAL_MODE_DENSE, False, False, 100)
+    assert not r.HasField("fusion")
+    r = search_request(hybrid_rr, "c", "q", 100, args)
+    assert (r.mode, r.rerank.enabled, r.rerank.candidates) == (common_pb2.RETRIEVAL_MODE_HYBRID, True, 30)
+    assert r.rerank.combination == pb.SCORE_COMBINATION_WEIGHTED_RRF
+    assert r.rerank.rerank_weight == pytest.approx(0.7)
+    assert r.fusion.method == common_pb2.FUSION_METHOD_WEIGHTED_ZSCORE and r.fusion.dense_weight == pytest.approx(0.6)
+    assert not r.fusion.HasField("rrf_k")
