@@ -109,7 +109,12 @@ async def run(service: Service, endpoint: Endpoint, *, stop_event: asyncio.Event
     stopping = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if starting in done:
-        starting.result()  # a failed start raises here and ends the process with the reason
+        if starting.exception() is not None:
+            exc = starting.exception()
+            log.error("start-up failed: %s", exc, exc_info=exc)
+            await server.stop(0)
+            await service.stop()
+            raise SystemExit(f"{service.name}: start-up failed: {exc}")
         for name in health_names:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"services": list(service.grpc_service_names)})

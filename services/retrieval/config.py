@@ -25,6 +25,12 @@ class RetrievalConfig:
         None, "EMBEDDER_MODEL_DIR", "bi-encoder directory (model.onnx + tokenizer.json); unset: $SEARCH_MODELS_DIR/bge-small-en"
     )
     max_length: int = setting(256, "EMBEDDER_MAX_LENGTH", "tokens per passage the bi-encoder sees (longer text is truncated)")
+    long_documents: str = setting(
+        "truncate", "RETRIEVAL_LONG_DOCUMENTS",
+        "documents longer than the model window: truncate (index the first window) or split (overlapping passages); "
+        "recorded per collection at creation",
+    )
+    passage_overlap: int = setting(32, "RETRIEVAL_PASSAGE_OVERLAP_TOKENS", "tokens neighbouring passages share when splitting")
     batch_size: int = setting(32, "EMBEDDER_BATCH_SIZE", "texts per bi-encoder inference batch")
     provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")
     intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime intra-op threads (0 = one per core)")

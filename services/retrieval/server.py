@@ -205,7 +205,14 @@ class RetrievalService:
             timeout_s=cfg.qdrant_timeout_seconds,
         )
         self._client = await loop.run_in_executor(self.executor, open_client, settings)
-        store = DocumentStore(self._client, embedder, Bm25SparseEncoder(), settings)
+        from services.retrieval.passages import MODES as LONG_DOCUMENT_MODES, PassageSplitter
+
+        if cfg.long_documents not in LONG_DOCUMENT_MODES:
+            raise SystemExit(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
+        splitter = PassageSplitter(model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
+        store = DocumentStore(
+            self._client, embedder, Bm25SparseEncoder(), settings, splitter=splitter, long_documents=cfg.long_documents
+        )
         # Warm up: the first inference allocates; do it before reporting SERVING.
         await loop.run_in_executor(self.executor, embedder.embed_queries, ["warmup"])
         self.servicer._store = store

@@ -4,10 +4,13 @@ Knows nothing of gRPC. One code path serves Qdrant's embedded local mode (an on-
 path; the default) and a Qdrant server or cluster (``url``), because both are the same
 ``QdrantClient`` API.
 
-Point layout: one point per document, id ``uuid5(doc id)`` so a re-upsert replaces the
-earlier version and never duplicates it. Payload: ``doc_id``, ``title``, ``text`` and the
-caller's payload under ``payload`` (filters on key ``k`` address ``payload.k``, so a caller's
-keys can never collide with ours). Vectors: ``dense`` (cosine) and ``sparse`` (BM25 term
+Point layout: one point per document (or per passage of a long document when the
+collection splits them, see passages.py), id ``uuid5(doc id)`` (``uuid5(doc id#n)`` for
+passage n > 0) so a re-upsert replaces the earlier version and never duplicates it; stale
+passages of a document that got shorter are deleted after the new ones are written.
+Payload: ``doc_id``, ``passage``, ``title``, ``text`` and the caller's payload under
+``payload`` (filters on key ``k`` address ``payload.k``, so a caller's keys can never collide
+with ours). Vectors: ``dense`` (cosine) and ``sparse`` (BM25 term
 weights with Qdrant's IDF modifier, so document frequencies live in Qdrant and stay right
 as documents come and go).
 """
@@ -29,6 +32,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 from services.common import metrics, tracing
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from services.retrieval import fusion
+from services.retrieval.passages import Passage, PassageSplitter
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +114,9 @@ class QdrantSettings:
     timeout_s: float = 10.0
 
 
-def point_id(doc_id: str) -> str:
-    """The Qdrant point id for a document id: stable across processes and machines."""
-    return str(uuid.uuid5(POINT_NAMESPACE, doc_id))
+def point_id(doc_id: str, passage: int = 0) -> str:
+    """The Qdrant point id of a document's passage: stable across processes and machines."""
+    return str(uuid.uuid5(POINT_NAMESPACE, doc_id if passage == 0 else f"{doc_id}#{passage}"))
 
 
 def open_client(settings: QdrantSettings) -> QdrantClient:
@@ -130,11 +134,17 @@ class DocumentStore:
         embedder: Embedder,
         sparse_encoder: SparseEncoder,
         settings: QdrantSettings = QdrantSettings(),
+        splitter: PassageSplitter | None = None,
+        long_documents: str = "truncate",
     ) -> None:
+        if long_documents == "split" and splitter is None:
+            raise ValueError("long_documents='split' needs a PassageSplitter")
         self.client = client
         self.embedder = embedder
         self.sparse_encoder = sparse_encoder
         self.settings = settings
+        self.splitter = splitter
+        self.long_documents = long_documents
         self.local = not settings.url
         # Embedded local mode is not safe for concurrent writers; a server is.
         self._local_lock = threading.Lock() if self.local else None
@@ -180,10 +190,15 @@ class DocumentStore:
             shard_number=self.settings.shard_number,
             replication_factor=self.settings.replication_factor,
             write_consistency_factor=self.settings.write_consistency_factor,
-            metadata={"dense_model": self.embedder.name, "filter_fields": dict(filter_fields), "sparse": sparse},
+            metadata={
+                "dense_model": self.embedder.name,
+                "filter_fields": dict(filter_fields),
+                "sparse": sparse,
+                "long_documents": self.long_documents,
+            },
         )
-        # doc_id is always indexed: deletes and counts filter on it.
-        indexes = {"doc_id": models.PayloadSchemaType.KEYWORD}
+        # doc_id and passage are always indexed: deletes and counts filter on them.
+        indexes = {"doc_id": models.PayloadSchemaType.KEYWORD, "passage": models.PayloadSchemaType.INTEGER}
         indexes.update({f"payload.{key}": FIELD_SCHEMAS[kind] for key, kind in filter_fields.items()})
         if not self.local:  # local mode ignores payload indexes (and warns)
             for key, schema in indexes.items():
@@ -196,11 +211,12 @@ class DocumentStore:
         metadata = info.config.metadata or {}
         dense = info.config.params.vectors
         dense_params = dense.get(DENSE) if isinstance(dense, dict) else dense
-        count = self._qdrant("count", self.client.count, name, exact=True).count
+        points = self._qdrant("count", self.client.count, name, exact=True).count
+        documents = self._qdrant("count", self.client.count, name, count_filter=_FIRST_PASSAGE, exact=True).count
         return CollectionDescription(
             name=name,
-            document_count=count,
-            point_count=info.points_count or count,
+            document_count=documents,
+            point_count=points,
             dense_model=str(metadata.get("dense_model", "")),
             dense_dimension=int(dense_params.size) if dense_params else 0,
             sparse_enabled=bool(info.config.params.sparse_vectors),
@@ -218,40 +234,60 @@ class DocumentStore:
         info = self._require(name)
         self._check_model(name, info)
         sparse_enabled = bool(info.config.params.sparse_vectors)
-        texts = [_index_text(doc) for doc in documents]
+        split = _splits(info)
+        units: list[tuple[DocumentIn, Passage]] = []
+        for doc in documents:
+            passages = self.splitter.split(doc.text) if split and self.splitter else [Passage(0, doc.text)]
+            units.extend((doc, passage) for passage in passages)
+        texts = [_index_text(doc.title, passage.text) for doc, passage in units]
         start = time.perf_counter()
         with tracing.span("embed.documents", **{"batch.size": len(texts)}):
             dense = self.embedder.embed_documents(texts)
         metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="document").observe(time.perf_counter() - start)
         sparse = self.sparse_encoder.encode_documents(texts) if sparse_enabled else [None] * len(texts)
         points = []
-        for doc, vector, sparse_vector in zip(documents, dense, sparse):
+        for (doc, passage), vector, sparse_vector in zip(units, dense, sparse):
             vectors: dict[str, Any] = {DENSE: vector.tolist()}
             if sparse_vector is not None and sparse_vector.indices:
                 vectors[SPARSE] = models.SparseVector(indices=list(sparse_vector.indices), values=list(sparse_vector.values))
             points.append(
                 models.PointStruct(
-                    id=point_id(doc.id),
+                    id=point_id(doc.id, passage.index),
                     vector=vectors,
-                    payload={"doc_id": doc.id, "title": doc.title, "text": doc.text, "payload": doc.payload},
+                    payload={"doc_id": doc.id, "passage": passage.index, "title": doc.title, "text": passage.text,
+                             "payload": doc.payload},
                 )
             )
         self._qdrant("upsert", self.client.upsert, name, points=points, wait=True)
+        if split:  # a document that got shorter leaves passages behind: remove them
+            counts: dict[str, int] = {}
+            for doc, passage in units:
+                counts[doc.id] = max(counts.get(doc.id, 0), passage.index + 1)
+            stale = models.Filter(
+                should=[
+                    models.Filter(must=[
+                        models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id)),
+                        models.FieldCondition(key="passage", range=models.Range(gte=n)),
+                    ])
+                    for doc_id, n in counts.items()
+                ]
+            )
+            self._qdrant("delete", self.client.delete, name, points_selector=models.FilterSelector(filter=stale), wait=True)
         metrics.RETRIEVAL_POINTS_UPSERTED.inc(len(points))
-        return len(points)
+        return len(documents)
 
     def delete(self, name: str, ids: Sequence[str]) -> int:
-        self._require(name)
-        point_ids = [point_id(doc_id) for doc_id in ids]
-        present = self._qdrant("retrieve", self.client.retrieve, name, ids=point_ids, with_payload=False)
-        if present:
-            self._qdrant(
-                "delete",
-                self.client.delete,
-                name,
-                points_selector=models.PointIdsList(points=[p.id for p in present]),
-                wait=True,
+        info = self._require(name)
+        present = self._qdrant("retrieve", self.client.retrieve, name, ids=[point_id(i) for i in ids], with_payload=False)
+        if not present:
+            return 0
+        if _splits(info):
+            selector: Any = models.FilterSelector(
+                filter=models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(ids)))])
             )
+        else:
+            selector = models.PointIdsList(points=[p.id for p in present])
+        self._qdrant("delete", self.client.delete, name, points_selector=selector, wait=True)
         return len(present)
 
     def _check_model(self, name: str, info: models.CollectionInfo) -> None:
@@ -277,6 +313,12 @@ class DocumentStore:
         """Candidates for ``query``, best first, and the mode actually used."""
         info = self._require(name)
         self._check_model(name, info)
+        if _splits(info):  # several passages of one document may rank: fetch more, keep each document's best
+            candidates, used = self._retrieve(name, info, query, min(limit * 3, 1000), query_filter, mode, fusion_options)
+            return _best_per_document(candidates)[:limit], used
+        return self._retrieve(name, info, query, limit, query_filter, mode, fusion_options)
+
+    def _retrieve(self, name, info, query, limit, query_filter, mode, fusion_options) -> tuple[list[Candidate], str]:
         sparse_enabled = bool(info.config.params.sparse_vectors)
         if mode in ("sparse", "hybrid") and not sparse_enabled:
             if mode == "sparse":
@@ -364,8 +406,25 @@ class DocumentStore:
         return response.points
 
 
-def _index_text(doc: DocumentIn) -> str:
-    return f"{doc.title}\n{doc.text}" if doc.title else doc.text
+_FIRST_PASSAGE = models.Filter(must=[models.FieldCondition(key="passage", match=models.MatchValue(value=0))])
+
+
+def _splits(info: models.CollectionInfo) -> bool:
+    return (info.config.metadata or {}).get("long_documents") == "split"
+
+
+def _best_per_document(candidates: list[Candidate]) -> list[Candidate]:
+    seen: set[str] = set()
+    best = []
+    for candidate in candidates:
+        if candidate.id not in seen:
+            seen.add(candidate.id)
+            best.append(candidate)
+    return best
+
+
+def _index_text(title: str, text: str) -> str:
+    return f"{title}\n{text}" if title else text
 
 
 def _candidate(point: models.ScoredPoint, score: float | None = None, dense=None, sparse=None) -> Candidate:

@@ -154,3 +154,28 @@ def test_retrieval_persists_across_restart(fresh_stack):
                 time.sleep(0.2)
         assert info.document_count == 3
         assert search(stub, "persist", "volcano lava", top_k=1).results[0].id == "volcano"
+
+
+def test_split_mode_indexes_the_end_of_long_documents(fresh_stack):
+    fresh_stack.env_overrides["retrieval"] = {"RETRIEVAL_LONG_DOCUMENTS": "split", "EMBEDDER_MAX_LENGTH": "64",
+                                          "RETRIEVAL_PASSAGE_OVERLAP_TOKENS": "8"}
+    fresh_stack.start_all()
+    filler = " ".join(f"Section {i} discusses routine administrative matters of the committee." for i in range(40))
+    long_doc = document("report", "Annual report", filler + " Finally, the zebra population in the park doubled.", {"topic": "x"})
+    short = document("note", "Note", "A short note about office supplies and staplers.", {"topic": "x"})
+    with grpc.insecure_channel(fresh_stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="split"), timeout=30)
+        stub.Upsert(pb.UpsertRequest(collection="split", documents=[long_doc, short]), timeout=120)
+        info = stub.DescribeCollection(pb.DescribeCollectionRequest(name="split"), timeout=30).collection
+        assert info.document_count == 2 and info.point_count > 5
+        hits = search(stub, "split", "zebra population doubled", top_k=2, mode=common_pb2.RETRIEVAL_MODE_DENSE)
+        assert [r.id for r in hits.results] == ["report", "note"]  # one result per document
+        assert "zebra" in hits.results[0].text  # the matching passage is returned
+        # Re-upsert shorter: stale passages go, the count stays right.
+        stub.Upsert(pb.UpsertRequest(collection="split", documents=[document("report", "Annual report", "Short now.", {})]), timeout=60)
+        info = stub.DescribeCollection(pb.DescribeCollectionRequest(name="split"), timeout=30).collection
+        assert (info.document_count, info.point_count) == (2, 2)
+        assert stub.Delete(pb.DeleteRequest(collection="split", ids=["report"]), timeout=30).deleted == 1
+        info = stub.DescribeCollection(pb.DescribeCollectionRequest(name="split"), timeout=30).collection
+        assert (info.document_count, info.point_count) == (1, 1)
