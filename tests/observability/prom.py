@@ -164,3 +164,28 @@ def start_metrics_target(service: str) -> MetricsTarget:
         proc.kill()
         pytest.fail(f"metrics target {service} did not start (exit {proc.wait()})")
     return MetricsTarget(service, f"127.0.0.1:{port}", proc)
+
+
+DASHBOARD = REPO / "observability" / "grafana" / "search-dashboard.json"
+
+
+def dashboard_panels(dashboard: dict) -> list[dict]:
+    """Every non-row panel, including panels nested in collapsed rows."""
+    out = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            out.extend(panel.get("panels", []))
+        else:
+            out.append(panel)
+    return out
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(panel title, PromQL expr) for every query of the dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in dashboard_panels(dashboard) for t in p.get("targets", [])]
+
+
+def as_plain_promql(expr: str) -> str:
+    """Replace Grafana's interval variables so Prometheus itself can run the query."""
+    return expr.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "1h")

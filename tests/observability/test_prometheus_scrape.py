@@ -120,3 +120,14 @@ def test_a_dead_target_makes_service_down_pending(tmp_path):
     finally:
         prom.stop()
         live.stop()
+
+
+def test_dashboard_queries_are_valid_promql_on_a_real_prometheus(prometheus):
+    from tests.observability.prom import as_plain_promql, dashboard_exprs
+
+    for title, expr in dashboard_exprs():
+        try:
+            prometheus.query(as_plain_promql(expr))
+        except Exception as exc:  # HTTP 400 carries Prometheus's parse error
+            body = exc.read().decode() if hasattr(exc, "read") else ""
+            pytest.fail(f"{title}: {expr!r} rejected by Prometheus: {exc} {body}")
