@@ -110,7 +110,7 @@ RETRIEVAL_EMBEDDING_SECONDS = Histogram(
 )
 RETRIEVAL_QDRANT_SECONDS = Histogram(
     "search_retrieval_qdrant_seconds",
-    "Time spent in one Qdrant operation (query, upsert, delete, create_collection, ...).",
+    "Time spent in one Qdrant client call, by operation (query_points, upsert, delete, count, ...).",
     ["operation"],
     buckets=LATENCY_BUCKETS,
 )
