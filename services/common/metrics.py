@@ -96,7 +96,21 @@ RERANK_REJECTED_REQUESTS = Counter(
     "search_reranker_rejected_requests",
     "Rerank requests shed because the queue was full (answered RESOURCE_EXHAUSTED).",
 )
-RERANK_PROVIDER_INFO = Info(
+class _InfoOnceSet(Info):
+    """An Info metric that exports nothing until ``info()`` is called.
+
+    A plain Info exports ``..._info 1`` with no labels from every process that imports this
+    module; this one appears only in the reranker, once it knows its execution provider.
+    """
+
+    def _child_samples(self):
+        with self._lock:
+            if not self._value:
+                return ()
+        return super()._child_samples()
+
+
+RERANK_PROVIDER_INFO = _InfoOnceSet(
     "search_reranker_execution_provider",
     "The ONNX Runtime execution provider (and model) the reranker actually runs on.",
 )

@@ -348,3 +348,24 @@ def test_metrics_endpoint_serves_the_contract_families():
             blocker.bind(("127.0.0.1", 0))
             blocker.listen()
             metrics.start_metrics_server(blocker.getsockname()[1], host="127.0.0.1")
+
+
+def test_provider_info_is_absent_until_set_in_a_fresh_process():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from prometheus_client import generate_latest\n"
+        "from services.common import metrics\n"
+        "before = generate_latest().decode()\n"
+        "metrics.RERANK_PROVIDER_INFO.info({'provider': 'CPUExecutionProvider', 'model': 'm'})\n"
+        "after = generate_latest().decode()\n"
+        "print([l for l in before.splitlines() if l.startswith('search_reranker_execution_provider_info')])\n"
+        "print([l for l in after.splitlines() if l.startswith('search_reranker_execution_provider_info')])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.splitlines()
+    assert before == "[]"  # the gateway and retrieval do not export an empty info series
+    assert after == "['search_reranker_execution_provider_info{model=\"m\",provider=\"CPUExecutionProvider\"} 1.0']"
