@@ -126,4 +126,5 @@ async def run(service: Service, endpoint: Endpoint, *, stop_event: asyncio.Event
     await health_servicer.enter_graceful_shutdown()
     await server.stop(endpoint.grace_seconds)
     await service.stop()
+    tracing.shutdown_tracing()  # flush queued spans before the process exits
     log.info("stopped")
