@@ -28,7 +28,7 @@ from .support import (
 )
 
 APPS = tuple(SERVICES)
-WORKLOADS = ("Deployment", "StatefulSet")
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
 # CRDs that have no schema in kubernetes-validate; checked structurally below.
 KNOWN_CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -46,7 +46,9 @@ def pod_specs(docs: list[dict]):
 
 
 # --------------------------------------------------------------------------- rendering
-@pytest.mark.parametrize("path", ["base", "overlays/dev", "overlays/prod", "overlays/mesh", "prometheus-adapter"])
+@pytest.mark.parametrize(
+    "path", ["base", "overlays/dev", "overlays/prod", "overlays/mesh", "prometheus-adapter", "examples/dev-models-volume"]
+)
 def test_kustomization_renders(path):
     docs = kustomize(K8S / path)
     assert docs, f"k8s/{path} rendered nothing"
@@ -171,6 +173,10 @@ def test_resources_requests_and_limits(docs, service):
 
 
 def test_every_pod_meets_the_restricted_security_profile(docs):
+    assert_restricted(docs)
+
+
+def assert_restricted(docs: list[dict]) -> None:
     count = 0
     for d, spec in pod_specs(docs):
         name = d["metadata"]["name"]
@@ -533,3 +539,32 @@ def test_istio_objects(overlay, docs):
 def test_overlays_list_is_complete():
     present = {p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists()}
     assert present == set(OVERLAYS)
+
+
+# --------------------------------------------------------------------------- models on a volume
+def test_models_volume_component():
+    """k8s/components/models-volume (rendered through k8s/examples/dev-models-volume)."""
+    docs = kustomize(K8S / "examples" / "dev-models-volume")
+    assert_restricted(docs)
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (pip install -e '.[dev]')")
+    for d in docs:
+        kv.validate(d, K8S_VERSIONS[0], strict=True)
+    pvc = one(docs, "PersistentVolumeClaim", "search-models")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    job = one(docs, "Job", "models-fetch")
+    fetch = job["spec"]["template"]["spec"]["containers"][0]
+    assert fetch["command"] == ["searchctl", "models", "fetch", "--models-dir", "/models"]
+    assert {"name": "models", "mountPath": "/models"} in fetch["volumeMounts"]
+    for service in ("retrieval", "reranker"):
+        d = one(docs, "Deployment", service)
+        spec = d["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "search-models", "readOnly": True}
+        c = container(d)
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+        assert env_of(c)["SEARCH_MODELS_DIR"]["value"] == "/models"
+    assert "models" not in {v["name"] for v in one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["volumes"]}
+    # The fetch Job may reach the package index, nothing else gains egress.
+    net = Net(docs)
+    assert net.can({"app.kubernetes.io/name": "models-fetch"}, {"app": "pypi"}, 443, dst_ns={"kubernetes.io/metadata.name": "internet"})
+    assert not net.can("retrieval", {"app": "pypi"}, 443, dst_ns={"kubernetes.io/metadata.name": "internet"})
