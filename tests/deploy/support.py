@@ -144,3 +144,19 @@ def quantity(value) -> float:
     if not m or m.group(2) not in _SUFFIX:
         raise ValueError(f"not a quantity: {value!r}")
     return float(m.group(1)) * _SUFFIX[m.group(2)]
+
+
+def known_env_names(service: str) -> set[str]:
+    """Environment variables a service reads: its config class, the shared security
+    settings, the models directory, and the downward-API helpers used in manifests."""
+    import importlib
+
+    from services.common.config import env_names
+
+    names = set(env_names(config_class(service))) | {"SEARCH_MODELS_DIR", "POD_NAME", "POD_NAMESPACE"}
+    try:
+        security = importlib.import_module("services.common.security")
+        names |= set(env_names(security.SecurityConfig))
+    except (ImportError, AttributeError):
+        pass
+    return names

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from .support import GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, config_class, xds_tool
+from .support import GRPC_PORTS, METRICS_PORTS, REPO, SERVICES, known_env_names, xds_tool
 
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -78,9 +78,7 @@ def test_app_services_are_hardened_and_private(compose, service):
 
 @pytest.mark.parametrize("service", APPS)
 def test_app_environment_uses_real_settings(compose, service):
-    from services.common.config import env_names
-
-    known = set(env_names(config_class(service))) | {"SEARCH_MODELS_DIR"}
+    known = known_env_names(service)
     for name in compose["services"][service]["environment"]:
         assert name in known or name.startswith("OTEL_"), f"{service}: {name} is not a setting"
 

@@ -16,10 +16,10 @@ from .support import (
     OVERLAYS,
     SERVICES,
     by_kind,
-    config_class,
     config_default,
     container,
     env_of,
+    known_env_names,
     kustomize,
     labels_match,
     one,
@@ -139,9 +139,7 @@ def test_container_ports_and_env_match_the_service_defaults(docs, service):
 @pytest.mark.parametrize("service", APPS)
 def test_env_vars_are_settings_the_service_reads(docs, service):
     """A typo in an env var name would silently leave the default in place."""
-    from services.common.config import env_names
-
-    known = set(env_names(config_class(service))) | {"SEARCH_MODELS_DIR", "POD_NAME", "POD_NAMESPACE"}
+    known = known_env_names(service)
     c = container(one(docs, "Deployment", service))
     defined: list[str] = []
     for e in c["env"]:
