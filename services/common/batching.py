@@ -1,12 +1,30 @@
 """Dynamic batching across concurrent requests, bounded by items AND padded tokens.
 
 Callers :meth:`DynamicBatcher.submit` a request's items (already tokenized, each with
-its token length). One worker drains everything queued when it becomes free, sorts
-it by length so padding stays small, cuts it into batches of at most ``max_batch_items``
-items and ``max_batch_tokens`` padded tokens (an oversize request is split across
-batches; a single over-long item still runs alone), runs each batch off the event loop
-(ONNX Runtime releases the GIL, so the server keeps accepting and queueing meanwhile),
-and routes every score back to its request in the request's own order.
+its token length). A single worker task on the event loop turns what is queued into
+batches and runs them on an executor (ONNX Runtime releases the GIL, so the server
+keeps accepting, tokenizing and queueing while a batch runs):
+
+* **Rounds.** When the worker needs work it takes everything queued as one *round*,
+  sorts it by length so padding stays small, and cuts it into batches of at most
+  ``max_batch_items`` items and ``max_batch_tokens`` padded tokens
+  (:func:`plan_batches`). An oversize request is split across batches; a single
+  over-long item still runs alone. Requests arriving during a round form the next one,
+  so nobody is overtaken indefinitely.
+* **Short wait.** When the executor is idle and fewer than a batch of items is queued,
+  the worker waits ``max_wait_s`` once so that concurrent callers can join the batch.
+* **Pipelining.** Up to ``pipeline_depth`` batches are handed to the executor at once,
+  so the inference thread goes straight from one batch to the next (on a GPU the gap
+  between batches is otherwise a visible share of the time). A new round is planned
+  early only when it fills at least one whole batch; a partial batch waits for the
+  running one to finish, because the requests it frees usually come straight back.
+* **Priorities.** ``submit(..., priority=0)`` is served before larger numbers: pending
+  items of a more urgent priority are planned ahead of the rest of the current round at
+  the next batch boundary (the embedder gives search queries priority over documents).
+* **Routing.** Each batch's outputs are written into each request's result array at the
+  request's own positions; a request completes when its last item has been scored.
+* **Abandoned requests.** When a caller goes away (deadline, cancellation), its items
+  that have not been handed to the executor yet are dropped instead of scored.
 
 The queue is bounded in items: past ``max_queue_items`` a request is refused at once
 with :class:`~services.common.errors.ResourceExhausted` rather than left to time out.
@@ -17,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -31,17 +50,22 @@ log = logging.getLogger(__name__)
 E = TypeVar("E")  # one tokenized item
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     size: int
+    priority: int
     enqueued: float
-    scores: np.ndarray
+    result: np.ndarray
     remaining: int
     future: asyncio.Future
+    started: bool = False
+    abandoned: bool = False
+    counted_out: bool = False
 
 
 @dataclass(order=True)
-class _Item(Generic[E]):
+class _Item:
+    priority: int
     length: int
     seq: int
     request: _Request = field(compare=False)
@@ -72,7 +96,8 @@ class BatcherMetrics:
 def plan_batches(lengths: Sequence[int], max_items: int, max_tokens: int) -> list[list[int]]:
     """Cut positions of ``lengths`` (sorted ascending by the caller) into batches.
 
-    A batch's cost is ``len(batch) * max(length in batch)`` padded tokens.
+    A batch's cost is ``len(batch) * max(length in batch)`` padded tokens; every batch
+    respects both bounds except a single item longer than ``max_tokens``, which runs alone.
     """
     batches: list[list[int]] = []
     current: list[int] = []
@@ -90,6 +115,23 @@ def plan_batches(lengths: Sequence[int], max_items: int, max_tokens: int) -> lis
 
 
 class DynamicBatcher(Generic[E]):
+    """Coalesce items from concurrent :meth:`submit` calls into bounded, length-sorted batches.
+
+    Args:
+        infer: runs one batch (a list of encodings) and returns one output row per item:
+            shape ``(n, *item_shape)`` (``(n, 1)`` is accepted for ``item_shape=()``).
+            Called on ``executor``.
+        length_of: an item's token count (its padded cost is the longest in its batch).
+        executor: where ``infer`` runs; one thread is right for ONNX Runtime, which
+            parallelises inside a batch.
+        max_batch_items / max_batch_tokens: bounds of one batch (items; items x longest).
+        max_wait_s: how long an idle worker waits for concurrent callers to join.
+        max_queue_items: items queued (pending, planned or running) before shedding.
+        item_shape / dtype: shape and type of one item's output row.
+        pipeline_depth: batches handed to the executor ahead (>= 1).
+        metrics: reporting hooks.
+    """
+
     def __init__(
         self,
         infer: Callable[[list[E]], np.ndarray],
@@ -100,10 +142,15 @@ class DynamicBatcher(Generic[E]):
         max_batch_tokens: int = 8192,
         max_wait_s: float = 0.002,
         max_queue_items: int = 2048,
+        item_shape: tuple[int, ...] = (),
+        dtype: Any = np.float32,
+        pipeline_depth: int = 2,
         metrics: BatcherMetrics | None = None,
     ) -> None:
-        if max_batch_items < 1 or max_batch_tokens < 1 or max_queue_items < 1:
-            raise ValueError("batch and queue bounds must be positive")
+        if max_batch_items < 1 or max_batch_tokens < 1 or max_queue_items < 1 or pipeline_depth < 1:
+            raise ValueError("batch, queue and pipeline bounds must be positive")
+        if max_wait_s < 0:
+            raise ValueError("max_wait_s must be >= 0")
         self._infer = infer
         self._length_of = length_of
         self._executor = executor
@@ -111,18 +158,30 @@ class DynamicBatcher(Generic[E]):
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.max_queue_items = max_queue_items
+        self.item_shape = tuple(item_shape)
+        self.dtype = dtype
+        self.pipeline_depth = pipeline_depth
         self._metrics = metrics or BatcherMetrics()
         self._pending: list[_Item] = []
-        self._queued_items = 0  # pending + being scored
+        self._abandoned = False  # some queued request was abandoned by its caller
+        self._planned: deque[tuple[int, list[_Item]]] = deque()  # (priority, batch)
+        self._inflight: deque[tuple[asyncio.Future, list[_Item]]] = deque()
+        self._queued_items = 0  # pending + planned + being scored
         self._queued_requests = 0
         self._seq = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._closed = False
 
+    # ------------------------------------------------------------------ public API
+
     @property
     def queued_items(self) -> int:
         return self._queued_items
+
+    @property
+    def queued_requests(self) -> int:
+        return self._queued_requests
 
     def start(self) -> None:
         if self._worker is None:
@@ -135,13 +194,13 @@ class DynamicBatcher(Generic[E]):
         if self._worker is not None:
             await self._worker
 
-    async def submit(self, encodings: Sequence[E]) -> np.ndarray:
-        """Scores for ``encodings``, in their order."""
+    async def submit(self, encodings: Sequence[E], *, priority: int = 0) -> np.ndarray:
+        """Outputs for ``encodings``, in their order: shape ``(len(encodings), *item_shape)``."""
         if self._closed:
             raise Unavailable("the service is shutting down")
         n = len(encodings)
         if n == 0:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros((0, *self.item_shape), dtype=self.dtype)
         if self._queued_items + n > self.max_queue_items:
             self._metrics.rejected()
             raise ResourceExhausted(
@@ -150,11 +209,18 @@ class DynamicBatcher(Generic[E]):
             )
         self.start()
         loop = asyncio.get_running_loop()
-        request = _Request(size=n, enqueued=time.perf_counter(), scores=np.empty(n, dtype=np.float32), remaining=n,
-                           future=loop.create_future())
+        request = _Request(
+            size=n,
+            priority=priority,
+            enqueued=time.perf_counter(),
+            result=np.empty((n, *self.item_shape), dtype=self.dtype),
+            remaining=n,
+            future=loop.create_future(),
+        )
         for index, encoding in enumerate(encodings):
             self._seq += 1
-            self._pending.append(_Item(self._length_of(encoding), self._seq, request, index, encoding))
+            length = int(self._length_of(encoding))
+            self._pending.append(_Item(priority, length, self._seq, request, index, encoding))
         self._queued_items += n
         self._queued_requests += 1
         self._metrics.queue_changed(self._queued_items, self._queued_requests)
@@ -163,59 +229,162 @@ class DynamicBatcher(Generic[E]):
             return await asyncio.shield(request.future)
         finally:
             if not request.future.done():
-                # The caller went away (deadline, cancel); its items still run, results dropped.
-                request.future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._pending:
-                if self._closed:
-                    return
-                continue
-            if self.max_wait_s > 0 and len(self._pending) < self.max_batch_items:
-                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join the round
-            round_items = sorted(self._pending)
-            self._pending = []
-            now = time.perf_counter()
-            for request in {id(i.request): i.request for i in round_items}.values():
-                self._metrics.queue_wait(now - request.enqueued)
-            for positions in plan_batches([i.length for i in round_items], self.max_batch_items, self.max_batch_tokens):
-                await self._score([round_items[p] for p in positions])
-            if self._pending:
+                # The caller went away (deadline, cancel): drop its items not yet running.
+                request.abandoned = True
+                request.future.cancel()
+                self._abandoned = True
                 self._wakeup.set()
 
-    async def _score(self, batch: list[_Item]) -> None:
+    # ------------------------------------------------------------------ worker
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self._inflight and self._inflight[0][0].done():
+                future, batch = self._inflight.popleft()
+                self._deliver(batch, future)
+            self._drop_abandoned()
+            while len(self._inflight) < self.pipeline_depth:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                self._launch(loop, batch)
+            if not self._inflight and not self._planned and not self._pending and self._closed:
+                return
+            if not self._inflight and self._pending and not self._planned:
+                # Idle with a partial batch queued: give concurrent callers a moment to join.
+                if self.max_wait_s > 0 and len(self._pending) < self.max_batch_items:
+                    await asyncio.sleep(self.max_wait_s)
+                self._plan_round()
+                continue
+            await self._wakeup.wait()
+            self._wakeup.clear()
+
+    def _next_batch(self) -> list[_Item] | None:
+        """The next batch to run, or None when it is better to wait."""
+        if self._pending:
+            urgent = min(item.priority for item in self._pending)
+            if self._planned and urgent < self._planned[0][0]:
+                self._plan_round(only_priority=urgent, front=True)
+            elif not self._planned and self._inflight and self._enough_for_a_batch():
+                self._plan_round()
+        return self._planned.popleft()[1] if self._planned else None
+
+    def _enough_for_a_batch(self) -> bool:
+        if len(self._pending) >= self.max_batch_items:
+            return True
+        longest = max(item.length for item in self._pending)
+        return len(self._pending) * longest >= self.max_batch_tokens
+
+    def _plan_round(self, only_priority: int | None = None, front: bool = False) -> None:
+        if only_priority is None:
+            taken, self._pending = self._pending, []
+        else:
+            taken = [i for i in self._pending if i.priority == only_priority]
+            self._pending = [i for i in self._pending if i.priority != only_priority]
+        taken.sort()
+        batches: list[tuple[int, list[_Item]]] = []
+        start = 0
+        while start < len(taken):  # one group per priority, most urgent first
+            priority = taken[start].priority
+            end = start
+            while end < len(taken) and taken[end].priority == priority:
+                end += 1
+            group = taken[start:end]
+            for positions in plan_batches([i.length for i in group], self.max_batch_items, self.max_batch_tokens):
+                batches.append((priority, [group[p] for p in positions]))
+            start = end
+        if front:
+            self._planned.extendleft(reversed(batches))
+        else:
+            self._planned.extend(batches)
+
+    def _launch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        now = time.perf_counter()
+        for item in batch:
+            request = item.request
+            if not request.started:
+                request.started = True
+                self._metrics.queue_wait(now - request.enqueued)
+        future = loop.run_in_executor(self._executor, self._timed_infer, [item.encoding for item in batch])
+        future.add_done_callback(lambda _: self._wakeup.set())
+        self._inflight.append((future, batch))
+
+    def _timed_infer(self, encodings: list[E]) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
-        try:
-            scores = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._infer, [item.encoding for item in batch]
-            )
-            error = None
-        except Exception as exc:  # noqa: BLE001 - delivered to every caller in the batch
-            log.exception("batch inference failed", extra={"batch_items": len(batch)})
-            scores, error = None, exc
-        self._metrics.batch_done(
-            BatchStats(
-                items=len(batch),
-                padded_tokens=len(batch) * max(item.length for item in batch),
-                real_tokens=sum(item.length for item in batch),
-                seconds=time.perf_counter() - start,
-            )
+        out = self._infer(encodings)
+        return out, time.perf_counter() - start
+
+    def _deliver(self, batch: list[_Item], future: asyncio.Future) -> None:
+        error: BaseException | None = (
+            Unavailable("inference was cancelled") if future.cancelled() else future.exception()
         )
+        outputs = None
+        seconds = 0.0
+        if error is None:
+            raw, seconds = future.result()
+            try:
+                outputs = np.asarray(raw).reshape((len(batch), *self.item_shape))
+            except ValueError as exc:
+                error = exc
+        if error is not None:
+            log.error("batch inference failed", exc_info=error, extra={"batch_items": len(batch)})
+        else:
+            longest = max(item.length for item in batch)
+            self._metrics.batch_done(
+                BatchStats(
+                    items=len(batch),
+                    padded_tokens=len(batch) * longest,
+                    real_tokens=sum(item.length for item in batch),
+                    seconds=seconds,
+                )
+            )
         for pos, item in enumerate(batch):
             request = item.request
-            if error is None:
-                request.scores[item.index] = float(np.ravel(scores[pos])[0]) if np.ndim(scores[pos]) else float(scores[pos])
+            if outputs is not None:
+                request.result[item.index] = outputs[pos]
             request.remaining -= 1
             self._queued_items -= 1
             if request.future.done():
+                if request.remaining == 0 or error is not None:
+                    self._finish(request, None)
                 continue
             if error is not None:
-                request.future.set_exception(Unavailable(f"inference failed: {error}"))
-                self._queued_requests -= 1
+                self._finish(request, Unavailable(f"inference failed: {error}"))
             elif request.remaining == 0:
-                request.future.set_result(request.scores)
-                self._queued_requests -= 1
+                self._finish(request, request.result)
+        self._metrics.queue_changed(self._queued_items, self._queued_requests)
+
+    def _finish(self, request: _Request, outcome: np.ndarray | BaseException | None) -> None:
+        """Complete ``request`` once (and count it out of the queue once)."""
+        if request.counted_out:
+            return
+        request.counted_out = True
+        self._queued_requests -= 1
+        if request.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            request.future.set_exception(outcome)
+        else:
+            request.future.set_result(outcome)
+
+    def _drop_abandoned(self) -> None:
+        """Forget queued items of callers that went away (they were never handed out)."""
+        if not self._abandoned:
+            return
+        self._abandoned = False
+        dropped: list[_Item] = [i for i in self._pending if i.request.abandoned]
+        self._pending = [i for i in self._pending if not i.request.abandoned]
+        kept: deque[tuple[int, list[_Item]]] = deque()
+        for priority, batch in self._planned:
+            live = [i for i in batch if not i.request.abandoned]
+            dropped.extend(i for i in batch if i.request.abandoned)
+            if live:
+                kept.append((priority, live))
+        self._planned = kept
+        for item in dropped:
+            item.request.remaining -= 1
+            self._queued_items -= 1
+            if item.request.remaining == 0:
+                self._finish(item.request, None)
         self._metrics.queue_changed(self._queued_items, self._queued_requests)

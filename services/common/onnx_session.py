@@ -7,7 +7,10 @@ Provider names accepted everywhere (``ORT_PROVIDER``): ``auto``, ``cpu``, ``cuda
   the CUDA provider as *available* even on machines without a GPU), else CPU.
   ``auto`` never picks TensorRT because building engines is slow and must be opted in.
 * ``cuda``: CUDA, then CPU.
-* ``tensorrt``: TensorRT (engine cache + fp16 enabled), then CUDA, then CPU.
+* ``tensorrt``: TensorRT (engine and timing caches, fp16 enabled and, when the caller
+  gives a :class:`TrtProfile`, one explicit optimisation profile covering every batch
+  shape the dynamic batcher can form, so engines are built once, not per new shape),
+  then CUDA, then CPU.
 * ``cpu``: CPU only.
 
 CPU is always the last fallback. If a GPU provider was asked for but the session ended
@@ -23,6 +26,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,9 +39,11 @@ __all__ = [
     "CPU",
     "CUDA",
     "GPU_PROVIDERS",
+    "GRAPH_OPTIMIZATIONS",
     "PROVIDER_CHOICES",
     "TENSORRT",
     "ProviderSpec",
+    "TrtProfile",
     "create_session",
     "cuda_device_present",
     "encodings_to_inputs",
@@ -63,6 +69,38 @@ _GRAPH_OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+#: The inputs of the BERT-style encoders this project ships.
+BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class TrtProfile:
+    """The (batch, sequence) range a TensorRT engine must cover.
+
+    ONNX Runtime's TensorRT provider builds an engine for the shapes it has seen and
+    rebuilds it whenever a larger one arrives; with a dynamic batcher that means
+    rebuilds (seconds to minutes each) in the middle of serving. An explicit profile from
+    ``1 x 1`` to ``max_batch x max_length`` gives one engine for every batch, tuned for
+    full batches.
+    """
+
+    max_batch: int
+    max_length: int
+    input_names: tuple[str, ...] = BERT_INPUTS
+
+    def options(self) -> dict[str, str]:
+        def shapes(batch: int, length: int) -> str:
+            return ",".join(f"{name}:{batch}x{length}" for name in self.input_names)
+
+        return {
+            "trt_profile_min_shapes": shapes(1, 1),
+            "trt_profile_opt_shapes": shapes(self.max_batch, self.max_length),
+            "trt_profile_max_shapes": shapes(self.max_batch, self.max_length),
+        }
+
+GRAPH_OPTIMIZATIONS = tuple(_GRAPH_OPT_LEVELS)
 
 
 def _provider_name(spec: ProviderSpec) -> str:
@@ -102,6 +140,7 @@ def select_providers(
     *,
     trt_cache_dir: str | os.PathLike[str] | None = None,
     trt_fp16: bool = True,
+    trt_profile: TrtProfile | None = None,
 ) -> list[ProviderSpec]:
     """Map a provider choice to the ORT ``providers`` list (pure function).
 
@@ -114,6 +153,7 @@ def select_providers(
         trt_cache_dir: TensorRT engine cache directory (default
             ``$SEARCH_MODELS_DIR/trt-cache``).
         trt_fp16: enable fp16 kernels in TensorRT.
+        trt_profile: explicit TensorRT optimisation profile (see :class:`TrtProfile`).
 
     Returns:
         Provider entries in priority order, always ending with ``CPUExecutionProvider``.
@@ -140,16 +180,16 @@ def select_providers(
                 from services.common.models import default_models_dir
 
                 trt_cache_dir = default_models_dir() / "trt-cache"
-            chain.append(
-                (
-                    TENSORRT,
-                    {
-                        "trt_engine_cache_enable": True,
-                        "trt_engine_cache_path": str(trt_cache_dir),
-                        "trt_fp16_enable": bool(trt_fp16),
-                    },
-                )
-            )
+            options: dict[str, Any] = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(trt_cache_dir),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(trt_cache_dir),
+                "trt_fp16_enable": bool(trt_fp16),
+            }
+            if trt_profile is not None:
+                options.update(trt_profile.options())
+            chain.append((TENSORRT, options))
         if CUDA in have:
             chain.append(CUDA)
     chain.append(CPU)
@@ -157,7 +197,7 @@ def select_providers(
 
 
 def _session_options(
-    intra_op_threads: int, inter_op_threads: int, graph_optimization: str
+    intra_op_threads: int, inter_op_threads: int, graph_optimization: str, spin: bool = True
 ) -> ort.SessionOptions:
     level = _GRAPH_OPT_LEVELS.get(graph_optimization.strip().lower())
     if level is None:
@@ -171,6 +211,9 @@ def _session_options(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = inter_op_threads
+    # Spinning keeps intra-op threads busy-waiting between operators (lower latency on a
+    # dedicated machine); off, they yield the cores to the server's other threads.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return opts
 
 
@@ -181,6 +224,9 @@ def create_session(
     inter_op_threads: int = 0,
     graph_optimization: str = "all",
     trt_cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    spin: bool = True,
+    trt_profile: TrtProfile | None = None,
 ) -> tuple[ort.InferenceSession, str]:
     """Create a tuned ``InferenceSession``; return it and the provider really in use.
 
@@ -190,6 +236,8 @@ def create_session(
         intra_op_threads / inter_op_threads: 0 lets ORT decide.
         graph_optimization: ``disable`` | ``basic`` | ``extended`` | ``all``.
         trt_cache_dir: TensorRT engine cache directory.
+        spin: let intra-op threads spin-wait between operators.
+        trt_profile: explicit TensorRT optimisation profile (batch x sequence range).
 
     fp16 variant: when the chain starts with CUDA or TensorRT and a ``model.fp16.onnx``
     exists beside ``model.onnx``, that file is loaded instead. If the session then ends
@@ -203,12 +251,13 @@ def create_session(
         path = path / "model.onnx"
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
-    opts = _session_options(intra_op_threads, inter_op_threads, graph_optimization)
+    opts = _session_options(intra_op_threads, inter_op_threads, graph_optimization, spin)
     chain = select_providers(
         provider,
         ort.get_available_providers(),
         cuda_device_present() if provider.strip().lower() == "auto" else False,
         trt_cache_dir=trt_cache_dir,
+        trt_profile=trt_profile,
     )
     wants_gpu = _provider_name(chain[0]) in GPU_PROVIDERS
     for entry in chain:
@@ -243,6 +292,7 @@ def create_session(
         "graph_optimization": graph_optimization,
         "intra_op_threads": intra_op_threads,
         "inter_op_threads": inter_op_threads,
+        "spin": spin,
     }
     logger.info("onnxruntime session created on %s for %s", actual, load_path.name, extra=fields)
     if provider.strip().lower() in ("cuda", "tensorrt") and actual not in GPU_PROVIDERS:

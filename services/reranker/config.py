@@ -24,5 +24,12 @@ class RerankerConfig:
     max_batch_tokens: int = setting(8192, "RERANKER_MAX_BATCH_TOKENS", "padded tokens per inference batch")
     max_wait_ms: float = setting(2.0, "RERANKER_MAX_WAIT_MS", "how long a batch waits for concurrent requests to join")
     max_queue_pairs: int = setting(2048, "RERANKER_MAX_QUEUE_PAIRS", "pairs queued before requests are shed (RESOURCE_EXHAUSTED)")
+    batching: str = setting(
+        "dynamic",
+        "RERANKER_BATCHING",
+        "dynamic: coalesce pairs across concurrent requests; none: score each request on its own (the naive baseline of `searchctl bench rerank`)",
+    )
+    graph_optimization: str = setting("all", "RERANKER_GRAPH_OPTIMIZATION", "ONNX Runtime graph optimisation level: disable, basic, extended or all")
     provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")
     intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime intra-op threads (0 = one per core)")
+    allow_spinning: bool = setting(True, "ORT_ALLOW_SPINNING", "let ONNX Runtime's intra-op threads spin-wait between operators (false yields the cores)")

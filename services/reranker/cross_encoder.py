@@ -17,6 +17,7 @@ from tokenizers import Encoding
 
 from services.common.models import resolve_model_dir
 from services.common.onnx_session import (
+    TrtProfile,
     create_session,
     encodings_to_inputs,
     load_tokenizer,
@@ -61,15 +62,14 @@ class CrossEncoder:
         batch_size: int = 32,
         provider: str = "auto",
         intra_op_threads: int = 0,
+        graph_optimization: str = "all",
+        spin: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model_dir: Path = resolve_model_dir(model_dir)
         self.name: str = self.model_dir.name
         self.batch_size = batch_size
-        self._session, self.provider = create_session(
-            self.model_dir / "model.onnx", provider=provider, intra_op_threads=intra_op_threads
-        )
         self._tokenizer = load_tokenizer(
             self.model_dir, max_length, padding=False, truncation_strategy="only_second"
         )
@@ -77,6 +77,14 @@ class CrossEncoder:
             self.model_dir, max_length, padding=False, truncation_strategy="longest_first"
         )
         self.max_length: int = int(self._tokenizer.truncation["max_length"])
+        self._session, self.provider = create_session(
+            self.model_dir / "model.onnx",
+            provider=provider,
+            intra_op_threads=intra_op_threads,
+            graph_optimization=graph_optimization,
+            spin=spin,
+            trt_profile=TrtProfile(max_batch=batch_size, max_length=self.max_length),
+        )
         pad_id = self._tokenizer.token_to_id("[PAD]")
         self.pad_id: int = 0 if pad_id is None else int(pad_id)
 

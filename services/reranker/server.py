@@ -14,7 +14,7 @@ import numpy as np
 from search.v1 import rerank_service_pb2 as pb, rerank_service_pb2_grpc as pb_grpc
 from services.common import metrics, tracing, validation
 from services.common.batching import BatcherMetrics, BatchStats, DynamicBatcher
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.reranker.config import RerankerConfig
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,58 @@ class RerankMetrics(BatcherMetrics):
         metrics.RERANK_PAIRS_SCORED.inc(stats.items)
 
 
+class PerRequestScorer:
+    """No cross-request batching: each request is scored on its own, in its own batches.
+
+    Concurrent requests run concurrently on ``executor`` (as a thread-per-request server
+    would). This is the naive baseline ``searchctl bench rerank`` compares the dynamic
+    batcher with (``RERANKER_BATCHING=none``); it has the same queue bound and metrics.
+    """
+
+    def __init__(self, encoder, executor: ThreadPoolExecutor, max_queue_items: int, metrics_hooks: BatcherMetrics) -> None:
+        self.encoder = encoder
+        self.executor = executor
+        self.max_queue_items = max_queue_items
+        self.metrics = metrics_hooks
+        self.queued_items = 0
+        self.queued_requests = 0
+
+    async def submit(self, encodings) -> np.ndarray:
+        n = len(encodings)
+        if self.queued_items + n > self.max_queue_items:
+            self.metrics.rejected()
+            raise ResourceExhausted(
+                f"overloaded: {self.queued_items} items queued, this request adds {n}, the queue holds "
+                f"{self.max_queue_items}; retry with backoff"
+            )
+        self.queued_items += n
+        self.queued_requests += 1
+        self.metrics.queue_changed(self.queued_items, self.queued_requests)
+        enqueued = time.perf_counter()
+
+        def run() -> tuple[np.ndarray, float, float]:
+            start = time.perf_counter()
+            return self.encoder.score_encodings(encodings), start - enqueued, time.perf_counter() - start
+
+        try:
+            scores, waited, seconds = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+        finally:
+            self.queued_items -= n
+            self.queued_requests -= 1
+            self.metrics.queue_changed(self.queued_items, self.queued_requests)
+        lengths = [len(e.ids) for e in encodings]
+        self.metrics.queue_wait(waited)
+        self.metrics.batch_done(BatchStats(n, n * max(lengths), sum(lengths), seconds))
+        return scores
+
+    async def close(self) -> None:
+        return None
+
+
 class Reranker:
     """Cross-encoder scoring of a query against passages, batched across callers."""
 
-    def __init__(self, encoder, batcher: DynamicBatcher, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, encoder, batcher: DynamicBatcher | PerRequestScorer, executor: ThreadPoolExecutor) -> None:
         self.encoder = encoder
         self.batcher = batcher
         self.executor = executor
@@ -91,19 +139,26 @@ class RerankerService:
     name = "reranker"
     grpc_service_names = (pb.DESCRIPTOR.services_by_name["RerankService"].full_name,)
 
+    #: Requests scored at once without cross-request batching (RERANKER_BATCHING=none).
+    PER_REQUEST_WORKERS = 4
+
     def __init__(self, config: RerankerConfig) -> None:
+        if config.batching not in ("dynamic", "none"):
+            raise ValueError(f"RERANKER_BATCHING must be dynamic or none, got {config.batching!r}")
         self.config = config
-        # One thread runs inference (ORT parallelises inside a batch); one tokenizes.
-        self.inference_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # One thread runs inference (ORT parallelises inside a batch); two tokenize.
+        workers = 1 if config.batching == "dynamic" else self.PER_REQUEST_WORKERS
+        self.inference_executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self.tokenize_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
         self.servicer = RerankServicer()
-        self.batcher: DynamicBatcher | None = None
+        self.batcher: DynamicBatcher | PerRequestScorer | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RerankServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
         from services.common.models import default_models_dir, resolve_model_dir
+        from services.common.onnx_session import GPU_PROVIDERS
         from services.reranker.cross_encoder import CrossEncoder
 
         cfg = self.config
@@ -117,24 +172,39 @@ class RerankerService:
                 batch_size=cfg.max_batch_pairs,
                 provider=cfg.provider,
                 intra_op_threads=cfg.intra_op_threads,
+                graph_optimization=cfg.graph_optimization,
+                spin=cfg.allow_spinning,
             ),
         )
         metrics.RERANK_PROVIDER_INFO.info({"provider": encoder.provider, "model": encoder.name})
-        self.batcher = DynamicBatcher(
-            encoder.infer,
-            lambda encoding: len(encoding.ids),
-            self.inference_executor,
-            max_batch_items=cfg.max_batch_pairs,
-            max_batch_tokens=cfg.max_batch_tokens,
-            max_wait_s=cfg.max_wait_ms / 1000.0,
-            max_queue_items=cfg.max_queue_pairs,
-            metrics=RerankMetrics(),
-        )
+        if cfg.batching == "dynamic":
+            self.batcher = DynamicBatcher(
+                encoder.infer,
+                lambda encoding: len(encoding.ids),
+                self.inference_executor,
+                max_batch_items=cfg.max_batch_pairs,
+                max_batch_tokens=cfg.max_batch_tokens,
+                max_wait_s=cfg.max_wait_ms / 1000.0,
+                max_queue_items=cfg.max_queue_pairs,
+                # On a GPU a batch takes milliseconds: queue the next one behind it. On a
+                # CPU the gap is negligible and a later plan batches better.
+                pipeline_depth=2 if encoder.provider in GPU_PROVIDERS else 1,
+                metrics=RerankMetrics(),
+            )
+        else:
+            self.batcher = PerRequestScorer(encoder, self.inference_executor, cfg.max_queue_pairs, RerankMetrics())
         reranker = Reranker(encoder, self.batcher, self.tokenize_executor)
-        # Warm up with a full-size batch so the first caller does not pay for allocation.
-        await reranker.score("warmup query", ["warmup passage " * 16] * min(cfg.max_batch_pairs, 8))
+        # Warm up before reporting SERVING: a batch at the full sequence length allocates
+        # the buffers (and, on a GPU, loads the kernels) the first caller would otherwise wait for.
+        await reranker.score("warmup query", ["warmup " * encoder.max_length] * min(cfg.max_batch_pairs, 8))
+        await reranker.score("warmup query", ["warmup"])
         self.servicer.reranker = reranker
-        log.info("reranker ready", extra={"model": encoder.name, "provider": encoder.provider, "max_length": cfg.max_length})
+        log.info(
+            "reranker ready",
+            extra={"model": encoder.name, "provider": encoder.provider, "max_length": encoder.max_length,
+                   "batching": cfg.batching, "max_batch_pairs": cfg.max_batch_pairs,
+                   "max_batch_tokens": cfg.max_batch_tokens},
+        )
 
     async def stop(self) -> None:
         if self.batcher is not None:

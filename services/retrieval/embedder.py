@@ -16,6 +16,7 @@ from tokenizers import Encoding
 
 from services.common.models import resolve_model_dir
 from services.common.onnx_session import (
+    TrtProfile,
     create_session,
     encodings_to_inputs,
     load_tokenizer,
@@ -60,6 +61,8 @@ class BiEncoder:
         document_prefix: str = "",
         provider: str = "auto",
         intra_op_threads: int = 0,
+        graph_optimization: str = "all",
+        spin: bool = True,
     ) -> None:
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
@@ -72,12 +75,18 @@ class BiEncoder:
         self.normalize = normalize
         self.query_prefix = query_prefix
         self.document_prefix = document_prefix
-        self._session, self.provider = create_session(
-            self.model_dir / "model.onnx", provider=provider, intra_op_threads=intra_op_threads
-        )
         self._tokenizer = load_tokenizer(self.model_dir, max_length, padding=True)
+        self._unpadded = load_tokenizer(self.model_dir, max_length, padding=False)
         self.max_length: int = int(self._tokenizer.truncation["max_length"])
         self._pad_id: int = int(self._tokenizer.padding["pad_id"])
+        self._session, self.provider = create_session(
+            self.model_dir / "model.onnx",
+            provider=provider,
+            intra_op_threads=intra_op_threads,
+            graph_optimization=graph_optimization,
+            spin=spin,
+            trt_profile=TrtProfile(max_batch=batch_size, max_length=self.max_length),
+        )
 
         inputs = self._session.get_inputs()
         self._input_names = [i.name for i in inputs]
@@ -89,7 +98,7 @@ class BiEncoder:
         self._output_rank = len(output.shape)
         last = output.shape[-1]
         self.dimension: int = (
-            int(last) if isinstance(last, int) else int(self._embed_batch(["dimension probe"]).shape[1])
+            int(last) if isinstance(last, int) else int(self.infer(self._unpadded.encode_batch(["probe"])).shape[1])
         )
 
     # ------------------------------------------------------------------ public API
@@ -104,30 +113,42 @@ class BiEncoder:
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Embed search queries (with ``query_prefix``); shape ``(n, dimension)``, float32."""
-        return self._embed([self.query_prefix + t for t in texts])
+        return self.embed_encodings(self.tokenize_queries(texts))
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Embed passages (with ``document_prefix``); shape ``(n, dimension)``, float32."""
-        return self._embed([self.document_prefix + t for t in texts])
+        return self.embed_encodings(self.tokenize_documents(texts))
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ split API (dynamic batching)
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
+    def tokenize_queries(self, texts: Sequence[str]) -> list[Encoding]:
+        """Unpadded encodings of queries (with ``query_prefix``); ``len(e.ids)`` is the real length."""
+        return self._unpadded.encode_batch([self.query_prefix + t for t in texts]) if texts else []
+
+    def tokenize_documents(self, texts: Sequence[str]) -> list[Encoding]:
+        """Unpadded encodings of passages (with ``document_prefix``)."""
+        return self._unpadded.encode_batch([self.document_prefix + t for t in texts]) if texts else []
+
+    def embed_encodings(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """Embed pre-tokenized texts in ``batch_size`` batches of similar length, in input order."""
+        if not encodings:
             return np.empty((0, self.dimension), dtype=np.float32)
-        # Sort by length so each batch pads little; write results back in input order.
-        # Ties are broken by the text itself, so batch composition (which matters for
-        # dynamically quantized models, see the class docstring) does not depend on
-        # input order.
-        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), texts[i]))
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        # Sort by token length so each batch pads little; write results back in input
+        # order. Ties are broken by the token ids, so batch composition (which matters for
+        # dynamically quantized models, see the class docstring) does not depend on input
+        # order.
+        order = sorted(range(len(encodings)), key=lambda i: (len(encodings[i].ids), encodings[i].ids))
+        out = np.empty((len(encodings), self.dimension), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            out[idx] = self._embed_batch([texts[i] for i in idx])
+            out[idx] = self.infer([encodings[i] for i in idx])
         return out
 
-    def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
+    def infer(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """Run the model on one batch of unpadded encodings (padded here to the longest).
+
+        Returns pooled (and, if configured, L2-normalised) float32 vectors, ``(n, dimension)``.
+        """
         arrays = encodings_to_inputs(encodings, self._pad_id)
         feeds = {name: arrays[name] for name in self._input_names}
         hidden = run_with_io_binding(self._session, feeds, self._output_name)

@@ -172,19 +172,22 @@ class RetrievalService:
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="retrieval")
         self.servicer = RetrievalServicer(self.executor)
         self._client = None
+        self._embedder = None
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RetrievalServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
         from services.common.models import default_models_dir, resolve_model_dir
+        from services.common.onnx_session import GPU_PROVIDERS
+        from services.retrieval.batched_embedder import BatchedEmbedder
         from services.retrieval.embedder import BiEncoder
         from services.retrieval.sparse import Bm25SparseEncoder
 
         cfg = self.config
         model_dir = resolve_model_dir(cfg.model_dir or default_models_dir() / "bge-small-en")
         loop = asyncio.get_running_loop()
-        embedder = await loop.run_in_executor(
+        encoder = await loop.run_in_executor(
             self.executor,
             partial(
                 BiEncoder,
@@ -193,8 +196,20 @@ class RetrievalService:
                 batch_size=cfg.batch_size,
                 provider=cfg.provider,
                 intra_op_threads=cfg.intra_op_threads,
+                graph_optimization=cfg.graph_optimization,
+                spin=cfg.allow_spinning,
             ),
         )
+        # Queries and upserts share one dynamic batcher (services/retrieval/batched_embedder.py).
+        embedder = BatchedEmbedder(
+            encoder,
+            max_batch_texts=cfg.batch_size,
+            max_batch_tokens=cfg.max_batch_tokens,
+            max_wait_s=cfg.max_wait_ms / 1000.0,
+            max_queue_texts=cfg.max_queue_texts,
+            pipeline_depth=2 if encoder.provider in GPU_PROVIDERS else 1,
+        )
+        self._embedder = embedder
         settings = QdrantSettings(
             path=cfg.qdrant_path,
             url=cfg.qdrant_url,
@@ -213,16 +228,20 @@ class RetrievalService:
         store = DocumentStore(
             self._client, embedder, Bm25SparseEncoder(), settings, splitter=splitter, long_documents=cfg.long_documents
         )
-        # Warm up: the first inference allocates; do it before reporting SERVING.
-        await loop.run_in_executor(self.executor, embedder.embed_queries, ["warmup"])
+        # Warm up before reporting SERVING: the first inference allocates; a batch at the
+        # full sequence length allocates what the largest documents need.
+        await embedder.aembed_documents(["warmup " * encoder.max_length] * min(cfg.batch_size, 8))
+        await embedder.aembed_queries(["warmup"])
         self.servicer._store = store
         log.info(
             "retrieval ready",
-            extra={"model": embedder.name, "provider": getattr(embedder, "provider", "?"),
+            extra={"model": embedder.name, "provider": embedder.provider, "max_length": encoder.max_length,
                    "qdrant": cfg.qdrant_url or f"local:{cfg.qdrant_path}"},
         )
 
     async def stop(self) -> None:
+        if self._embedder is not None:
+            await self._embedder.close()
         if self._client is not None:
             self._client.close()
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -107,3 +107,183 @@ async def test_inference_error_reaches_the_callers_and_batcher_keeps_going():
         assert (await batcher.submit([(7, 3)])).tolist() == [7.0]
         assert batcher.queued_items == 0
         await batcher.close()
+
+
+# --------------------------------------------------------------------------- planning properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 600), max_size=200).map(sorted),
+    max_items=st.integers(1, 64),
+    max_tokens=st.integers(1, 20_000),
+)
+def test_plan_batches_properties(lengths, max_items, max_tokens):
+    batches = plan_batches(lengths, max_items, max_tokens)
+    assert [p for b in batches for p in b] == list(range(len(lengths)))  # every item once, in order
+    for batch in batches:
+        assert 1 <= len(batch) <= max_items
+        if len(batch) > 1:
+            assert len(batch) * max(lengths[p] for p in batch) <= max_tokens
+    # Greedy: a batch is only closed when the next item would break a bound.
+    for batch, nxt in zip(batches, batches[1:]):
+        grown = batch + [nxt[0]]
+        assert len(grown) > max_items or len(grown) * max(lengths[p] for p in grown) > max_tokens
+
+
+# --------------------------------------------------------------------------- worker behaviour
+
+
+class Gate:
+    """An inference function that blocks each batch until the test lets it through."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.started: list[list] = []
+        self.release = asyncio.Semaphore(0)
+        self.running = asyncio.Event()
+
+    def __call__(self, items):
+        self.loop.call_soon_threadsafe(self.started.append, list(items))
+        self.loop.call_soon_threadsafe(self.running.set)
+        asyncio.run_coroutine_threadsafe(self.release.acquire(), self.loop).result()
+        return score(items)
+
+    async def wait_started(self, n):
+        while len(self.started) < n:
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.asyncio
+async def test_vector_outputs_are_routed_per_row():
+    def embed(items):
+        return np.array([[v, v * 2, v * 3] for v, _ in items], dtype=np.float32)
+
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(embed, lambda e: e[1], pool, max_batch_items=4, item_shape=(3,))
+        reqs = [[(r * 10 + i, (i * 7 + r) % 9 + 1) for i in range(r + 1)] for r in range(6)]
+        results = await asyncio.gather(*(batcher.submit(r) for r in reqs))
+        empty = await batcher.submit([])
+        await batcher.close()
+    for req, res in zip(reqs, results):
+        assert res.shape == (len(req), 3)
+        assert res.tolist() == [[v, v * 2, v * 3] for v, _ in req]
+    assert empty.shape == (0, 3)
+
+
+@pytest.mark.asyncio
+async def test_wrong_output_shape_fails_the_batch_not_the_worker():
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(lambda items: np.zeros(len(items) + 1), lambda e: e[1], pool)
+        with pytest.raises(Exception, match="inference failed"):
+            await batcher.submit([(1, 2), (2, 2)])
+        assert batcher.queued_items == 0 and batcher.queued_requests == 0
+        await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_urgent_priority_overtakes_the_rest_of_a_round():
+    loop = asyncio.get_running_loop()
+    gate = Gate(loop)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=2, pipeline_depth=1)
+        docs = asyncio.ensure_future(batcher.submit([(i, 10) for i in range(6)], priority=1))  # 3 batches
+        await gate.wait_started(1)
+        query = asyncio.ensure_future(batcher.submit([(100, 3)], priority=0))
+        await asyncio.sleep(0.02)
+        for _ in range(4):
+            gate.release.release()
+        assert (await query).tolist() == [100.0]
+        assert (await docs).tolist() == [float(i) for i in range(6)]
+        await batcher.close()
+    # The query ran right after the batch that was running when it arrived.
+    assert [v for v, _ in gate.started[1]] == [100]
+    assert len(gate.started) == 4
+
+
+@pytest.mark.asyncio
+async def test_abandoned_requests_are_not_scored():
+    loop = asyncio.get_running_loop()
+    gate = Gate(loop)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=4, pipeline_depth=1)
+        first = asyncio.ensure_future(batcher.submit([(1, 5)]))
+        await gate.wait_started(1)
+        doomed = asyncio.ensure_future(batcher.submit([(2, 5)] * 8))
+        await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(doomed, 0.01)  # the caller gives up while queued
+        kept = asyncio.ensure_future(batcher.submit([(3, 5)] * 2))
+        await asyncio.sleep(0.01)
+        for _ in range(3):
+            gate.release.release()
+        assert (await first).tolist() == [1.0]
+        assert (await kept).tolist() == [3.0, 3.0]
+        await batcher.close()
+        assert batcher.queued_items == 0 and batcher.queued_requests == 0
+    scored = [v for batch in gate.started for v, _ in batch]
+    assert 2 not in scored and scored.count(3) == 2
+
+
+@pytest.mark.asyncio
+async def test_pipelining_hands_out_a_full_batch_early_but_not_a_partial_one():
+    loop = asyncio.get_running_loop()
+    gate = Gate(loop)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=4, pipeline_depth=2)
+        a = asyncio.ensure_future(batcher.submit([(1, 5)] * 4))
+        await gate.wait_started(1)
+        # A partial batch arrives while one runs: it waits, so later arrivals can join it.
+        b = asyncio.ensure_future(batcher.submit([(2, 5)]))
+        await asyncio.sleep(0.02)
+        c = asyncio.ensure_future(batcher.submit([(3, 5)]))
+        await asyncio.sleep(0.02)
+        gate.release.release()
+        await gate.wait_started(2)
+        # A full batch arriving while one runs is queued on the executor at once.
+        d = asyncio.ensure_future(batcher.submit([(4, 5)] * 4))
+        await asyncio.sleep(0.02)
+        e = asyncio.ensure_future(batcher.submit([(5, 5)] * 4))
+        for _ in range(3):
+            gate.release.release()
+        await asyncio.gather(a, b, c, d, e)
+        await batcher.close()
+    assert sorted(v for v, _ in gate.started[1]) == [2, 3]  # b and c coalesced
+    assert len(gate.started) == 4
+
+
+@pytest.mark.asyncio
+async def test_queue_wait_reported_once_per_request_and_counters_drain():
+    class Waits(BatcherMetrics):
+        def __init__(self):
+            self.waits, self.queue = [], []
+
+        def queue_wait(self, seconds):
+            self.waits.append(seconds)
+
+        def queue_changed(self, items, requests):
+            self.queue.append((items, requests))
+
+    rec = Waits()
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(score, lambda e: e[1], pool, max_batch_items=3, metrics=rec)
+        await asyncio.gather(*(batcher.submit([(i, 4)] * 5) for i in range(4)))  # each split over 2+ batches
+        await batcher.close()
+    assert len(rec.waits) == 4 and all(w >= 0 for w in rec.waits)
+    assert rec.queue[-1] == (0, 0)
+    assert max(items for items, _ in rec.queue) == 20
+
+
+@pytest.mark.asyncio
+async def test_closed_batcher_refuses_new_work():
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(score, lambda e: e[1], pool)
+        assert (await batcher.submit([(5, 1)])).tolist() == [5.0]
+        await batcher.close()
+        with pytest.raises(Exception, match="shutting down"):
+            await batcher.submit([(1, 1)])
+    with pytest.raises(ValueError):
+        DynamicBatcher(score, lambda e: e[1], None, pipeline_depth=0)

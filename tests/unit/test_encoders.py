@@ -274,3 +274,59 @@ def test_cross_encoder_is_thread_safe(ce: CrossEncoder) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         parts = list(pool.map(lambda p: ce.score(QUERY, [p])[0], passages))
     np.testing.assert_allclose(np.array(parts), sequential, atol=1e-5)
+
+
+# ------------------------------------------------------------------ bi-encoder split API + dynamic batching
+
+
+def test_bi_encoder_split_api_matches_embed(bi: BiEncoder) -> None:
+    docs = bi.tokenize_documents(VARIED)
+    lengths = [len(e.ids) for e in docs]
+    assert len(set(lengths)) > 1 and all(sum(e.attention_mask) == len(e.ids) for e in docs)  # unpadded
+    np.testing.assert_allclose(bi.embed_encodings(docs), bi.embed_documents(VARIED), atol=1e-6)
+    queries = bi.tokenize_queries([QUERY])
+    assert len(queries[0].ids) > len(bi.tokenize_documents([QUERY])[0].ids)  # the prefix is there
+    one_batch = bi.infer(docs[:3])  # a mixed-length batch, padded inside
+    assert one_batch.shape == (3, 384) and one_batch.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(one_batch, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(bi.infer(docs[:3][::-1]), one_batch[::-1], atol=1e-5)  # row order kept
+    assert bi.tokenize_queries([]) == [] and bi.embed_encodings([]).shape == (0, 384)
+
+
+def test_batched_embedder_serves_threads_and_coalesces() -> None:
+    import asyncio
+
+    from services.retrieval.batched_embedder import BatchedEmbedder
+
+    encoder = BiEncoder(_need(BGE), batch_size=8, intra_op_threads=1)
+    reference_docs = np.vstack([encoder.embed_documents([t]) for t in VARIED])
+    reference_query = encoder.embed_queries([QUERY])[0]
+
+    async def scenario():
+        embedder = BatchedEmbedder(encoder, max_wait_s=0.01)
+        assert (embedder.name, embedder.dimension, embedder.max_length) == ("bge-small-en", 384, 256)
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=6) as pool:  # the store's worker threads
+            calls = [loop.run_in_executor(pool, embedder.embed_documents, [t]) for t in VARIED]
+            calls.append(loop.run_in_executor(pool, embedder.embed_queries, [QUERY]))
+            calls.append(loop.run_in_executor(pool, embedder.embed_documents, VARIED[:4]))
+            results = await asyncio.gather(*calls)
+        with pytest.raises(RuntimeError, match="aembed"):
+            embedder.embed_queries([QUERY])  # blocking call on the loop thread would deadlock
+        on_loop = await embedder.aembed_queries([QUERY, "cooking"])
+        empty = await loop.run_in_executor(None, embedder.embed_documents, [])
+        await embedder.close()
+        return embedder, results, on_loop, empty
+
+    embedder, results, on_loop, empty = asyncio.run(scenario())
+    docs = np.vstack(results[: len(VARIED)])
+    # Batch mates change int8 activation scales slightly (see BiEncoder): compare by
+    # cosine, and check every row is its own text's vector, not a neighbour's.
+    assert ((docs * reference_docs).sum(axis=1)).min() > 0.98
+    assert (np.argmax(docs @ reference_docs.T, axis=1) == np.arange(len(VARIED))).all()
+    assert float(results[len(VARIED)][0] @ reference_query) > 0.98
+    assert ((results[-1] * reference_docs[:4]).sum(axis=1)).min() > 0.98
+    assert on_loop.shape == (2, 384) and float(on_loop[0] @ reference_query) > 0.98
+    assert empty.shape == (0, 384)
+    assert embedder.metrics.items == len(VARIED) + 1 + 4 + 2
+    assert embedder.metrics.batches < len(VARIED) + 3  # fewer batches than calls: coalesced

@@ -18,6 +18,7 @@ from services.common.onnx_session import (
     CPU,
     CUDA,
     TENSORRT,
+    TrtProfile,
     create_session,
     cuda_device_present,
     encodings_to_inputs,
@@ -90,10 +91,28 @@ def test_tensorrt_options(tmp_path: Path) -> None:
     assert opts == {
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(tmp_path / "trt"),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(tmp_path / "trt"),
         "trt_fp16_enable": True,
     }
     _, opts32 = select_providers("tensorrt", ALL, True, trt_cache_dir=tmp_path, trt_fp16=False)[0]
     assert opts32["trt_fp16_enable"] is False
+
+
+def test_tensorrt_profile_covers_every_batch_the_batcher_forms(tmp_path: Path) -> None:
+    profile = TrtProfile(max_batch=32, max_length=256)
+    assert profile.options() == {
+        "trt_profile_min_shapes": "input_ids:1x1,attention_mask:1x1,token_type_ids:1x1",
+        "trt_profile_opt_shapes": "input_ids:32x256,attention_mask:32x256,token_type_ids:32x256",
+        "trt_profile_max_shapes": "input_ids:32x256,attention_mask:32x256,token_type_ids:32x256",
+    }
+    two = TrtProfile(4, 64, input_names=("input_ids", "attention_mask"))
+    assert two.options()["trt_profile_max_shapes"] == "input_ids:4x64,attention_mask:4x64"
+    _, opts = select_providers("tensorrt", ALL, True, trt_cache_dir=tmp_path, trt_profile=profile)[0]
+    assert opts["trt_profile_max_shapes"] == profile.options()["trt_profile_max_shapes"]
+    assert opts["trt_engine_cache_enable"] is True
+    # The profile only concerns TensorRT: other chains are unchanged.
+    assert select_providers("cuda", ALL, True, trt_profile=profile) == [CUDA, CPU]
 
 
 def test_tensorrt_default_cache_dir_follows_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -179,6 +198,32 @@ def test_requested_gpu_falls_back_to_cpu_with_warning(caplog: pytest.LogCaptureF
     assert provider == CPU
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "cuda" in warnings[-1].getMessage()
+
+
+def test_requested_tensorrt_falls_back_to_cpu_and_prepares_its_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _no_gpu()
+    if TENSORRT not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no TensorRT provider")
+    model = _need(RERANKER)
+    cache = tmp_path / "trt-cache"
+    with caplog.at_level(logging.INFO, logger="services.common.onnx_session"):
+        session, provider = create_session(
+            model, provider="tensorrt", intra_op_threads=1, trt_cache_dir=cache, trt_profile=TrtProfile(8, 128)
+        )
+    assert provider == CPU == session.get_providers()[0]
+    assert cache.is_dir()  # created up front so TensorRT can write engines into it
+    created = [r for r in caplog.records if getattr(r, "provider", None) == CPU]
+    assert created and created[-1].provider_chain == [TENSORRT, CUDA, CPU]
+    assert any(r.levelno == logging.WARNING and "tensorrt" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_spinning_option_applied(spin: bool) -> None:
+    session, _ = create_session(_need(RERANKER), provider="cpu", intra_op_threads=1, spin=spin)
+    entry = session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert entry == ("1" if spin else "0")
 
 
 def test_fp16_variant_only_considered_for_gpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
