@@ -1,0 +1,1053 @@
+"""`searchctl bench rerank|embed|e2e|frontier`: what the services cost on top of the models.
+
+Every benchmark starts its own servers on free loopback ports (services/cli/procs.py),
+uses realistic text from a BEIR dataset (SciFact by default:
+``../shared/datasets/scifact``; skipped with a message when absent), prints figures and
+ratios measured in the same run, and can write them as JSON. None of them asserts a time.
+
+* ``rerank``: (a) the limit: raw ONNX Runtime throughput on the same pairs in this
+  process, length-sorted batches, best of several batch sizes (measured before and after
+  the service runs; the larger is used); (b) the reranker over gRPC with 1/8/32
+  closed-loop clients sending 50-pair and 4-pair requests; (c) the same with
+  ``RERANKER_BATCHING=none`` (no cross-request batching). Ratios are service/limit; the
+  1-client p50 is compared with one raw batch of the same size.
+* ``embed``: documents/s of ``searchctl ingest`` (gateway -> retrieval: embedding,
+  BM25, Qdrant) against raw batched embedding of the same texts in this process.
+* ``e2e``: an open-loop load generator (fixed arrival rate) against the gateway for
+  search only and search + rerank (20 and 50 candidates): achieved QPS, p50/p95/p99,
+  errors, degraded responses; the gateway's own overhead (Search p50 minus the p50s of
+  the same Retrieve and Rerank calls made directly); and the highest arrival rate each
+  mode sustains under its p95 objective (350 ms search only, 900 ms with rerank).
+* ``frontier``: NDCG@10 on the SciFact test queries against Search p50 for rerank depths
+  and reranker max lengths; a PNG plot of the frontier.
+
+Machine-dependent: read the figures together with the machine line each bench prints
+(CPU model, cores, load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.cli.evaluate import percentile
+
+__all__ = [
+    "RERANK_ROW_KEYS",
+    "Corpus",
+    "StepResult",
+    "latency_summary",
+    "load_corpus",
+    "machine_info",
+    "rerank_row",
+    "register",
+    "sustained",
+    "validate_rerank_report",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "scifact"
+RERANK_ROW_KEYS = ("clients", "pairs_per_request", "pairs_per_s", "ratio", "p50_ms", "p95_ms", "p99_ms")
+SLO_MS = {"search": 350.0, "rerank": 900.0}
+BENCH_COLLECTION = "bench_scifact"
+
+
+# --------------------------------------------------------------------------- pure helpers (unit-tested)
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99 (linear interpolation, as ``searchctl eval``) of latencies in ms; NaN when empty."""
+    return {f"p{q}_ms": percentile(list(latencies_ms), q) for q in (50, 95, 99)}
+
+
+def rerank_row(clients: int, pairs_per_request: int, pairs_per_s: float, limit: float, latencies_ms: Sequence[float]) -> dict:
+    """One row of ``bench rerank --json``'s ``service`` / ``naive`` lists."""
+    row = {
+        "clients": int(clients),
+        "pairs_per_request": int(pairs_per_request),
+        "pairs_per_s": float(pairs_per_s),
+        "ratio": float(pairs_per_s / limit) if limit > 0 else math.nan,
+    }
+    row.update(latency_summary(latencies_ms))
+    return row
+
+
+def validate_rerank_report(report: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``report`` has the documented ``bench rerank --json`` shape."""
+    if not isinstance(report, Mapping):
+        raise ValueError("the report must be an object")
+    limit = report.get("limit_pairs_per_s")
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0:
+        raise ValueError("limit_pairs_per_s must be a positive number")
+    for key in ("service", "naive"):
+        rows = report.get(key)
+        if not isinstance(rows, list):
+            raise ValueError(f"{key} must be a list of rows")
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping) or set(row) != set(RERANK_ROW_KEYS):
+                raise ValueError(f"{key}[{i}] must have exactly the keys {', '.join(RERANK_ROW_KEYS)}")
+            for name in ("clients", "pairs_per_request"):
+                if not isinstance(row[name], int) or isinstance(row[name], bool) or row[name] < 1:
+                    raise ValueError(f"{key}[{i}].{name} must be a positive integer")
+            for name in RERANK_ROW_KEYS[2:]:
+                if not isinstance(row[name], (int, float)) or isinstance(row[name], bool):
+                    raise ValueError(f"{key}[{i}].{name} must be a number")
+            if not math.isclose(row["ratio"], row["pairs_per_s"] / limit, rel_tol=1e-6, abs_tol=1e-9):
+                raise ValueError(f"{key}[{i}].ratio must be pairs_per_s / limit_pairs_per_s")
+            if not row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]:
+                raise ValueError(f"{key}[{i}]: percentiles must be ordered p50 <= p95 <= p99")
+
+
+@dataclass
+class StepResult:
+    """One open-loop step: requests offered at ``rate`` per second for ``seconds``."""
+
+    rate: float
+    seconds: float
+    sent: int
+    ok: int
+    errors: dict[str, int]
+    degraded: int
+    achieved_qps: float
+    latencies_ms: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, float]:
+        return latency_summary(self.latencies_ms)
+
+    def as_dict(self) -> dict:
+        return {
+            "rate": self.rate, "seconds": self.seconds, "sent": self.sent, "ok": self.ok,
+            "errors": dict(self.errors), "degraded": self.degraded, "achieved_qps": self.achieved_qps,
+            **self.summary,
+        }
+
+
+def sustained(step: StepResult, slo_ms: float, min_achieved: float = 0.95) -> bool:
+    """Whether a step kept up: every request answered OK and not degraded, p95 under the
+    objective, and the achieved rate at least ``min_achieved`` of the offered one."""
+    if step.sent == 0 or step.errors or step.degraded or step.ok < step.sent:
+        return False
+    return step.summary["p95_ms"] <= slo_ms and step.achieved_qps >= min_achieved * step.rate
+
+
+def next_rate(history: Sequence[tuple[float, bool]], start: float, growth: float, resolution: float, floor: float) -> float | None:
+    """The next arrival rate to try, or None when the search is done.
+
+    Grow geometrically from ``start`` until a rate fails, then bisect between the highest
+    passing and the lowest failing rate until they are within ``resolution`` (a ratio);
+    when the first rate fails, shrink until one passes or ``floor`` is reached.
+    """
+    if not history:
+        return start
+    passed = [r for r, ok in history if ok]
+    failed = [r for r, ok in history if not ok]
+    best = max(passed) if passed else None
+    worst = min((r for r in failed if best is None or r > best), default=None)
+    if best is None:
+        lowest = min(failed)
+        return None if lowest <= floor * (1 + 1e-9) else max(floor, lowest / growth)
+    if worst is None:
+        return best * growth
+    if worst / best <= resolution:
+        return None
+    return math.sqrt(best * worst)
+
+
+# --------------------------------------------------------------------------- data and machine
+
+
+@dataclass
+class Corpus:
+    queries: list[str]
+    passages: list[str]  # "title\ntext", as the gateway sends them to the reranker
+    docs: list[dict]
+
+
+def load_corpus(dataset: Path, max_docs: int = 0) -> Corpus | None:
+    """Queries and passages of a BEIR dataset, or None when it is absent."""
+    corpus, queries = dataset / "corpus.jsonl", dataset / "queries.jsonl"
+    if not corpus.is_file() or not queries.is_file():
+        return None
+    docs = []
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                if (d.get("text") or "").strip():
+                    docs.append({"id": str(d.get("_id", d.get("id"))), "title": d.get("title") or "", "text": d["text"]})
+                if max_docs and len(docs) >= max_docs:
+                    break
+    with open(queries, encoding="utf-8") as f:
+        qs = [json.loads(line)["text"] for line in f if line.strip()]
+    passages = [f"{d['title']}\n{d['text']}" if d["title"] else d["text"] for d in docs]
+    return Corpus(qs, passages, docs)
+
+
+def _skip(command: str, dataset: Path) -> int:
+    print(
+        f"searchctl bench {command}: skipped: no BEIR dataset at {dataset} (corpus.jsonl + queries.jsonl); "
+        "pass --dataset DIR (SciFact: ../shared/datasets/scifact)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import onnxruntime as ort
+
+        ort_version = ort.__version__
+    except ImportError:  # pragma: no cover
+        ort_version = "absent"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "onnxruntime": ort_version,
+        "python": sys.version.split()[0],
+    }
+
+
+def _print_machine(info: Mapping[str, Any]) -> None:
+    print(f"machine: {info['cpu']}, {info['cores']} cores, load average {info['load_avg']}, "
+          f"onnxruntime {info['onnxruntime']}, python {info['python']}")
+
+
+def _fmt_ms(x: float) -> str:
+    return f"{x:8.1f}" if not math.isnan(x) else "     n/a"
+
+
+def _write_json(path: str | None, payload: Mapping[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+
+
+def _grpc_options() -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+
+
+# --------------------------------------------------------------------------- profiling (py-spy)
+
+
+class Profiler:
+    """``py-spy record`` of one server process for a while, summarised by function.
+
+    Off unless ``--profile DIR`` is given; skipped with a message when py-spy is absent.
+    """
+
+    def __init__(self, outdir: str | None) -> None:
+        self.outdir = Path(outdir) if outdir else None
+        self.proc: subprocess.Popen | None = None
+        self.out: Path | None = None
+        exe = Path(sys.executable).with_name("py-spy")
+        self.exe = str(exe) if exe.exists() else (subprocess.run(["which", "py-spy"], capture_output=True, text=True).stdout.strip() or None)
+        if self.outdir is not None and self.exe is None:
+            print("profiling skipped: py-spy is not installed (pip install '.[bench]')", file=sys.stderr)
+
+    def start(self, pid: int, name: str, seconds: float) -> None:
+        if self.outdir is None or self.exe is None:
+            return
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.out = self.outdir / f"{name}.collapsed.txt"
+        self.proc = subprocess.Popen(
+            [self.exe, "record", "--pid", str(pid), "--duration", str(int(max(1, seconds))), "--rate", "50",
+             "--format", "raw", "--threads", "--nonblocking", "--output", str(self.out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def finish(self, top: int = 12) -> list[tuple[str, float]]:
+        if self.proc is None or self.out is None:
+            return []
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        if not self.out.exists():
+            print(f"profiling: py-spy wrote nothing to {self.out} (ptrace may be restricted)", file=sys.stderr)
+            return []
+        summary = summarize_collapsed(self.out.read_text(errors="replace").splitlines(), top)
+        print(f"profile ({self.out}): share of samples by innermost Python function, all threads")
+        for name, share in summary:
+            print(f"  {share * 100:5.1f}%  {name}")
+        return summary
+
+
+def summarize_collapsed(lines: Iterable[str], top: int = 12) -> list[tuple[str, float]]:
+    """Share of samples by leaf frame in py-spy's collapsed-stack (``raw``) output.
+
+    Idle threads (waiting in ``select``/``epoll``/``wait``/``acquire``) are left out, so the
+    shares describe where CPU time goes.
+    """
+    counts: Counter[str] = Counter()
+    idle_markers = ("select (", "poll (", "wait (", "acquire (", "_worker (concurrent", "sleep (", "accept (")
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        if any(marker in leaf for marker in idle_markers):
+            continue
+        counts[leaf] += int(n)
+    total = sum(counts.values())
+    return [(name, c / total) for name, c in counts.most_common(top)] if total else []
+
+
+# --------------------------------------------------------------------------- bench rerank
+
+
+def _rerank_config():
+    from services.common import config as cfg
+    from services.reranker.config import RerankerConfig
+
+    return cfg.load(RerankerConfig, None)
+
+
+def _cross_encoder(conf):
+    from services.common.models import default_models_dir, resolve_model_dir
+    from services.reranker.cross_encoder import CrossEncoder
+
+    return CrossEncoder(
+        resolve_model_dir(conf.model_dir or default_models_dir() / "ms-marco-MiniLM-L-12-v2"),
+        max_length=conf.max_length,
+        batch_size=max(64, conf.max_batch_pairs),
+        provider=conf.provider,
+        intra_op_threads=conf.intra_op_threads,
+        graph_optimization=conf.graph_optimization,
+        spin=conf.allow_spinning,
+    )
+
+
+def measure_limit(encoder, encodings: Sequence[Any], batch_sizes: Sequence[int]) -> dict[int, float]:
+    """Raw pairs/s of length-sorted batches of each size over ``encodings`` (one pass each)."""
+    ordered = sorted(encodings, key=lambda e: len(e.ids))
+    rates = {}
+    for size in batch_sizes:
+        batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        encoder.infer(batches[len(batches) // 2])  # warm this shape
+        start = time.perf_counter()
+        for batch in batches:
+            encoder.infer(batch)
+        rates[size] = len(ordered) / (time.perf_counter() - start)
+    return rates
+
+
+def raw_batch_ms(encoder, requests: Sequence[tuple[str, list[str]]], repeats: int) -> list[float]:
+    """Inference time (ms) of one raw batch per request (its pairs, as the service would get them)."""
+    times = []
+    for query, passages in list(requests)[:repeats]:
+        encodings = encoder.tokenize_pairs([(query, p) for p in passages])
+        start = time.perf_counter()
+        encoder.infer(encodings)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def sample_requests(corpus: Corpus, n: int, pairs: int, seed: int) -> list[tuple[str, list[str]]]:
+    rng = random.Random(seed)
+    return [(rng.choice(corpus.queries), rng.sample(corpus.passages, pairs)) for _ in range(n)]
+
+
+async def closed_loop_rerank(address: str, requests: Sequence[tuple[str, list[str]]], clients: int, timeout: float):
+    """``clients`` concurrent callers working through ``requests``; (latencies ms, pairs ok, seconds, errors)."""
+    import grpc
+
+    from search.v1 import rerank_service_pb2 as pb, rerank_service_pb2_grpc as pb_grpc
+
+    messages = [pb.RerankRequest(query=q, passages=p) for q, p in requests]
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    pairs_ok = 0
+    cursor = iter(range(len(messages)))
+    async with grpc.aio.insecure_channel(address, options=_grpc_options()) as channel:
+        stub = pb_grpc.RerankServiceStub(channel)
+
+        async def client() -> None:
+            nonlocal pairs_ok
+            for i in cursor:
+                start = time.perf_counter()
+                try:
+                    reply = await stub.Rerank(messages[i], timeout=timeout)
+                except grpc.aio.AioRpcError as exc:
+                    errors[exc.code().name] += 1
+                    continue
+                latencies.append((time.perf_counter() - start) * 1000.0)
+                pairs_ok += len(reply.results)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return latencies, pairs_ok, elapsed, dict(errors)
+
+
+def _bench_rerank(args: argparse.Namespace) -> int:
+    dataset = Path(args.dataset)
+    corpus = load_corpus(dataset)
+    if corpus is None:
+        return _skip("rerank", dataset)
+    from services.cli.procs import ServiceProcs
+
+    info = machine_info()
+    _print_machine(info)
+    conf = _rerank_config()
+    clients_list = [int(x) for x in args.clients.split(",")]
+    pairs_list = [int(x) for x in args.pairs.split(",")]
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+    print(f"reranker: max_length {conf.max_length}, max_batch_pairs {conf.max_batch_pairs}, max_batch_tokens "
+          f"{conf.max_batch_tokens}, max_wait_ms {conf.max_wait_ms}, ORT threads {conf.intra_op_threads or 'default'}, "
+          f"graph {conf.graph_optimization}, spinning {conf.allow_spinning}")
+
+    encoder = _cross_encoder(conf)
+    rng = random.Random(args.seed)
+    limit_pairs = [(rng.choice(corpus.queries), p) for p in rng.sample(corpus.passages, args.limit_pairs)]
+    limit_encodings = encoder.tokenize_pairs(limit_pairs)
+    lengths = sorted(len(e.ids) for e in limit_encodings)
+    print(f"pairs: {dataset.name} queries x passages, {len(lengths)} for the limit; tokens per pair: mean "
+          f"{sum(lengths) / len(lengths):.0f}, median {lengths[len(lengths) // 2]}, max {lengths[-1]} (max_length {encoder.max_length})")
+    before = measure_limit(encoder, limit_encodings, batch_sizes)
+    print("limit (raw onnxruntime, length-sorted batches, this process): "
+          + ", ".join(f"batch {b}: {r:.1f}" for b, r in before.items()) + " pairs/s")
+    raw_ms = {p: raw_batch_ms(encoder, sample_requests(corpus, args.raw_repeats, p, args.seed + p), args.raw_repeats)
+              for p in pairs_list}
+    for p, times in raw_ms.items():
+        print(f"one raw batch of {p} pairs: p50 {percentile(times, 50):.1f} ms ({len(times)} runs)")
+
+    runs: dict[str, list[tuple[int, int, list[float], float, dict]]] = {"service": [], "naive": []}
+    modes = [("service", "dynamic")] + ([] if args.no_naive else [("naive", "none")])
+    profiler = Profiler(args.profile)
+    with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp, ServiceProcs(tmp) as procs:
+        for key, batching in modes:
+            procs.start("reranker", {"RERANKER_BATCHING": batching})
+            print(f"\n{key}: reranker over gRPC (RERANKER_BATCHING={batching}), closed-loop clients")
+            for p in pairs_list:
+                for c in clients_list:
+                    n = max(c * args.requests_per_client, math.ceil(args.min_pairs / p))
+                    requests = sample_requests(corpus, n, p, args.seed + 1000 * c + p)
+                    profiling = key == "service" and c == max(clients_list) and p == max(pairs_list)
+                    if profiling:
+                        profiler.start(procs.pid("reranker"), "reranker", args.profile_seconds)
+                    lat, pairs_ok, elapsed, errors = asyncio.run(
+                        closed_loop_rerank(procs.address("reranker"), requests, c, args.timeout)
+                    )
+                    rate = pairs_ok / elapsed
+                    runs[key].append((c, p, lat, rate, errors))
+                    s = latency_summary(lat)
+                    print(f"  {c:>3} clients x {p:>3} pairs: {rate:7.1f} pairs/s  p50 {_fmt_ms(s['p50_ms'])}  "
+                          f"p95 {_fmt_ms(s['p95_ms'])}  p99 {_fmt_ms(s['p99_ms'])} ms  ({len(lat)} requests"
+                          + (f", errors {errors}" if errors else "") + ")", flush=True)
+                    if profiling:
+                        profiler.finish()
+            procs.stop("reranker")
+
+    after = measure_limit(encoder, limit_encodings, batch_sizes)
+    print("\nlimit again after the service runs: " + ", ".join(f"batch {b}: {r:.1f}" for b, r in after.items()) + " pairs/s")
+    best_before, best_after = max(before.values()), max(after.values())
+    limit = max(best_before, best_after)
+    print(f"limit used for ratios: {limit:.1f} pairs/s (best batch before {best_before:.1f}, after {best_after:.1f}; the larger)")
+
+    report: dict[str, Any] = {"limit_pairs_per_s": limit, "service": [], "naive": []}
+    for key in ("service", "naive"):
+        for c, p, lat, rate, _ in runs[key]:
+            report[key].append(rerank_row(c, p, rate, limit, lat))
+    _print_rerank_table(report, raw_ms, args)
+    validate_rerank_report(report)
+    if args.json:
+        payload = dict(report)
+        payload["meta"] = {
+            "machine": info, "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+            "limit_by_batch_before": before, "limit_by_batch_after": after,
+            "raw_batch_p50_ms": {str(p): percentile(t, 50) for p, t in raw_ms.items()},
+            "max_length": conf.max_length, "max_batch_pairs": conf.max_batch_pairs,
+            "max_batch_tokens": conf.max_batch_tokens, "dataset": str(dataset),
+            "errors": {f"{k}:{c}x{p}": e for k in runs for c, p, _, _, e in runs[k] if e},
+        }
+        _write_json(args.json, payload)
+    return 0
+
+
+def _print_rerank_table(report: Mapping[str, Any], raw_ms: Mapping[int, list[float]], args) -> None:
+    print(f"\n{'':8}{'clients':>8}{'pairs':>7}{'pairs/s':>10}{'ratio':>8}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
+    for key in ("service", "naive"):
+        for row in report[key]:
+            print(f"{key:8}{row['clients']:>8}{row['pairs_per_request']:>7}{row['pairs_per_s']:>10.1f}{row['ratio']:>8.2f}"
+                  f"{row['p50_ms']:>10.1f}{row['p95_ms']:>10.1f}{row['p99_ms']:>10.1f}")
+    print("\ntargets:")
+    for row in report["service"]:
+        c, p = row["clients"], row["pairs_per_request"]
+        if c == 32 and p == 50:
+            print(f"  32 clients x 50 pairs: ratio {row['ratio']:.2f} (target >= 0.90): {'met' if row['ratio'] >= 0.9 else 'NOT met'}")
+        if c == 32 and p == 4:
+            print(f"  32 clients x 4 pairs:  ratio {row['ratio']:.2f} (target >= 0.80): {'met' if row['ratio'] >= 0.8 else 'NOT met'}")
+        if c == 1 and p in raw_ms and raw_ms[p]:
+            raw = percentile(raw_ms[p], 50)
+            bound = raw * 1.1 + 5.0
+            print(f"  1 client x {p} pairs: p50 {row['p50_ms']:.1f} ms vs one raw batch {raw:.1f} ms "
+                  f"(target <= {bound:.1f} ms): {'met' if row['p50_ms'] <= bound else 'NOT met'}")
+
+
+# --------------------------------------------------------------------------- bench embed
+
+
+def _retrieval_config():
+    from services.common import config as cfg
+    from services.retrieval.config import RetrievalConfig
+
+    return cfg.load(RetrievalConfig, None)
+
+
+def _bi_encoder(conf):
+    from services.common.models import default_models_dir, resolve_model_dir
+    from services.retrieval.embedder import BiEncoder
+
+    return BiEncoder(
+        resolve_model_dir(conf.model_dir or default_models_dir() / "bge-small-en"),
+        max_length=conf.max_length,
+        batch_size=conf.batch_size,
+        provider=conf.provider,
+        intra_op_threads=conf.intra_op_threads,
+        graph_optimization=conf.graph_optimization,
+        spin=conf.allow_spinning,
+    )
+
+
+def _open_procs_env() -> dict[str, str]:
+    # The bench talks to its own gateway without credentials or TLS.
+    return {"GATEWAY_API_KEYS": "", "GATEWAY_API_KEYS_FILE": ""}
+
+
+def _bench_embed(args: argparse.Namespace) -> int:
+    dataset = Path(args.dataset)
+    corpus = load_corpus(dataset, max_docs=args.docs)
+    if corpus is None:
+        return _skip("embed", dataset)
+    from services.cli.procs import ServiceProcs
+
+    info = machine_info()
+    _print_machine(info)
+    conf = _retrieval_config()
+    encoder = _bi_encoder(conf)
+    texts = corpus.passages  # the store indexes "title\ntext"
+    print(f"documents: {len(texts)} from {dataset.name}; embedder max_length {encoder.max_length}, batch {conf.batch_size}")
+
+    def raw() -> float:
+        encoder.embed_documents(texts[: conf.batch_size])  # warm
+        start = time.perf_counter()
+        encoder.embed_documents(texts)
+        return len(texts) / (time.perf_counter() - start)
+
+    raw_before = raw()
+    print(f"raw batched embedding (this process, length-sorted batches of {conf.batch_size}): {raw_before:.1f} docs/s")
+    profiler = Profiler(args.profile)
+    with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp, ServiceProcs(tmp) as procs:
+        jsonl = Path(tmp) / "docs.jsonl"
+        with open(jsonl, "w", encoding="utf-8") as f:
+            for d in corpus.docs:
+                f.write(json.dumps(d) + "\n")
+        procs.start("retrieval", wait=False)
+        procs.start("reranker", wait=False)
+        procs.start("gateway", _open_procs_env(), wait=False)
+        for name in ("retrieval", "reranker", "gateway"):
+            procs.wait(name)
+        cmd = [sys.executable, "-m", "services.cli", "ingest", str(jsonl), "--collection", "bench_embed",
+               "--target", procs.address("gateway"), "--batch-size", str(args.batch_size),
+               "--concurrency", str(args.concurrency)]
+        profiler.start(procs.pid("retrieval"), "retrieval", args.profile_seconds)
+        start = time.perf_counter()
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
+        wall = time.perf_counter() - start
+        profiler.finish()
+        if result.returncode != 0:
+            print(f"searchctl ingest failed ({result.returncode}):\n{result.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        print(result.stdout.strip().splitlines()[-1])
+    reported = _ingest_rate(result.stdout)
+    raw_after = raw()
+    raw_best = max(raw_before, raw_after)
+    ingest_rate = reported if reported else len(texts) / wall
+    print(f"raw batched embedding again: {raw_after:.1f} docs/s; using the larger, {raw_best:.1f}")
+    print(f"searchctl ingest: {ingest_rate:.1f} docs/s (its own timer; {len(texts) / wall:.1f} docs/s including "
+          f"interpreter start-up, {wall:.1f} s)")
+    ratio = ingest_rate / raw_best
+    print(f"ratio ingest / raw: {ratio:.2f} (target >= 0.90): {'met' if ratio >= 0.9 else 'NOT met'}")
+    _write_json(args.json, {
+        "docs": len(texts), "raw_docs_per_s": raw_best, "raw_before": raw_before, "raw_after": raw_after,
+        "ingest_docs_per_s": ingest_rate, "ingest_wall_docs_per_s": len(texts) / wall, "ratio": ratio,
+        "batch_size": args.batch_size, "concurrency": args.concurrency, "machine": info,
+    })
+    return 0
+
+
+def _ingest_rate(stdout: str) -> float | None:
+    import re
+
+    match = re.search(r"\(([\d.]+) docs/s\)", stdout)
+    return float(match.group(1)) if match else None
+
+
+# --------------------------------------------------------------------------- stack with an ingested collection
+
+
+class Stack:
+    """The three services on loopback with SciFact ingested (reused from ``--data-dir``)."""
+
+    def __init__(self, args: argparse.Namespace, corpus: Corpus, gateway_env: Mapping[str, str] | None = None) -> None:
+        from services.cli.procs import ServiceProcs
+
+        self._tmp = None
+        if args.data_dir:
+            workdir = Path(args.data_dir)
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="bench-stack-")
+            workdir = Path(self._tmp.name)
+        self.procs = ServiceProcs(workdir)
+        self.corpus = corpus
+        self.gateway_env = {**_open_procs_env(), **(gateway_env or {})}
+        self.collection = BENCH_COLLECTION
+
+    def __enter__(self) -> Stack:
+        p = self.procs
+        p.start("retrieval", wait=False)
+        p.start("reranker", wait=False)
+        p.start("gateway", self.gateway_env, wait=False)
+        for name in ("retrieval", "reranker", "gateway"):
+            p.wait(name)
+        self.ensure_ingested()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.procs.stop_all()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def ensure_ingested(self) -> None:
+        import grpc
+
+        from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(self.procs.address("gateway"), options=_grpc_options()) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            try:
+                count = stub.DescribeCollection(pb.DescribeCollectionRequest(name=self.collection), timeout=30).collection.document_count
+            except grpc.RpcError:
+                count = 0
+        if count >= len(self.corpus.docs):
+            print(f"collection {self.collection!r} already holds {count} documents")
+            return
+        from services.cli.client import ingest
+
+        start = time.perf_counter()
+        written = asyncio.run(ingest(self.corpus.docs, self.collection, self.procs.address("gateway"),
+                                     batch_size=64, concurrency=2, total=len(self.corpus.docs), progress=False))
+        print(f"ingested {written} documents in {time.perf_counter() - start:.0f} s")
+
+    def restart_reranker(self, overrides: Mapping[str, str]) -> None:
+        self.procs.start("reranker", overrides)
+
+
+# --------------------------------------------------------------------------- bench e2e
+
+
+@dataclass(frozen=True)
+class E2EMode:
+    name: str
+    candidates: int  # 0 = no rerank
+
+    @property
+    def slo_ms(self) -> float:
+        return SLO_MS["rerank" if self.candidates else "search"]
+
+
+def parse_e2e_modes(spec: str) -> list[E2EMode]:
+    modes = []
+    for raw in spec.split(","):
+        name = raw.strip()
+        if name == "search":
+            modes.append(E2EMode("search", 0))
+        elif name.startswith("rerank") and name[6:].isdigit():
+            modes.append(E2EMode(name, int(name[6:])))
+        elif name:
+            raise ValueError(f"unknown e2e mode {name!r}: use search or rerankN (e.g. rerank20)")
+    return modes
+
+
+def _search_request(collection: str, query: str, mode: E2EMode, top_k: int = 10):
+    from search.v1 import search_service_pb2 as pb
+
+    request = pb.SearchRequest(collection=collection, query=query, top_k=top_k)
+    request.rerank.enabled = bool(mode.candidates)
+    if mode.candidates:
+        request.rerank.candidates = mode.candidates
+    return request
+
+
+async def measure_overhead(stack: Stack, queries: Sequence[str], mode: E2EMode, top_k: int = 10) -> dict[str, float]:
+    """Sequential calls: Search through the gateway, then the same Retrieve (and Rerank) directly."""
+    import grpc
+
+    from search.v1 import (
+        rerank_service_pb2 as rr_pb,
+        rerank_service_pb2_grpc as rr_grpc,
+        retrieval_service_pb2 as rt_pb,
+        retrieval_service_pb2_grpc as rt_grpc,
+        search_service_pb2_grpc as pb_grpc,
+    )
+
+    p = stack.procs
+    e2e, retrieve, rerank = [], [], []
+    async with grpc.aio.insecure_channel(p.address("gateway"), options=_grpc_options()) as gw, \
+            grpc.aio.insecure_channel(p.address("retrieval"), options=_grpc_options()) as rt, \
+            grpc.aio.insecure_channel(p.address("reranker"), options=_grpc_options()) as rr:
+        search, retrieval, reranker = pb_grpc.SearchServiceStub(gw), rt_grpc.RetrievalServiceStub(rt), rr_grpc.RerankServiceStub(rr)
+        for i, query in enumerate(queries):
+            start = time.perf_counter()
+            await search.Search(_search_request(stack.collection, query, mode, top_k), timeout=60)
+            t_search = (time.perf_counter() - start) * 1000.0
+            start = time.perf_counter()
+            found = await retrieval.Retrieve(
+                rt_pb.RetrieveRequest(collection=stack.collection, query=query, limit=max(top_k, mode.candidates)), timeout=60
+            )
+            t_retrieve = (time.perf_counter() - start) * 1000.0
+            t_rerank = 0.0
+            if mode.candidates and found.candidates:
+                passages = [f"{c.title}\n{c.text}" if c.title else c.text for c in found.candidates[: mode.candidates]]
+                start = time.perf_counter()
+                await reranker.Rerank(rr_pb.RerankRequest(query=query, passages=passages), timeout=60)
+                t_rerank = (time.perf_counter() - start) * 1000.0
+            if i == 0:
+                continue  # first call per channel pays connection set-up
+            e2e.append(t_search)
+            retrieve.append(t_retrieve)
+            rerank.append(t_rerank)
+    out = {
+        "search_p50_ms": percentile(e2e, 50), "search_p95_ms": percentile(e2e, 95),
+        "retrieve_p50_ms": percentile(retrieve, 50), "rerank_p50_ms": percentile(rerank, 50) if mode.candidates else 0.0,
+        "calls": len(e2e),
+    }
+    out["overhead_ms"] = out["search_p50_ms"] - out["retrieve_p50_ms"] - out["rerank_p50_ms"]
+    return out
+
+
+async def open_loop(address: str, collection: str, queries: Sequence[str], mode: E2EMode, rate: float,
+                    seconds: float, timeout: float) -> StepResult:
+    """Offer Search requests at a fixed ``rate`` for ``seconds`` regardless of responses."""
+    import grpc
+
+    from search.v1 import search_service_pb2_grpc as pb_grpc
+
+    n = max(1, int(round(rate * seconds)))
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    degraded = 0
+    last_done = 0.0
+    async with grpc.aio.insecure_channel(address, options=_grpc_options()) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        await channel.channel_ready()
+
+        async def one(request) -> None:
+            nonlocal degraded, last_done
+            start = time.perf_counter()
+            try:
+                reply = await stub.Search(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+                return
+            finished = time.perf_counter()
+            last_done = max(last_done, finished)
+            latencies.append((finished - start) * 1000.0)
+            degraded += int(reply.degraded)
+
+        t0 = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(_search_request(collection, queries[i % len(queries)], mode))))
+        await asyncio.gather(*tasks)
+    ok = len(latencies)
+    span = max(last_done - t0, n / rate) if ok else n / rate
+    return StepResult(rate, n / rate, n, ok, dict(errors), degraded, ok / span, latencies)
+
+
+def _bench_e2e(args: argparse.Namespace) -> int:
+    dataset = Path(args.dataset)
+    corpus = load_corpus(dataset, max_docs=args.docs)
+    if corpus is None:
+        return _skip("e2e", dataset)
+    try:
+        modes = parse_e2e_modes(args.modes)
+    except ValueError as exc:
+        print(f"searchctl bench e2e: {exc}", file=sys.stderr)
+        return 2
+    info = machine_info()
+    _print_machine(info)
+    queries = list(corpus.queries)
+    random.Random(args.seed).shuffle(queries)
+    results: dict[str, Any] = {"machine": info, "modes": {}}
+    with Stack(args, corpus) as stack:
+        for mode in modes:
+            print(f"\n== {mode.name} (p95 objective {mode.slo_ms:.0f} ms)")
+            over = asyncio.run(measure_overhead(stack, queries[: args.overhead_queries + 1], mode))
+            print(f"sequential: Search p50 {over['search_p50_ms']:.1f} ms (p95 {over['search_p95_ms']:.1f}); direct Retrieve p50 "
+                  f"{over['retrieve_p50_ms']:.1f} ms" + (f", Rerank p50 {over['rerank_p50_ms']:.1f} ms" if mode.candidates else "")
+                  + f" -> gateway overhead {over['overhead_ms']:.1f} ms (target <= 3 ms)")
+            steps: list[StepResult] = []
+            history: list[tuple[float, bool]] = []
+            start_rate = args.search_start_rate if not mode.candidates else args.rerank_start_rate
+            if over["search_p95_ms"] > mode.slo_ms:
+                print(f"unloaded p95 already exceeds {mode.slo_ms:.0f} ms: no arrival rate is sustainable; "
+                      f"measuring the lowest rate ({args.min_rate} QPS) only")
+                start_rate = args.min_rate
+            rate = start_rate
+            offset = 0
+            while rate is not None and len(steps) < args.max_steps:
+                seconds = min(max(args.duration, args.min_requests / rate), args.max_step_seconds)
+                step = asyncio.run(open_loop(stack.procs.address("gateway"), stack.collection, queries[offset:] + queries[:offset],
+                                             mode, rate, seconds, args.timeout))
+                offset = (offset + step.sent) % len(queries)
+                ok = sustained(step, mode.slo_ms)
+                steps.append(step)
+                history.append((rate, ok))
+                s = step.summary
+                print(f"  offered {rate:7.2f} QPS for {step.seconds:5.1f} s: achieved {step.achieved_qps:7.2f} QPS, p50 {_fmt_ms(s['p50_ms'])} "
+                      f"p95 {_fmt_ms(s['p95_ms'])} p99 {_fmt_ms(s['p99_ms'])} ms, errors {sum(step.errors.values())}"
+                      + (f" {step.errors}" if step.errors else "") + f", degraded {step.degraded} -> {'ok' if ok else 'over'}", flush=True)
+                if over["search_p95_ms"] > mode.slo_ms:
+                    break
+                rate = next_rate(history, start_rate, args.growth, args.resolution, args.min_rate)
+                time.sleep(args.settle)
+            best = max((s for s, (_, ok) in zip(steps, history) if ok), key=lambda s: s.rate, default=None)
+            if best is None:
+                print(f"-> {mode.name}: no tested rate sustained p95 <= {mode.slo_ms:.0f} ms")
+            else:
+                s = best.summary
+                print(f"-> {mode.name}: highest sustained arrival rate {best.rate:.2f} QPS (achieved {best.achieved_qps:.2f}, "
+                      f"p50 {s['p50_ms']:.0f} / p95 {s['p95_ms']:.0f} / p99 {s['p99_ms']:.0f} ms)")
+            results["modes"][mode.name] = {
+                "slo_p95_ms": mode.slo_ms, "overhead": over, "steps": [s.as_dict() for s in steps],
+                "max_sustained_qps": best.rate if best else 0.0,
+            }
+    results["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    _write_json(args.json, results)
+    return 0
+
+
+# --------------------------------------------------------------------------- bench frontier
+
+
+def _bench_frontier(args: argparse.Namespace) -> int:
+    from services.cli import beir
+    from services.cli.evaluate import compute_metrics, select_queries
+
+    dataset = Path(args.dataset)
+    corpus = load_corpus(dataset, max_docs=args.docs)
+    if corpus is None:
+        return _skip("frontier", dataset)
+    try:
+        queries = beir.load_queries(dataset)
+        qrels = beir.load_qrels(dataset, args.split)
+    except (beir.DatasetError, OSError) as exc:
+        print(f"searchctl bench frontier: {exc}", file=sys.stderr)
+        return 2
+    chosen = select_queries(queries, qrels, args.max_queries)
+    qrels_used = {q: qrels[q] for q in chosen}
+    depths = [int(x) for x in args.depths.split(",")]
+    lengths = [int(x) for x in args.max_lengths.split(",")]
+    info = machine_info()
+    _print_machine(info)
+    print(f"{dataset.name}/{args.split}: {len(chosen)} judged queries (first {args.max_queries or 'all'} in file order); "
+          f"depths {depths}; reranker max lengths {lengths}")
+    points: list[dict[str, Any]] = []
+    # Generous reranking time: the frontier measures quality at every depth, not timeouts.
+    gateway_env = {"GATEWAY_RERANK_TIMEOUT_SECONDS": "600", "GATEWAY_DEFAULT_DEADLINE_SECONDS": "900"}
+    with Stack(args, corpus, gateway_env) as stack:
+        def run(mode: E2EMode) -> dict[str, Any]:
+            run_, lat, degraded = asyncio.run(_sequential_search(stack, chosen, mode))
+            m = compute_metrics(run_, qrels_used)
+            return {"ndcg@10": m["ndcg@10"], "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
+                    "degraded": degraded, "queries": len(lat)}
+
+        base = run(E2EMode("search", 0))
+        points.append({"max_length": 0, "depth": 0, **base})
+        print(f"  no rerank:               NDCG@10 {base['ndcg@10']:.4f}  p50 {base['p50_ms']:7.1f} ms  p95 {base['p95_ms']:7.1f} ms")
+        for length in lengths:
+            stack.restart_reranker({"RERANKER_MAX_LENGTH": str(length)})
+            for depth in depths:
+                point = run(E2EMode(f"rerank{depth}", depth))
+                points.append({"max_length": length, "depth": depth, **point})
+                print(f"  max_length {length:>3}, depth {depth:>3}: NDCG@10 {point['ndcg@10']:.4f}  p50 {point['p50_ms']:7.1f} ms  "
+                      f"p95 {point['p95_ms']:7.1f} ms" + (f"  DEGRADED {point['degraded']}" if point["degraded"] else ""), flush=True)
+    print("\nPareto frontier (no slower point has a higher NDCG@10):")
+    for p in pareto(points):
+        label = "no rerank" if not p["depth"] else f"max_length {p['max_length']}, depth {p['depth']}"
+        print(f"  {label:<28} NDCG@10 {p['ndcg@10']:.4f}  p50 {p['p50_ms']:.0f} ms")
+    if args.png:
+        plot_frontier(points, Path(args.png), f"{dataset.name} {args.split}, {len(chosen)} queries; {info['cpu']}, {info['cores']} cores")
+        print(f"wrote {args.png}")
+    _write_json(args.json, {"machine": info, "queries": len(chosen), "split": args.split, "points": points,
+                            "load_avg_end": [round(x, 2) for x in os.getloadavg()]})
+    return 0
+
+
+async def _sequential_search(stack: Stack, queries: Mapping[str, str], mode: E2EMode):
+    import grpc
+
+    from search.v1 import search_service_pb2_grpc as pb_grpc
+
+    run: dict[str, dict[str, float]] = {}
+    latencies: list[float] = []
+    degraded = 0
+    async with grpc.aio.insecure_channel(stack.procs.address("gateway"), options=_grpc_options()) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        await stub.Search(_search_request(stack.collection, "warm up", mode), timeout=900)
+        for qid, text in queries.items():
+            start = time.perf_counter()
+            reply = await stub.Search(_search_request(stack.collection, text, mode, top_k=10), timeout=900)
+            latencies.append((time.perf_counter() - start) * 1000.0)
+            degraded += int(reply.degraded)
+            n = len(reply.results)
+            run[qid] = {r.id: float(n - rank) for rank, r in enumerate(reply.results)}
+    return run, latencies, degraded
+
+
+def pareto(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Points not dominated by a faster-or-equal point with a higher NDCG@10, fastest first."""
+    out = []
+    best = -math.inf
+    for p in sorted(points, key=lambda p: (p["p50_ms"], -p["ndcg@10"])):
+        if p["ndcg@10"] > best:
+            out.append(p)
+            best = p["ndcg@10"]
+    return out
+
+
+def plot_frontier(points: Sequence[Mapping[str, Any]], path: Path, subtitle: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for length in sorted({p["max_length"] for p in points if p["depth"]}):
+        series = sorted((p for p in points if p["max_length"] == length and p["depth"]), key=lambda p: p["depth"])
+        ax.plot([p["p50_ms"] for p in series], [p["ndcg@10"] for p in series], marker="o", label=f"rerank, max_length {length}")
+        for p in series:
+            ax.annotate(str(p["depth"]), (p["p50_ms"], p["ndcg@10"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for p in points:
+        if not p["depth"]:
+            ax.scatter([p["p50_ms"]], [p["ndcg@10"]], marker="s", color="black", zorder=3, label="no rerank (hybrid retrieval)")
+    front = pareto(points)
+    ax.plot([p["p50_ms"] for p in front], [p["ndcg@10"] for p in front], linestyle=":", color="grey", label="Pareto frontier")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("Search p50 latency, ms (log scale; sequential requests)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("Quality vs latency: rerank depth (labels) and max length", fontsize=11)
+    fig.text(0.5, 0.005, subtitle, ha="center", fontsize=7, color="grey")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: reranker and embedder against the raw model, end-to-end load, quality/latency frontier",
+        description="Benchmarks that start their own servers on free loopback ports and print figures and ratios "
+        "measured in the same run (docs/BENCHMARKS.md).",
+    )
+    bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", default=str(DEFAULT_DATASET), help="BEIR folder (default %(default)s)")
+        p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+        p.add_argument("--seed", type=int, default=7)
+
+    r = bsub.add_parser("rerank", help="reranker throughput/latency vs raw onnxruntime, with and without cross-request batching")
+    common(r)
+    r.add_argument("--clients", default="1,8,32", help="concurrent closed-loop clients (default %(default)s)")
+    r.add_argument("--pairs", default="50,4", help="pairs per request (default %(default)s)")
+    r.add_argument("--batch-sizes", default="8,16,32,64", help="raw batch sizes tried for the limit (default %(default)s)")
+    r.add_argument("--limit-pairs", type=int, default=256, help="pairs scored per batch size for the limit (default %(default)s)")
+    r.add_argument("--raw-repeats", type=int, default=7, help="raw single-batch timings per request size (default %(default)s)")
+    r.add_argument("--requests-per-client", type=int, default=2, help="at least this many requests per client (default %(default)s)")
+    r.add_argument("--min-pairs", type=int, default=640, help="at least this many pairs per configuration (default %(default)s)")
+    r.add_argument("--no-naive", action="store_true", help="skip the RERANKER_BATCHING=none baseline")
+    r.add_argument("--timeout", type=float, default=600.0, help="deadline of one Rerank call, s (default %(default)s)")
+    r.add_argument("--profile", metavar="DIR", help="py-spy the reranker during the largest run; write collapsed stacks to DIR")
+    r.add_argument("--profile-seconds", type=float, default=30.0)
+    r.set_defaults(func=_bench_rerank)
+
+    e = bsub.add_parser("embed", help="searchctl ingest docs/s vs raw batched embedding")
+    common(e)
+    e.add_argument("--docs", type=int, default=1024, help="documents to ingest, 0 = the whole corpus (default %(default)s)")
+    e.add_argument("--batch-size", type=int, default=64, help="searchctl ingest --batch-size (default %(default)s)")
+    e.add_argument("--concurrency", type=int, default=2, help="searchctl ingest --concurrency (default %(default)s)")
+    e.add_argument("--profile", metavar="DIR", help="py-spy the retrieval service during ingestion")
+    e.add_argument("--profile-seconds", type=float, default=30.0)
+    e.set_defaults(func=_bench_embed)
+
+    def stack_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="keep the services' data (Qdrant) here and reuse an ingested collection "
+                       "(default: a temporary directory)")
+        p.add_argument("--docs", type=int, default=0, help="ingest only the first N documents (default: the whole corpus)")
+
+    x = bsub.add_parser("e2e", help="open-loop load against the gateway; highest arrival rate under the p95 objective")
+    common(x)
+    stack_opts(x)
+    x.add_argument("--modes", default="search,rerank20,rerank50", help="search and/or rerankN (default %(default)s)")
+    x.add_argument("--duration", type=float, default=20.0, help="seconds per rate step (default %(default)s)")
+    x.add_argument("--min-requests", type=int, default=30, help="at least this many requests per step (default %(default)s)")
+    x.add_argument("--max-step-seconds", type=float, default=90.0, help="cap on one step's duration (default %(default)s)")
+    x.add_argument("--max-steps", type=int, default=8, help="rate steps per mode (default %(default)s)")
+    x.add_argument("--search-start-rate", type=float, default=5.0, help="first rate for search only, QPS (default %(default)s)")
+    x.add_argument("--rerank-start-rate", type=float, default=0.5, help="first rate with rerank, QPS (default %(default)s)")
+    x.add_argument("--min-rate", type=float, default=0.1, help="lowest rate tried, QPS (default %(default)s)")
+    x.add_argument("--growth", type=float, default=1.6, help="rate multiplier while searching upwards (default %(default)s)")
+    x.add_argument("--resolution", type=float, default=1.15, help="stop bisecting at this ratio (default %(default)s)")
+    x.add_argument("--settle", type=float, default=2.0, help="idle seconds between steps (default %(default)s)")
+    x.add_argument("--overhead-queries", type=int, default=40, help="sequential queries for the overhead (default %(default)s)")
+    x.add_argument("--timeout", type=float, default=30.0, help="client deadline of one Search, s (default %(default)s)")
+    x.set_defaults(func=_bench_e2e)
+
+    f = bsub.add_parser("frontier", help="NDCG@10 vs Search p50 for rerank depth x max length; PNG plot")
+    common(f)
+    stack_opts(f)
+    f.add_argument("--split", default="test")
+    f.add_argument("--max-queries", type=int, default=100, help="first N judged queries, 0 = all (default %(default)s)")
+    f.add_argument("--depths", default="10,20,50,100", help="rerank candidates (default %(default)s)")
+    f.add_argument("--max-lengths", default="128,256,512", help="RERANKER_MAX_LENGTH values (default %(default)s)")
+    f.add_argument("--png", default=str(REPO / "docs" / "frontier.png"), help="plot file (default docs/frontier.png; '' = none)")
+    f.set_defaults(func=_bench_frontier)

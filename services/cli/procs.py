@@ -1,0 +1,133 @@
+"""Run platform services as child processes on free loopback ports (for `searchctl bench`).
+
+:class:`ServiceProcs` starts ``python -m services.cli serve NAME`` with its ports, its
+Qdrant path and the downstream addresses set through the environment, waits for the
+gRPC health check to report SERVING, and stops every process it started on exit (SIGTERM,
+then SIGKILL after a grace period). Each service logs to ``<workdir>/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("retrieval", "reranker", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(address: str, timeout: float = 180.0, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Block until ``address`` reports SERVING; raise if ``proc`` exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+                raise RuntimeError(f"server at {address} exited with code {proc.returncode}\n{tail}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{address} not SERVING after {timeout:.0f} s")
+
+
+class ServiceProcs:
+    """Platform services as child processes; use as a context manager."""
+
+    def __init__(self, workdir: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.base_env = dict(os.environ if env is None else env)
+        self.ports = {name: free_port() for name in SERVICES}
+        self.metrics_ports = {name: free_port() for name in SERVICES}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.qdrant_path = self.workdir / "qdrant"
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def metrics_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+
+    def env(self, name: str, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(self.base_env)
+        prefix = name.upper()
+        env.update(
+            {
+                f"{prefix}_HOST": "127.0.0.1",
+                f"{prefix}_PORT": str(self.ports[name]),
+                f"{prefix}_METRICS_PORT": str(self.metrics_ports[name]),
+                "QDRANT_PATH": str(self.qdrant_path),
+                "RETRIEVAL_ADDR": self.address("retrieval"),
+                "RERANKER_ADDR": self.address("reranker"),
+                "PYTHONUNBUFFERED": "1",
+                "LOG_LEVEL": env.get("LOG_LEVEL", "WARNING"),
+            }
+        )
+        env.update(overrides or {})
+        return env
+
+    def start(self, name: str, overrides: Mapping[str, str] | None = None, wait: bool = True) -> subprocess.Popen:
+        """Start ``name`` (stopping a running one first) with ``overrides`` on top of its env."""
+        self.stop(name)
+        log = self.workdir / f"{name}.log"
+        self.logs[name] = log
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "serve", name],
+                env=self.env(name, overrides),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        self.procs[name] = proc
+        if wait:
+            self.wait(name)
+        return proc
+
+    def wait(self, name: str, timeout: float = 180.0) -> None:
+        wait_serving(self.address(name), timeout, self.procs[name], self.logs.get(name))
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def stop(self, name: str, timeout: float = 30.0) -> int | None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return proc.wait()
+
+    def stop_all(self) -> None:
+        for name in reversed(SERVICES):
+            self.stop(name)
+
+    def __enter__(self) -> ServiceProcs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()

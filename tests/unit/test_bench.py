@@ -1,0 +1,173 @@
+"""`searchctl bench`: the report schema, percentiles, rate search and profile summary (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from services.cli import bench
+from services.cli.bench import (
+    RERANK_ROW_KEYS,
+    StepResult,
+    latency_summary,
+    next_rate,
+    pareto,
+    parse_e2e_modes,
+    rerank_row,
+    summarize_collapsed,
+    sustained,
+    validate_rerank_report,
+)
+from tests.conftest import REPO
+
+
+def test_latency_summary_interpolates_like_eval():
+    lat = list(range(1, 101))  # 1..100 ms
+    s = latency_summary(lat)
+    assert s == {"p50_ms": 50.5, "p95_ms": pytest.approx(95.05), "p99_ms": pytest.approx(99.01)}
+    assert latency_summary([7.0]) == {"p50_ms": 7.0, "p95_ms": 7.0, "p99_ms": 7.0}
+    assert all(math.isnan(v) for v in latency_summary([]).values())
+    # Order of the samples does not matter.
+    assert latency_summary([3, 1, 2]) == latency_summary([1, 2, 3])
+
+
+def _report():
+    limit = 30.0
+    return {
+        "limit_pairs_per_s": limit,
+        "service": [rerank_row(32, 50, 28.5, limit, [900, 1000, 1200, 5000]), rerank_row(1, 4, 25.0, limit, [160.0])],
+        "naive": [rerank_row(32, 4, 12.0, limit, [100, 200, 300])],
+    }
+
+
+def test_rerank_report_schema_round_trips_through_json():
+    report = json.loads(json.dumps(_report()))
+    validate_rerank_report(report)
+    row = report["service"][0]
+    assert tuple(row) == RERANK_ROW_KEYS
+    assert row["ratio"] == pytest.approx(0.95)
+    assert row["clients"] == 32 and row["pairs_per_request"] == 50
+    assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r.pop("naive"), "naive must be a list"),
+        (lambda r: r.update(limit_pairs_per_s=0), "positive number"),
+        (lambda r: r["service"][0].pop("p99_ms"), "exactly the keys"),
+        (lambda r: r["service"][0].update(extra=1), "exactly the keys"),
+        (lambda r: r["service"][0].update(clients=2.5), "positive integer"),
+        (lambda r: r["service"][0].update(ratio=0.5), "pairs_per_s / limit"),
+        (lambda r: r["naive"][0].update(p50_ms=1e6), "ordered"),
+        (lambda r: r["service"][1].update(pairs_per_s="fast"), "must be a number"),
+    ],
+)
+def test_rerank_report_schema_rejects(mutate, message):
+    report = _report()
+    mutate(report)
+    with pytest.raises(ValueError, match=message):
+        validate_rerank_report(report)
+
+
+def _step(rate, latencies, errors=None, degraded=0, ok=None, achieved=None):
+    n = len(latencies) + sum((errors or {}).values())
+    return StepResult(rate, n / rate, n, len(latencies) if ok is None else ok, errors or {}, degraded,
+                      rate if achieved is None else achieved, list(latencies))
+
+
+def test_sustained_needs_p95_no_errors_no_degradation_and_the_offered_rate():
+    good = _step(10, [100] * 95 + [300] * 5)
+    assert sustained(good, 350)
+    assert not sustained(_step(10, [100] * 90 + [400] * 10), 350)  # p95 over the objective
+    assert not sustained(_step(10, [100] * 99, errors={"UNAVAILABLE": 1}), 350)
+    assert not sustained(_step(10, [100] * 100, degraded=1), 350)  # served, but not reranked
+    assert not sustained(_step(10, [100] * 100, achieved=8.0), 350)  # fell behind the arrivals
+    assert not sustained(_step(10, []), 350)
+
+
+def test_rate_search_grows_then_bisects_to_the_resolution():
+    capacity = 23.0
+    history = []
+    rate = next_rate(history, 5.0, 2.0, 1.1, 0.1)
+    while rate is not None:
+        history.append((rate, rate <= capacity))
+        rate = next_rate(history, 5.0, 2.0, 1.1, 0.1)
+        assert len(history) < 20
+    best = max(r for r, ok in history if ok)
+    worst = min(r for r, ok in history if not ok and r > best)
+    assert best <= capacity < worst and worst / best <= 1.1
+    assert [r for r, _ in history[:3]] == [5.0, 10.0, 20.0]
+
+
+def test_rate_search_shrinks_when_the_first_rate_fails_and_stops_at_the_floor():
+    history = [(1.0, False)]
+    assert next_rate(history, 1.0, 2.0, 1.1, 0.1) == 0.5
+    history += [(0.5, False), (0.25, False), (0.125, False)]
+    assert next_rate(history, 1.0, 2.0, 1.1, 0.1) == 0.1
+    history.append((0.1, False))
+    assert next_rate(history, 1.0, 2.0, 1.1, 0.1) is None
+
+
+def test_e2e_modes():
+    modes = parse_e2e_modes("search, rerank20,rerank50")
+    assert [(m.name, m.candidates, m.slo_ms) for m in modes] == [
+        ("search", 0, 350.0), ("rerank20", 20, 900.0), ("rerank50", 50, 900.0)]
+    with pytest.raises(ValueError, match="unknown e2e mode"):
+        parse_e2e_modes("rerank")
+
+
+def test_pareto_keeps_points_no_faster_point_beats():
+    points = [
+        {"p50_ms": 30, "ndcg@10": 0.60}, {"p50_ms": 300, "ndcg@10": 0.70}, {"p50_ms": 400, "ndcg@10": 0.65},
+        {"p50_ms": 900, "ndcg@10": 0.72}, {"p50_ms": 50, "ndcg@10": 0.58},
+    ]
+    assert [(p["p50_ms"], p["ndcg@10"]) for p in pareto(points)] == [(30, 0.60), (300, 0.70), (900, 0.72)]
+
+
+def test_collapsed_profile_summary_ignores_idle_threads():
+    lines = [
+        "process 1;MainThread;_run_once (asyncio/base_events.py:1);select (selectors.py:468) 500",
+        "process 1;inference;_worker (concurrent/futures/thread.py:81);infer (cross_encoder.py:120);run (onnxruntime/session.py:220) 300",
+        "process 1;tokenize;tokenize_pairs (cross_encoder.py:100) 100",
+        "process 1;inference;infer (cross_encoder.py:120);encodings_to_inputs (onnx_session.py:400) 100",
+        "garbage line",
+    ]
+    summary = dict(summarize_collapsed(lines))
+    assert summary == pytest.approx({
+        "run (onnxruntime/session.py:220)": 0.6,
+        "tokenize_pairs (cross_encoder.py:100)": 0.2,
+        "encodings_to_inputs (onnx_session.py:400)": 0.2,
+    })
+    assert summarize_collapsed([]) == []
+
+
+def test_plot_frontier_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    points = [{"max_length": 0, "depth": 0, "p50_ms": 30.0, "ndcg@10": 0.66}]
+    points += [{"max_length": L, "depth": d, "p50_ms": 30.0 + d * L / 10, "ndcg@10": 0.66 + d / 1000 + L / 10000}
+               for L in (128, 256) for d in (10, 20)]
+    out = tmp_path / "f.png"
+    bench.plot_frontier(points, out, "test")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_skips_clearly_without_the_dataset(tmp_path):
+    for command in ("rerank", "embed", "e2e", "frontier"):
+        result = subprocess.run(
+            [sys.executable, "-m", "services.cli", "bench", command, "--dataset", str(tmp_path / "none")],
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "skipped" in result.stderr and "--dataset" in result.stderr
+
+
+def test_bench_help_lists_the_four_benches():
+    out = subprocess.run([sys.executable, "-m", "services.cli", "bench", "--help"], capture_output=True, text=True,
+                         cwd=REPO, timeout=60).stdout
+    for command in ("rerank", "embed", "e2e", "frontier"):
+        assert command in out
