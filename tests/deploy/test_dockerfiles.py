@@ -15,12 +15,16 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli", reason="Python 3.10 needs tomli to read pyproject.toml")
 
 from .support import GRPC_PORTS, METRICS_PORTS, REPO, xds_tool
 
