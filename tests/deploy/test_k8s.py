@@ -566,3 +566,32 @@ def test_models_volume_component():
     net = Net(docs)
     assert net.can({"app.kubernetes.io/name": "models-fetch"}, {"app": "pypi"}, 443, dst_ns={"kubernetes.io/metadata.name": "internet"})
     assert not net.can("retrieval", {"app": "pypi"}, 443, dst_ns={"kubernetes.io/metadata.name": "internet"})
+
+
+# --------------------------------------------------------------------------- Qdrant cluster (Helm values)
+def test_qdrant_cluster_helm_values():
+    import yaml
+
+    values = yaml.safe_load((K8S.parent / "deploy" / "qdrant" / "values-cluster.yaml").read_text())
+    assert values["replicaCount"] == 3
+    assert values["config"]["cluster"]["enabled"] is True
+    assert values["config"]["cluster"]["p2p"]["port"] == 6335  # the NetworkPolicy's peer port
+    assert values["persistence"]["size"] and values["persistence"]["accessModes"] == ["ReadWriteOnce"]
+    assert values["snapshotPersistence"]["enabled"] is True
+    assert values["podDisruptionBudget"] == {"enabled": True, "maxUnavailable": 1}
+    # The restricted Pod Security level of the namespace.
+    assert values["image"]["useUnprivilegedImage"] is True and values["updateVolumeFsOwnership"] is False
+    sc = values["containerSecurityContext"]
+    assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and sc["readOnlyRootFilesystem"]
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
+    # Replication 2 needs peers on different nodes.
+    anti = values["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"
+    # Retrieval (prod) reads the same API key Secret, and dev runs the same Qdrant version.
+    key_ref = values["apiKey"]["valueFrom"]["secretKeyRef"]
+    env = env_of(container(one(render("prod"), "Deployment", "retrieval")))
+    assert env["QDRANT_API_KEY"]["valueFrom"]["secretKeyRef"] == key_ref
+    dev_image = container(one(render("dev"), "StatefulSet", "qdrant"), "qdrant")["image"]
+    assert dev_image == f"qdrant/qdrant:{values['image']['tag']}-unprivileged"
+    # Enough replicas for the replication factor retrieval asks for.
+    assert values["replicaCount"] >= int(env["QDRANT_REPLICATION_FACTOR"]["value"])
