@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/search/v1/*.proto)
 
-.PHONY: install models up test test-fast proto proto-check lint bench clean
+.PHONY: install models up test test-fast proto lint deploy-check sync-monitoring clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ test-fast: install
 # Regenerate the Python stubs (committed; tests/unit/test_contracts.py checks they are fresh).
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+
+# Render and validate k8s overlays, the Envoy config, compose and Dockerfiles.
+deploy-check: install
+	scripts/setup_xds_env.sh
+	$(BIN)/python -m pytest -ra tests/deploy
+
+# Copy observability/ (alert rules, dashboard) into the k8s monitoring component.
+sync-monitoring: install
+	$(BIN)/python k8s/components/monitoring/sync_observability.py
 
 lint:
 	buf lint
