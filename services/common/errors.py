@@ -3,7 +3,8 @@
 Domain modules raise these (they know nothing of gRPC); :class:`ErrorMappingInterceptor`
 turns them into a precise status with a message a caller can act on. Any other
 exception becomes INTERNAL with the trace id in the message, and is logged with its
-traceback: a bug never crashes the server and is never silent.
+traceback: a bug never crashes the server and is never silent. A request body that does
+not parse as the method's message is INVALID_ARGUMENT (gRPC's default would be UNKNOWN).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class ServiceError(Exception):
     """An error a caller can act on; ``code`` is the gRPC status it maps to."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    #: For an error relayed from another service: that service's status (retries and
+    #: degradation decide on it); None for an error raised here.
+    downstream_code: grpc.StatusCode | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -89,6 +93,15 @@ def to_rpc_status(code: grpc.StatusCode, message: str, details: list[Any] = ()) 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+class _Malformed:
+    """Stands in for a request whose bytes could not be parsed."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Maps :class:`ServiceError` to its status and any other exception to INTERNAL."""
 
@@ -98,8 +111,24 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         behavior: Behavior = handler.unary_unary
         method = handler_call_details.method
+        deserialize = handler.request_deserializer
+
+        def tolerant_deserialize(raw: bytes) -> Any:
+            # gRPC turns a deserializer's exception into UNKNOWN; a malformed body is the
+            # caller's mistake, so it becomes a value that `guarded` answers INVALID_ARGUMENT.
+            try:
+                return deserialize(raw) if deserialize is not None else raw
+            except Exception as exc:  # noqa: BLE001 - DecodeError, bad UTF-8, recursion limit
+                return _Malformed(f"{exc}")
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                await context.abort_with_status(
+                    to_rpc_status(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the request body is not a valid message for {method}: {request.reason}",
+                    )
+                )
             try:
                 return await behavior(request, context)
             except ServiceError as exc:
@@ -116,6 +145,6 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserialize,
             response_serializer=handler.response_serializer,
         )

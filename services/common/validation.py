@@ -6,10 +6,11 @@ whole before anything is written, so a rejected request writes nothing.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from search.v1 import common_pb2
 from services.common.errors import InvalidArgument
@@ -23,9 +24,24 @@ MAX_ID_BYTES = 256
 MAX_TITLE_CHARS = 1_000
 MAX_TEXT_CHARS = 200_000
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_PAYLOAD_DEPTH = 16
 MAX_RERANK_PASSAGES = 512
 MAX_PASSAGE_CHARS = 20_000
 COLLECTION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
+# Filters (the retrieval service applies the same limits in services/retrieval/filters.py).
+MAX_FILTER_DEPTH = 4
+MAX_FILTER_CONDITIONS = 64
+MAX_ANY_VALUES = 256
+MAX_FILTER_KEY_CHARS = 128
+MAX_KEYWORD_CHARS = 1024
+FILTER_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+MAX_FILTER_FIELDS = 32
+# Hybrid fusion options.
+MAX_RRF_K = 1000
+MAX_PREFETCH_LIMIT = 1000
+RETRIEVAL_MODES = frozenset(common_pb2.RetrievalMode.values())
+FUSION_METHODS = frozenset(common_pb2.FusionMethod.values())
+FIELD_TYPES = frozenset(common_pb2.FieldType.values()) - {common_pb2.FIELD_TYPE_UNSPECIFIED}
 
 
 def collection_name(name: str, field: str = "collection") -> str:
@@ -82,10 +98,27 @@ def documents(docs: Sequence[common_pb2.Document], field: str = "documents") -> 
             raise InvalidArgument(f"{where}.title", f"is longer than {MAX_TITLE_CHARS} characters")
         if doc.payload.ByteSize() > MAX_PAYLOAD_BYTES:
             raise InvalidArgument(f"{where}.payload", f"is {doc.payload.ByteSize()} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+        payload_values(doc.payload, f"{where}.payload")
         out.append(
             {"id": doc.id, "title": doc.title, "text": doc.text, "payload": json_format.MessageToDict(doc.payload)}
         )
     return out
+
+
+def payload_values(payload: struct_pb2.Struct, field: str = "payload") -> None:
+    """JSON-representable values only: finite numbers, nesting at most MAX_PAYLOAD_DEPTH."""
+    stack: list[tuple[struct_pb2.Value, int]] = [(v, 1) for v in payload.fields.values()]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise InvalidArgument(field, f"nests deeper than {MAX_PAYLOAD_DEPTH} levels")
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            raise InvalidArgument(field, "numbers must be finite (JSON has no NaN or Infinity)")
+        if kind == "struct_value":
+            stack.extend((v, depth + 1) for v in value.struct_value.fields.values())
+        elif kind == "list_value":
+            stack.extend((v, depth + 1) for v in value.list_value.values)
 
 
 def ids(values: Sequence[str], field: str = "ids") -> list[str]:
@@ -97,3 +130,99 @@ def ids(values: Sequence[str], field: str = "ids") -> list[str]:
         if not value or len(value.encode()) > MAX_ID_BYTES:
             raise InvalidArgument(f"{field}[{i}]", f"ids are 1..{MAX_ID_BYTES} bytes")
     return list(dict.fromkeys(values))
+
+
+def retrieval_mode(value: int, field: str = "mode") -> int:
+    if value not in RETRIEVAL_MODES:
+        raise InvalidArgument(field, f"unknown retrieval mode {value}; use DENSE, SPARSE, HYBRID or leave it unset")
+    return value
+
+
+def unit_interval(value: float, field: str) -> float:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise InvalidArgument(field, f"must be between 0 and 1, got {value}")
+    return value
+
+
+def fusion_options(options: common_pb2.FusionOptions, field: str = "fusion") -> common_pb2.FusionOptions:
+    """Hybrid fusion options: a known method, dense_weight in 0..1, rrf_k 1..1000, prefetch_limit 1..1000."""
+    if options.method not in FUSION_METHODS:
+        raise InvalidArgument(f"{field}.method", f"unknown fusion method {options.method}")
+    if options.HasField("dense_weight"):
+        unit_interval(options.dense_weight, f"{field}.dense_weight")
+    if options.HasField("rrf_k"):
+        bounded_int(options.rrf_k, f"{field}.rrf_k", 1, MAX_RRF_K)
+    if options.HasField("prefetch_limit"):
+        bounded_int(options.prefetch_limit, f"{field}.prefetch_limit", 1, MAX_PREFETCH_LIMIT)
+    return options
+
+
+def filter_key(key: str, field: str) -> str:
+    if not key or len(key) > MAX_FILTER_KEY_CHARS or not FILTER_KEY_PATTERN.match(key):
+        raise InvalidArgument(
+            field, f"keys are 1..{MAX_FILTER_KEY_CHARS} characters of letters, digits, _ and -, dotted for nesting"
+        )
+    return key
+
+
+def payload_filter(flt: common_pb2.Filter, field: str = "filter") -> common_pb2.Filter:
+    """Structure and limits of a payload filter (the retrieval service translates it)."""
+    count = 0
+
+    def check_filter(f: common_pb2.Filter, where: str, depth: int) -> None:
+        if depth > MAX_FILTER_DEPTH:
+            raise InvalidArgument(where, f"filters nest at most {MAX_FILTER_DEPTH} levels deep")
+        for clause in ("must", "should", "must_not"):
+            for i, cond in enumerate(getattr(f, clause)):
+                check_condition(cond, f"{where}.{clause}[{i}]", depth)
+
+    def check_condition(cond: common_pb2.Condition, where: str, depth: int) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_FILTER_CONDITIONS:
+            raise InvalidArgument(where, f"a filter holds at most {MAX_FILTER_CONDITIONS} conditions")
+        kind = cond.WhichOneof("condition")
+        if kind == "filter":
+            check_filter(cond.filter, f"{where}.filter", depth + 1)
+            return
+        if kind != "field":
+            raise InvalidArgument(where, "a condition needs either `field` or `filter`")
+        fc = cond.field
+        filter_key(fc.key, f"{where}.field.key")
+        match = fc.WhichOneof("match")
+        if match == "keyword" and len(fc.keyword) > MAX_KEYWORD_CHARS:
+            raise InvalidArgument(f"{where}.field.keyword", f"is longer than {MAX_KEYWORD_CHARS} characters")
+        elif match in ("any_keyword", "any_integer"):
+            values = getattr(fc, match).values
+            if not values or len(values) > MAX_ANY_VALUES:
+                raise InvalidArgument(f"{where}.field.{match}", f"give 1..{MAX_ANY_VALUES} values")
+            if match == "any_keyword" and any(len(v) > MAX_KEYWORD_CHARS for v in values):
+                raise InvalidArgument(f"{where}.field.{match}", f"values are at most {MAX_KEYWORD_CHARS} characters")
+        elif match == "range":
+            bounds = [getattr(fc.range, b) for b in ("gt", "gte", "lt", "lte") if fc.range.HasField(b)]
+            if not bounds:
+                raise InvalidArgument(f"{where}.field.range", "a range needs at least one bound")
+            if not all(math.isfinite(b) for b in bounds):
+                raise InvalidArgument(f"{where}.field.range", "range bounds must be finite numbers")
+        elif match is None:
+            raise InvalidArgument(
+                f"{where}.field",
+                "a field condition needs a match: keyword, integer, boolean, any_keyword, any_integer or range",
+            )
+
+    check_filter(flt, field, 1)
+    return flt
+
+
+def filter_fields(fields: Sequence[common_pb2.FilterField], field: str = "filter_fields") -> None:
+    """Payload fields declared for filtering: at most MAX_FILTER_FIELDS, valid unique keys, known types."""
+    if len(fields) > MAX_FILTER_FIELDS:
+        raise InvalidArgument(field, f"{len(fields)} fields; the limit is {MAX_FILTER_FIELDS}")
+    seen: set[str] = set()
+    for i, f in enumerate(fields):
+        filter_key(f.key, f"{field}[{i}].key")
+        if f.key in seen:
+            raise InvalidArgument(f"{field}[{i}].key", f"duplicate key {f.key!r}")
+        seen.add(f.key)
+        if f.type not in FIELD_TYPES:
+            raise InvalidArgument(f"{field}[{i}].type", "choose KEYWORD, INTEGER, FLOAT or BOOL")
