@@ -37,8 +37,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_docs(args: argparse.Namespace) -> int:
+    from services.common import security
+
     for name, (config_path, _) in SERVICES.items():
         print(f"### {name}\n\n{cfg.markdown_table(_load(config_path))}\n")
+    print(f"### security (every service; environment only)\n\n{security.markdown_table()}\n")
     return 0
 
 

@@ -5,6 +5,12 @@ NOT_SERVING first, then the service loads its model or store (:meth:`Service.sta
 and only then does health report SERVING. On SIGTERM or SIGINT health flips to
 NOT_SERVING (load balancers stop routing), the server stops accepting new calls,
 in-flight calls get ``grace_seconds`` to finish, and the service releases its resources.
+
+Transport security comes from the environment for every service alike
+(:mod:`services.common.security`: ``TLS_CERT_FILE``/``TLS_KEY_FILE`` for TLS,
+``TLS_CLIENT_CA_FILE`` for mTLS). A service may add its own interceptors (the gateway's
+API-key check and in-flight cap) by defining ``interceptors()``; they run after tracing
+and metrics (so rejections are counted) and before error mapping.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics, tracing
 from services.common.errors import ErrorMappingInterceptor
+from services.common.security import SecurityConfig, load_security, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,46 @@ class Service(Protocol):
         """Release resources after the server has stopped."""
 
 
+class UnaryCallTracker(grpc.aio.ServerInterceptor):
+    """Counts unary calls in progress, so shutdown knows when the accepted work is done."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.started = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def idle(self, settle_s: float = 0.25) -> None:
+        """Until no unary call has run for ``settle_s`` (a call the transport accepted just
+        before the listener closed needs a moment to reach its handler)."""
+        while True:
+            await self._idle.wait()
+            await asyncio.sleep(settle_s)
+            if self.in_flight == 0:
+                return
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+
+        async def tracked(request, context):
+            self.started += 1
+            self.in_flight += 1
+            self._idle.clear()
+            try:
+                return await behavior(request, context)
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self._idle.set()
+
+        return grpc.unary_unary_rpc_method_handler(
+            tracked, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
 @dataclass(frozen=True)
 class Endpoint:
     host: str
@@ -66,14 +113,29 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-async def run(service: Service, endpoint: Endpoint, *, stop_event: asyncio.Event | None = None) -> None:
-    """Serve ``service`` until SIGTERM/SIGINT (or ``stop_event``), then shut down gracefully."""
+async def run(
+    service: Service,
+    endpoint: Endpoint,
+    *,
+    stop_event: asyncio.Event | None = None,
+    security: SecurityConfig | None = None,
+) -> None:
+    """Serve ``service`` until SIGTERM/SIGINT (or ``stop_event``), then shut down gracefully.
+
+    ``security`` defaults to :func:`~services.common.security.load_security` (the environment).
+    """
+    security = security if security is not None else load_security()
+    credentials = server_credentials(security)  # reads the files: a bad path fails here, before binding
     tracing.setup_tracing(service.name)
     metrics.start_metrics_server(endpoint.metrics_port)
+    own_interceptors = getattr(service, "interceptors", None)
+    calls = UnaryCallTracker()
     server = grpc.aio.server(
         interceptors=[
+            calls,
             *tracing.server_interceptors(),
             metrics.MetricsServerInterceptor(service.name),
+            *(own_interceptors() if own_interceptors else ()),
             ErrorMappingInterceptor(),
         ],
         options=list(SERVER_OPTIONS),
@@ -91,11 +153,14 @@ async def run(service: Service, endpoint: Endpoint, *, stop_event: asyncio.Event
 
     address = _address(endpoint.host, endpoint.port)
     try:
-        server.add_insecure_port(address)
+        if credentials is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise SystemExit(f"{service.name}: cannot listen on {address}: {exc} (is the port already in use?)") from exc
     await server.start()
-    log.info("listening", extra={"address": address, "metrics_port": endpoint.metrics_port})
+    log.info("listening", extra={"address": address, "metrics_port": endpoint.metrics_port, **security.describe()})
 
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,9 +187,24 @@ async def run(service: Service, endpoint: Endpoint, *, stop_event: asyncio.Event
     else:
         starting.cancel()
 
-    log.info("shutting down", extra={"grace_seconds": endpoint.grace_seconds})
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(endpoint.grace_seconds)
+    log.info("shutting down", extra={"grace_seconds": endpoint.grace_seconds, "in_flight": calls.in_flight})
+    await health_servicer.enter_graceful_shutdown()  # Check answers and Watch streams get NOT_SERVING
+    started, started_calls = loop.time(), calls.started
+    stopping = asyncio.ensure_future(server.stop(endpoint.grace_seconds))  # refuses new calls from here on
+    # Streams (Health.Watch, reflection) never end by themselves and would hold the process for
+    # the whole grace period: once every unary call has finished, end them and exit.
+    drained = asyncio.ensure_future(calls.idle())
+    await asyncio.wait({stopping, drained}, return_when=asyncio.FIRST_COMPLETED)
+    cancelled = calls.in_flight  # > 0 only when the grace period ran out
+    if not stopping.done():
+        await server.stop(0)
+    await stopping
+    drained.cancel()
+    log.info(
+        "calls drained" if cancelled == 0 else "grace period over; calls cancelled",
+        extra={"seconds": round(loop.time() - started, 3), "cancelled": cancelled,
+               "started_during_shutdown": calls.started - started_calls},
+    )
     await service.stop()
     tracing.shutdown_tracing()  # flush queued spans before the process exits
     log.info("stopped")

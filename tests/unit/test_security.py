@@ -1,0 +1,115 @@
+"""Security settings, API keys and credentials (handshakes are in tests/resilience/test_security_e2e.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.common import security
+from services.common.config import ConfigError
+from services.common.security import ApiKeyChecker, SecurityConfig, load_api_keys, load_security
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tests.resilience.certs import ScratchCA
+
+    ca = ScratchCA(tmp_path_factory.mktemp("pki"))
+    return ca, ca.issue("server"), ca.issue("client", server=False, client=True)
+
+
+def test_nothing_set_is_plaintext():
+    sc = load_security({})
+    assert not sc.server_tls and not sc.channel_tls
+    assert security.server_credentials(sc) is None and security.channel_credentials(sc) is None
+    assert sc.describe() == {"server_transport": "plaintext", "channel_transport": "plaintext"}
+
+
+def test_env_names():
+    env = {f.metadata["env"] for f in security.dataclasses.fields(SecurityConfig)}
+    assert env == {"TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE", "TLS_CA_FILE", "TLS_CLIENT_CERT_FILE", "TLS_CLIENT_KEY_FILE"}
+
+
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        ({"TLS_CERT_FILE": "x"}, "TLS_CERT_FILE is set but TLS_KEY_FILE is not"),
+        ({"TLS_KEY_FILE": "x"}, "TLS_KEY_FILE is set but TLS_CERT_FILE is not"),
+        ({"TLS_CLIENT_CERT_FILE": "x"}, "TLS_CLIENT_KEY_FILE is not"),
+        ({"TLS_CLIENT_CA_FILE": "x"}, "needs TLS_CERT_FILE"),
+    ],
+)
+def test_half_configured_tls_is_refused(env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_security(env)
+
+
+def test_unreadable_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"TLS_CA_FILE=.*missing\.pem: file does not exist"):
+        load_security({"TLS_CA_FILE": str(tmp_path / "missing.pem")})
+
+
+def test_credentials_from_real_files(pki):
+    ca, server, client = pki
+    sc = load_security(
+        {
+            "TLS_CERT_FILE": str(server.cert), "TLS_KEY_FILE": str(server.key), "TLS_CLIENT_CA_FILE": str(ca.pem),
+            "TLS_CA_FILE": str(ca.pem), "TLS_CLIENT_CERT_FILE": str(client.cert), "TLS_CLIENT_KEY_FILE": str(client.key),
+        }
+    )
+    assert sc.server_mtls and sc.channel_tls
+    assert sc.describe() == {"server_transport": "mtls", "channel_transport": "mtls"}
+    assert isinstance(security.server_credentials(sc), grpc.ServerCredentials)
+    assert isinstance(security.channel_credentials(sc), grpc.ChannelCredentials)
+
+
+def test_api_keys_from_file_and_env(tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# team search\nalpha-key\n\n  beta-key  \n")
+    assert load_api_keys(str(keys_file), "gamma, delta,,") == ["alpha-key", "beta-key", "gamma", "delta"]
+    assert load_api_keys(None, None) == []
+
+
+def test_a_missing_or_empty_key_file_stops_start_up(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_api_keys(str(tmp_path / "nope"), None)
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing yet\n\n")
+    with pytest.raises(ConfigError, match="holds no key"):
+        load_api_keys(str(empty), None)
+
+
+@pytest.mark.parametrize(
+    "metadata, reason",
+    [
+        ((), "missing API key"),
+        ((("x-other", "1"),), "missing API key"),
+        ((("authorization", "alpha-key"),), "malformed"),
+        ((("authorization", "Basic alpha-key"),), "malformed"),
+        ((("authorization", "Bearer "),), "malformed"),
+        ((("authorization", "Bearer alpha-ke"),), "invalid API key"),
+        ((("authorization", "Bearer alpha-key2"),), "invalid API key"),
+        ((("authorization", "Bearer alpha-key"),), None),
+        ((("authorization", "bearer beta-key"),), None),
+        ((("Authorization", b"Bearer beta-key"),), None),
+    ],
+)
+def test_key_checker(metadata, reason):
+    got = ApiKeyChecker(["alpha-key", "beta-key"]).check(metadata)
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and reason in got
+
+
+def test_key_checker_needs_a_key():
+    with pytest.raises(ValueError):
+        ApiKeyChecker([])
+
+
+def test_docs_list_every_security_setting():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
+    table = security.markdown_table()
+    assert table in doc, "docs/ARCHITECTURE.md: paste the security table of `searchctl config-docs`"
