@@ -1,15 +1,17 @@
 """A Search, top to bottom: validate -> retrieve candidates -> rerank -> combine -> respond.
 
 Deadlines: the caller's deadline (or the configured default) bounds the whole request.
-Each hop gets an explicit timeout from what remains, minus a reserve to answer in.
-Degradation: if reranking fails or runs out of its share of time, the response carries
-the retrieval ranking with ``degraded`` set and the reason, rather than an error.
+Each hop gets an explicit timeout from what remains (capped per hop), minus a reserve to
+answer in; retrieval and rerank calls are retried within it (resilience.py).
+Degradation: if reranking fails, runs out of its share of time, is shed by an overloaded
+reranker, or the reranker's circuit breaker is open, the response carries the retrieval
+ranking with ``degraded`` set and the reason, rather than an error. A retrieval failure
+is never hidden: it is the request's error (UNAVAILABLE naming the service).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import grpc
@@ -20,18 +22,34 @@ from search.v1 import (
     search_service_pb2 as pb,
 )
 from services.common import metrics, tracing, validation
-from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ServiceError
+from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError
 from services.gateway import combine
-from services.gateway.clients import Downstream
+from services.gateway.clients import ANSWER_RESERVE_S, Budget, Downstream
+from services.gateway.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
-ANSWER_RESERVE_S = 0.02
+#: The longest deadline honoured; a caller's longer (or absent) deadline is cut to this.
+MAX_DEADLINE_S = 3600.0
 COMBINATIONS = {
     pb.SCORE_COMBINATION_RERANK_ONLY: "rerank_only",
     pb.SCORE_COMBINATION_WEIGHTED_ZSCORE: "weighted_zscore",
     pb.SCORE_COMBINATION_WEIGHTED_RRF: "weighted_rrf",
 }
+#: Reranker outcomes that say it is unhealthy (they count toward opening the breaker).
+#: RESOURCE_EXHAUSTED (shed, answered at once) and the caller's own mistakes do not.
+BREAKER_FAILURES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -43,26 +61,19 @@ class RerankDefaults:
     rerank_weight: float = 0.5
 
 
-class Budget:
-    """What is left of a request's deadline."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def for_hop(self, cap: float) -> float:
-        return min(cap, self.remaining() - ANSWER_RESERVE_S)
-
-
-def budget_for(context: grpc.aio.ServicerContext, default_s: float) -> Budget:
+def budget_for(
+    context: grpc.aio.ServicerContext, default_s: float, reserve_s: float = ANSWER_RESERVE_S
+) -> Budget:
+    """The request's budget: the caller's deadline, or ``default_s`` when it set none."""
     remaining = context.time_remaining()
-    return Budget(default_s if remaining is None else min(remaining, 3600.0))
+    return Budget(default_s if remaining is None else min(remaining, MAX_DEADLINE_S), reserve_s)
 
 
 def rerank_text(title: str, text: str) -> str:
-    return f"{title}\n{text}" if title else text
+    """The passage the cross-encoder reads; cut to the reranker's limit (it truncates to
+    RERANKER_MAX_LENGTH tokens anyway, far fewer than this many characters)."""
+    passage = f"{title}\n{text}" if title else text
+    return passage[: validation.MAX_PASSAGE_CHARS]
 
 
 class SearchPipeline:
@@ -74,12 +85,14 @@ class SearchPipeline:
         defaults: RerankDefaults,
         retrieval_timeout_s: float,
         rerank_timeout_s: float,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.retrieval = retrieval
         self.reranker = reranker
         self.defaults = defaults
         self.retrieval_timeout_s = retrieval_timeout_s
         self.rerank_timeout_s = rerank_timeout_s
+        self.breaker = breaker or CircuitBreaker("reranker")
 
     def _options(self, request: pb.SearchRequest) -> tuple[bool, int, str, float]:
         opts = request.rerank
@@ -90,14 +103,16 @@ class SearchPipeline:
             raise InvalidArgument("rerank.combination", f"unknown score combination {opts.combination}")
         combination = COMBINATIONS.get(opts.combination, self.defaults.combination)
         weight = opts.rerank_weight if opts.HasField("rerank_weight") else self.defaults.rerank_weight
-        if not 0.0 <= weight <= 1.0:
-            raise InvalidArgument("rerank.rerank_weight", f"must be between 0 and 1, got {weight}")
+        validation.unit_interval(weight, "rerank.rerank_weight")
         return enabled, candidates, combination, weight
 
     async def search(self, request: pb.SearchRequest, budget: Budget) -> pb.SearchResponse:
         collection = validation.collection_name(request.collection)
         query = validation.query_text(request.query)
         top_k = validation.top_k(request.top_k)
+        validation.retrieval_mode(request.mode)
+        validation.fusion_options(request.fusion)
+        validation.payload_filter(request.filter)
         enabled, candidates, combination, weight = self._options(request)
         limit = max(top_k, candidates) if enabled else top_k
 
@@ -107,7 +122,9 @@ class SearchPipeline:
                 collection=collection, query=query, limit=limit, filter=request.filter, mode=request.mode,
                 fusion=request.fusion,
             ),
-            budget.for_hop(self.retrieval_timeout_s),
+            budget,
+            self.retrieval_timeout_s,
+            idempotent=True,
         )
         found = list(retrieved.candidates)
         metrics.GATEWAY_CANDIDATES.observe(len(found))
@@ -118,18 +135,9 @@ class SearchPipeline:
             return response
 
         to_rerank = found[:candidates]
-        try:
-            reranked = await self.reranker.call(
-                "Rerank",
-                rerank_service_pb2.RerankRequest(query=query, passages=[rerank_text(c.title, c.text) for c in to_rerank]),
-                budget.for_hop(self.rerank_timeout_s),
-            )
-        except ServiceError as exc:
-            reason = _degraded_reason(exc)
-            metrics.GATEWAY_DEGRADED.labels(reason=pb.DegradedReason.Name(reason)).inc()
-            log.warning("reranking failed; serving the retrieval ranking", extra={"reason": pb.DegradedReason.Name(reason), "error": exc.message})
-            response.degraded = True
-            response.degraded_reason = reason
+        reranked = await self._rerank(query, to_rerank, budget)
+        if isinstance(reranked, int):  # a DegradedReason
+            self._degrade(response, reranked)
             response.results.extend(_result(c, c.score) for c in found[:top_k])
             return response
 
@@ -141,13 +149,51 @@ class SearchPipeline:
         order = sorted(range(len(to_rerank)), key=lambda i: (-final[i], i))[:top_k]
         response.reranked = True
         response.results.extend(_result(to_rerank[i], final[i], rerank_scores[i]) for i in order)
+        # Asked for more than were reranked: the rest follow in first-stage order, scored
+        # below every reranked result so `score` stays monotonic.
+        floor = min(final) if final else 0.0
+        for n, candidate in enumerate(found[len(to_rerank) : len(to_rerank) + top_k - len(order)], 1):
+            response.results.append(_result(candidate, floor - n * 1e-3))
         return response
+
+    async def _rerank(
+        self, query: str, candidates: list[retrieval_service_pb2.Candidate], budget: Budget
+    ) -> rerank_service_pb2.RerankResponse | int:
+        """The reranker's answer, or the DegradedReason why there is none."""
+        if not self.breaker.allow():
+            return pb.DEGRADED_REASON_RERANKER_CIRCUIT_OPEN
+        request = rerank_service_pb2.RerankRequest(query=query, passages=[rerank_text(c.title, c.text) for c in candidates])
+        try:
+            reranked = await self.reranker.call("Rerank", request, budget, self.rerank_timeout_s, idempotent=True)
+        except ServiceError as exc:
+            if exc.downstream_code in BREAKER_FAILURES:
+                self.breaker.failure()
+            else:
+                self.breaker.neutral()
+            reason = _degraded_reason(exc)
+            log.warning(
+                "reranking failed; serving the retrieval ranking",
+                extra={"reason": pb.DegradedReason.Name(reason), "error": exc.message},
+            )
+            return reason
+        except BaseException:  # cancelled by the caller: says nothing about the reranker
+            self.breaker.neutral()
+            raise
+        self.breaker.success()
+        return reranked
+
+    @staticmethod
+    def _degrade(response: pb.SearchResponse, reason: int) -> None:
+        metrics.GATEWAY_DEGRADED.labels(reason=pb.DegradedReason.Name(reason)).inc()
+        response.degraded = True
+        response.degraded_reason = reason
 
 
 def _degraded_reason(exc: ServiceError) -> int:
-    if isinstance(exc, DeadlineExceeded):
+    code = exc.downstream_code
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or (code is None and isinstance(exc, DeadlineExceeded)):
         return pb.DEGRADED_REASON_RERANKER_TIMEOUT
-    if isinstance(exc, ResourceExhausted):
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return pb.DEGRADED_REASON_RERANKER_OVERLOADED
     return pb.DEGRADED_REASON_RERANKER_ERROR
 

@@ -1,0 +1,273 @@
+"""The gateway's defences against slow, failing or overloaded parts.
+
+- :class:`RetryBudget`: a token bucket that caps retries at a fraction of requests, so
+  retrying cannot multiply the load on a service that is already failing.
+- :class:`RetryPolicy` / :func:`call_with_retries`: tenacity retries for idempotent calls
+  only, on UNAVAILABLE / RESOURCE_EXHAUSTED, with exponential backoff and full jitter,
+  stopped by the attempt limit, by the request's deadline and by the retry budget.
+- :class:`CircuitBreaker`: after consecutive failures a downstream is not called at all
+  for a cool-down; then one probe call decides whether it closes again.
+- :class:`InFlightLimiter` / :class:`InFlightLimitInterceptor`: a cap on concurrent requests;
+  past it a call is refused at once with RESOURCE_EXHAUSTED instead of queueing.
+
+All take an injectable clock so their logic is unit-tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+
+from services.common.errors import ResourceExhausted, ServiceError, to_rpc_status
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+#: Status codes a retry can fix: the call was refused (not executed) or shed.
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+class RetryBudget:
+    """Token bucket: each request deposits ``ratio`` tokens, each retry withdraws one.
+
+    Over time retries are at most ``ratio`` of requests (plus ``min_per_second``, so a
+    quiet service can still retry a rare failure). The bucket holds at most ``capacity``
+    tokens, which bounds a burst of retries when an outage starts.
+    """
+
+    def __init__(
+        self, ratio: float = 0.1, min_per_second: float = 1.0, capacity: float = 10.0, clock: Clock = time.monotonic
+    ) -> None:
+        if ratio < 0 or min_per_second < 0 or capacity < 1:
+            raise ValueError("ratio and min_per_second must be >= 0 and capacity >= 1")
+        self.ratio = ratio
+        self.min_per_second = min_per_second
+        self.capacity = capacity
+        self._clock = clock
+        self._tokens = capacity
+        self._last = clock()
+        self._lock = threading.Lock()
+        self.retries = 0
+        self.refused = 0
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.min_per_second)
+        self._last = now
+
+    @property
+    def tokens(self) -> float:
+        with self._lock:
+            self._refill()
+            return self._tokens
+
+    def deposit(self) -> None:
+        """One request started."""
+        with self._lock:
+            self._refill()
+            self._tokens = min(self.capacity, self._tokens + self.ratio)
+
+    def try_withdraw(self) -> bool:
+        """Take a token for one retry; False (and no retry) when the bucket is empty."""
+        with self._lock:
+            self._refill()
+            if self._tokens >= 1.0 - 1e-9:  # ten deposits of 0.1 make a whole token
+                self._tokens -= 1.0
+                self.retries += 1
+                return True
+            self.refused += 1
+            return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an idempotent call is retried (see :func:`call_with_retries`)."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    #: Do not start an attempt with less time than this left in the request's budget.
+    min_attempt_s: float = 0.05
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ServiceError) and getattr(exc, "downstream_code", None) in RETRYABLE_CODES
+
+
+async def call_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    time_left: Callable[[], float],
+    describe: str = "call",
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Run ``attempt`` until it succeeds or a stop condition holds; re-raise the last error.
+
+    Stops (in this order): the error is not retryable; ``policy.max_attempts`` reached; the
+    backoff would leave less than ``policy.min_attempt_s`` of ``time_left()``; the retry
+    budget has no token. Only a retry that will happen takes a token.
+    """
+    budget.deposit()
+
+    def stop(state: RetryCallState) -> bool:
+        if state.attempt_number >= policy.max_attempts:
+            return True
+        if time_left() - state.upcoming_sleep < policy.min_attempt_s:
+            return True
+        return not budget.try_withdraw()
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info(
+            "retrying",
+            extra={"call": describe, "attempt": state.attempt_number, "sleep_s": round(state.upcoming_sleep, 3),
+                   "error": getattr(exc, "message", str(exc))},
+        )
+
+    retrying = AsyncRetrying(
+        sleep=sleep,
+        retry=retry_if_exception(is_retryable),
+        stop=stop,
+        wait=wait_exponential_jitter(multiplier=policy.initial_backoff_s, max=policy.max_backoff_s, jitter=policy.initial_backoff_s),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return await retrying(attempt)
+
+
+class CircuitOpen(ServiceError):
+    """The breaker refuses the call without trying it."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class CircuitBreaker:
+    """closed -> (``failure_threshold`` consecutive failures) -> open -> (``cooldown_s``) ->
+    half-open: one probe call at a time; its success closes, its failure re-opens.
+
+    Use :meth:`allow` before a call and report the outcome with :meth:`success`,
+    :meth:`failure` or :meth:`neutral` (an answer that says nothing about health, such as
+    an overload rejection or the caller's own mistake).
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(self, name: str, failure_threshold: int = 5, cooldown_s: float = 5.0, clock: Clock = time.monotonic) -> None:
+        if failure_threshold < 1 or cooldown_s < 0:
+            raise ValueError("failure_threshold must be >= 1 and cooldown_s >= 0")
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._state = self.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+        self.opened_count = 0
+
+    @property
+    def state(self) -> str:
+        if self._state == self.OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+            return self.HALF_OPEN
+        return self._state
+
+    def allow(self) -> bool:
+        """May a call go through now? In half-open, only one probe is let through at a time."""
+        state = self.state
+        if state == self.CLOSED:
+            return True
+        if state == self.HALF_OPEN and not self._probing:
+            self._state = self.HALF_OPEN
+            self._probing = True
+            log.info("circuit half-open: probing", extra={"target": self.name})
+            return True
+        return False
+
+    def success(self) -> None:
+        if self._state != self.CLOSED:
+            log.info("circuit closed", extra={"target": self.name})
+        self._state, self._failures, self._probing = self.CLOSED, 0, False
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self._state == self.HALF_OPEN or (self._state == self.CLOSED and self._failures >= self.failure_threshold):
+            self._trip()
+        self._probing = False
+
+    def neutral(self) -> None:
+        self._probing = False
+
+    def _trip(self) -> None:
+        self._state, self._opened_at, self._probing = self.OPEN, self._clock(), False
+        self.opened_count += 1
+        log.warning(
+            "circuit open",
+            extra={"target": self.name, "consecutive_failures": self._failures, "cooldown_s": self.cooldown_s},
+        )
+
+
+class InFlightLimiter:
+    """At most ``limit`` requests at once (0 = unlimited); the next is refused, not queued."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        self.limit = limit
+        self.in_flight = 0
+        self.rejected = 0
+
+    def acquire(self) -> None:
+        if self.limit and self.in_flight >= self.limit:
+            self.rejected += 1
+            raise ResourceExhausted(
+                f"gateway overloaded: {self.in_flight} requests in flight, the limit is {self.limit} "
+                "(GATEWAY_MAX_IN_FLIGHT); retry with backoff"
+            )
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+class InFlightLimitInterceptor(grpc.aio.ServerInterceptor):
+    """Applies an :class:`InFlightLimiter` to the unary methods of ``services`` (health and
+    reflection are never limited, so probes still answer under overload)."""
+
+    def __init__(self, limiter: InFlightLimiter, services: Sequence[str]) -> None:
+        self.limiter = limiter
+        self.prefixes = tuple(f"/{s}/" for s in services)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or not (handler_call_details.method or "").startswith(self.prefixes):
+            return handler
+        behavior = handler.unary_unary
+        limiter = self.limiter
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                limiter.acquire()
+            except ResourceExhausted as exc:  # this runs outside ErrorMappingInterceptor: abort here
+                await context.abort_with_status(to_rpc_status(exc.code, exc.message))
+            try:
+                return await behavior(request, context)
+            finally:
+                limiter.release()
+
+        return grpc.unary_unary_rpc_method_handler(
+            limited,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
