@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -22,10 +23,32 @@ MODES = {"dense": common_pb2.RETRIEVAL_MODE_DENSE, "sparse": common_pb2.RETRIEVA
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        target, options=[("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
-    )
+API_KEY_ENV = "SEARCHCTL_API_KEY"
+CA_FILE_ENV = "SEARCHCTL_CA_FILE"
+
+
+class _BearerKey(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer <key>`` to every call (the gateway's API-key check)."""
+
+    def __init__(self, key: str) -> None:
+        self.entry = ("authorization", f"Bearer {key}")
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        metadata = list(client_call_details.metadata or ()) + [self.entry]
+        return await continuation(client_call_details._replace(metadata=metadata), request)
+
+
+def open_channel(target: str, api_key: str | None = None, ca_file: str | None = None) -> grpc.aio.Channel:
+    """A channel to the gateway; ``api_key`` (default $SEARCHCTL_API_KEY) is sent as a bearer
+    token, ``ca_file`` (default $SEARCHCTL_CA_FILE) turns TLS on and verifies the gateway."""
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    ca_file = ca_file if ca_file is not None else os.environ.get(CA_FILE_ENV) or None
+    options = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
+    interceptors = [_BearerKey(api_key)] if api_key else None
+    if ca_file:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+        return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 def to_document(doc: dict) -> common_pb2.Document:
@@ -76,15 +99,21 @@ async def ingest(
     concurrency: int = 2,
     total: int | None = None,
     progress: bool = True,
+    api_key: str | None = None,
 ) -> int:
-    """Stream ``documents`` into ``collection``: batched, bounded concurrency, idempotent."""
-    async with open_channel(target) as channel:
+    """Stream ``documents`` into ``collection``: batched, bounded concurrency, idempotent.
+
+    Re-running after an interruption ends with exactly the documents given: a document
+    written twice replaces itself (its point id derives from its id).
+    """
+    async with open_channel(target, api_key) as channel:
         stub = pb_grpc.SearchServiceStub(channel)
         await ensure_collection(stub, collection)
         bar = tqdm(total=total, unit="doc", desc=f"ingest {collection}", disable=not progress, smoothing=0.1)
         slots = asyncio.Semaphore(concurrency)
         written = 0
         pending: set[asyncio.Task] = set()
+        errors: list[BaseException] = []  # a failed batch must fail the ingest, never vanish
 
         async def send(batch: list[dict]) -> None:
             nonlocal written
@@ -92,20 +121,23 @@ async def ingest(
                 count = await upsert_with_retry(stub, collection, batch)
                 written += count  # after the await: `written += await ...` would lose concurrent updates
                 bar.update(len(batch))
+            except Exception as exc:  # noqa: BLE001 - re-raised by the loop below
+                errors.append(exc)
             finally:
                 slots.release()
 
         try:
             for batch in batched(documents, batch_size):
                 await slots.acquire()
+                if errors:
+                    break
                 task = asyncio.ensure_future(send(batch))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-                failed = [t for t in list(pending) if t.done() and t.exception()]
-                if failed:
-                    raise failed[0].exception()
             if pending:
                 await asyncio.gather(*pending)
+            if errors:
+                raise errors[0]
         finally:
             for task in pending:
                 task.cancel()
@@ -138,8 +170,8 @@ def _ingest_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-async def search(target: str, request: pb.SearchRequest, timeout: float) -> pb.SearchResponse:
-    async with open_channel(target) as channel:
+async def search(target: str, request: pb.SearchRequest, timeout: float, api_key: str | None = None) -> pb.SearchResponse:
+    async with open_channel(target, api_key) as channel:
         return await pb_grpc.SearchServiceStub(channel).Search(request, timeout=timeout)
 
 
@@ -174,6 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="documents per Upsert (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=2, help="Upserts in flight (default %(default)s)")
+    _connection_help(p)
     p.set_defaults(func=_ingest_cmd)
 
     s = sub.add_parser("search", help="search a collection", description="Search through the gateway.")
@@ -186,4 +219,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print the response as JSON")
     s.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default %(default)s)")
     s.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
+    _connection_help(s)
     s.set_defaults(func=_search_cmd)
+
+
+def _connection_help(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        f"A gateway that requires an API key: set {API_KEY_ENV} (sent as 'authorization: Bearer <key>'; "
+        f"not a flag, so the key stays out of the process list). A TLS gateway: set {CA_FILE_ENV} to its CA bundle."
+    )
