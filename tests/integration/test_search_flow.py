@@ -179,3 +179,15 @@ def test_split_mode_indexes_the_end_of_long_documents(fresh_stack):
         assert stub.Delete(pb.DeleteRequest(collection="split", ids=["report"]), timeout=30).deleted == 1
         info = stub.DescribeCollection(pb.DescribeCollectionRequest(name="split"), timeout=30).collection
         assert (info.document_count, info.point_count) == (1, 1)
+
+
+def test_results_beyond_the_rerank_depth_follow_in_first_stage_order(stub, collection):
+    request = pb.SearchRequest(collection=collection, query="science", top_k=5)
+    request.rerank.candidates = 2
+    response = stub.Search(request, timeout=60)
+    assert len(response.results) == 5
+    assert [r.HasField("rerank_score") for r in response.results] == [True, True, False, False, False]
+    scores = [r.score for r in response.results]
+    assert scores == sorted(scores, reverse=True)
+    tail = [r.retrieval_score for r in response.results[2:]]
+    assert tail == sorted(tail, reverse=True)
