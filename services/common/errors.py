@@ -80,14 +80,27 @@ class DeadlineExceeded(ServiceError):
 
 
 def to_rpc_status(code: grpc.StatusCode, message: str, details: list[Any] = ()) -> grpc.Status:
+    """A rich status; inside a traced request it also carries the trace id, as a
+    ``google.rpc.RequestInfo`` detail (``request_id``) and as ``x-trace-id`` trailing
+    metadata (``abort_with_status`` replaces what the tracing interceptor had set)."""
+    from services.common import tracing
+
+    trace_id = tracing.current_trace_id()
+    if trace_id:
+        details = [*details, error_details_pb2.RequestInfo(request_id=trace_id, serving_data="trace_id")]
     packed = []
     for detail in details:
         container = any_pb2.Any()
         container.Pack(detail)
         packed.append(container)
-    return rpc_status.to_status(
+    status = rpc_status.to_status(
         status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
     )
+    if trace_id:
+        status = status._replace(
+            trailing_metadata=(*status.trailing_metadata, (tracing.TRACE_ID_METADATA_KEY, trace_id))
+        )
+    return status
 
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -141,7 +154,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 trace_id = tracing.current_trace_id()
                 log.exception("unhandled error", extra={"method": method})
                 suffix = f" (trace id {trace_id})" if trace_id else ""
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}{suffix}")
+                await context.abort_with_status(to_rpc_status(grpc.StatusCode.INTERNAL, f"internal error in {method}{suffix}"))
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,

@@ -4,32 +4,39 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
+from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
 _RESERVED = ("asctime", "levelname", "name", "message")
 
 
 class _TraceContextFilter(logging.Filter):
-    """Adds ``trace_id`` (and ``service``) to every record so a request's lines can be found."""
+    """Adds ``trace_id`` and ``span_id`` (and ``service``) to every record so a request's lines can be found.
+
+    The ids come from the OpenTelemetry context current where the record is made: inside
+    a grpc.aio handler (the server span is current in the handler's task) and in the
+    threads the handlers hand work to with the context copied. Outside a request, or with
+    tracing off, the record has no ids.
+    """
 
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from services.common import tracing  # local import: tracing imports logging helpers
-
         record.service = self.service
-        trace_id = tracing.current_trace_id()
-        if trace_id:
-            record.trace_id = trace_id
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+            record.span_id = format(context.span_id, "016x")
         return True
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Route every logger to stderr as JSON lines; idempotent."""
-    handler = logging.StreamHandler(sys.stderr)
+def json_handler(service: str, stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing one JSON object per record to ``stream`` (stderr), with the trace ids."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(
         JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -38,6 +45,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         )
     )
     handler.addFilter(_TraceContextFilter(service))
+    return handler
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    """Route every logger to stderr as JSON lines; idempotent."""
+    handler = json_handler(service)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -13,6 +13,7 @@ is a method the server actually registered (unknown methods are not recorded), a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,10 @@ from typing import Any
 import grpc
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram, Info
+
+#: One DEBUG line per finished RPC (method, code, duration; trace_id when tracing is on):
+#: LOG_LEVEL=DEBUG turns it on. Disabled, it costs one level check per request.
+access_log = logging.getLogger("search.rpc")
 
 #: Latency buckets (seconds): 1 ms to 10 s, roughly 1-2.5-5 per decade.
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -260,7 +265,8 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
 
     Place it after the tracing interceptor and before any error-mapping interceptor, so
     it sees the status that error mapping decides. Streaming RPCs (Health.Watch,
-    reflection) pass through unrecorded.
+    reflection) pass through unrecorded. At DEBUG it also writes one access-log line per
+    RPC (logger ``search.rpc``), inside the server span so the line has the trace id.
     """
 
     def __init__(self, service_name: str) -> None:
@@ -288,9 +294,15 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
-                duration.observe(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                duration.observe(elapsed)
                 in_flight.dec()
-                requests.labels(service=service, method=method, code=_final_code(context, error)).inc()
+                code = _final_code(context, error)
+                requests.labels(service=service, method=method, code=code).inc()
+                if access_log.isEnabledFor(logging.DEBUG):
+                    access_log.debug(
+                        "rpc finished", extra={"method": method, "code": code, "duration_ms": round(elapsed * 1000, 3)}
+                    )
 
         return grpc.unary_unary_rpc_method_handler(
             recorded,

@@ -18,6 +18,15 @@ over the service name passed in code; ``OTEL_PROPAGATORS`` (default W3C
 ``tracecontext,baggage``) chooses the wire format; ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES``
 adds gRPC services not to trace (health checks and reflection are never traced).
 
+What a caller and an operator get (only while tracing is on):
+
+* every unary RPC answers with the trace id in trailing metadata (``x-trace-id``) and,
+  on error, in a ``google.rpc.RequestInfo`` detail (``request_id``; see errors.py);
+* every log line written inside a request carries ``trace_id`` and ``span_id`` (logs.py);
+* work batched across requests in another thread (the reranker's cross-encoder) gets
+  per-request ``batch.queue_wait`` / ``batch.inference`` spans with explicit timestamps
+  (:func:`batch_member` and :func:`traced_batch`).
+
 Usage in a service::
 
     tracing.setup_tracing("gateway")                       # once, at start-up
@@ -34,11 +43,15 @@ The global TracerProvider can be set once per process, so tests pass
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from opentelemetry import trace
 
 if TYPE_CHECKING:
@@ -53,6 +66,9 @@ ALWAYS_EXCLUDED_SERVICES: tuple[str, ...] = (
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
 )
+
+#: Trailing-metadata key that returns the request's trace id (32 hex digits) to the caller.
+TRACE_ID_METADATA_KEY = "x-trace-id"
 
 _TRACER_NAME = "search-platform"
 _NOOP_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
@@ -181,14 +197,16 @@ def _filter() -> Callable[[Any], bool]:
 def server_interceptors(tracer_provider: TracerProvider | None = None) -> list[Any]:
     """grpc.aio server interceptors that continue the caller's trace; [] when tracing is off.
 
-    Put them first in the server's interceptor list so the server span covers the rest.
+    OpenTelemetry's server interceptor (the server span, continuing ``traceparent``),
+    then :class:`TraceIdServerInterceptor` (trace id back to the caller). Put them first
+    in the server's interceptor list so the server span covers the rest.
     """
     provider = tracer_provider or _provider
     if provider is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor(tracer_provider=provider, filter_=_filter())]
+    return [aio_server_interceptor(tracer_provider=provider, filter_=_filter()), TraceIdServerInterceptor(_filter())]
 
 
 def client_interceptors(tracer_provider: TracerProvider | None = None) -> list[Any]:
@@ -204,12 +222,15 @@ def client_interceptors(tracer_provider: TracerProvider | None = None) -> list[A
 def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
     """A child span of the current one (``with tracing.span("qdrant.query", **{"db.system": "qdrant"}):``).
 
-    Exceptions are recorded on the span and set its status to error. When tracing is
-    off this returns a shared null context (yielding an invalid, non-recording span).
+    Exceptions are recorded on the span and set its status to error. Attributes whose
+    value is None are left out. When tracing is off this returns a shared null context
+    (yielding an invalid, non-recording span).
     """
     tracer = _tracer
     if tracer is None:
         return _NOOP_SPAN
+    if attributes:
+        attributes = {key: value for key, value in attributes.items() if value is not None}
     return tracer.start_as_current_span(name, attributes=attributes or None)
 
 
@@ -219,10 +240,213 @@ def set_attributes(**attributes: Any) -> None:
         return
     current = trace.get_current_span()
     if current.is_recording():
-        current.set_attributes(attributes)
+        current.set_attributes({key: value for key, value in attributes.items() if value is not None})
 
 
 def current_trace_id() -> str:
     """The current trace id as 32 hex digits, or "" outside a trace."""
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def current_span_id() -> str:
+    """The current span id as 16 hex digits, or "" outside a trace."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.span_id, "016x") if context.is_valid else ""
+
+
+# --------------------------------------------------------------------------- trace id to the caller
+
+#: Codes that are the server's fault: they mark the server span as an error (OpenTelemetry's
+#: RPC conventions; a caller's INVALID_ARGUMENT or NOT_FOUND leaves it UNSET).
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class TraceIdServerInterceptor(grpc.aio.ServerInterceptor):
+    """Returns the trace id in trailing metadata and completes the server span's status.
+
+    Runs just inside OpenTelemetry's server interceptor, so the server span is current.
+    ``x-trace-id`` is set before the handler runs: an OK answer and a plain ``abort()``
+    keep it. ``abort_with_status()`` replaces the trailing metadata with the status's, so
+    :func:`services.common.errors.to_rpc_status` adds the trace id there itself.
+
+    OpenTelemetry's aio servicer-context wrapper sees ``abort()`` and ``set_code()`` but
+    not ``abort_with_status()`` (how errors.py answers), so the final code is copied onto
+    the span here: ``rpc.grpc.status_code``, and an ERROR status for server faults.
+    Unary-unary methods only; excluded services (health, reflection) pass untouched.
+    """
+
+    def __init__(self, filter_: Callable[[Any], bool] | None = None) -> None:
+        self._filter = filter_
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        if self._filter is not None and not self._filter(handler_call_details):
+            return handler
+        behavior = handler.unary_unary
+
+        async def with_trace_id(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            span = trace.get_current_span()
+            span_context = span.get_span_context()
+            if not span_context.is_valid:
+                return await behavior(request, context)
+            context.set_trailing_metadata(((TRACE_ID_METADATA_KEY, format(span_context.trace_id, "032x")),))
+            try:
+                return await behavior(request, context)
+            finally:
+                if span.is_recording():
+                    _record_code(span, context.code())
+
+        return grpc.unary_unary_rpc_method_handler(
+            with_trace_id,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _record_code(span: Any, code: Any) -> None:
+    if not isinstance(code, grpc.StatusCode) or code == grpc.StatusCode.OK:
+        return
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in _SERVER_FAULTS:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
+
+
+# --------------------------------------------------------------------------- work batched across requests
+
+class _Member:
+    """One request's share of a batcher's work: where its spans go and when it was queued."""
+
+    __slots__ = ("parent", "enqueued_ns", "started")
+
+    def __init__(self, parent: Any, enqueued_ns: int) -> None:
+        self.parent = parent
+        self.enqueued_ns = enqueued_ns
+        self.started = False
+
+
+#: id(item) -> the request it belongs to, while that request waits for its batches.
+_members: dict[int, _Member] = {}
+_batch_ids = itertools.count(1)
+#: Batches may finish on several inference threads at once: one queue-wait span per request.
+_started_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _registered(items: Sequence[Any], member: _Member) -> Iterator[None]:
+    keys = [id(item) for item in items]
+    for key in keys:
+        _members[key] = member
+    try:
+        yield
+    finally:
+        for key in keys:
+            _members.pop(key, None)
+
+
+def batch_member(items: Sequence[Any]) -> contextlib.AbstractContextManager[Any]:
+    """Mark ``items`` (the exact objects handed to a batcher) as the current request's.
+
+    While the block runs, a function wrapped by :func:`traced_batch` that receives any of
+    these objects in a batch records, as children of the current span, one
+    ``batch.queue_wait`` span (from entering the block to the start of the request's
+    first batch) and one ``batch.inference`` span per batch holding its items, with the
+    batch's own timestamps. Nothing is registered when tracing is off or the current
+    span is not recording (not sampled). Objects are matched by identity, so they must
+    stay alive for the block (they do: the caller holds them while it waits).
+    """
+    if _tracer is None:
+        return _NOOP_SPAN
+    parent = trace.get_current_span()
+    if not parent.is_recording():
+        return _NOOP_SPAN
+    return _registered(items, _Member(trace.set_span_in_context(parent), time.time_ns()))
+
+
+def traced_batch(
+    infer: Callable[[list[Any]], Any],
+    *,
+    tokens: Callable[[list[Any]], int] | None = None,
+    **attributes: Any,
+) -> Callable[[list[Any]], Any]:
+    """Wrap a batch function (run on a worker thread) to trace it on each member request.
+
+    ``tokens(batch)`` gives the batch's padded token count (attribute ``batch.tokens``);
+    ``attributes`` are added to every ``batch.inference`` span (e.g. the provider). Each
+    inference span carries ``batch.id`` (the same for every request sharing the batch),
+    ``batch.size`` (items in the batch), ``batch.requests`` (requests sharing it) and
+    ``batch.request_items`` (this request's items in it). Costs one dict lookup per
+    batch when no traced request is waiting.
+    """
+
+    def run(batch: list[Any]) -> Any:
+        tracer = _tracer
+        if not _members or tracer is None:
+            return infer(batch)
+        start = time.time_ns()
+        members = _members_of(batch)
+        if members:
+            _record_queue_wait(tracer, members, start)
+        error: BaseException | None = None
+        try:
+            return infer(batch)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if members:
+                _record_inference(tracer, batch, members, start, time.time_ns(), error, tokens, attributes)
+
+    return run
+
+
+def _members_of(batch: list[Any]) -> dict[int, list[Any]]:
+    """id(member) -> [member, its items in ``batch``], for the traced requests in the batch."""
+    found: dict[int, list[Any]] = {}
+    for item in batch:
+        member = _members.get(id(item))
+        if member is not None:
+            entry = found.setdefault(id(member), [member, 0])
+            entry[1] += 1
+    return found
+
+
+def _record_queue_wait(tracer: trace.Tracer, members: dict[int, list[Any]], start_ns: int) -> None:
+    """A request's wait ends when its first batch starts (batches may start on several threads)."""
+    for member, _ in members.values():
+        with _started_lock:
+            first, member.started = not member.started, True
+        if first:
+            waited = tracer.start_span("batch.queue_wait", context=member.parent, start_time=member.enqueued_ns)
+            waited.end(end_time=start_ns)
+
+
+def _record_inference(tracer, batch, members, start_ns, end_ns, error, tokens, attributes) -> None:
+    shared = {
+        **attributes,
+        "batch.id": next(_batch_ids),
+        "batch.size": len(batch),
+        "batch.requests": len(members),
+    }
+    if tokens is not None:
+        shared["batch.tokens"] = int(tokens(batch))
+    for member, own in members.values():
+        inference = tracer.start_span(
+            "batch.inference", context=member.parent, start_time=start_ns,
+            attributes={**shared, "batch.request_items": own},
+        )
+        if error is not None:
+            inference.record_exception(error)
+            inference.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+        inference.end(end_time=end_ns)

@@ -220,6 +220,21 @@ async def test_interceptor_counts_each_call_once_with_the_status_the_client_sees
     assert sample("search_grpc_server_in_flight_requests", **labels) == 0
 
 
+async def test_access_log_line_per_rpc_at_debug_only(server, caplog):
+    import logging
+
+    service, channel, _ = server
+    with caplog.at_level(logging.INFO, logger="search.rpc"):
+        await call(channel, "Ok")
+    assert [r for r in caplog.records if r.name == "search.rpc"] == []  # INFO: no access log
+    with caplog.at_level(logging.DEBUG, logger="search.rpc"):
+        await call(channel, "NotFound")
+    (record,) = [r for r in caplog.records if r.name == "search.rpc"]
+    assert record.getMessage() == "rpc finished"
+    assert (record.method, record.code) == ("demo.v1.Echo/NotFound", "NOT_FOUND")
+    assert 0 <= record.duration_ms < 5000
+
+
 async def test_service_info_identifies_the_endpoint(server):
     service, _, _ = server
     assert sample("search_service_info", service=service, version=metrics._service_version()) == 1

@@ -375,3 +375,341 @@ def test_console_exporter_and_global_provider_in_a_fresh_process():
     assert len(trace_id) == 32
     assert '"name": "fusion"' in out.stdout and f'"trace_id": "0x{trace_id}"' in out.stdout
     assert '"service.name": "gateway"' in out.stdout
+
+
+# --------------------------------------------------------------------------- trace id to the caller, on real servers
+
+
+class Service:
+    """Answers, aborts or fails the way the platform's servicers do, behind the platform's interceptors."""
+
+    def __init__(self) -> None:
+        self.log = __import__("logging").getLogger("test.service")
+
+    async def ok(self, request: bytes, context) -> bytes:
+        self.log.info("handling", extra={"size": len(request)})
+        return request
+
+    async def not_found(self, request: bytes, context) -> bytes:
+        from services.common.errors import NotFound
+
+        raise NotFound("no such collection")
+
+    async def plain_abort(self, request: bytes, context) -> bytes:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "who are you")
+
+    async def bug(self, request: bytes, context) -> bytes:
+        raise RuntimeError("a bug")
+
+    async def unavailable(self, request: bytes, context) -> bytes:
+        from services.common.errors import Unavailable
+
+        raise Unavailable("qdrant is down")
+
+
+async def _platform_server(provider, interceptors=None):
+    """A grpc.aio server with the interceptor chain of services/common/server.py."""
+    from services.common.errors import ErrorMappingInterceptor
+
+    service = Service()
+    chain = interceptors if interceptors is not None else [*tracing.server_interceptors(tracer_provider=provider), ErrorMappingInterceptor()]
+    server = grpc.aio.server(interceptors=chain)
+    methods = {
+        "Ok": service.ok, "NotFound": service.not_found, "PlainAbort": service.plain_abort, "Bug": service.bug,
+        "Unavailable": service.unavailable,
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(
+            "demo.v1.Platform", {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
+        ),)
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def platform():
+    exporter = InMemorySpanExporter()
+    provider = tracing.setup_tracing("test-service", exporter=exporter, set_global=False)
+    server, address = await _platform_server(provider)
+    yield address, exporter
+    await server.stop(None)
+
+
+def _request_infos(error: grpc.aio.AioRpcError) -> list[str]:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    ids = []
+    for detail in status.details if status else ():
+        info = error_details_pb2.RequestInfo()
+        if detail.Unpack(info):
+            ids.append(info.request_id)
+    return ids
+
+
+async def test_an_ok_answer_carries_the_trace_id_in_trailing_metadata(platform):
+    address, exporter = platform
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = ch.unary_unary("/demo.v1.Platform/Ok")(
+            b"x", timeout=5, metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
+        )
+        assert await call == b"x"
+        assert dict(await call.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY] == trace_id
+
+
+@pytest.mark.parametrize(
+    "method,code,span_error",
+    [
+        ("NotFound", grpc.StatusCode.NOT_FOUND, False),  # ServiceError -> abort_with_status
+        ("Unavailable", grpc.StatusCode.UNAVAILABLE, True),
+        ("Bug", grpc.StatusCode.INTERNAL, True),  # unhandled -> INTERNAL with the trace id in the message
+        ("PlainAbort", grpc.StatusCode.UNAUTHENTICATED, False),  # context.abort() keeps what was set before
+    ],
+)
+async def test_an_error_carries_the_trace_id_and_its_code_is_on_the_server_span(platform, method, code, span_error):
+    address, exporter = platform
+    async with grpc.aio.insecure_channel(address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await ch.unary_unary(f"/demo.v1.Platform/{method}")(b"x", timeout=5)
+    error = caught.value
+    assert error.code() == code
+    (server,) = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    trace_id = format(server.context.trace_id, "032x")
+    assert dict(error.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY] == trace_id
+    if method != "PlainAbort":  # a bare abort() has no rich status; the metadata still has the id
+        assert _request_infos(error) == [trace_id]
+    if method == "Bug":
+        assert error.details().endswith(f"(trace id {trace_id})")
+    assert server.attributes["rpc.grpc.status_code"] == code.value[0]
+    assert (server.status.status_code == trace.StatusCode.ERROR) is span_error
+
+
+async def test_with_tracing_off_errors_carry_no_trace_id():
+    from services.common.errors import ErrorMappingInterceptor
+
+    assert tracing.server_interceptors() == []
+    server, address = await _platform_server(None, interceptors=[ErrorMappingInterceptor()])
+    try:
+        async with grpc.aio.insecure_channel(address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await ch.unary_unary("/demo.v1.Platform/NotFound")(b"x", timeout=5)
+            ok = ch.unary_unary("/demo.v1.Platform/Ok")(b"x", timeout=5)
+            await ok
+            assert tracing.TRACE_ID_METADATA_KEY not in dict(await ok.trailing_metadata() or ())
+    finally:
+        await server.stop(None)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert tracing.TRACE_ID_METADATA_KEY not in dict(caught.value.trailing_metadata())
+    assert _request_infos(caught.value) == []
+
+
+async def test_health_checks_get_no_trace_id(platform):
+    address, _ = platform
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert (await call).status == health_pb2.HealthCheckResponse.SERVING
+        assert tracing.TRACE_ID_METADATA_KEY not in dict(await call.trailing_metadata() or ())
+        ok = ch.unary_unary("/demo.v1.Platform/Ok")(b"x", timeout=5)  # while the same server's RPCs do
+        await ok
+        assert tracing.TRACE_ID_METADATA_KEY in dict(await ok.trailing_metadata())
+
+
+# --------------------------------------------------------------------------- JSON logs carry the ids
+
+
+@pytest.fixture
+def json_lines():
+    import io
+    import json
+    import logging
+
+    from services.common.logs import json_handler
+
+    stream = io.StringIO()
+    handler = json_handler("test-service", stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+async def test_log_lines_in_an_aio_handler_carry_the_trace_and_span_ids(platform, json_lines):
+    address, exporter = platform
+    async with grpc.aio.insecure_channel(address) as ch:
+        await ch.unary_unary("/demo.v1.Platform/Ok")(b"abc", timeout=5)
+    (server,) = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    (line,) = [line for line in json_lines() if line["message"] == "handling"]
+    assert line["trace_id"] == format(server.context.trace_id, "032x")
+    assert line["span_id"] == format(server.context.span_id, "016x")
+    assert line["service"] == "test-service" and line["size"] == 3
+
+
+async def test_log_lines_in_a_worker_thread_need_the_context_copied(json_lines):
+    import contextvars
+    import logging
+    from functools import partial
+
+    tracing.setup_tracing("retrieval", exporter=InMemorySpanExporter(), set_global=False)
+    log = logging.getLogger("test.worker")
+    loop = asyncio.get_running_loop()
+    with tracing.span("request"):
+        trace_id = tracing.current_trace_id()
+        await loop.run_in_executor(None, partial(contextvars.copy_context().run, log.info, "copied"))
+        await loop.run_in_executor(None, log.info, "not copied")  # what retrieval's _run used to do
+    lines = {line["message"]: line for line in json_lines()}
+    assert lines["copied"]["trace_id"] == trace_id
+    assert "trace_id" not in lines["not copied"]
+
+
+def test_outside_a_request_log_lines_have_no_ids(json_lines):
+    import logging
+
+    tracing.setup_tracing("gateway", exporter=InMemorySpanExporter(), set_global=False)
+    logging.getLogger("test").info("idle")
+    (line,) = [line for line in json_lines() if line["message"] == "idle"]
+    assert "trace_id" not in line and "span_id" not in line
+
+
+def test_none_attributes_are_left_out():
+    exporter = InMemorySpanExporter()
+    tracing.setup_tracing("retrieval", exporter=exporter, set_global=False)
+    with tracing.span("qdrant.count", **{"db.collection.name": "c", "qdrant.limit": None}):
+        tracing.set_attributes(a=None, b=2)
+    (span,) = exporter.get_finished_spans()
+    assert dict(span.attributes) == {"db.collection.name": "c", "b": 2}
+
+
+# --------------------------------------------------------------------------- spans for work batched across requests
+
+
+class Item:
+    """A stand-in for a tokenizers Encoding: a distinct object with a token count."""
+
+    def __init__(self, n: int) -> None:
+        self.ids = [0] * n
+
+
+def _batcher(infer, **kwargs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.common.batching import DynamicBatcher
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    batcher = DynamicBatcher(
+        tracing.traced_batch(infer, tokens=lambda b: len(b) * max(len(e.ids) for e in b), **{"onnx.provider": "CPU"}),
+        lambda e: len(e.ids),
+        executor,
+        **kwargs,
+    )
+    return batcher, executor
+
+
+def _slow_scores(batch):
+    import time
+
+    import numpy as np
+
+    time.sleep(0.02)  # inference takes time, in the worker thread
+    return np.arange(len(batch), dtype=np.float32)
+
+
+async def _score(batcher, name, items):
+    with tracing.span(name), tracing.batch_member(items):
+        return await batcher.submit(items)
+
+
+async def test_requests_sharing_a_batch_each_get_queue_wait_and_inference_spans():
+    exporter = InMemorySpanExporter()
+    tracing.setup_tracing("reranker", exporter=exporter, set_global=False)
+    batcher, executor = _batcher(_slow_scores, max_batch_items=8, max_wait_s=0.05)
+    try:
+        a, b = [Item(5), Item(7)], [Item(3), Item(4), Item(6)]
+        await asyncio.gather(_score(batcher, "request-a", a), _score(batcher, "request-b", b))
+    finally:
+        await batcher.close()
+        executor.shutdown()
+    spans = exporter.get_finished_spans()
+    parents = {s.name: s for s in spans if s.name.startswith("request-")}
+    batch_ids = set()
+    for name, own in (("request-a", 2), ("request-b", 3)):
+        parent = parents[name]
+        mine = [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
+        (wait,) = [s for s in mine if s.name == "batch.queue_wait"]
+        (inference,) = [s for s in mine if s.name == "batch.inference"]
+        assert wait.context.trace_id == inference.context.trace_id == parent.context.trace_id
+        assert parent.start_time <= wait.start_time <= wait.end_time == inference.start_time
+        assert inference.end_time - inference.start_time >= 15_000_000  # the 20 ms sleep, on the worker thread
+        assert inference.end_time <= parent.end_time
+        attrs = inference.attributes
+        assert attrs["batch.size"] == 5 and attrs["batch.requests"] == 2 and attrs["batch.request_items"] == own
+        assert attrs["batch.tokens"] == 5 * 7 and attrs["onnx.provider"] == "CPU"
+        batch_ids.add(attrs["batch.id"])
+    assert len(batch_ids) == 1  # one shared batch: a debugger can find the other requests by batch.id
+    assert parents["request-a"].context.trace_id != parents["request-b"].context.trace_id
+
+
+async def test_a_request_split_over_batches_gets_one_queue_wait_and_an_inference_span_per_batch():
+    exporter = InMemorySpanExporter()
+    tracing.setup_tracing("reranker", exporter=exporter, set_global=False)
+    batcher, executor = _batcher(_slow_scores, max_batch_items=2, max_wait_s=0.0)
+    try:
+        await _score(batcher, "request", [Item(i + 1) for i in range(5)])
+    finally:
+        await batcher.close()
+        executor.shutdown()
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert names == ["batch.inference"] * 3 + ["batch.queue_wait", "request"]
+    inference = [s for s in exporter.get_finished_spans() if s.name == "batch.inference"]
+    assert sorted(s.attributes["batch.request_items"] for s in inference) == [1, 2, 2]
+
+
+async def test_a_failed_batch_marks_the_inference_span_of_each_member():
+    exporter = InMemorySpanExporter()
+    tracing.setup_tracing("reranker", exporter=exporter, set_global=False)
+
+    def broken(batch):
+        raise RuntimeError("onnx runtime error")
+
+    batcher, executor = _batcher(broken, max_wait_s=0.0)
+    try:
+        with pytest.raises(Exception, match="onnx runtime error"):
+            await _score(batcher, "request", [Item(3)])
+    finally:
+        await batcher.close()
+        executor.shutdown()
+    (inference,) = [s for s in exporter.get_finished_spans() if s.name == "batch.inference"]
+    assert inference.status.status_code == trace.StatusCode.ERROR
+    assert inference.events[0].name == "exception"
+
+
+async def test_batch_tracing_records_nothing_when_off_or_not_sampled(monkeypatch):
+    seen = []
+
+    def infer(batch):
+        seen.append(len(batch))
+        return _slow_scores(batch)
+
+    # Off: batch_member is the shared null context and the wrapper calls straight through.
+    assert tracing.batch_member([Item(1)]) is tracing.span("x")
+    batcher, executor = _batcher(infer, max_wait_s=0.0)
+    try:
+        await _score(batcher, "request", [Item(2)])
+        # Not sampled: nothing is registered either.
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+        exporter = InMemorySpanExporter()
+        tracing.setup_tracing("reranker", exporter=exporter, set_global=False)
+        await _score(batcher, "request", [Item(2)])
+        assert tracing._members == {}
+    finally:
+        await batcher.close()
+        executor.shutdown()
+    assert seen == [1, 1] and exporter.get_finished_spans() == ()
