@@ -128,7 +128,8 @@ class SearchPipeline:
         )
         found = list(retrieved.candidates)
         metrics.GATEWAY_CANDIDATES.observe(len(found))
-        tracing.set_attributes(**{"search.collection": collection, "search.top_k": top_k, "search.candidates": len(found)})
+        tracing.set_attributes(**{"search.collection": collection, "search.top_k": top_k, "search.candidates": len(found),
+                                  "search.rerank": enabled, "search.rerank_candidates": candidates if enabled else None})
         response = pb.SearchResponse(mode=retrieved.mode)
         if not enabled or not found:
             response.results.extend(_result(c, c.score) for c in found[:top_k])
@@ -144,7 +145,7 @@ class SearchPipeline:
         rerank_scores = [0.0] * len(to_rerank)
         for r in reranked.results:
             rerank_scores[r.index] = r.score
-        with tracing.span("combine", **{"combine.method": combination}):
+        with tracing.span("combine", **{"combine.method": combination, "combine.candidates": len(to_rerank)}):
             final = combine.combine_scores([c.score for c in to_rerank], rerank_scores, combination, weight)
         order = sorted(range(len(to_rerank)), key=lambda i: (-final[i], i))[:top_k]
         response.reranked = True
@@ -185,6 +186,7 @@ class SearchPipeline:
     @staticmethod
     def _degrade(response: pb.SearchResponse, reason: int) -> None:
         metrics.GATEWAY_DEGRADED.labels(reason=pb.DegradedReason.Name(reason)).inc()
+        tracing.set_attributes(**{"search.degraded_reason": pb.DegradedReason.Name(reason)})
         response.degraded = True
         response.degraded_reason = reason
 

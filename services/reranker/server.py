@@ -97,12 +97,14 @@ class Reranker:
     async def score(self, query: str, passages: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        with tracing.span("tokenize", **{"rerank.pairs": len(passages)}):
+        with tracing.span("tokenize", **{"rerank.pairs": len(passages)}) as span:
             encodings = await loop.run_in_executor(
                 self.executor, self.encoder.tokenize_pairs, [(query, p) for p in passages]
             )
+            if span.is_recording():
+                span.set_attribute("rerank.tokens", sum(len(e.ids) for e in encodings))
         metrics.RERANK_TOKENIZATION_SECONDS.observe(time.perf_counter() - start)
-        with tracing.span("batch.score", **{"rerank.pairs": len(passages)}):
+        with tracing.span("batch.score", **{"rerank.pairs": len(passages)}), tracing.batch_member(encodings):
             return await self.batcher.submit(encodings)
 
 
@@ -179,7 +181,9 @@ class RerankerService:
         metrics.RERANK_PROVIDER_INFO.info({"provider": encoder.provider, "model": encoder.name})
         if cfg.batching == "dynamic":
             self.batcher = DynamicBatcher(
-                encoder.infer,
+                # Per-request batch.queue_wait / batch.inference spans when tracing is on.
+                tracing.traced_batch(encoder.infer, tokens=lambda b: len(b) * max(len(e.ids) for e in b),
+                                     **{"onnx.provider": encoder.provider, "model": encoder.name}),
                 lambda encoding: len(encoding.ids),
                 self.inference_executor,
                 max_batch_items=cfg.max_batch_pairs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -107,7 +108,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         return self._store
 
     async def _run(self, fn, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
+        # run_in_executor does not carry contextvars: copy them, so the store's spans and log
+        # lines belong to this request's trace.
+        call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
         name = validation.collection_name(request.collection)

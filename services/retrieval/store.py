@@ -154,7 +154,13 @@ class DocumentStore:
     def _qdrant(self, operation: str, fn, *args, **kwargs):
         start = time.perf_counter()
         try:
-            with tracing.span(f"qdrant.{operation}", **{"db.system": "qdrant", "db.operation": operation}):
+            with tracing.span(
+                f"qdrant.{operation}",
+                **{"db.system": "qdrant", "db.operation": operation, "db.collection.name": args[0] if args else None,
+                   "qdrant.using": kwargs.get("using"), "qdrant.limit": kwargs.get("limit"),
+                   "qdrant.prefetch": ",".join(f"{p.using}:{p.limit}" for p in kwargs["prefetch"])
+                   if "prefetch" in kwargs else None},
+            ):
                 if self._local_lock is not None:
                     with self._local_lock:
                         return fn(*args, **kwargs)
@@ -241,7 +247,7 @@ class DocumentStore:
             units.extend((doc, passage) for passage in passages)
         texts = [_index_text(doc.title, passage.text) for doc, passage in units]
         start = time.perf_counter()
-        with tracing.span("embed.documents", **{"batch.size": len(texts)}):
+        with tracing.span("embed.documents", **{"batch.size": len(texts), "embedding.model": self.embedder.name}):
             dense = self.embedder.embed_documents(texts)
         metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="document").observe(time.perf_counter() - start)
         sparse = self.sparse_encoder.encode_documents(texts) if sparse_enabled else [None] * len(texts)
@@ -311,6 +317,7 @@ class DocumentStore:
         fusion_options: Fusion = Fusion(),
     ) -> tuple[list[Candidate], str]:
         """Candidates for ``query``, best first, and the mode actually used."""
+        tracing.set_attributes(**{"retrieval.collection": name, "retrieval.limit": limit, "retrieval.mode": mode})
         info = self._require(name)
         self._check_model(name, info)
         if _splits(info):  # several passages of one document may rank: fetch more, keep each document's best
@@ -369,7 +376,7 @@ class DocumentStore:
         sparse_scores = {p.id: p.score for p in sparse_points}
         rankings = [[(p.id, p.score) for p in dense_points], [(p.id, p.score) for p in sparse_points]]
         weights = [fusion_options.dense_weight, 1.0 - fusion_options.dense_weight]
-        with tracing.span("fusion", **{"fusion.method": fusion_options.method}):
+        with tracing.span("fusion", **{"fusion.method": fusion_options.method, "fusion.candidates": len(by_id)}):
             if fusion_options.method == "weighted_rrf":
                 fused = fusion.weighted_rrf(rankings, weights, k=fusion_options.rrf_k)
             else:
@@ -381,7 +388,8 @@ class DocumentStore:
 
     def _dense_query(self, query: str) -> list[float]:
         start = time.perf_counter()
-        with tracing.span("embed.query"):
+        with tracing.span("embed.query", **{"embedding.model": self.embedder.name,
+                                            "embedding.provider": getattr(self.embedder, "provider", None)}):
             vector = self.embedder.embed_queries([query])[0]
         metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="query").observe(time.perf_counter() - start)
         return vector.tolist()

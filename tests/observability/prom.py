@@ -6,7 +6,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -125,45 +124,6 @@ def start_prometheus(
         time.sleep(0.2)
     prom.stop()
     pytest.fail(f"prometheus not ready after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-# A stand-in for a service process until the real ones are wired in: it serves the platform's
-# metrics module exactly as `searchctl serve` does (MetricsServerInterceptor + start_metrics_server).
-TARGET_CODE = """
-import sys, time
-from services.common import metrics
-service, port = sys.argv[1], int(sys.argv[2])
-metrics.MetricsServerInterceptor(service)
-metrics.GRPC_SERVER_REQUESTS.labels(service=service, method="grpc.health.v1.Health/Check", code="OK").inc()
-metrics.start_metrics_server(port, host="127.0.0.1")
-print("ready", flush=True)
-while True:
-    time.sleep(3600)
-"""
-
-
-@dataclass
-class MetricsTarget:
-    service: str
-    address: str
-    proc: subprocess.Popen
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
-def start_metrics_target(service: str) -> MetricsTarget:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", TARGET_CODE, service, str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        proc.kill()
-        pytest.fail(f"metrics target {service} did not start (exit {proc.wait()})")
-    return MetricsTarget(service, f"127.0.0.1:{port}", proc)
 
 
 DASHBOARD = REPO / "observability" / "grafana" / "search-dashboard.json"

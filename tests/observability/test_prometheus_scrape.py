@@ -1,38 +1,60 @@
-"""A real Prometheus scrapes the platform's /metrics endpoints and evaluates the alert rules on them.
+"""A real Prometheus scrapes the three real services' /metrics and evaluates the alert rules on them.
 
-The targets come from the ``scrape_targets`` fixture (service name -> "host:port" of its
-/metrics). Today it starts three stand-in processes that serve services.common.metrics the
-way ``searchctl serve`` does; to scrape the real services instead, make it return the
-stack's metrics ports, e.g.::
-
-    @pytest.fixture(scope="module")
-    def scrape_targets(stack):
-        return {name: f"127.0.0.1:{stack.metrics_ports[name]}" for name in ("gateway", "retrieval", "reranker")}
+The targets are the metrics ports of the session's ``stack`` (tests/conftest.py: gateway,
+retrieval and reranker started by ``searchctl serve`` on loopback). After a Search through
+the gateway, each service's RED counter for the method it served is queried through
+Prometheus's HTTP API, so the whole path (interceptor -> /metrics -> scrape -> PromQL) is real.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import uuid
 from datetime import datetime
 
+import grpc
 import pytest
 
-from tests.observability.prom import JOBS, free_port, start_metrics_target, start_prometheus
+from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from tests.observability.prom import JOBS, free_port, prometheus_binary, start_prometheus
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+#: The method each service serves during one Search with reranking.
+SEARCH_METHODS = {
+    "gateway": "search.v1.SearchService/Search",
+    "retrieval": "search.v1.RetrievalService/Retrieve",
+    "reranker": "search.v1.RerankService/Rerank",
+}
 
 
 @pytest.fixture(scope="module")
-def scrape_targets():
-    started = []
-    try:
-        for service in JOBS:
-            started.append(start_metrics_target(service))
-        yield {t.service: t.address for t in started}
-    finally:
-        for target in started:
-            target.stop()
+def scrape_targets(stack):
+    prometheus_binary()  # skip before anything else when Prometheus is absent
+    return {name: f"127.0.0.1:{stack.metrics_ports[name]}" for name in JOBS}
+
+
+@pytest.fixture(scope="module")
+def searched(stack):
+    """One collection and one reranked Search through the gateway, before Prometheus scrapes."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with grpc.insecure_channel(stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
+        stub.Upsert(
+            pb.UpsertRequest(
+                collection=name,
+                documents=[
+                    common_pb2.Document(id="tides", title="Tides", text="The Moon's pull raises and lowers the sea."),
+                    common_pb2.Document(id="bread", title="Bread", text="Yeast makes dough rise before baking."),
+                ],
+            ),
+            timeout=60,
+        )
+        response = stub.Search(pb.SearchRequest(collection=name, query="sea level and the moon", top_k=2), timeout=60)
+    assert response.reranked and response.results[0].id == "tides"
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +79,34 @@ def test_every_target_is_up(prometheus, scrape_targets):
     assert {job: r["metric"]["instance"] for job, r in result.items()} == {
         JOBS[service]: address for service, address in scrape_targets.items()
     }
+
+
+def test_each_real_service_counts_the_search_it_served(prometheus, scrape_targets, searched):
+    def counted():
+        result = by_job(prometheus.query('search_grpc_server_requests_total{code="OK",method!~"grpc.health.*"}'))
+        return result if all(JOBS[s] in result for s in scrape_targets) else None
+
+    prometheus.wait_for("a Search counted by every service", counted)
+    for service, method in SEARCH_METHODS.items():
+        result = prometheus.query(
+            f'search_grpc_server_requests_total{{job="{JOBS[service]}",method="{method}",code="OK"}}'
+        )
+        assert len(result) == 1, (service, result)
+        labels = result[0]["metric"]
+        assert labels["service"] == service and labels["instance"] == scrape_targets[service]
+        assert float(result[0]["value"][1]) >= 1
+        # and its latency histogram is there, with the 1 ms .. 10 s buckets
+        buckets = prometheus.query(
+            f'search_grpc_server_request_duration_seconds_bucket{{job="{JOBS[service]}",method="{method}"}}'
+        )
+        assert {b["metric"]["le"] for b in buckets} >= {"0.001", "10.0", "+Inf"}
+    # Each service's own metrics, from its own process.
+    reranker = JOBS["reranker"]
+    assert prometheus.query(f'search_reranker_pairs_scored_total{{job="{reranker}"}} > 0')
+    (provider,) = prometheus.query(f'search_reranker_execution_provider_info{{job="{reranker}"}}')
+    assert provider["metric"]["provider"] == "CPUExecutionProvider"
+    assert prometheus.query(f'search_retrieval_embedding_seconds_count{{job="{JOBS["retrieval"]}",kind="query"}} > 0')
+    assert prometheus.query(f'search_gateway_candidates_count{{job="{JOBS["gateway"]}"}} > 0')
 
 
 def test_each_target_exports_its_own_service_metrics(prometheus, scrape_targets):
@@ -105,10 +155,10 @@ def test_alert_rules_load_and_evaluate_cleanly_against_live_targets(prometheus, 
     assert not active & {"SearchServiceDown", "SearchServiceAbsent", "SearchServiceMetricsMissing"}, active
 
 
-def test_a_dead_target_makes_service_down_pending(tmp_path):
-    live = start_metrics_target("reranker")
+def test_a_dead_target_makes_service_down_pending(tmp_path, scrape_targets):
+    live = scrape_targets["reranker"]
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here
-    prom = start_prometheus(tmp_path, {"search-reranker": [live.address, dead]})
+    prom = start_prometheus(tmp_path, {"search-reranker": [live, dead]})
     try:
         def pending():
             alerts = [a for a in prom.api("alerts")["alerts"] if a["labels"]["alertname"] == "SearchServiceDown"]
@@ -116,10 +166,9 @@ def test_a_dead_target_makes_service_down_pending(tmp_path):
 
         alerts = prom.wait_for("SearchServiceDown pending for the dead target", pending)
         assert [(a["labels"]["instance"], a["state"]) for a in alerts] == [(dead, "pending")]
-        assert prom.query(f'up{{instance="{live.address}"}}')[0]["value"][1] == "1"
+        assert prom.query(f'up{{instance="{live}"}}')[0]["value"][1] == "1"
     finally:
         prom.stop()
-        live.stop()
 
 
 def test_dashboard_queries_are_valid_promql_on_a_real_prometheus(prometheus):
