@@ -16,7 +16,15 @@ class GatewayConfig:
     log_level: str = setting("INFO", "LOG_LEVEL", "log level")
     retrieval_addr: str = setting("localhost:50052", "RETRIEVAL_ADDR", "retrieval service address (dns:/// for per-request balancing)")
     reranker_addr: str = setting("localhost:50053", "RERANKER_ADDR", "reranker service address")
-    default_candidates: int = setting(50, "GATEWAY_DEFAULT_CANDIDATES", "first-stage candidates reranked when a request does not say")
+    default_candidates: int = setting(
+        10, "GATEWAY_DEFAULT_CANDIDATES",
+        "first-stage candidates reranked when a request does not say (chosen on SciFact train, docs/QUALITY.md)",
+    )
+    score_combination: str = setting(
+        "weighted_zscore", "GATEWAY_SCORE_COMBINATION",
+        "default combination of rerank and first-stage scores: weighted_zscore, weighted_rrf or rerank_only",
+    )
+    rerank_weight: float = setting(0.4, "GATEWAY_RERANK_WEIGHT", "default weight of the rerank score in the combination (0..1)")
     default_deadline_seconds: float = setting(10.0, "GATEWAY_DEFAULT_DEADLINE_SECONDS", "deadline of a Search whose caller set none")
     retrieval_timeout_seconds: float = setting(3.0, "GATEWAY_RETRIEVAL_TIMEOUT_SECONDS", "longest wait for one Retrieve call")
     rerank_timeout_seconds: float = setting(5.0, "GATEWAY_RERANK_TIMEOUT_SECONDS", "longest wait for one Rerank call (then degrade)")

@@ -56,9 +56,15 @@ BREAKER_FAILURES = frozenset(
 class RerankDefaults:
     """Defaults chosen by measurement on SciFact train queries (docs/QUALITY.md)."""
 
-    candidates: int = 50
+    candidates: int = 10
     combination: str = "weighted_zscore"
-    rerank_weight: float = 0.5
+    rerank_weight: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.combination not in COMBINATIONS.values():
+            raise ValueError(f"score combination must be one of {sorted(COMBINATIONS.values())}, got {self.combination!r}")
+        if not 0.0 <= self.rerank_weight <= 1.0:
+            raise ValueError(f"rerank weight must be between 0 and 1, got {self.rerank_weight}")
 
 
 def budget_for(

@@ -43,7 +43,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         self.pipeline = SearchPipeline(
             self.retrieval,
             self.reranker,
-            defaults=RerankDefaults(candidates=config.default_candidates),
+            defaults=RerankDefaults(
+                candidates=config.default_candidates,
+                combination=config.score_combination,
+                rerank_weight=config.rerank_weight,
+            ),
             retrieval_timeout_s=config.retrieval_timeout_seconds,
             rerank_timeout_s=config.rerank_timeout_seconds,
             breaker=self.breaker,

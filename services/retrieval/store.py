@@ -97,8 +97,9 @@ class CollectionDescription:
 class Fusion:
     """How hybrid retrieval fuses the dense and sparse rankings."""
 
+    # Chosen on SciFact train queries (docs/QUALITY.md): z-score fusion, dense weight 0.6.
     method: str = "weighted_zscore"  # rrf | dbsf | weighted_zscore | weighted_rrf
-    dense_weight: float = 0.5
+    dense_weight: float = 0.6
     rrf_k: int = 60
     prefetch_limit: int = 100
 
