@@ -1,0 +1,129 @@
+"""Ingestion interrupted by killing the retrieval service, then re-run: none lost, none duplicated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import grpc
+import pytest
+
+from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.cli import client
+from tests.conftest import REPO
+from tests.resilience.conftest import figures, start_stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+N_DOCS = 240
+BATCH = 16
+TOPICS = ["rivers", "volcanoes", "bread", "tides", "vaccines", "graphics", "glaciers", "bees", "stars", "forests"]
+
+
+def corpus() -> list[dict]:
+    return [
+        {
+            "id": f"doc-{i:04d}",
+            "title": f"{TOPICS[i % len(TOPICS)].title()} note {i}",
+            "text": f"Note {i} about {TOPICS[i % len(TOPICS)]}: a short passage number {i} with a few words.",
+            "payload": {"n": i},
+        }
+        for i in range(N_DOCS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = start_stack(tmp_path_factory.mktemp("ingest"))
+    yield s
+    s.stop_all()
+
+
+def document_count(stack, collection: str) -> tuple[int, int]:
+    with grpc.insecure_channel(stack.gateway) as channel:
+        try:
+            info = pb_grpc.SearchServiceStub(channel).DescribeCollection(
+                pb.DescribeCollectionRequest(name=collection), timeout=10
+            ).collection
+        except grpc.RpcError:
+            return -1, -1
+    return info.document_count, info.point_count
+
+
+async def test_ingest_killed_midway_then_rerun_holds_exactly_the_corpus(stack, tmp_path):
+    docs = corpus()
+    collection = f"ing{uuid.uuid4().hex[:8]}"
+
+    # Run 1, through the client library, killed mid-way.
+    first = asyncio.create_task(
+        client.ingest(iter(docs), collection, stack.gateway, batch_size=BATCH, concurrency=2, progress=False)
+    )
+    reached = await wait_for(lambda: document_count(stack, collection)[0] >= N_DOCS // 4, timeout=120, interval=0.2)
+    assert reached and not first.done(), "ingestion finished before it could be interrupted; raise N_DOCS"
+    before_kill = document_count(stack, collection)[0]
+    await asyncio.to_thread(stack.stop, "retrieval", signal.SIGKILL)
+    t_kill = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await first  # the client retries with backoff, then gives up: it must fail, not report success
+    failed_after_s = time.monotonic() - t_kill
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+    assert "retrieval" in info.value.details()
+
+    await asyncio.to_thread(stack.start, "retrieval")
+    after_crash, _ = document_count(stack, collection)
+    assert 0 < after_crash < N_DOCS
+
+    # Run 2, through `searchctl ingest`, from the same documents as a JSONL file.
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli", "ingest", str(path), "--collection", collection, "--target", stack.gateway,
+         "--batch-size", str(BATCH)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"ingested {N_DOCS} documents" in run.stdout
+    documents, points = document_count(stack, collection)
+    assert documents == N_DOCS and points == N_DOCS, (documents, points)
+
+    # Look in the store itself: exactly one point per document, at the id derived from it.
+    await asyncio.to_thread(stack.stop, "retrieval")
+    from qdrant_client import QdrantClient
+
+    from services.retrieval.store import point_id
+
+    store = QdrantClient(path=str(stack.tmp / "qdrant"))
+    try:
+        stored, offset = [], None
+        while True:
+            batch, offset = store.scroll(collection, limit=256, offset=offset, with_payload=["doc_id"], with_vectors=False)
+            stored.extend(batch)
+            if offset is None:
+                break
+    finally:
+        store.close()
+    await asyncio.to_thread(stack.start, "retrieval")
+    stored_ids = [p.payload["doc_id"] for p in stored]
+    expected = {d["id"] for d in docs}
+    lost = expected - set(stored_ids)
+    duplicated = len(stored_ids) - len(set(stored_ids))
+    assert not lost and not duplicated and set(stored_ids) == expected
+    assert all(str(p.id) == point_id(p.payload["doc_id"]) for p in stored)
+    figures(
+        "ingestion interrupted by SIGKILL of retrieval, then re-run",
+        corpus=N_DOCS,
+        in_collection_at_kill=before_kill,
+        first_run_failed_after_s=round(failed_after_s, 1),
+        first_run_error=info.value.code().name,
+        after_crash=after_crash,
+        after_rerun=documents,
+        points=points,
+        lost=len(lost),
+        duplicated=duplicated,
+    )
