@@ -6,8 +6,9 @@ uses realistic text from a BEIR dataset (SciFact by default:
 ratios measured in the same run, and can write them as JSON. None of them asserts a time.
 
 * ``rerank``: (a) the limit: raw ONNX Runtime throughput on the same pairs in this
-  process, length-sorted batches, best of several batch sizes (measured before and after
-  the service runs; the larger is used); (b) the reranker over gRPC with 1/8/32
+  process, length-sorted batches, best of several batch sizes and of two layouts (one
+  batch at a time on every core, or one single-threaded batch per core), measured before
+  and after the service runs (the larger is used); (b) the reranker over gRPC with 1/8/32
   closed-loop clients sending 50-pair and 4-pair requests; (c) the same with
   ``RERANKER_BATCHING=none`` (no cross-request batching). Ratios are service/limit; the
   1-client p50 is compared with one raw batch of the same size.
@@ -328,7 +329,7 @@ def _rerank_config():
     return cfg.load(RerankerConfig, None)
 
 
-def _cross_encoder(conf):
+def _cross_encoder(conf, threads: int):
     from services.common.models import default_models_dir, resolve_model_dir
     from services.reranker.cross_encoder import CrossEncoder
 
@@ -337,24 +338,48 @@ def _cross_encoder(conf):
         max_length=conf.max_length,
         batch_size=max(64, conf.max_batch_pairs),
         provider=conf.provider,
-        intra_op_threads=conf.intra_op_threads,
+        intra_op_threads=threads,
         graph_optimization=conf.graph_optimization,
         spin=conf.allow_spinning,
     )
 
 
-def measure_limit(encoder, encodings: Sequence[Any], batch_sizes: Sequence[int]) -> dict[int, float]:
-    """Raw pairs/s of length-sorted batches of each size over ``encodings`` (one pass each)."""
+def raw_layouts(cpus: int) -> list[tuple[int, int]]:
+    """Raw execution layouts tried for the limit: (batches at once, ORT threads each)."""
+    return [(cpus, 1), (1, cpus)] if cpus > 1 else [(1, 1)]
+
+
+def measure_limit(infer, encodings: Sequence[Any], batch_sizes: Sequence[int], workers: int = 1) -> dict[int, float]:
+    """Raw items/s of length-sorted batches of each size over ``encodings`` (one pass each),
+    with ``workers`` batches running at once (threads pulling from one queue)."""
+    return {size: rate for size, (rate, _) in measure_limit_cpu(infer, encodings, batch_sizes, workers).items()}
+
+
+def measure_limit_cpu(infer, encodings: Sequence[Any], batch_sizes: Sequence[int], workers: int = 1) -> dict[int, tuple[float, float]]:
+    """Like :func:`measure_limit`, with this process's CPU ms per item: ``{size: (items/s, cpu ms/item)}``.
+
+    CPU time hardly depends on what else the machine runs, so it tells a slower run on a
+    busy machine from a less efficient one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     ordered = sorted(encodings, key=lambda e: len(e.ids))
-    rates = {}
-    for size in batch_sizes:
-        batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-        encoder.infer(batches[len(batches) // 2])  # warm this shape
-        start = time.perf_counter()
-        for batch in batches:
-            encoder.infer(batch)
-        rates[size] = len(ordered) / (time.perf_counter() - start)
-    return rates
+    out = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for size in batch_sizes:
+            batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+            list(pool.map(infer, batches[len(batches) // 2 : len(batches) // 2 + workers]))  # warm this shape
+            cpu, start = time.process_time(), time.perf_counter()
+            list(pool.map(infer, batches))
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            out[size] = (len(ordered) / wall, 1000.0 * cpu / len(ordered))
+    return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raw_batch_ms(encoder, requests: Sequence[tuple[str, list[str]]], repeats: int) -> list[float]:
@@ -418,26 +443,51 @@ def _bench_rerank(args: argparse.Namespace) -> int:
     clients_list = [int(x) for x in args.clients.split(",")]
     pairs_list = [int(x) for x in args.pairs.split(",")]
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
-    print(f"reranker: max_length {conf.max_length}, max_batch_pairs {conf.max_batch_pairs}, max_batch_tokens "
-          f"{conf.max_batch_tokens}, max_wait_ms {conf.max_wait_ms}, ORT threads {conf.intra_op_threads or 'default'}, "
-          f"graph {conf.graph_optimization}, spinning {conf.allow_spinning}")
+    print(f"reranker settings: max_length {conf.max_length}, max_batch_pairs {conf.max_batch_pairs}, max_batch_tokens "
+          f"{conf.max_batch_tokens or 'auto'}, max_wait_ms {conf.max_wait_ms}, inference workers {conf.inference_workers or 'auto'}, "
+          f"ORT threads {conf.intra_op_threads or 'auto'}, graph {conf.graph_optimization}, spinning {conf.allow_spinning} "
+          "(the service logs the resolved values)")
 
-    encoder = _cross_encoder(conf)
+    from services.common.onnx_session import available_cpus
+
+    cpus = available_cpus()
+    layouts = raw_layouts(cpus)
+    encoders = {threads: _cross_encoder(conf, threads) for _, threads in layouts}
     rng = random.Random(args.seed)
     limit_pairs = [(rng.choice(corpus.queries), p) for p in rng.sample(corpus.passages, args.limit_pairs)]
-    limit_encodings = encoder.tokenize_pairs(limit_pairs)
+    one_batch = encoders[max(encoders)]  # one batch on every thread: the fastest raw way to run one batch
+    limit_encodings = one_batch.tokenize_pairs(limit_pairs)
     lengths = sorted(len(e.ids) for e in limit_encodings)
     print(f"pairs: {dataset.name} queries x passages, {len(lengths)} for the limit; tokens per pair: mean "
-          f"{sum(lengths) / len(lengths):.0f}, median {lengths[len(lengths) // 2]}, max {lengths[-1]} (max_length {encoder.max_length})")
-    before = measure_limit(encoder, limit_encodings, batch_sizes)
-    print("limit (raw onnxruntime, length-sorted batches, this process): "
-          + ", ".join(f"batch {b}: {r:.1f}" for b, r in before.items()) + " pairs/s")
-    raw_ms = {p: raw_batch_ms(encoder, sample_requests(corpus, args.raw_repeats, p, args.seed + p), args.raw_repeats)
+          f"{sum(lengths) / len(lengths):.0f}, median {lengths[len(lengths) // 2]}, max {lengths[-1]} (max_length {one_batch.max_length})")
+
+    def limit_pass(sizes: Sequence[int] = batch_sizes, which: Sequence[tuple[int, int]] = layouts,
+                   encodings: Sequence[Any] = limit_encodings) -> dict[str, tuple[float, float]]:
+        rates = {}
+        for workers, threads in which:
+            for size, measured in measure_limit_cpu(encoders[threads].infer, encodings, sizes, workers).items():
+                rates[f"{workers}x{threads} batch {size}"] = measured
+        return rates
+
+    def show(rates: Mapping[str, tuple[float, float]]) -> str:
+        return ", ".join(f"{k}: {r:.1f}/s ({c:.1f} cpu-ms)" for k, (r, c) in rates.items())
+
+    before = limit_pass()
+    print("limit (raw onnxruntime in this process, length-sorted batches; layout = batches at once x ORT threads; "
+          "pairs/s and CPU ms per pair):")
+    print("  " + show(before))
+    best_key = max(before, key=lambda k: before[k][0])
+    best_layout = next(l for l in layouts if best_key.startswith(f"{l[0]}x{l[1]} "))
+    best_size = int(best_key.rsplit(" ", 1)[1])
+    raw_cpu_ms = min(c for _, c in before.values())
+    local_sample = limit_encodings[: max(8 * best_layout[0] * best_size, 48)]
+
+    raw_ms = {p: raw_batch_ms(one_batch, sample_requests(corpus, args.raw_repeats, p, args.seed + p), args.raw_repeats)
               for p in pairs_list}
     for p, times in raw_ms.items():
-        print(f"one raw batch of {p} pairs: p50 {percentile(times, 50):.1f} ms ({len(times)} runs)")
+        print(f"one raw batch of {p} pairs on {max(encoders)} threads: p50 {percentile(times, 50):.1f} ms ({len(times)} runs)")
 
-    runs: dict[str, list[tuple[int, int, list[float], float, dict]]] = {"service": [], "naive": []}
+    runs: dict[str, list[tuple]] = {"service": [], "naive": []}
     modes = [("service", "dynamic")] + ([] if args.no_naive else [("naive", "none")])
     profiler = Profiler(args.profile)
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp, ServiceProcs(tmp) as procs:
@@ -449,42 +499,58 @@ def _bench_rerank(args: argparse.Namespace) -> int:
                     n = max(c * args.requests_per_client, math.ceil(args.min_pairs / p))
                     requests = sample_requests(corpus, n, p, args.seed + 1000 * c + p)
                     profiling = key == "service" and c == max(clients_list) and p == max(pairs_list)
+                    local = limit_pass([best_size], [best_layout], local_sample)
                     if profiling:
                         profiler.start(procs.pid("reranker"), "reranker", args.profile_seconds)
+                    cpu0 = process_cpu_seconds(procs.pid("reranker"))
                     lat, pairs_ok, elapsed, errors = asyncio.run(
                         closed_loop_rerank(procs.address("reranker"), requests, c, args.timeout)
                     )
+                    cpu_ms = 1000.0 * (process_cpu_seconds(procs.pid("reranker")) - cpu0) / max(pairs_ok, 1)
+                    local.update({k + " after": v for k, v in limit_pass([best_size], [best_layout], local_sample).items()})
+                    local_limit = sum(r for r, _ in local.values()) / len(local)
                     rate = pairs_ok / elapsed
-                    runs[key].append((c, p, lat, rate, errors))
+                    runs[key].append((c, p, lat, rate, errors, cpu_ms, local_limit))
                     s = latency_summary(lat)
                     print(f"  {c:>3} clients x {p:>3} pairs: {rate:7.1f} pairs/s  p50 {_fmt_ms(s['p50_ms'])}  "
                           f"p95 {_fmt_ms(s['p95_ms'])}  p99 {_fmt_ms(s['p99_ms'])} ms  ({len(lat)} requests"
-                          + (f", errors {errors}" if errors else "") + ")", flush=True)
+                          + (f", errors {errors}" if errors else "") + f"); server {cpu_ms:.1f} cpu-ms/pair; "
+                          f"raw {best_key} around it {local_limit:.1f}/s; load {os.getloadavg()[0]:.2f}", flush=True)
                     if profiling:
                         profiler.finish()
             procs.stop("reranker")
 
-    after = measure_limit(encoder, limit_encodings, batch_sizes)
-    print("\nlimit again after the service runs: " + ", ".join(f"batch {b}: {r:.1f}" for b, r in after.items()) + " pairs/s")
-    best_before, best_after = max(before.values()), max(after.values())
+    after = limit_pass()
+    print("\nlimit again after the service runs: " + show(after))
+    best_before, best_after = max(r for r, _ in before.values()), max(r for r, _ in after.values())
+    raw_cpu_ms = min(raw_cpu_ms, min(c for _, c in after.values()))
     limit = max(best_before, best_after)
     print(f"limit used for ratios: {limit:.1f} pairs/s (best batch before {best_before:.1f}, after {best_after:.1f}; the larger)")
 
     report: dict[str, Any] = {"limit_pairs_per_s": limit, "service": [], "naive": []}
     for key in ("service", "naive"):
-        for c, p, lat, rate, _ in runs[key]:
+        for c, p, lat, rate, *_ in runs[key]:
             report[key].append(rerank_row(c, p, rate, limit, lat))
     _print_rerank_table(report, raw_ms, args)
+    print(f"\nCPU efficiency (load-independent): raw best {raw_cpu_ms:.1f} CPU ms per pair (this process, inference only)")
+    for key in ("service", "naive"):
+        for c, p, _, rate, _, cpu_ms, local_limit in runs[key]:
+            print(f"  {key:8}{c:>4} clients x {p:>3} pairs: server {cpu_ms:5.1f} CPU ms/pair -> {raw_cpu_ms / cpu_ms:.2f} of raw; "
+                  f"throughput vs the raw best measured around the run: {rate / local_limit:.2f}")
     validate_rerank_report(report)
     if args.json:
         payload = dict(report)
         payload["meta"] = {
             "machine": info, "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-            "limit_by_batch_before": before, "limit_by_batch_after": after,
+            "limit_before": {k: {"pairs_per_s": r, "cpu_ms_per_pair": c} for k, (r, c) in before.items()},
+            "limit_after": {k: {"pairs_per_s": r, "cpu_ms_per_pair": c} for k, (r, c) in after.items()},
+            "raw_best_cpu_ms_per_pair": raw_cpu_ms,
+            "rows": {f"{k}:{c}x{p}": {"server_cpu_ms_per_pair": cpu_ms, "raw_best_around_run": local_limit}
+                     for k in runs for c, p, _, _, _, cpu_ms, local_limit in runs[k]},
             "raw_batch_p50_ms": {str(p): percentile(t, 50) for p, t in raw_ms.items()},
             "max_length": conf.max_length, "max_batch_pairs": conf.max_batch_pairs,
             "max_batch_tokens": conf.max_batch_tokens, "dataset": str(dataset),
-            "errors": {f"{k}:{c}x{p}": e for k in runs for c, p, _, _, e in runs[k] if e},
+            "errors": {f"{k}:{c}x{p}": e for k in runs for c, p, _, _, e, *_ in runs[k] if e},
         }
         _write_json(args.json, payload)
     return 0
@@ -520,7 +586,7 @@ def _retrieval_config():
     return cfg.load(RetrievalConfig, None)
 
 
-def _bi_encoder(conf):
+def _bi_encoder(conf, threads: int):
     from services.common.models import default_models_dir, resolve_model_dir
     from services.retrieval.embedder import BiEncoder
 
@@ -529,7 +595,7 @@ def _bi_encoder(conf):
         max_length=conf.max_length,
         batch_size=conf.batch_size,
         provider=conf.provider,
-        intra_op_threads=conf.intra_op_threads,
+        intra_op_threads=threads,
         graph_optimization=conf.graph_optimization,
         spin=conf.allow_spinning,
     )
@@ -550,18 +616,27 @@ def _bench_embed(args: argparse.Namespace) -> int:
     info = machine_info()
     _print_machine(info)
     conf = _retrieval_config()
-    encoder = _bi_encoder(conf)
+    from services.common.onnx_session import available_cpus
+
+    layouts = raw_layouts(available_cpus())
+    encoders = {threads: _bi_encoder(conf, threads) for _, threads in layouts}
     texts = corpus.passages  # the store indexes "title\ntext"
-    print(f"documents: {len(texts)} from {dataset.name}; embedder max_length {encoder.max_length}, batch {conf.batch_size}")
+    encodings = encoders[max(encoders)].tokenize_documents(texts)
+    sizes = sorted({4, 8, conf.batch_size})
+    print(f"documents: {len(texts)} from {dataset.name}; embedder max_length {encoders[max(encoders)].max_length}; "
+          f"raw: length-sorted batches of {sizes} in layouts {['%dx%d' % l for l in layouts]} (batches at once x ORT threads)")
 
-    def raw() -> float:
-        encoder.embed_documents(texts[: conf.batch_size])  # warm
-        start = time.perf_counter()
-        encoder.embed_documents(texts)
-        return len(texts) / (time.perf_counter() - start)
+    def raw() -> tuple[float, str]:
+        rates = {}
+        for workers, threads in layouts:
+            for size, rate in measure_limit(encoders[threads].infer, encodings, sizes, workers).items():
+                rates[f"{workers}x{threads} batch {size}"] = rate
+        best = max(rates, key=rates.get)
+        print("  " + ", ".join(f"{k}: {r:.1f}" for k, r in rates.items()) + " docs/s")
+        return rates[best], best
 
-    raw_before = raw()
-    print(f"raw batched embedding (this process, length-sorted batches of {conf.batch_size}): {raw_before:.1f} docs/s")
+    raw_before, best_layout = raw()
+    print(f"raw batched embedding (tokenized texts, this process): best {raw_before:.1f} docs/s ({best_layout})")
     profiler = Profiler(args.profile)
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp, ServiceProcs(tmp) as procs:
         jsonl = Path(tmp) / "docs.jsonl"
@@ -586,7 +661,7 @@ def _bench_embed(args: argparse.Namespace) -> int:
             return 1
         print(result.stdout.strip().splitlines()[-1])
     reported = _ingest_rate(result.stdout)
-    raw_after = raw()
+    raw_after, _ = raw()
     raw_best = max(raw_before, raw_after)
     ingest_rate = reported if reported else len(texts) / wall
     print(f"raw batched embedding again: {raw_after:.1f} docs/s; using the larger, {raw_best:.1f}")
@@ -999,7 +1074,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(r)
     r.add_argument("--clients", default="1,8,32", help="concurrent closed-loop clients (default %(default)s)")
     r.add_argument("--pairs", default="50,4", help="pairs per request (default %(default)s)")
-    r.add_argument("--batch-sizes", default="8,16,32,64", help="raw batch sizes tried for the limit (default %(default)s)")
+    r.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="raw batch sizes tried for the limit (default %(default)s)")
     r.add_argument("--limit-pairs", type=int, default=256, help="pairs scored per batch size for the limit (default %(default)s)")
     r.add_argument("--raw-repeats", type=int, default=7, help="raw single-batch timings per request size (default %(default)s)")
     r.add_argument("--requests-per-client", type=int, default=2, help="at least this many requests per client (default %(default)s)")

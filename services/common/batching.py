@@ -11,13 +11,17 @@ keeps accepting, tokenizing and queueing while a batch runs):
   (:func:`plan_batches`). An oversize request is split across batches; a single
   over-long item still runs alone. Requests arriving during a round form the next one,
   so nobody is overtaken indefinitely.
-* **Short wait.** When the executor is idle and fewer than a batch of items is queued,
+* **Short wait.** When nothing is running and fewer than a batch of items is queued,
   the worker waits ``max_wait_s`` once so that concurrent callers can join the batch.
-* **Pipelining.** Up to ``pipeline_depth`` batches are handed to the executor at once,
-  so the inference thread goes straight from one batch to the next (on a GPU the gap
-  between batches is otherwise a visible share of the time). A new round is planned
-  early only when it fills at least one whole batch; a partial batch waits for the
-  running one to finish, because the requests it frees usually come straight back.
+* **Parallel batches.** ``workers`` batches run at once (on a CPU: one per core, each on
+  one ONNX Runtime thread, which costs less per item than one batch spread over all
+  cores). A round too small to keep every worker busy is cut into evener, smaller
+  batches, so one caller's request is spread over all workers.
+* **Prefetch.** Up to ``prefetch`` further batches are handed to the executor behind the
+  running ones, so an inference thread goes straight from one batch to the next (on a
+  GPU the gap between batches is otherwise a visible share of the time). Only whole
+  batches are prefetched; a partial batch waits for a free worker, because the requests
+  a finishing batch frees usually come straight back and can join it.
 * **Priorities.** ``submit(..., priority=0)`` is served before larger numbers: pending
   items of a more urgent priority are planned ahead of the rest of the current round at
   the next batch boundary (the embedder gives search queries priority over documents).
@@ -122,13 +126,14 @@ class DynamicBatcher(Generic[E]):
             shape ``(n, *item_shape)`` (``(n, 1)`` is accepted for ``item_shape=()``).
             Called on ``executor``.
         length_of: an item's token count (its padded cost is the longest in its batch).
-        executor: where ``infer`` runs; one thread is right for ONNX Runtime, which
-            parallelises inside a batch.
+        executor: where ``infer`` runs, with at least ``workers`` threads (ONNX Runtime
+            releases the GIL, so batches on different threads run in parallel).
         max_batch_items / max_batch_tokens: bounds of one batch (items; items x longest).
-        max_wait_s: how long an idle worker waits for concurrent callers to join.
+        max_wait_s: how long an idle batcher waits for concurrent callers to join.
         max_queue_items: items queued (pending, planned or running) before shedding.
         item_shape / dtype: shape and type of one item's output row.
-        pipeline_depth: batches handed to the executor ahead (>= 1).
+        workers: batches running at once (>= 1).
+        prefetch: whole batches queued on the executor behind the running ones (>= 0).
         metrics: reporting hooks.
     """
 
@@ -144,11 +149,12 @@ class DynamicBatcher(Generic[E]):
         max_queue_items: int = 2048,
         item_shape: tuple[int, ...] = (),
         dtype: Any = np.float32,
-        pipeline_depth: int = 2,
+        workers: int = 1,
+        prefetch: int = 0,
         metrics: BatcherMetrics | None = None,
     ) -> None:
-        if max_batch_items < 1 or max_batch_tokens < 1 or max_queue_items < 1 or pipeline_depth < 1:
-            raise ValueError("batch, queue and pipeline bounds must be positive")
+        if max_batch_items < 1 or max_batch_tokens < 1 or max_queue_items < 1 or workers < 1 or prefetch < 0:
+            raise ValueError("batch, queue and worker bounds must be positive (prefetch >= 0)")
         if max_wait_s < 0:
             raise ValueError("max_wait_s must be >= 0")
         self._infer = infer
@@ -160,7 +166,8 @@ class DynamicBatcher(Generic[E]):
         self.max_queue_items = max_queue_items
         self.item_shape = tuple(item_shape)
         self.dtype = dtype
-        self.pipeline_depth = pipeline_depth
+        self.workers = workers
+        self.prefetch = prefetch
         self._metrics = metrics or BatcherMetrics()
         self._pending: list[_Item] = []
         self._abandoned = False  # some queued request was abandoned by its caller
@@ -244,37 +251,50 @@ class DynamicBatcher(Generic[E]):
                 future, batch = self._inflight.popleft()
                 self._deliver(batch, future)
             self._drop_abandoned()
-            while len(self._inflight) < self.pipeline_depth:
-                batch = self._next_batch()
+            if (
+                not self._inflight
+                and not self._planned
+                and self._pending
+                and self.max_wait_s > 0
+                and len(self._pending) < self.max_batch_items
+            ):
+                # Idle with a partial batch queued: give concurrent callers a moment to join.
+                await asyncio.sleep(self.max_wait_s)
+                self._drop_abandoned()
+            while len(self._inflight) < self.workers + self.prefetch:
+                batch = self._next_batch(partial_ok=len(self._inflight) < self.workers)
                 if batch is None:
                     break
                 self._launch(loop, batch)
             if not self._inflight and not self._planned and not self._pending and self._closed:
                 return
-            if not self._inflight and self._pending and not self._planned:
-                # Idle with a partial batch queued: give concurrent callers a moment to join.
-                if self.max_wait_s > 0 and len(self._pending) < self.max_batch_items:
-                    await asyncio.sleep(self.max_wait_s)
-                self._plan_round()
-                continue
             await self._wakeup.wait()
             self._wakeup.clear()
 
-    def _next_batch(self) -> list[_Item] | None:
-        """The next batch to run, or None when it is better to wait."""
+    def _next_batch(self, partial_ok: bool) -> list[_Item] | None:
+        """The next batch to run, or None when there is none (or it is better to wait)."""
         if self._pending:
             urgent = min(item.priority for item in self._pending)
             if self._planned and urgent < self._planned[0][0]:
                 self._plan_round(only_priority=urgent, front=True)
-            elif not self._planned and self._inflight and self._enough_for_a_batch():
+            elif not self._planned and (partial_ok or self._enough_for_a_batch()):
                 self._plan_round()
-        return self._planned.popleft()[1] if self._planned else None
+        if not self._planned:
+            return None
+        if not partial_ok and len(self._planned) == 1 and not self._is_whole(self._planned[0][1]):
+            return None  # the round's last batch could still grow: keep it for a free worker
+        return self._planned.popleft()[1]
 
     def _enough_for_a_batch(self) -> bool:
         if len(self._pending) >= self.max_batch_items:
             return True
         longest = max(item.length for item in self._pending)
         return len(self._pending) * longest >= self.max_batch_tokens
+
+    def _is_whole(self, batch: list[_Item]) -> bool:
+        """Whether one more item would break a bound (so waiting would not grow it)."""
+        longest = max(item.length for item in batch)
+        return len(batch) >= self.max_batch_items or (len(batch) + 1) * longest > self.max_batch_tokens
 
     def _plan_round(self, only_priority: int | None = None, front: bool = False) -> None:
         if only_priority is None:
@@ -291,7 +311,12 @@ class DynamicBatcher(Generic[E]):
             while end < len(taken) and taken[end].priority == priority:
                 end += 1
             group = taken[start:end]
-            for positions in plan_batches([i.length for i in group], self.max_batch_items, self.max_batch_tokens):
+            lengths = [i.length for i in group]
+            # Even the batch sizes out, and use every worker when the round is small: a
+            # round of n items becomes at least min(n, workers) batches of similar size.
+            wanted = max(self.workers, -(-len(group) // self.max_batch_items))
+            max_items = max(1, min(self.max_batch_items, -(-len(group) // wanted)))
+            for positions in plan_batches(lengths, max_items, self.max_batch_tokens):
                 batches.append((priority, [group[p] for p in positions]))
             start = end
         if front:

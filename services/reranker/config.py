@@ -21,7 +21,7 @@ class RerankerConfig:
     )
     max_length: int = setting(256, "RERANKER_MAX_LENGTH", "tokens per (query, passage) pair; longer passages are truncated")
     max_batch_pairs: int = setting(32, "RERANKER_MAX_BATCH_PAIRS", "pairs per inference batch")
-    max_batch_tokens: int = setting(8192, "RERANKER_MAX_BATCH_TOKENS", "padded tokens per inference batch")
+    max_batch_tokens: int = setting(0, "RERANKER_MAX_BATCH_TOKENS", "padded tokens per inference batch (0 = 512 on CPU, 16384 on GPU)")
     max_wait_ms: float = setting(2.0, "RERANKER_MAX_WAIT_MS", "how long a batch waits for concurrent requests to join")
     max_queue_pairs: int = setting(2048, "RERANKER_MAX_QUEUE_PAIRS", "pairs queued before requests are shed (RESOURCE_EXHAUSTED)")
     batching: str = setting(
@@ -31,5 +31,8 @@ class RerankerConfig:
     )
     graph_optimization: str = setting("all", "RERANKER_GRAPH_OPTIMIZATION", "ONNX Runtime graph optimisation level: disable, basic, extended or all")
     provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")
-    intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime intra-op threads (0 = one per core)")
+    inference_workers: int = setting(
+        0, "RERANKER_INFERENCE_WORKERS", "inference batches run at once (0 = one per available CPU on CPU, 1 on GPU)"
+    )
+    intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime threads per inference batch (0 = the available CPUs divided among the inference workers)")
     allow_spinning: bool = setting(True, "ORT_ALLOW_SPINNING", "let ONNX Runtime's intra-op threads spin-wait between operators (false yields the cores)")

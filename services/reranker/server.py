@@ -41,8 +41,9 @@ class RerankMetrics(BatcherMetrics):
 class PerRequestScorer:
     """No cross-request batching: each request is scored on its own, in its own batches.
 
-    Concurrent requests run concurrently on ``executor`` (as a thread-per-request server
-    would). This is the naive baseline ``searchctl bench rerank`` compares the dynamic
+    Each request is one (or, past ``RERANKER_MAX_BATCH_PAIRS``, a few) batches; concurrent
+    requests run side by side on ``executor``'s threads, as on a thread-per-request server,
+    with the same ONNX Runtime layout as the batcher. This is the naive baseline ``searchctl bench rerank`` compares the dynamic
     batcher with (``RERANKER_BATCHING=none``); it has the same queue bound and metrics.
     """
 
@@ -141,16 +142,12 @@ class RerankerService:
     name = "reranker"
     grpc_service_names = (pb.DESCRIPTOR.services_by_name["RerankService"].full_name,)
 
-    #: Requests scored at once without cross-request batching (RERANKER_BATCHING=none).
-    PER_REQUEST_WORKERS = 4
-
     def __init__(self, config: RerankerConfig) -> None:
         if config.batching not in ("dynamic", "none"):
             raise ValueError(f"RERANKER_BATCHING must be dynamic or none, got {config.batching!r}")
         self.config = config
-        # One thread runs inference (ORT parallelises inside a batch); two tokenize.
-        workers = 1 if config.batching == "dynamic" else self.PER_REQUEST_WORKERS
-        self.inference_executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
+        # Inference threads are sized in start(), once the execution provider is known.
+        self.inference_executor: ThreadPoolExecutor | None = None
         self.tokenize_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
         self.servicer = RerankServicer()
         self.batcher: DynamicBatcher | PerRequestScorer | None = None
@@ -160,25 +157,29 @@ class RerankerService:
 
     async def start(self) -> None:
         from services.common.models import default_models_dir, resolve_model_dir
-        from services.common.onnx_session import GPU_PROVIDERS
+        from services.common.onnx_session import available_cpus, batching_for, cpu_layout
         from services.reranker.cross_encoder import CrossEncoder
 
         cfg = self.config
         loop = asyncio.get_running_loop()
+        cpus = available_cpus()
+        workers, threads = cpu_layout(cfg.inference_workers, cfg.intra_op_threads, cpus)
         encoder = await loop.run_in_executor(
-            self.inference_executor,
+            self.tokenize_executor,
             partial(
                 CrossEncoder,
                 resolve_model_dir(cfg.model_dir or default_models_dir() / "ms-marco-MiniLM-L-12-v2"),
                 max_length=cfg.max_length,
                 batch_size=cfg.max_batch_pairs,
                 provider=cfg.provider,
-                intra_op_threads=cfg.intra_op_threads,
+                intra_op_threads=threads,
                 graph_optimization=cfg.graph_optimization,
                 spin=cfg.allow_spinning,
             ),
         )
         metrics.RERANK_PROVIDER_INFO.info({"provider": encoder.provider, "model": encoder.name})
+        workers, prefetch, max_tokens = batching_for(encoder.provider, workers, cfg.inference_workers, cfg.max_batch_tokens)
+        self.inference_executor = ThreadPoolExecutor(max_workers=workers + prefetch, thread_name_prefix="inference")
         if cfg.batching == "dynamic":
             self.batcher = DynamicBatcher(
                 # Per-request batch.queue_wait / batch.inference spans when tracing is on.
@@ -187,31 +188,31 @@ class RerankerService:
                 lambda encoding: len(encoding.ids),
                 self.inference_executor,
                 max_batch_items=cfg.max_batch_pairs,
-                max_batch_tokens=cfg.max_batch_tokens,
+                max_batch_tokens=max_tokens,
                 max_wait_s=cfg.max_wait_ms / 1000.0,
                 max_queue_items=cfg.max_queue_pairs,
-                # On a GPU a batch takes milliseconds: queue the next one behind it. On a
-                # CPU the gap is negligible and a later plan batches better.
-                pipeline_depth=2 if encoder.provider in GPU_PROVIDERS else 1,
+                workers=workers,
+                prefetch=prefetch,
                 metrics=RerankMetrics(),
             )
         else:
             self.batcher = PerRequestScorer(encoder, self.inference_executor, cfg.max_queue_pairs, RerankMetrics())
         reranker = Reranker(encoder, self.batcher, self.tokenize_executor)
-        # Warm up before reporting SERVING: a batch at the full sequence length allocates
-        # the buffers (and, on a GPU, loads the kernels) the first caller would otherwise wait for.
-        await reranker.score("warmup query", ["warmup " * encoder.max_length] * min(cfg.max_batch_pairs, 8))
+        # Warm up before reporting SERVING: batches at the full sequence length allocate
+        # the buffers (and, on a GPU, load the kernels) the first caller would otherwise wait for.
+        await reranker.score("warmup query", ["warmup " * encoder.max_length] * max(workers, min(cfg.max_batch_pairs, 8)))
         await reranker.score("warmup query", ["warmup"])
         self.servicer.reranker = reranker
         log.info(
             "reranker ready",
             extra={"model": encoder.name, "provider": encoder.provider, "max_length": encoder.max_length,
-                   "batching": cfg.batching, "max_batch_pairs": cfg.max_batch_pairs,
-                   "max_batch_tokens": cfg.max_batch_tokens},
+                   "batching": cfg.batching, "max_batch_pairs": cfg.max_batch_pairs, "max_batch_tokens": max_tokens,
+                   "inference_workers": workers, "intra_op_threads": threads, "prefetch": prefetch, "cpus": cpus},
         )
 
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-        self.inference_executor.shutdown(wait=True, cancel_futures=True)
+        if self.inference_executor is not None:
+            self.inference_executor.shutdown(wait=True, cancel_futures=True)
         self.tokenize_executor.shutdown(wait=True, cancel_futures=True)

@@ -4,7 +4,8 @@
 expects (``name``, ``dimension``, ``embed_queries``, ``embed_documents``) and sends every
 text through one :class:`~services.common.batching.DynamicBatcher`, the reranker's
 mechanism: concurrent search queries and upserts share length-sorted batches bounded by
-texts and padded tokens, inference runs on one thread off the event loop, and each caller
+texts and padded tokens, inference runs off the event loop (``workers`` batches side by
+side on a CPU), and each caller
 gets its rows back in its own order. Search queries have priority over documents, so a
 search arriving during a bulk upsert waits for at most the batch that is running.
 
@@ -107,10 +108,11 @@ class BatchedEmbedder:
         encoder: BiEncoder,
         *,
         max_batch_texts: int | None = None,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = 512,
         max_wait_s: float = 0.002,
         max_queue_texts: int = 8192,
-        pipeline_depth: int = 1,
+        workers: int = 1,
+        prefetch: int = 0,
         metrics: BatcherMetrics | None = None,
     ) -> None:
         self.encoder = encoder
@@ -120,7 +122,7 @@ class BatchedEmbedder:
         self.max_length: int = encoder.max_length
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-inference")
+        self._executor = ThreadPoolExecutor(max_workers=workers + prefetch, thread_name_prefix="embed-inference")
         self.metrics = metrics if metrics is not None else EmbedderBatchMetrics()
         self.batcher: DynamicBatcher = DynamicBatcher(
             encoder.infer,
@@ -131,7 +133,8 @@ class BatchedEmbedder:
             max_wait_s=max_wait_s,
             max_queue_items=max_queue_texts,
             item_shape=(encoder.dimension,),
-            pipeline_depth=pipeline_depth,
+            workers=workers,
+            prefetch=prefetch,
             metrics=self.metrics,
         )
 

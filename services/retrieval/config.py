@@ -32,11 +32,14 @@ class RetrievalConfig:
     )
     passage_overlap: int = setting(32, "RETRIEVAL_PASSAGE_OVERLAP_TOKENS", "tokens neighbouring passages share when splitting")
     batch_size: int = setting(32, "EMBEDDER_BATCH_SIZE", "texts per bi-encoder inference batch")
-    max_batch_tokens: int = setting(8192, "EMBEDDER_MAX_BATCH_TOKENS", "padded tokens per bi-encoder inference batch")
+    max_batch_tokens: int = setting(0, "EMBEDDER_MAX_BATCH_TOKENS", "padded tokens per bi-encoder inference batch (0 = 512 on CPU, 16384 on GPU)")
     max_wait_ms: float = setting(2.0, "EMBEDDER_MAX_WAIT_MS", "how long a batch waits for concurrent requests (queries, upserts) to join")
     max_queue_texts: int = setting(8192, "EMBEDDER_MAX_QUEUE_TEXTS", "texts queued for embedding before requests are shed (RESOURCE_EXHAUSTED)")
     graph_optimization: str = setting("all", "EMBEDDER_GRAPH_OPTIMIZATION", "ONNX Runtime graph optimisation level: disable, basic, extended or all")
     provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")
-    intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime intra-op threads (0 = one per core)")
+    inference_workers: int = setting(
+        0, "EMBEDDER_INFERENCE_WORKERS", "bi-encoder batches run at once (0 = one per available CPU on CPU, 1 on GPU)"
+    )
+    intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime threads per inference batch (0 = the available CPUs divided among the inference workers)")
     allow_spinning: bool = setting(True, "ORT_ALLOW_SPINNING", "let ONNX Runtime's intra-op threads spin-wait between operators (false yields the cores)")
     workers: int = setting(4, "RETRIEVAL_WORKERS", "threads for embedding and Qdrant calls")

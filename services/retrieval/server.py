@@ -183,7 +183,7 @@ class RetrievalService:
 
     async def start(self) -> None:
         from services.common.models import default_models_dir, resolve_model_dir
-        from services.common.onnx_session import GPU_PROVIDERS
+        from services.common.onnx_session import available_cpus, batching_for, cpu_layout
         from services.retrieval.batched_embedder import BatchedEmbedder
         from services.retrieval.embedder import BiEncoder
         from services.retrieval.sparse import Bm25SparseEncoder
@@ -191,6 +191,7 @@ class RetrievalService:
         cfg = self.config
         model_dir = resolve_model_dir(cfg.model_dir or default_models_dir() / "bge-small-en")
         loop = asyncio.get_running_loop()
+        workers, threads = cpu_layout(cfg.inference_workers, cfg.intra_op_threads, available_cpus())
         encoder = await loop.run_in_executor(
             self.executor,
             partial(
@@ -199,19 +200,21 @@ class RetrievalService:
                 max_length=cfg.max_length,
                 batch_size=cfg.batch_size,
                 provider=cfg.provider,
-                intra_op_threads=cfg.intra_op_threads,
+                intra_op_threads=threads,
                 graph_optimization=cfg.graph_optimization,
                 spin=cfg.allow_spinning,
             ),
         )
         # Queries and upserts share one dynamic batcher (services/retrieval/batched_embedder.py).
+        workers, prefetch, max_tokens = batching_for(encoder.provider, workers, cfg.inference_workers, cfg.max_batch_tokens)
         embedder = BatchedEmbedder(
             encoder,
             max_batch_texts=cfg.batch_size,
-            max_batch_tokens=cfg.max_batch_tokens,
+            max_batch_tokens=max_tokens,
             max_wait_s=cfg.max_wait_ms / 1000.0,
             max_queue_texts=cfg.max_queue_texts,
-            pipeline_depth=2 if encoder.provider in GPU_PROVIDERS else 1,
+            workers=workers,
+            prefetch=prefetch,
         )
         self._embedder = embedder
         settings = QdrantSettings(
@@ -234,12 +237,13 @@ class RetrievalService:
         )
         # Warm up before reporting SERVING: the first inference allocates; a batch at the
         # full sequence length allocates what the largest documents need.
-        await embedder.aembed_documents(["warmup " * encoder.max_length] * min(cfg.batch_size, 8))
+        await embedder.aembed_documents(["warmup " * encoder.max_length] * max(workers, min(cfg.batch_size, 8)))
         await embedder.aembed_queries(["warmup"])
         self.servicer._store = store
         log.info(
             "retrieval ready",
             extra={"model": embedder.name, "provider": embedder.provider, "max_length": encoder.max_length,
+                   "inference_workers": workers, "intra_op_threads": threads, "max_batch_tokens": max_tokens,
                    "qdrant": cfg.qdrant_url or f"local:{cfg.qdrant_path}"},
         )
 

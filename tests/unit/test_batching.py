@@ -189,7 +189,7 @@ async def test_urgent_priority_overtakes_the_rest_of_a_round():
     loop = asyncio.get_running_loop()
     gate = Gate(loop)
     with ThreadPoolExecutor(1) as pool:
-        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=2, pipeline_depth=1)
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=2)
         docs = asyncio.ensure_future(batcher.submit([(i, 10) for i in range(6)], priority=1))  # 3 batches
         await gate.wait_started(1)
         query = asyncio.ensure_future(batcher.submit([(100, 3)], priority=0))
@@ -209,7 +209,7 @@ async def test_abandoned_requests_are_not_scored():
     loop = asyncio.get_running_loop()
     gate = Gate(loop)
     with ThreadPoolExecutor(1) as pool:
-        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=4, pipeline_depth=1)
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=4)
         first = asyncio.ensure_future(batcher.submit([(1, 5)]))
         await gate.wait_started(1)
         doomed = asyncio.ensure_future(batcher.submit([(2, 5)] * 8))
@@ -229,11 +229,11 @@ async def test_abandoned_requests_are_not_scored():
 
 
 @pytest.mark.asyncio
-async def test_pipelining_hands_out_a_full_batch_early_but_not_a_partial_one():
+async def test_prefetch_hands_out_a_full_batch_early_but_not_a_partial_one():
     loop = asyncio.get_running_loop()
     gate = Gate(loop)
     with ThreadPoolExecutor(1) as pool:
-        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=4, pipeline_depth=2)
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=4, prefetch=1)
         a = asyncio.ensure_future(batcher.submit([(1, 5)] * 4))
         await gate.wait_started(1)
         # A partial batch arrives while one runs: it waits, so later arrivals can join it.
@@ -286,4 +286,39 @@ async def test_closed_batcher_refuses_new_work():
         with pytest.raises(Exception, match="shutting down"):
             await batcher.submit([(1, 1)])
     with pytest.raises(ValueError):
-        DynamicBatcher(score, lambda e: e[1], None, pipeline_depth=0)
+        DynamicBatcher(score, lambda e: e[1], None, workers=0)
+    with pytest.raises(ValueError):
+        DynamicBatcher(score, lambda e: e[1], None, prefetch=-1)
+
+
+@pytest.mark.asyncio
+async def test_workers_run_batches_in_parallel_and_small_rounds_are_spread():
+    loop = asyncio.get_running_loop()
+    gate = Gate(loop)
+    with ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=32, workers=2)
+        one = asyncio.ensure_future(batcher.submit([(i, 10) for i in range(4)]))
+        await gate.wait_started(2)  # both halves of the one request run at once
+        assert sorted(len(b) for b in gate.started) == [2, 2]
+        # A request arriving while both workers are busy waits for the next free one.
+        two = asyncio.ensure_future(batcher.submit([(9, 10)]))
+        await asyncio.sleep(0.02)
+        assert len(gate.started) == 2
+        gate.release.release()
+        await gate.wait_started(3)
+        assert [v for v, _ in gate.started[2]] == [9]
+        gate.release.release()
+        gate.release.release()
+        assert (await one).tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert (await two).tolist() == [9.0]
+        await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_round_batches_are_evened_out():
+    rec = Recorder()
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(score, lambda e: e[1], pool, max_batch_items=4, metrics=rec)
+        await batcher.submit([(i, 5) for i in range(5)])
+        await batcher.close()
+    assert sorted(b.items for b in rec.batches) == [2, 3]  # not 4 + 1

@@ -315,3 +315,70 @@ def test_encodings_to_inputs() -> None:
     assert set(encodings_to_inputs(encs, 0, ["input_ids", "attention_mask"])) == {"input_ids", "attention_mask"}
     with pytest.raises(ValueError):
         encodings_to_inputs([], 0)
+
+
+# ------------------------------------------------------------------ CPU layout and batch sizing
+
+from services.common.onnx_session import (  # noqa: E402
+    CPU_BATCH_TOKENS,
+    GPU_BATCH_TOKENS,
+    available_cpus,
+    batching_for,
+    cpu_layout,
+)
+
+
+@pytest.mark.parametrize(
+    ("workers", "threads", "cpus", "expected"),
+    [
+        (0, 0, 2, (2, 1)),  # default: one single-threaded batch per CPU
+        (0, 0, 1, (1, 1)),
+        (0, 2, 2, (1, 2)),  # threads given: batches fill the rest
+        (0, 3, 8, (2, 3)),
+        (0, 4, 2, (1, 4)),
+        (1, 0, 4, (1, 4)),  # workers given: threads fill the rest
+        (3, 0, 2, (3, 1)),
+        (2, 2, 2, (2, 2)),  # both given: as is
+        (0, 0, 0, (1, 1)),
+    ],
+)
+def test_cpu_layout(workers: int, threads: int, cpus: int, expected: tuple[int, int]) -> None:
+    assert cpu_layout(workers, threads, cpus) == expected
+
+
+def test_cpu_layout_rejects_negative() -> None:
+    with pytest.raises(ValueError):
+        cpu_layout(-1, 0, 2)
+
+
+def test_batching_for_cpu_and_gpu() -> None:
+    assert batching_for(CPU, 2, 0, 0) == (2, 0, CPU_BATCH_TOKENS)
+    assert batching_for(CPU, 2, 0, 4096) == (2, 0, 4096)
+    assert batching_for(CUDA, 2, 0, 0) == (1, 1, GPU_BATCH_TOKENS)  # one batch at a time, one queued
+    assert batching_for(TENSORRT, 4, 2, 0) == (2, 1, GPU_BATCH_TOKENS)  # an explicit worker count is kept
+
+
+def _cgroup(tmp_path: Path, v2: str | None = None, v1: tuple[int, int] | None = None) -> Path:
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2 + "\n")
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(f"{v1[0]}\n")
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(f"{v1[1]}\n")
+    return tmp_path
+
+
+def test_available_cpus_honours_cgroup_quotas(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(_cgroup(tmp_path / "none")) == affinity  # no cgroup files: the affinity mask
+    (tmp_path / "a").mkdir()
+    assert available_cpus(_cgroup(tmp_path / "a", v2="max 100000")) == affinity  # unlimited
+    (tmp_path / "b").mkdir()
+    assert available_cpus(_cgroup(tmp_path / "b", v2="50000 100000")) == 1  # half a CPU rounds up to 1
+    (tmp_path / "c").mkdir()
+    assert available_cpus(_cgroup(tmp_path / "c", v2=f"{100000 * (affinity + 4)} 100000")) == affinity
+    (tmp_path / "d").mkdir()
+    assert available_cpus(_cgroup(tmp_path / "d", v1=(100000, 100000))) == 1
+    (tmp_path / "e").mkdir()
+    assert available_cpus(_cgroup(tmp_path / "e", v1=(-1, 100000))) == affinity
+    assert available_cpus() >= 1  # this machine
