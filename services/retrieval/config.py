@@ -25,6 +25,9 @@ class RetrievalConfig:
         None, "EMBEDDER_MODEL_DIR", "bi-encoder directory (model.onnx + tokenizer.json); unset: $SEARCH_MODELS_DIR/bge-small-en"
     )
     max_length: int = setting(256, "EMBEDDER_MAX_LENGTH", "tokens per passage the bi-encoder sees (longer text is truncated)")
+    bm25_k1: float = setting(2.0, "RETRIEVAL_BM25_K1", "BM25 term-frequency saturation (chosen on SciFact train)")
+    bm25_b: float = setting(0.75, "RETRIEVAL_BM25_B", "BM25 length normalisation")
+    bm25_avg_doc_length: float = setting(256.0, "RETRIEVAL_BM25_AVG_DOC_LENGTH", "BM25 average document length in analyzed tokens")
     long_documents: str = setting(
         "truncate", "RETRIEVAL_LONG_DOCUMENTS",
         "documents longer than the model window: truncate (index the first window) or split (overlapping passages); "

@@ -233,7 +233,7 @@ class RetrievalService:
             raise SystemExit(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
         splitter = PassageSplitter(model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
         store = DocumentStore(
-            self._client, embedder, Bm25SparseEncoder(), settings, splitter=splitter, long_documents=cfg.long_documents
+            self._client, embedder, Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length), settings, splitter=splitter, long_documents=cfg.long_documents
         )
         # Warm up before reporting SERVING: the first inference allocates; a batch at the
         # full sequence length allocates what the largest documents need.
