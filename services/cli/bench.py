@@ -626,17 +626,21 @@ def _bench_embed(args: argparse.Namespace) -> int:
     print(f"documents: {len(texts)} from {dataset.name}; embedder max_length {encoders[max(encoders)].max_length}; "
           f"raw: length-sorted batches of {sizes} in layouts {['%dx%d' % l for l in layouts]} (batches at once x ORT threads)")
 
+    raw_cpu = [math.inf]
+
     def raw() -> tuple[float, str]:
         rates = {}
         for workers, threads in layouts:
-            for size, rate in measure_limit(encoders[threads].infer, encodings, sizes, workers).items():
+            for size, (rate, cpu) in measure_limit_cpu(encoders[threads].infer, encodings, sizes, workers).items():
                 rates[f"{workers}x{threads} batch {size}"] = rate
+                raw_cpu[0] = min(raw_cpu[0], cpu)
         best = max(rates, key=rates.get)
         print("  " + ", ".join(f"{k}: {r:.1f}" for k, r in rates.items()) + " docs/s")
         return rates[best], best
 
     raw_before, best_layout = raw()
-    print(f"raw batched embedding (tokenized texts, this process): best {raw_before:.1f} docs/s ({best_layout})")
+    print(f"raw batched embedding (tokenized texts, this process): best {raw_before:.1f} docs/s ({best_layout}); "
+          f"least CPU {raw_cpu[0]:.1f} ms/doc")
     profiler = Profiler(args.profile)
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp, ServiceProcs(tmp) as procs:
         jsonl = Path(tmp) / "docs.jsonl"
@@ -652,9 +656,12 @@ def _bench_embed(args: argparse.Namespace) -> int:
                "--target", procs.address("gateway"), "--batch-size", str(args.batch_size),
                "--concurrency", str(args.concurrency)]
         profiler.start(procs.pid("retrieval"), "retrieval", args.profile_seconds)
+        servers = ("retrieval", "gateway")
+        cpu0 = {name: process_cpu_seconds(procs.pid(name)) for name in servers}
         start = time.perf_counter()
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
         wall = time.perf_counter() - start
+        cpu_ms = {name: 1000.0 * (process_cpu_seconds(procs.pid(name)) - cpu0[name]) / len(texts) for name in servers}
         profiler.finish()
         if result.returncode != 0:
             print(f"searchctl ingest failed ({result.returncode}):\n{result.stderr[-2000:]}", file=sys.stderr)
@@ -669,7 +676,12 @@ def _bench_embed(args: argparse.Namespace) -> int:
           f"interpreter start-up, {wall:.1f} s)")
     ratio = ingest_rate / raw_best
     print(f"ratio ingest / raw: {ratio:.2f} (target >= 0.90): {'met' if ratio >= 0.9 else 'NOT met'}")
+    service_cpu = sum(cpu_ms.values())
+    print(f"CPU per document (load-independent): retrieval {cpu_ms['retrieval']:.1f} ms + gateway {cpu_ms['gateway']:.1f} ms "
+          f"= {service_cpu:.1f} ms vs raw embedding {raw_cpu[0]:.1f} ms -> {raw_cpu[0] / service_cpu:.2f} of raw; "
+          f"load average now {os.getloadavg()[0]:.2f}")
     _write_json(args.json, {
+        "cpu_ms_per_doc": {**cpu_ms, "raw": raw_cpu[0]},
         "docs": len(texts), "raw_docs_per_s": raw_best, "raw_before": raw_before, "raw_after": raw_after,
         "ingest_docs_per_s": ingest_rate, "ingest_wall_docs_per_s": len(texts) / wall, "ratio": ratio,
         "batch_size": args.batch_size, "concurrency": args.concurrency, "machine": info,
