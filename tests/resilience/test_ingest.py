@@ -75,6 +75,13 @@ async def test_ingest_killed_midway_then_rerun_holds_exactly_the_corpus(stack, t
     assert "retrieval" in info.value.details()
 
     await asyncio.to_thread(stack.start, "retrieval")
+    # Retrieval reports SERVING before the gateway's channel has left its reconnect backoff (at most
+    # grpc.max_reconnect_backoff_ms): wait until the gateway reaches it again, and record how long that took.
+    t_back = time.monotonic()
+    assert await wait_for(lambda: document_count(stack, collection)[0] >= 0, timeout=30, interval=0.2), (
+        "the gateway did not reach the restarted retrieval service within 30 s"
+    )
+    gateway_recovered_s = time.monotonic() - t_back
     after_crash, _ = document_count(stack, collection)
     assert 0 < after_crash < N_DOCS
 
@@ -121,6 +128,7 @@ async def test_ingest_killed_midway_then_rerun_holds_exactly_the_corpus(stack, t
         in_collection_at_kill=before_kill,
         first_run_failed_after_s=round(failed_after_s, 1),
         first_run_error=info.value.code().name,
+        gateway_recovered_after_s=round(gateway_recovered_s, 1),
         after_crash=after_crash,
         after_rerun=documents,
         points=points,
