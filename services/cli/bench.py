@@ -319,6 +319,32 @@ def summarize_collapsed(lines: Iterable[str], top: int = 12) -> list[tuple[str, 
     return [(name, c / total) for name, c in counts.most_common(top)] if total else []
 
 
+def summarize_ort_profile(events: Iterable[Mapping[str, Any]], top: int = 12) -> list[tuple[str, float]]:
+    """Share of kernel time by operator type in an ONNX Runtime profile (``enable_profiling``)."""
+    totals: Counter[str] = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time"):
+            totals[event.get("args", {}).get("op_name", "?")] += int(event.get("dur", 0))
+    total = sum(totals.values())
+    return [(op, t / total) for op, t in totals.most_common(top)] if total else []
+
+
+def ort_op_profile(model_path: Path, feeds: Sequence[Mapping[str, Any]], threads: int) -> list[tuple[str, float]]:
+    """Run ``feeds`` through a profiling CPU session of ``model_path``; operator-type shares."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        for feed in feeds:
+            session.run(None, dict(feed))
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return summarize_ort_profile(events)
+
+
 # --------------------------------------------------------------------------- bench rerank
 
 
@@ -482,6 +508,13 @@ def _bench_rerank(args: argparse.Namespace) -> int:
     raw_cpu_ms = min(c for _, c in before.values())
     local_sample = limit_encodings[: max(8 * best_layout[0] * best_size, 48)]
 
+    if args.ort_profile:
+        encoder = encoders[best_layout[1]]
+        ordered = sorted(limit_encodings, key=lambda e: len(e.ids))[: max(16, 4 * best_size)]
+        feeds = [encoder.build_inputs(ordered[i : i + best_size]) for i in range(0, len(ordered), best_size)]
+        print(f"operator time in the model ({best_key}, {len(ordered)} pairs, ONNX Runtime profiler):")
+        for op, share in ort_op_profile(encoder.model_dir / "model.onnx", feeds, best_layout[1]):
+            print(f"  {share * 100:5.1f}%  {op}")
     raw_ms = {p: raw_batch_ms(one_batch, sample_requests(corpus, args.raw_repeats, p, args.seed + p), args.raw_repeats)
               for p in pairs_list}
     for p, times in raw_ms.items():
@@ -1095,6 +1128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--timeout", type=float, default=600.0, help="deadline of one Rerank call, s (default %(default)s)")
     r.add_argument("--profile", metavar="DIR", help="py-spy the reranker during the largest run; write collapsed stacks to DIR")
     r.add_argument("--profile-seconds", type=float, default=30.0)
+    r.add_argument("--ort-profile", action="store_true", help="print the model's time by operator type (ONNX Runtime profiler)")
     r.set_defaults(func=_bench_rerank)
 
     e = bsub.add_parser("embed", help="searchctl ingest docs/s vs raw batched embedding")

@@ -146,6 +146,18 @@ def test_collapsed_profile_summary_ignores_idle_threads():
     assert summarize_collapsed([]) == []
 
 
+def test_ort_profile_summary_sums_kernel_time_by_operator():
+    events = [
+        {"cat": "Session", "name": "model_run", "dur": 1000},
+        {"cat": "Node", "name": "q_MatMul_kernel_time", "dur": 60, "args": {"op_name": "MatMul"}},
+        {"cat": "Node", "name": "k_MatMul_kernel_time", "dur": 20, "args": {"op_name": "MatMul"}},
+        {"cat": "Node", "name": "gelu_kernel_time", "dur": 20, "args": {"op_name": "Gelu"}},
+        {"cat": "Node", "name": "gelu_fence_before", "dur": 999, "args": {"op_name": "Gelu"}},
+    ]
+    assert bench.summarize_ort_profile(events) == [("MatMul", 0.8), ("Gelu", 0.2)]
+    assert bench.summarize_ort_profile([]) == []
+
+
 def test_plot_frontier_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     points = [{"max_length": 0, "depth": 0, "p50_ms": 30.0, "ndcg@10": 0.66}]
