@@ -160,6 +160,21 @@ GATEWAY_DOWNSTREAM_ERRORS = Counter(
     "Failed gateway calls to a downstream service, by gRPC status code name.",
     ["target", "code"],
 )
+GATEWAY_RETRIES = Counter(
+    "search_gateway_retries",
+    "Retry decisions on idempotent downstream calls: outcome=retried (a retry was made) or "
+    "budget_exhausted (the retry budget refused one).",
+    ["target", "outcome"],
+)
+GATEWAY_CIRCUIT_OPEN = Gauge(
+    "search_gateway_circuit_open",
+    "1 while the circuit breaker of a downstream is open or probing (calls skipped, responses degraded), 0 when closed.",
+    ["target"],
+)
+GATEWAY_REJECTED_REQUESTS = Counter(
+    "search_gateway_rejected_requests",
+    "Requests refused with RESOURCE_EXHAUSTED because GATEWAY_MAX_IN_FLIGHT requests were in flight.",
+)
 
 #: Every metric object above, for docs and tests.
 ALL_METRICS: tuple[Any, ...] = (
@@ -184,6 +199,9 @@ ALL_METRICS: tuple[Any, ...] = (
     GATEWAY_DEGRADED,
     GATEWAY_DOWNSTREAM_DURATION,
     GATEWAY_DOWNSTREAM_ERRORS,
+    GATEWAY_RETRIES,
+    GATEWAY_CIRCUIT_OPEN,
+    GATEWAY_REJECTED_REQUESTS,
 )
 
 

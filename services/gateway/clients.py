@@ -139,7 +139,7 @@ class Downstream:
         self.channel = channel
         self.stub = stub
         self.retry_policy = retry_policy or RetryPolicy()
-        self.retry_budget = retry_budget or RetryBudget()
+        self.retry_budget = retry_budget or RetryBudget(target=target)
 
     async def call_once(self, method: str, request: Any, timeout: float, deadline_bound: bool = True) -> Any:
         if timeout <= 0:

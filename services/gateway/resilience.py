@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
+from services.common import metrics
 from services.common.errors import ResourceExhausted, ServiceError, to_rpc_status
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,19 @@ class RetryBudget:
     """
 
     def __init__(
-        self, ratio: float = 0.1, min_per_second: float = 1.0, capacity: float = 10.0, clock: Clock = time.monotonic
+        self,
+        ratio: float = 0.1,
+        min_per_second: float = 1.0,
+        capacity: float = 10.0,
+        clock: Clock = time.monotonic,
+        target: str = "downstream",
     ) -> None:
         if ratio < 0 or min_per_second < 0 or capacity < 1:
             raise ValueError("ratio and min_per_second must be >= 0 and capacity >= 1")
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.capacity = capacity
+        self.target = target
         self._clock = clock
         self._tokens = capacity
         self._last = clock()
@@ -84,8 +91,10 @@ class RetryBudget:
             if self._tokens >= 1.0 - 1e-9:  # ten deposits of 0.1 make a whole token
                 self._tokens -= 1.0
                 self.retries += 1
+                metrics.GATEWAY_RETRIES.labels(target=self.target, outcome="retried").inc()
                 return True
             self.refused += 1
+            metrics.GATEWAY_RETRIES.labels(target=self.target, outcome="budget_exhausted").inc()
             return False
 
 
@@ -176,6 +185,8 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
         self.opened_count = 0
+        self._open_gauge = metrics.GATEWAY_CIRCUIT_OPEN.labels(target=name)
+        self._open_gauge.set(0)
 
     @property
     def state(self) -> str:
@@ -199,6 +210,7 @@ class CircuitBreaker:
         if self._state != self.CLOSED:
             log.info("circuit closed", extra={"target": self.name})
         self._state, self._failures, self._probing = self.CLOSED, 0, False
+        self._open_gauge.set(0)
 
     def failure(self) -> None:
         self._failures += 1
@@ -212,6 +224,7 @@ class CircuitBreaker:
     def _trip(self) -> None:
         self._state, self._opened_at, self._probing = self.OPEN, self._clock(), False
         self.opened_count += 1
+        self._open_gauge.set(1)
         log.warning(
             "circuit open",
             extra={"target": self.name, "consecutive_failures": self._failures, "cooldown_s": self.cooldown_s},
@@ -231,6 +244,7 @@ class InFlightLimiter:
     def acquire(self) -> None:
         if self.limit and self.in_flight >= self.limit:
             self.rejected += 1
+            metrics.GATEWAY_REJECTED_REQUESTS.inc()
             raise ResourceExhausted(
                 f"gateway overloaded: {self.in_flight} requests in flight, the limit is {self.limit} "
                 "(GATEWAY_MAX_IN_FLIGHT); retry with backoff"

@@ -34,11 +34,17 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             max_backoff_s=config.retry_max_backoff_seconds,
         )
 
-        def retry_budget() -> RetryBudget:  # one per downstream: one's outage must not spend the other's
-            return RetryBudget(ratio=config.retry_budget_ratio, min_per_second=config.retry_budget_min_per_second)
+        def retry_budget(target: str) -> RetryBudget:  # one per downstream: one's outage must not spend the other's
+            return RetryBudget(
+                ratio=config.retry_budget_ratio, min_per_second=config.retry_budget_min_per_second, target=target
+            )
 
-        self.retrieval = clients.retrieval(config.retrieval_addr, security, retry_policy=policy, retry_budget=retry_budget())
-        self.reranker = clients.reranker(config.reranker_addr, security, retry_policy=policy, retry_budget=retry_budget())
+        self.retrieval = clients.retrieval(
+            config.retrieval_addr, security, retry_policy=policy, retry_budget=retry_budget("retrieval")
+        )
+        self.reranker = clients.reranker(
+            config.reranker_addr, security, retry_policy=policy, retry_budget=retry_budget("reranker")
+        )
         self.breaker = CircuitBreaker("reranker", config.breaker_failures, config.breaker_cooldown_seconds)
         self.pipeline = SearchPipeline(
             self.retrieval,

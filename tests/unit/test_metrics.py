@@ -37,6 +37,9 @@ CONTRACT = {
     "search_gateway_degraded_responses": ("counter", {"reason"}),
     "search_gateway_downstream_duration_seconds": ("histogram", {"target", "method"}),
     "search_gateway_downstream_errors": ("counter", {"target", "code"}),
+    "search_gateway_retries": ("counter", {"target", "outcome"}),
+    "search_gateway_circuit_open": ("gauge", {"target"}),
+    "search_gateway_rejected_requests": ("counter", set()),
 }
 
 

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from prometheus_client import REGISTRY
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from services.gateway.clients import Budget, downstream_error
@@ -36,6 +37,10 @@ def relayed(error_cls, code: grpc.StatusCode, message: str = "boom"):
     return err
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002, min_attempt_s=0.0)
 
 
@@ -47,6 +52,18 @@ def test_retry_budget_caps_a_burst_at_capacity():
     budget = RetryBudget(ratio=0.1, min_per_second=0.0, capacity=5, clock=clock)
     assert [budget.try_withdraw() for _ in range(7)] == [True] * 5 + [False] * 2
     assert budget.retries == 5 and budget.refused == 2
+
+
+def test_retry_budget_counts_its_decisions_per_target():
+    labels = {"target": "t-budget"}
+    retried, refused = sample("search_gateway_retries_total", outcome="retried", **labels), sample(
+        "search_gateway_retries_total", outcome="budget_exhausted", **labels
+    )
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0, capacity=2, clock=FakeClock(), target="t-budget")
+    for _ in range(5):
+        budget.try_withdraw()
+    assert sample("search_gateway_retries_total", outcome="retried", **labels) - retried == 2
+    assert sample("search_gateway_retries_total", outcome="budget_exhausted", **labels) - refused == 3
 
 
 def test_retry_budget_earns_a_retry_per_ten_requests():
@@ -248,6 +265,19 @@ def test_breaker_reopens_when_the_probe_fails():
     assert breaker.opened_count == 2
 
 
+def test_breaker_exports_whether_it_is_open():
+    clock = FakeClock()
+    breaker = CircuitBreaker("t-breaker", failure_threshold=1, cooldown_s=5, clock=clock)
+    assert sample("search_gateway_circuit_open", target="t-breaker") == 0
+    breaker.failure()
+    assert sample("search_gateway_circuit_open", target="t-breaker") == 1
+    clock.advance(5)
+    assert breaker.allow()  # probing: still reported open until the probe succeeds
+    assert sample("search_gateway_circuit_open", target="t-breaker") == 1
+    breaker.success()
+    assert sample("search_gateway_circuit_open", target="t-breaker") == 0
+
+
 def test_breaker_neutral_outcome_frees_the_probe():
     clock = FakeClock()
     breaker = CircuitBreaker("reranker", failure_threshold=1, cooldown_s=1, clock=clock)
@@ -271,6 +301,10 @@ def test_in_flight_limiter_refuses_past_the_cap():
     limiter.release()
     limiter.acquire()
     assert limiter.rejected == 1 and limiter.in_flight == 2
+    before = sample("search_gateway_rejected_requests_total")
+    with pytest.raises(ResourceExhausted):
+        limiter.acquire()
+    assert sample("search_gateway_rejected_requests_total") - before == 1
 
 
 def test_in_flight_limiter_zero_is_unlimited():
