@@ -119,6 +119,20 @@ def test_e2e_modes():
         ("search", 0, 350.0), ("rerank20", 20, 900.0), ("rerank50", 50, 900.0)]
     with pytest.raises(ValueError, match="unknown e2e mode"):
         parse_e2e_modes("rerank")
+    assert {m.retrieval for m in modes} == {"default"}
+    assert [m.retrieval for m in parse_e2e_modes("search,rerank20", "dense")] == ["dense", "dense"]
+    with pytest.raises(ValueError, match="unknown retrieval mode"):
+        parse_e2e_modes("search", "bm25")
+
+
+def test_paired_overhead_cancels_the_spread_between_queries():
+    # Downstream times vary by 100s of ms between queries; the gateway adds 2 ms to each.
+    retrieve = [50.0, 400.0, 120.0, 300.0, 90.0]
+    rerank = [0.0, 0.0, 100.0, 0.0, 0.0]
+    search = [r + k + 2.0 for r, k in zip(retrieve, rerank)]
+    assert bench.paired_overhead_ms(search, retrieve, rerank) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        bench.paired_overhead_ms(search, retrieve[:-1], rerank)
 
 
 def test_pareto_keeps_points_no_faster_point_beats():
