@@ -197,3 +197,26 @@ def test_bench_help_lists_the_four_benches():
                          cwd=REPO, timeout=60).stdout
     for command in ("rerank", "embed", "e2e", "frontier"):
         assert command in out
+
+
+def test_server_side_overhead_from_the_gateways_own_metrics():
+    def exposition(served: float, count: int, retrieve: float, rerank: float) -> str:
+        search = 'service="gateway",method="search.v1.SearchService/Search"'
+        upsert = 'service="gateway",method="search.v1.SearchService/Upsert"'
+        return (
+            "# TYPE search_grpc_server_request_duration_seconds histogram\n"
+            f"search_grpc_server_request_duration_seconds_sum{{{search}}} {served}\n"
+            f"search_grpc_server_request_duration_seconds_count{{{search}}} {count}\n"
+            f"search_grpc_server_request_duration_seconds_sum{{{upsert}}} 99.0\n"
+            f"search_grpc_server_request_duration_seconds_count{{{upsert}}} 7\n"
+            "# TYPE search_gateway_downstream_duration_seconds histogram\n"
+            f'search_gateway_downstream_duration_seconds_sum{{target="retrieval",method="Retrieve"}} {retrieve}\n'
+            f'search_gateway_downstream_duration_seconds_sum{{target="reranker",method="Rerank"}} {rerank}\n'
+        )
+
+    before = bench.gateway_time_sums(exposition(10.0, 100, 6.0, 3.0))
+    assert before == (10.0, 100.0, 9.0)
+    # 40 more Searches took 20 s, of which 19.9 s waiting on retrieval and the reranker: 2.5 ms each.
+    after = bench.gateway_time_sums(exposition(30.0, 140, 18.0, 10.9))
+    assert bench.server_side_overhead_ms(before, after) == pytest.approx(2.5)
+    assert math.isnan(bench.server_side_overhead_ms(after, after))
