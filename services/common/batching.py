@@ -247,9 +247,16 @@ class DynamicBatcher(Generic[E]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while self._inflight and self._inflight[0][0].done():
-                future, batch = self._inflight.popleft()
-                self._deliver(batch, future)
+            # Deliver every finished batch, not only the oldest: batches of different lengths
+            # finish out of order, and a finished one must free its worker slot at once.
+            if any(future.done() for future, _ in self._inflight):
+                running: deque[tuple[asyncio.Future, list[_Item]]] = deque()
+                for future, batch in self._inflight:
+                    if future.done():
+                        self._deliver(batch, future)
+                    else:
+                        running.append((future, batch))
+                self._inflight = running
             self._drop_abandoned()
             if (
                 not self._inflight

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -143,17 +145,22 @@ class Gate:
     def __init__(self, loop):
         self.loop = loop
         self.started: list[list] = []
-        self.release = asyncio.Semaphore(0)
+        # A thread semaphore, not an asyncio one: a worker waiting at the gate must not need
+        # the event loop, or a failing test would deadlock in the executor's shutdown.
+        self.release = threading.Semaphore(0)
         self.running = asyncio.Event()
 
     def __call__(self, items):
         self.loop.call_soon_threadsafe(self.started.append, list(items))
         self.loop.call_soon_threadsafe(self.running.set)
-        asyncio.run_coroutine_threadsafe(self.release.acquire(), self.loop).result()
+        if not self.release.acquire(timeout=30):
+            raise TimeoutError("the test never opened the gate")
         return score(items)
 
-    async def wait_started(self, n):
+    async def wait_started(self, n, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
         while len(self.started) < n:
+            assert time.monotonic() < deadline, f"{n} batches expected to start, started: {self.started}"
             await asyncio.sleep(0.005)
 
 
@@ -322,3 +329,44 @@ async def test_round_batches_are_evened_out():
         await batcher.submit([(i, 5) for i in range(5)])
         await batcher.close()
     assert sorted(b.items for b in rec.batches) == [2, 3]  # not 4 + 1
+
+
+class KeyedGate:
+    """Each batch waits until the test opens the gate of its first item's value."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.started: list[list] = []
+        self.gates: dict[int, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def gate(self, value: int) -> threading.Event:
+        with self.lock:
+            return self.gates.setdefault(value, threading.Event())
+
+    def __call__(self, items):
+        self.loop.call_soon_threadsafe(self.started.append, list(items))
+        if not self.gate(items[0][0]).wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        return score(items)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_finishing_before_an_older_one_frees_its_worker_at_once():
+    loop = asyncio.get_running_loop()
+    gate = KeyedGate(loop)
+    with ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=1, workers=2)
+        a, b = (asyncio.ensure_future(batcher.submit([(v, 10)])) for v in (0, 1))
+        await Gate.wait_started(gate, 2)
+        older, newer = gate.started[0][0][0], gate.started[1][0][0]
+        c = asyncio.ensure_future(batcher.submit([(2, 10)]))
+        gate.gate(newer).set()  # the newer batch finishes while the older one still runs
+        await Gate.wait_started(gate, 3)  # ... and c takes the freed worker without waiting for it
+        assert gate.started[2] == [(2, 10)]
+        assert (await (b if newer == 1 else a)).tolist() == [float(newer)]
+        gate.gate(older).set()
+        gate.gate(2).set()
+        assert (await c).tolist() == [2.0]
+        assert sorted([(await a).tolist()[0], (await b).tolist()[0]]) == [0.0, 1.0]
+        await batcher.close()
