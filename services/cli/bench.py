@@ -832,10 +832,9 @@ def _search_request(collection: str, query: str, mode: E2EMode, top_k: int = 10)
 
 
 def _retrieval_mode(mode: E2EMode) -> int:
-    from search.v1 import common_pb2
+    from services.cli.client import MODES
 
-    return {"default": 0, "dense": common_pb2.RETRIEVAL_MODE_DENSE, "sparse": common_pb2.RETRIEVAL_MODE_SPARSE,
-            "hybrid": common_pb2.RETRIEVAL_MODE_HYBRID}[mode.retrieval]
+    return MODES[mode.retrieval]
 
 
 def paired_overhead_ms(search_ms: Sequence[float], retrieve_ms: Sequence[float], rerank_ms: Sequence[float]) -> float:

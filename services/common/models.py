@@ -580,6 +580,9 @@ def make_fp16_variant(model_dir: str | os.PathLike[str], *, force: bool = False)
         )
     converted = convert_float_to_float16(model, keep_io_types=True)
     staging = target.with_name(target.name + ".tmp")
-    onnx.save(converted, str(staging))
-    os.replace(staging, target)
+    try:
+        onnx.save(converted, str(staging))
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)  # only left over when saving failed
     return target

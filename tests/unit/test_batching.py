@@ -331,12 +331,11 @@ async def test_round_batches_are_evened_out():
     assert sorted(b.items for b in rec.batches) == [2, 3]  # not 4 + 1
 
 
-class KeyedGate:
+class KeyedGate(Gate):
     """Each batch waits until the test opens the gate of its first item's value."""
 
     def __init__(self, loop):
-        self.loop = loop
-        self.started: list[list] = []
+        super().__init__(loop)
         self.gates: dict[int, threading.Event] = {}
         self.lock = threading.Lock()
 
@@ -358,11 +357,11 @@ async def test_a_batch_finishing_before_an_older_one_frees_its_worker_at_once():
     with ThreadPoolExecutor(2) as pool:
         batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=1, workers=2)
         a, b = (asyncio.ensure_future(batcher.submit([(v, 10)])) for v in (0, 1))
-        await Gate.wait_started(gate, 2)
+        await gate.wait_started(2)
         older, newer = gate.started[0][0][0], gate.started[1][0][0]
         c = asyncio.ensure_future(batcher.submit([(2, 10)]))
         gate.gate(newer).set()  # the newer batch finishes while the older one still runs
-        await Gate.wait_started(gate, 3)  # ... and c takes the freed worker without waiting for it
+        await gate.wait_started(3)  # ... and c takes the freed worker without waiting for it
         assert gate.started[2] == [(2, 10)]
         assert (await (b if newer == 1 else a)).tolist() == [float(newer)]
         gate.gate(older).set()

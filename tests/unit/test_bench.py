@@ -120,6 +120,9 @@ def test_e2e_modes():
     with pytest.raises(ValueError, match="unknown e2e mode"):
         parse_e2e_modes("rerank")
     assert {m.retrieval for m in modes} == {"default"}
+    from services.cli.client import MODES
+
+    assert set(bench.RETRIEVAL_MODES) == set(MODES)  # the --retrieval-mode choices map onto the request enum
     assert [m.retrieval for m in parse_e2e_modes("search,rerank20", "dense")] == ["dense", "dense"]
     with pytest.raises(ValueError, match="unknown retrieval mode"):
         parse_e2e_modes("search", "bm25")
