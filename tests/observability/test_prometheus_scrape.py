@@ -166,7 +166,10 @@ def test_a_dead_target_makes_service_down_pending(tmp_path, scrape_targets):
 
         alerts = prom.wait_for("SearchServiceDown pending for the dead target", pending)
         assert [(a["labels"]["instance"], a["state"]) for a in alerts] == [(dead, "pending")]
-        assert prom.query(f'up{{instance="{live}"}}')[0]["value"][1] == "1"
+        # The two targets are scraped at different offsets: the alert on the dead one can come
+        # before the live one's first scrape has produced its `up` sample.
+        live_up = prom.wait_for("the live target scraped", lambda: prom.query(f'up{{instance="{live}"}}') or None)
+        assert live_up[0]["value"][1] == "1"
     finally:
         prom.stop()
 
