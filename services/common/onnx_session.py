@@ -189,9 +189,11 @@ def cpu_layout(workers: int, intra_op_threads: int, cpus: int) -> tuple[int, int
     return cpus, 1
 
 
-#: Padded tokens per batch when not configured. CPU: measured per-item cost is lowest for
-#: batches of roughly 256-512 padded tokens (docs/BENCHMARKS.md); GPU: large batches.
-CPU_BATCH_TOKENS = 512
+#: Padded tokens per batch when not configured. CPU: one full-length (256-token) sequence
+#: per batch; measured interleaved on both models, the cost per item grows with the batch
+#: (batch 2 costs ~1.15x per item, batch 8 ~1.4x; docs/BENCHMARKS.md), and a sequence
+#: longer than the bound still runs alone. GPU: large batches.
+CPU_BATCH_TOKENS = 256
 GPU_BATCH_TOKENS = 16384
 
 
