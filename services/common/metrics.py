@@ -137,6 +137,39 @@ RETRIEVAL_POINTS_UPSERTED = Counter(
     "search_retrieval_points_upserted",
     "Points (documents) written to Qdrant.",
 )
+# The bi-encoder's dynamic batcher (the reranker's mechanism; services/retrieval/batched_embedder.py).
+RETRIEVAL_EMBED_QUEUE_TEXTS = Gauge(
+    "search_retrieval_embed_queue_texts",
+    "Texts (queries and documents) waiting in the embedder's batcher queue (shedding starts at EMBEDDER_MAX_QUEUE_TEXTS).",
+)
+RETRIEVAL_EMBED_QUEUE_REQUESTS = Gauge(
+    "search_retrieval_embed_queue_requests",
+    "Embedding requests (one search query, or one upsert's documents) with texts waiting in the queue.",
+)
+RETRIEVAL_EMBED_BATCH_TEXTS = Histogram(
+    "search_retrieval_embed_batch_texts",
+    "Texts per bi-encoder inference batch.",
+    buckets=BATCH_PAIRS_BUCKETS,
+)
+RETRIEVAL_EMBED_BATCH_TOKENS = Histogram(
+    "search_retrieval_embed_batch_tokens",
+    "Padded tokens per bi-encoder inference batch (texts x padded sequence length).",
+    buckets=BATCH_TOKENS_BUCKETS,
+)
+RETRIEVAL_EMBED_QUEUE_WAIT_SECONDS = Histogram(
+    "search_retrieval_embed_queue_wait_seconds",
+    "Time an embedding request's texts waited in the queue before their first batch started.",
+    buckets=LATENCY_BUCKETS,
+)
+RETRIEVAL_EMBED_INFERENCE_SECONDS = Histogram(
+    "search_retrieval_embed_inference_seconds",
+    "ONNX Runtime inference time per bi-encoder batch.",
+    buckets=LATENCY_BUCKETS,
+)
+RETRIEVAL_EMBED_REJECTED_REQUESTS = Counter(
+    "search_retrieval_embed_rejected_requests",
+    "Embedding requests shed because the embedder's queue was full (answered RESOURCE_EXHAUSTED).",
+)
 
 # --------------------------------------------------------------------------- gateway
 GATEWAY_CANDIDATES = Histogram(
@@ -195,6 +228,13 @@ ALL_METRICS: tuple[Any, ...] = (
     RETRIEVAL_EMBEDDING_SECONDS,
     RETRIEVAL_QDRANT_SECONDS,
     RETRIEVAL_POINTS_UPSERTED,
+    RETRIEVAL_EMBED_QUEUE_TEXTS,
+    RETRIEVAL_EMBED_QUEUE_REQUESTS,
+    RETRIEVAL_EMBED_BATCH_TEXTS,
+    RETRIEVAL_EMBED_BATCH_TOKENS,
+    RETRIEVAL_EMBED_QUEUE_WAIT_SECONDS,
+    RETRIEVAL_EMBED_INFERENCE_SECONDS,
+    RETRIEVAL_EMBED_REJECTED_REQUESTS,
     GATEWAY_CANDIDATES,
     GATEWAY_DEGRADED,
     GATEWAY_DOWNSTREAM_DURATION,

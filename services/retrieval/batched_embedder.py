@@ -37,21 +37,12 @@ DOCUMENT_PRIORITY = 1
 
 
 class EmbedderBatchMetrics(BatcherMetrics):
-    """Reports the embedder's queue and batches to Prometheus, when the metrics exist.
+    """Reports the embedder's queue and batches to Prometheus (services/common/metrics.py).
 
-    services/common/metrics.py (owned by the observability work) does not define
-    embedder batching metrics yet. The names below are the proposal; each hook records
-    only if the module defines the object, so adding them there is all it takes:
-
-    * ``RETRIEVAL_EMBED_QUEUE_TEXTS`` -> ``search_retrieval_embed_queue_texts`` (gauge)
-    * ``RETRIEVAL_EMBED_QUEUE_REQUESTS`` -> ``search_retrieval_embed_queue_requests`` (gauge)
-    * ``RETRIEVAL_EMBED_BATCH_TEXTS`` -> ``search_retrieval_embed_batch_texts`` (histogram, BATCH_PAIRS_BUCKETS)
-    * ``RETRIEVAL_EMBED_BATCH_TOKENS`` -> ``search_retrieval_embed_batch_tokens`` (histogram, BATCH_TOKENS_BUCKETS)
-    * ``RETRIEVAL_EMBED_QUEUE_WAIT_SECONDS`` -> ``search_retrieval_embed_queue_wait_seconds`` (histogram)
-    * ``RETRIEVAL_EMBED_INFERENCE_SECONDS`` -> ``search_retrieval_embed_inference_seconds`` (histogram)
-    * ``RETRIEVAL_EMBED_REJECTED_REQUESTS`` -> ``search_retrieval_embed_rejected_requests_total`` (counter)
-
-    The time a caller spends embedding (queue wait included) is already recorded by the
+    ``search_retrieval_embed_queue_texts`` / ``_queue_requests`` (gauges),
+    ``_batch_texts`` / ``_batch_tokens`` / ``_queue_wait_seconds`` / ``_inference_seconds``
+    (histograms) and ``_rejected_requests_total``: the reranker's batching metrics, for the
+    bi-encoder. The time a caller spends embedding (queue wait included) is recorded by the
     store as ``search_retrieval_embedding_seconds{kind}``. The hooks also keep plain
     counters (``batches``, ``items``, ``padded_tokens``, ``rejections``) for tests and benchmarks.
     """
@@ -63,37 +54,25 @@ class EmbedderBatchMetrics(BatcherMetrics):
         self.rejections = 0
         self.max_queue_items = 0
 
-    @staticmethod
-    def _metric(name: str):
-        return getattr(platform_metrics, name, None)
-
     def queue_changed(self, items: int, requests: int) -> None:
         self.max_queue_items = max(self.max_queue_items, items)
-        if (gauge := self._metric("RETRIEVAL_EMBED_QUEUE_TEXTS")) is not None:
-            gauge.set(items)
-        if (gauge := self._metric("RETRIEVAL_EMBED_QUEUE_REQUESTS")) is not None:
-            gauge.set(requests)
+        platform_metrics.RETRIEVAL_EMBED_QUEUE_TEXTS.set(items)
+        platform_metrics.RETRIEVAL_EMBED_QUEUE_REQUESTS.set(requests)
 
     def rejected(self) -> None:
         self.rejections += 1
-        if (counter := self._metric("RETRIEVAL_EMBED_REJECTED_REQUESTS")) is not None:
-            counter.inc()
+        platform_metrics.RETRIEVAL_EMBED_REJECTED_REQUESTS.inc()
 
     def queue_wait(self, seconds: float) -> None:
-        if (histogram := self._metric("RETRIEVAL_EMBED_QUEUE_WAIT_SECONDS")) is not None:
-            histogram.observe(seconds)
+        platform_metrics.RETRIEVAL_EMBED_QUEUE_WAIT_SECONDS.observe(seconds)
 
     def batch_done(self, stats: BatchStats) -> None:
         self.batches += 1
         self.items += stats.items
         self.padded_tokens += stats.padded_tokens
-        for name, value in (
-            ("RETRIEVAL_EMBED_BATCH_TEXTS", stats.items),
-            ("RETRIEVAL_EMBED_BATCH_TOKENS", stats.padded_tokens),
-            ("RETRIEVAL_EMBED_INFERENCE_SECONDS", stats.seconds),
-        ):
-            if (histogram := self._metric(name)) is not None:
-                histogram.observe(value)
+        platform_metrics.RETRIEVAL_EMBED_BATCH_TEXTS.observe(stats.items)
+        platform_metrics.RETRIEVAL_EMBED_BATCH_TOKENS.observe(stats.padded_tokens)
+        platform_metrics.RETRIEVAL_EMBED_INFERENCE_SECONDS.observe(stats.seconds)
 
 
 class BatchedEmbedder:

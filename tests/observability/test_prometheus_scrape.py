@@ -106,6 +106,9 @@ def test_each_real_service_counts_the_search_it_served(prometheus, scrape_target
     (provider,) = prometheus.query(f'search_reranker_execution_provider_info{{job="{reranker}"}}')
     assert provider["metric"]["provider"] == "CPUExecutionProvider"
     assert prometheus.query(f'search_retrieval_embedding_seconds_count{{job="{JOBS["retrieval"]}",kind="query"}} > 0')
+    # the embedder's batcher: the query went through at least one batch, and nothing is queued now
+    assert prometheus.query(f'search_retrieval_embed_batch_texts_count{{job="{JOBS["retrieval"]}"}} > 0')
+    assert prometheus.query(f'search_retrieval_embed_queue_texts{{job="{JOBS["retrieval"]}"}} == 0')
     assert prometheus.query(f'search_gateway_candidates_count{{job="{JOBS["gateway"]}"}} > 0')
 
 

@@ -302,6 +302,14 @@ def test_batched_embedder_serves_threads_and_coalesces() -> None:
     reference_docs = np.vstack([encoder.embed_documents([t]) for t in VARIED])
     reference_query = encoder.embed_queries([QUERY])[0]
 
+    from prometheus_client import REGISTRY
+
+    def exported(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    before = {n: exported(n) for n in ("search_retrieval_embed_batch_texts_sum", "search_retrieval_embed_batch_texts_count",
+                                       "search_retrieval_embed_inference_seconds_count")}
+
     async def scenario():
         embedder = BatchedEmbedder(encoder, max_wait_s=0.01)
         assert (embedder.name, embedder.dimension, embedder.max_length) == ("bge-small-en", 384, 256)
@@ -330,3 +338,9 @@ def test_batched_embedder_serves_threads_and_coalesces() -> None:
     assert empty.shape == (0, 384)
     assert embedder.metrics.items == len(VARIED) + 1 + 4 + 2
     assert embedder.metrics.batches < len(VARIED) + 3  # fewer batches than calls: coalesced
+    # ... and Prometheus sees the same batches (the retrieval service's /metrics)
+    delta = {n: exported(n) - v for n, v in before.items()}
+    assert delta["search_retrieval_embed_batch_texts_sum"] == embedder.metrics.items
+    assert delta["search_retrieval_embed_batch_texts_count"] == embedder.metrics.batches
+    assert delta["search_retrieval_embed_inference_seconds_count"] == embedder.metrics.batches
+    assert exported("search_retrieval_embed_queue_texts") == 0

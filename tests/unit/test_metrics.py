@@ -33,6 +33,13 @@ CONTRACT = {
     "search_retrieval_embedding_seconds": ("histogram", {"kind"}),
     "search_retrieval_qdrant_seconds": ("histogram", {"operation"}),
     "search_retrieval_points_upserted": ("counter", set()),
+    "search_retrieval_embed_queue_texts": ("gauge", set()),
+    "search_retrieval_embed_queue_requests": ("gauge", set()),
+    "search_retrieval_embed_batch_texts": ("histogram", set()),
+    "search_retrieval_embed_batch_tokens": ("histogram", set()),
+    "search_retrieval_embed_queue_wait_seconds": ("histogram", set()),
+    "search_retrieval_embed_inference_seconds": ("histogram", set()),
+    "search_retrieval_embed_rejected_requests": ("counter", set()),
     "search_gateway_candidates": ("histogram", set()),
     "search_gateway_degraded_responses": ("counter", {"reason"}),
     "search_gateway_downstream_duration_seconds": ("histogram", {"target", "method"}),
@@ -75,7 +82,7 @@ def test_latency_histograms_resolve_1ms_to_10s():
     for low in (0.001, 0.01, 0.1, 1.0):
         assert sum(low <= b < low * 10 for b in metrics.LATENCY_BUCKETS) >= 2
     seconds = [m for m in metrics.ALL_METRICS if m.describe()[0].type == "histogram" and m.describe()[0].name.endswith("_seconds")]
-    assert len(seconds) == 7
+    assert len(seconds) == 9
     for metric in seconds:
         # _upper_bounds is the parent's bucket list, ending in +Inf.
         assert tuple(metric._upper_bounds[:-1]) == metrics.LATENCY_BUCKETS, metric.describe()[0].name
