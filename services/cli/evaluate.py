@@ -209,17 +209,10 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
 
 
 def search_request(mode: Mode, collection: str, query: str, top_k: int, args: argparse.Namespace):
+    from services.cli.client import MODES as RETRIEVAL_MODES  # searchctl's one name -> enum map
+
     _, common_pb2, pb, _ = _grpc()
-    request = pb.SearchRequest(
-        collection=collection,
-        query=query,
-        top_k=top_k,
-        mode={
-            "dense": common_pb2.RETRIEVAL_MODE_DENSE,
-            "sparse": common_pb2.RETRIEVAL_MODE_SPARSE,
-            "hybrid": common_pb2.RETRIEVAL_MODE_HYBRID,
-        }[mode.retrieval],
-    )
+    request = pb.SearchRequest(collection=collection, query=query, top_k=top_k, mode=RETRIEVAL_MODES[mode.retrieval])
     request.rerank.enabled = mode.rerank
     if mode.rerank:
         if getattr(args, "candidates", None):
