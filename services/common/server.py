@@ -67,6 +67,7 @@ class UnaryCallTracker(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         self.in_flight = 0
         self.started = 0
+        self.cancelled = 0  # handlers cancelled (by the client, or when the grace period runs out)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -91,6 +92,9 @@ class UnaryCallTracker(grpc.aio.ServerInterceptor):
             self._idle.clear()
             try:
                 return await behavior(request, context)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
             finally:
                 self.in_flight -= 1
                 if self.in_flight == 0:
@@ -189,17 +193,18 @@ async def run(
 
     log.info("shutting down", extra={"grace_seconds": endpoint.grace_seconds, "in_flight": calls.in_flight})
     await health_servicer.enter_graceful_shutdown()  # Check answers and Watch streams get NOT_SERVING
-    started, started_calls = loop.time(), calls.started
+    started, started_calls, cancelled_before = loop.time(), calls.started, calls.cancelled
     stopping = asyncio.ensure_future(server.stop(endpoint.grace_seconds))  # refuses new calls from here on
     # Streams (Health.Watch, reflection) never end by themselves and would hold the process for
     # the whole grace period: once every unary call has finished, end them and exit.
     drained = asyncio.ensure_future(calls.idle())
     await asyncio.wait({stopping, drained}, return_when=asyncio.FIRST_COMPLETED)
-    cancelled = calls.in_flight  # > 0 only when the grace period ran out
     if not stopping.done():
         await server.stop(0)
     await stopping
     drained.cancel()
+    # Handlers cancelled since SIGTERM: > 0 when the grace period ran out (or a client gave up).
+    cancelled = calls.cancelled - cancelled_before
     log.info(
         "calls drained" if cancelled == 0 else "grace period over; calls cancelled",
         extra={"seconds": round(loop.time() - started, 3), "cancelled": cancelled,

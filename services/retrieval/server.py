@@ -80,14 +80,9 @@ def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
 
 
 def filter_fields(fields) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for i, f in enumerate(fields):
-        if not f.key:
-            raise InvalidArgument(f"filter_fields[{i}].key", "is required")
-        if f.type not in FIELD_TYPES:
-            raise InvalidArgument(f"filter_fields[{i}].type", "choose KEYWORD, INTEGER, FLOAT or BOOL")
-        out[f.key] = FIELD_TYPES[f.type]
-    return out
+    """Declared filter fields -> ``{key: type name}``, validated as the gateway validates them."""
+    validation.filter_fields(fields)
+    return {f.key: FIELD_TYPES[f.type] for f in fields}
 
 
 def _struct(payload: dict) -> struct_pb2.Struct:
@@ -247,9 +242,19 @@ class RetrievalService:
                    "qdrant": cfg.qdrant_url or f"local:{cfg.qdrant_path}"},
         )
 
+    #: How long stop() waits for store calls still running after the gRPC grace period.
+    STOP_WAIT_S = 30.0
+
     async def stop(self) -> None:
+        # Store calls still running (their RPCs were cancelled when the grace period ran out)
+        # finish first, while the embedder can still serve them and before Qdrant's client is
+        # closed under them; the wait runs off the loop, which those calls need for embedding.
+        waiting = asyncio.get_running_loop().run_in_executor(None, partial(self.executor.shutdown, wait=True, cancel_futures=True))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), self.STOP_WAIT_S)
+        except TimeoutError:
+            log.warning("store calls still running after %.0f s; closing anyway", self.STOP_WAIT_S)
         if self._embedder is not None:
             await self._embedder.close()
         if self._client is not None:
             self._client.close()
-        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -154,3 +154,57 @@ async def test_sigterm_under_load_finishes_every_accepted_call(stack, collection
         **({"documents_after_restart": durable} if durable is not None else {}),
     )
 
+
+
+async def test_retrieval_grace_running_out_mid_upsert_exits_cleanly_and_keeps_whole_batches(stack):
+    """A grace period too short for the upserts in flight: their RPCs are cancelled, but the
+    store calls behind them finish before the embedder and Qdrant's client close (no crash,
+    exit 0), and the collection holds whole requests only."""
+    batch, calls = 64, 4
+    name = f"g{uuid.uuid4().hex[:10]}"
+    async with grpc.aio.insecure_channel(stack.gateway) as channel:
+        await pb_grpc.SearchServiceStub(channel).CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
+    env = stack.env_overrides.setdefault("retrieval", {})
+    before = env.get("RETRIEVAL_GRACE_SECONDS")
+    stack.stop("retrieval")
+    env["RETRIEVAL_GRACE_SECONDS"] = "0.5"
+    stack.start("retrieval")
+    try:
+        proc = stack.procs["retrieval"]
+        async with grpc.aio.insecure_channel(stack.address("retrieval")) as channel:
+            stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
+
+            def upsert(i: int):
+                docs = [common_pb2.Document(id=f"b{i}-{j}", text=passage(i * 13 + j, words=120)) for j in range(batch)]
+                return stub.Upsert(retrieval_service_pb2.RetrievalServiceUpsertRequest(collection=name, documents=docs), timeout=120)
+
+            accepted = [asyncio.ensure_future(outcome(upsert(i))) for i in range(calls)]
+
+            def in_flight() -> float:
+                return metric_value(scrape(stack, "retrieval"), "search_grpc_server_in_flight_requests", method=METHOD["retrieval"])
+
+            assert await wait_for(lambda: in_flight() >= calls, timeout=20), "calls never reached the server"
+            proc.send_signal(signal.SIGTERM)
+            results = await asyncio.gather(*accepted)
+        rc = await asyncio.to_thread(proc.wait, 90)
+        log = stack.log_text("retrieval")
+    finally:
+        stack.stop("retrieval")
+        if before is None:
+            env.pop("RETRIEVAL_GRACE_SECONDS", None)
+        else:
+            env["RETRIEVAL_GRACE_SECONDS"] = before
+        stack.start("retrieval")
+
+    record = shutdown_record(log)
+    assert record["message"] == "grace period over; calls cancelled" and record["cancelled"] >= 1, record
+    assert rc == 0 and '"stopped"' in log, (rc, log[-3000:])
+    assert "Traceback" not in log, log[-3000:]
+    async with grpc.aio.insecure_channel(stack.address("retrieval")) as channel:
+        reply = await retrieval_service_pb2_grpc.RetrievalServiceStub(channel).DescribeCollection(
+            retrieval_service_pb2.RetrievalServiceDescribeCollectionRequest(name=name), timeout=30
+        )
+    durable = reply.collection.document_count
+    assert durable % batch == 0 and durable >= batch * results.count("OK"), (durable, results)
+    figures("retrieval grace over mid-upsert", upserts=calls, results=results, cancelled=record["cancelled"],
+            documents_after_restart=durable, exit_code=rc)
