@@ -7,17 +7,17 @@ never reach the service's own fields. Limits keep a hostile filter from costing 
 from __future__ import annotations
 
 import math
-import re
 
 from qdrant_client import models
 
 from search.v1 import common_pb2
+from services.common import validation
 from services.common.errors import InvalidArgument
 
-MAX_FILTER_DEPTH = 4
-MAX_CONDITIONS = 64
-MAX_ANY_VALUES = 256
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+# The limits the gateway checks (services/common/validation.py), so both hops agree.
+MAX_FILTER_DEPTH = validation.MAX_FILTER_DEPTH
+MAX_CONDITIONS = validation.MAX_FILTER_CONDITIONS
+MAX_ANY_VALUES = validation.MAX_ANY_VALUES
 
 
 def to_qdrant_filter(flt: common_pb2.Filter, field: str = "filter") -> models.Filter | None:
@@ -47,9 +47,7 @@ def _condition(cond: common_pb2.Condition, field: str, depth: int, counter: list
     if kind != "field":
         raise InvalidArgument(field, "a condition needs either `field` or `filter`")
     fc = cond.field
-    if not fc.key or not KEY_PATTERN.match(fc.key) or len(fc.key) > 128:
-        raise InvalidArgument(f"{field}.field.key", "keys are 1..128 characters of letters, digits, _ and -, dotted for nesting")
-    key = f"payload.{fc.key}"
+    key = f"payload.{validation.filter_key(fc.key, f'{field}.field.key')}"
     match = fc.WhichOneof("match")
     if match == "keyword":
         return models.FieldCondition(key=key, match=models.MatchValue(value=fc.keyword))

@@ -473,13 +473,24 @@ def test_payload_filter_accepts_a_legal_filter():
     v.payload_filter(common_pb2.Filter(must_not=[_cond(key="year.n-1_x", range=common_pb2.Range(gte=1, lt=2))]))
 
 
-def test_gateway_filter_limits_match_the_retrieval_service():
+def test_gateway_and_retrieval_refuse_the_same_filters():
+    from services.common.errors import InvalidArgument
     from services.retrieval import filters
 
-    assert (v.MAX_FILTER_DEPTH, v.MAX_FILTER_CONDITIONS, v.MAX_ANY_VALUES) == (
-        filters.MAX_FILTER_DEPTH, filters.MAX_CONDITIONS, filters.MAX_ANY_VALUES
-    )
-    assert v.FILTER_KEY_PATTERN.pattern == filters.KEY_PATTERN.pattern
+    bad = [
+        _nested(v.MAX_FILTER_DEPTH + 1),
+        common_pb2.Filter(must=[_cond(key="a b", keyword="x")]),
+        common_pb2.Filter(must=[_cond(key="k" * (v.MAX_FILTER_KEY_CHARS + 1), keyword="x")]),
+        common_pb2.Filter(must=[_cond(key="a", keyword="x")] * (v.MAX_FILTER_CONDITIONS + 1)),
+    ]
+    for flt in bad:
+        with pytest.raises(InvalidArgument):
+            v.payload_filter(flt)
+        with pytest.raises(InvalidArgument):
+            filters.to_qdrant_filter(flt)
+    ok = common_pb2.Filter(must_not=[_cond(key="year.n-1_x", range=common_pb2.Range(gte=1, lt=2))])
+    v.payload_filter(ok)
+    assert filters.to_qdrant_filter(ok).must_not[0].key == "payload.year.n-1_x"
 
 
 @pytest.mark.parametrize(
@@ -494,8 +505,20 @@ def test_gateway_filter_limits_match_the_retrieval_service():
     ],
 )
 def test_filter_fields_limits(fields, needle):
+    from services.retrieval.server import filter_fields as retrieval_filter_fields
+
     with pytest.raises(InvalidArgument, match=needle):
         v.filter_fields(fields)
+    with pytest.raises(InvalidArgument, match=needle):  # the retrieval service, called directly, agrees
+        retrieval_filter_fields(fields)
+
+
+def test_retrieval_maps_valid_filter_fields_to_type_names():
+    from services.retrieval.server import filter_fields as retrieval_filter_fields
+
+    fields = [common_pb2.FilterField(key="year", type=common_pb2.FIELD_TYPE_INTEGER),
+              common_pb2.FilterField(key="meta.lang", type=common_pb2.FIELD_TYPE_KEYWORD)]
+    assert retrieval_filter_fields(fields) == {"year": "integer", "meta.lang": "keyword"}
 
 
 def test_rerank_passage_is_cut_to_the_rerankers_limit():
