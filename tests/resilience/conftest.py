@@ -183,6 +183,29 @@ async def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     return predicate()
 
 
+async def gateway_reaches_retrieval(stack: Stack, collection: str, timeout: float = 30.0) -> float:
+    """Seconds until DescribeCollection through the gateway succeeds again.
+
+    A restarted retrieval service reports SERVING before the gateway's channel has left its
+    reconnect backoff (at most grpc.max_reconnect_backoff_ms); a test that restarts it waits
+    here before the next call that must reach it.
+    """
+    started = time.monotonic()
+
+    def reached() -> bool:
+        with grpc.insecure_channel(stack.gateway) as channel:
+            try:
+                pb_grpc.SearchServiceStub(channel).DescribeCollection(pb.DescribeCollectionRequest(name=collection), timeout=5)
+            except grpc.RpcError:
+                return False
+        return True
+
+    assert await wait_for(lambda: reached(), timeout=timeout, interval=0.2), (
+        f"the gateway did not reach the restarted retrieval service within {timeout:.0f} s"
+    )
+    return time.monotonic() - started
+
+
 def figures(title: str, **values) -> None:
     """One line of figures for docs/RELIABILITY.md."""
     print(f"\nFIGURES {title}: " + ", ".join(f"{k}={v}" for k, v in values.items()))

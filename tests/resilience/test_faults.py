@@ -15,6 +15,7 @@ from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_g
 from tests.resilience.conftest import (
     Load,
     figures,
+    gateway_reaches_retrieval,
     make_collection,
     metric_value,
     scrape,
@@ -129,6 +130,7 @@ async def test_retrieval_killed_is_unavailable_before_the_deadline(stack, collec
                 )
     finally:
         await asyncio.to_thread(stack.start, "retrieval")
+        await gateway_reaches_retrieval(stack, collection)  # the next test needs the gateway connected
     codes = {o.code for o in outcomes}
     assert codes == {grpc.StatusCode.UNAVAILABLE}, [(o.code, o.details) for o in outcomes]
     assert all("retrieval service unavailable" in o.details for o in outcomes), outcomes[0].details

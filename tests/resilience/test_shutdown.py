@@ -162,8 +162,10 @@ async def test_retrieval_grace_running_out_mid_upsert_exits_cleanly_and_keeps_wh
     exit 0), and the collection holds whole requests only."""
     batch, calls = 64, 4
     name = f"g{uuid.uuid4().hex[:10]}"
-    async with grpc.aio.insecure_channel(stack.gateway) as channel:
-        await pb_grpc.SearchServiceStub(channel).CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
+    async with grpc.aio.insecure_channel(stack.address("retrieval")) as channel:  # not via the gateway: it may be reconnecting
+        await retrieval_service_pb2_grpc.RetrievalServiceStub(channel).CreateCollection(
+            retrieval_service_pb2.RetrievalServiceCreateCollectionRequest(name=name), timeout=30
+        )
     env = stack.env_overrides.setdefault("retrieval", {})
     before = env.get("RETRIEVAL_GRACE_SECONDS")
     stack.stop("retrieval")
