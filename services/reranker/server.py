@@ -96,6 +96,13 @@ class Reranker:
         self.executor = executor
 
     async def score(self, query: str, passages: list[str]) -> np.ndarray:
+        if len(passages) > self.batcher.max_queue_items:
+            # It would be shed however idle the service is: say so, and not as a retryable status.
+            raise InvalidArgument(
+                "passages",
+                f"{len(passages)} passages exceed this reranker's whole queue ({self.batcher.max_queue_items} pairs, "
+                "RERANKER_MAX_QUEUE_PAIRS); send at most that many per request",
+            )
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         with tracing.span("tokenize", **{"rerank.pairs": len(passages)}) as span:

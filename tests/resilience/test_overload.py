@@ -154,3 +154,19 @@ async def test_an_overloaded_reranker_degrades_searches_instead_of_failing_them(
         reranked=sum(o.reranked for o in outcomes),
         degraded_overloaded=len(overloaded),
     )
+
+
+async def test_a_request_larger_than_the_whole_queue_is_invalid_not_shed(stack):
+    """A request that could never fit the queue, even idle, is INVALID_ARGUMENT (not retryable), at once."""
+    async with grpc.aio.insecure_channel(stack.address("reranker")) as channel:
+        stub = rerank_service_pb2_grpc.RerankServiceStub(channel)
+        request = rerank_service_pb2.RerankRequest(query="fox", passages=["the quick brown fox"] * (QUEUE_PAIRS + 1))
+        start = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Rerank(request, timeout=30)
+        took = time.monotonic() - start
+        fits = await stub.Rerank(rerank_service_pb2.RerankRequest(query="fox", passages=["the quick brown fox"] * QUEUE_PAIRS), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{QUEUE_PAIRS + 1} passages" in info.value.details() and "RERANKER_MAX_QUEUE_PAIRS" in info.value.details()
+    assert took < 1.0
+    assert len(fits.results) == QUEUE_PAIRS  # a request of exactly the queue's size is served

@@ -293,6 +293,28 @@ def test_bi_encoder_split_api_matches_embed(bi: BiEncoder) -> None:
     assert bi.tokenize_queries([]) == [] and bi.embed_encodings([]).shape == (0, 384)
 
 
+def test_batched_embedder_refuses_a_request_larger_than_its_whole_queue() -> None:
+    import asyncio
+
+    from services.common.errors import InvalidArgument
+    from services.retrieval.batched_embedder import BatchedEmbedder
+
+    encoder = BiEncoder(_need(BGE), batch_size=8, intra_op_threads=1)
+
+    async def scenario():
+        embedder = BatchedEmbedder(encoder, max_queue_texts=3)
+        try:
+            with pytest.raises(InvalidArgument, match="EMBEDDER_MAX_QUEUE_TEXTS"):
+                await embedder.aembed_documents(VARIED[:4])
+            with pytest.raises(InvalidArgument, match="4 texts"):
+                await asyncio.get_running_loop().run_in_executor(None, embedder.embed_documents, VARIED[:4])
+            return await embedder.aembed_documents(VARIED[:3])  # exactly the queue's size fits
+        finally:
+            await embedder.close()
+
+    assert asyncio.run(scenario()).shape == (3, 384)
+
+
 def test_batched_embedder_serves_threads_and_coalesces() -> None:
     import asyncio
 
