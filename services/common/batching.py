@@ -31,7 +31,10 @@ keeps accepting, tokenizing and queueing while a batch runs):
   that have not been handed to the executor yet are dropped instead of scored.
 
 The queue is bounded in items: past ``max_queue_items`` a request is refused at once
-with :class:`~services.common.errors.ResourceExhausted` rather than left to time out.
+with :class:`~services.common.errors.ResourceExhausted` rather than left to time out. A
+request larger than the whole queue could never be served, however idle the service:
+it is refused with :class:`~services.common.errors.InvalidArgument` (not retryable),
+naming the setting to change (:func:`check_fits`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from services.common.errors import ResourceExhausted, Unavailable
+from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,15 @@ def plan_batches(lengths: Sequence[int], max_items: int, max_tokens: int) -> lis
     return batches
 
 
+def check_fits(n: int, capacity: int, *, request_field: str, item_noun: str, queue_setting: str) -> None:
+    """Refuse a request of ``n`` items that could never fit a queue of ``capacity``."""
+    if n > capacity:
+        raise InvalidArgument(
+            request_field,
+            f"{n} {item_noun} exceed the whole queue ({capacity}, {queue_setting}); send at most {capacity} per request",
+        )
+
+
 class DynamicBatcher(Generic[E]):
     """Coalesce items from concurrent :meth:`submit` calls into bounded, length-sorted batches.
 
@@ -135,6 +147,8 @@ class DynamicBatcher(Generic[E]):
         workers: batches running at once (>= 1).
         prefetch: whole batches queued on the executor behind the running ones (>= 0).
         metrics: reporting hooks.
+        request_field / item_noun / queue_setting: how the error for a request larger than
+            the whole queue names the request's field, its items and the queue's setting.
     """
 
     def __init__(
@@ -152,6 +166,9 @@ class DynamicBatcher(Generic[E]):
         workers: int = 1,
         prefetch: int = 0,
         metrics: BatcherMetrics | None = None,
+        request_field: str = "items",
+        item_noun: str = "items",
+        queue_setting: str = "max_queue_items",
     ) -> None:
         if max_batch_items < 1 or max_batch_tokens < 1 or max_queue_items < 1 or workers < 1 or prefetch < 0:
             raise ValueError("batch, queue and worker bounds must be positive (prefetch >= 0)")
@@ -169,6 +186,7 @@ class DynamicBatcher(Generic[E]):
         self.workers = workers
         self.prefetch = prefetch
         self._metrics = metrics or BatcherMetrics()
+        self._names = {"request_field": request_field, "item_noun": item_noun, "queue_setting": queue_setting}
         self._pending: list[_Item] = []
         self._abandoned = False  # some queued request was abandoned by its caller
         self._planned: deque[tuple[int, list[_Item]]] = deque()  # (priority, batch)
@@ -201,6 +219,10 @@ class DynamicBatcher(Generic[E]):
         if self._worker is not None:
             await self._worker
 
+    def check_fits(self, n: int) -> None:
+        """InvalidArgument when a request of ``n`` items could never be queued (callable before tokenizing)."""
+        check_fits(n, self.max_queue_items, **self._names)
+
     async def submit(self, encodings: Sequence[E], *, priority: int = 0) -> np.ndarray:
         """Outputs for ``encodings``, in their order: shape ``(len(encodings), *item_shape)``."""
         if self._closed:
@@ -208,6 +230,7 @@ class DynamicBatcher(Generic[E]):
         n = len(encodings)
         if n == 0:
             return np.zeros((0, *self.item_shape), dtype=self.dtype)
+        self.check_fits(n)
         if self._queued_items + n > self.max_queue_items:
             self._metrics.rejected()
             raise ResourceExhausted(

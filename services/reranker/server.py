@@ -13,11 +13,14 @@ import numpy as np
 
 from search.v1 import rerank_service_pb2 as pb, rerank_service_pb2_grpc as pb_grpc
 from services.common import metrics, tracing, validation
-from services.common.batching import BatcherMetrics, BatchStats, DynamicBatcher
+from services.common.batching import BatcherMetrics, BatchStats, DynamicBatcher, check_fits
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.reranker.config import RerankerConfig
 
 log = logging.getLogger(__name__)
+
+#: How a request larger than the whole queue is refused (see services.common.batching.check_fits).
+QUEUE_NAMES = {"request_field": "passages", "item_noun": "passages", "queue_setting": "RERANKER_MAX_QUEUE_PAIRS"}
 
 
 class RerankMetrics(BatcherMetrics):
@@ -55,8 +58,12 @@ class PerRequestScorer:
         self.queued_items = 0
         self.queued_requests = 0
 
+    def check_fits(self, n: int) -> None:
+        check_fits(n, self.max_queue_items, **QUEUE_NAMES)
+
     async def submit(self, encodings) -> np.ndarray:
         n = len(encodings)
+        self.check_fits(n)
         if self.queued_items + n > self.max_queue_items:
             self.metrics.rejected()
             raise ResourceExhausted(
@@ -96,13 +103,7 @@ class Reranker:
         self.executor = executor
 
     async def score(self, query: str, passages: list[str]) -> np.ndarray:
-        if len(passages) > self.batcher.max_queue_items:
-            # It would be shed however idle the service is: say so, and not as a retryable status.
-            raise InvalidArgument(
-                "passages",
-                f"{len(passages)} passages exceed this reranker's whole queue ({self.batcher.max_queue_items} pairs, "
-                "RERANKER_MAX_QUEUE_PAIRS); send at most that many per request",
-            )
+        self.batcher.check_fits(len(passages))  # before tokenizing: a request that can never fit costs nothing
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         with tracing.span("tokenize", **{"rerank.pairs": len(passages)}) as span:
@@ -201,6 +202,7 @@ class RerankerService:
                 workers=workers,
                 prefetch=prefetch,
                 metrics=RerankMetrics(),
+                **QUEUE_NAMES,
             )
         else:
             self.batcher = PerRequestScorer(encoder, self.inference_executor, cfg.max_queue_pairs, RerankMetrics())

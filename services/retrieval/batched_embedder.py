@@ -28,7 +28,6 @@ import numpy as np
 
 from services.common import metrics as platform_metrics
 from services.common.batching import BatcherMetrics, BatchStats, DynamicBatcher
-from services.common.errors import InvalidArgument
 from services.retrieval.embedder import BiEncoder
 
 __all__ = ["DOCUMENT_PRIORITY", "QUERY_PRIORITY", "BatchedEmbedder", "EmbedderBatchMetrics"]
@@ -116,6 +115,9 @@ class BatchedEmbedder:
             workers=workers,
             prefetch=prefetch,
             metrics=self.metrics,
+            request_field="documents",
+            item_noun="texts to embed (documents, or their passages when the collection splits them)",
+            queue_setting="EMBEDDER_MAX_QUEUE_TEXTS",
         )
 
     # ------------------------------------------------------------------ the store's interface (any thread but the loop's)
@@ -143,19 +145,8 @@ class BatchedEmbedder:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_fits(self, n: int) -> None:
-        if n > self.batcher.max_queue_items:
-            # It would be shed however idle the service is: say so, and not as a retryable status.
-            raise InvalidArgument(
-                "documents",
-                f"{n} texts to embed (documents, or their passages when the collection splits them) exceed the "
-                f"embedder's whole queue ({self.batcher.max_queue_items}, EMBEDDER_MAX_QUEUE_TEXTS); send fewer "
-                "documents per request",
-            )
-
     async def _submit(self, tokenize, texts: Sequence[str], priority: int) -> np.ndarray:
         texts = list(texts)
-        self._check_fits(len(texts))
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
         # Tokenize off the loop: a bulk upsert takes tens of milliseconds.
@@ -169,7 +160,6 @@ class BatchedEmbedder:
                 "thread use aembed_queries / aembed_documents"
             )
         texts = list(texts)
-        self._check_fits(len(texts))
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
         if self._loop.is_closed():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.common.batching import BatcherMetrics, DynamicBatcher, plan_batches
-from services.common.errors import ResourceExhausted
+from services.common.errors import InvalidArgument, ResourceExhausted
 
 
 def test_plan_batches_respects_items_and_padded_tokens():
@@ -89,6 +89,17 @@ async def test_full_queue_sheds_at_once():
         assert rec.rejections == 1
         release.set()
         assert (await first).tolist() == [1.0] * 8
+        await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_a_request_larger_than_the_whole_queue_is_invalid_not_shed():
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(score, lambda e: e[1], pool, max_queue_items=4, request_field="docs",
+                                 item_noun="texts", queue_setting="QUEUE_TEXTS")
+        with pytest.raises(InvalidArgument, match=r"docs: 5 texts exceed the whole queue \(4, QUEUE_TEXTS\)"):
+            await batcher.submit([(1, 5)] * 5)  # even with nothing queued: a retry could never succeed
+        assert (await batcher.submit([(1, 5)] * 4)).tolist() == [1.0] * 4  # exactly the queue's size fits
         await batcher.close()
 
 
