@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.cli.evaluate import percentile
 
@@ -375,14 +376,10 @@ def raw_layouts(cpus: int) -> list[tuple[int, int]]:
     return [(cpus, 1), (1, cpus)] if cpus > 1 else [(1, 1)]
 
 
-def measure_limit(infer, encodings: Sequence[Any], batch_sizes: Sequence[int], workers: int = 1) -> dict[int, float]:
-    """Raw items/s of length-sorted batches of each size over ``encodings`` (one pass each),
-    with ``workers`` batches running at once (threads pulling from one queue)."""
-    return {size: rate for size, (rate, _) in measure_limit_cpu(infer, encodings, batch_sizes, workers).items()}
-
-
 def measure_limit_cpu(infer, encodings: Sequence[Any], batch_sizes: Sequence[int], workers: int = 1) -> dict[int, tuple[float, float]]:
-    """Like :func:`measure_limit`, with this process's CPU ms per item: ``{size: (items/s, cpu ms/item)}``.
+    """Raw items/s of length-sorted batches of each size over ``encodings`` (one pass each), with
+    ``workers`` batches running at once (threads pulling from one queue), and this process's CPU
+    ms per item: ``{size: (items/s, cpu ms/item)}``.
 
     CPU time hardly depends on what else the machine runs, so it tells a slower run on a
     busy machine from a less efficient one.
@@ -400,6 +397,33 @@ def measure_limit_cpu(infer, encodings: Sequence[Any], batch_sizes: Sequence[int
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu
             out[size] = (len(ordered) / wall, 1000.0 * cpu / len(ordered))
     return out
+
+
+class RawLayout(NamedTuple):
+    """How raw inference ran: ``workers`` batches at once, ``threads`` ORT threads each, ``batch`` items per batch."""
+
+    workers: int
+    threads: int
+    batch: int
+
+    def __str__(self) -> str:
+        return f"{self.workers}x{self.threads} batch {self.batch}"
+
+
+def sweep_layouts(encoders: Mapping[int, Any], encodings: Sequence[Any], layouts: Sequence[tuple[int, int]],
+                  sizes: Sequence[int]) -> dict[RawLayout, tuple[float, float]]:
+    """(items/s, CPU ms per item) of every (workers, threads) layout x batch size; ``encoders`` by thread count."""
+    return {RawLayout(workers, threads, size): measured for workers, threads in layouts
+            for size, measured in measure_limit_cpu(encoders[threads].infer, encodings, sizes, workers).items()}
+
+
+def measure_layout(encoders: Mapping[int, Any], encodings: Sequence[Any], layout: RawLayout) -> tuple[float, float]:
+    """(items/s, CPU ms per item) of one layout."""
+    return sweep_layouts(encoders, encodings, [layout[:2]], [layout.batch])[layout]
+
+
+def show_rates(rates: Mapping[RawLayout, tuple[float, float]]) -> str:
+    return ", ".join(f"{k}: {r:.1f}/s ({c:.1f} cpu-ms)" for k, (r, c) in rates.items())
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -487,33 +511,20 @@ def _bench_rerank(args: argparse.Namespace) -> int:
     print(f"pairs: {dataset.name} queries x passages, {len(lengths)} for the limit; tokens per pair: mean "
           f"{sum(lengths) / len(lengths):.0f}, median {lengths[len(lengths) // 2]}, max {lengths[-1]} (max_length {one_batch.max_length})")
 
-    def limit_pass(sizes: Sequence[int] = batch_sizes, which: Sequence[tuple[int, int]] = layouts,
-                   encodings: Sequence[Any] = limit_encodings) -> dict[str, tuple[float, float]]:
-        rates = {}
-        for workers, threads in which:
-            for size, measured in measure_limit_cpu(encoders[threads].infer, encodings, sizes, workers).items():
-                rates[f"{workers}x{threads} batch {size}"] = measured
-        return rates
-
-    def show(rates: Mapping[str, tuple[float, float]]) -> str:
-        return ", ".join(f"{k}: {r:.1f}/s ({c:.1f} cpu-ms)" for k, (r, c) in rates.items())
-
-    before = limit_pass()
+    before = sweep_layouts(encoders, limit_encodings, layouts, batch_sizes)
     print("limit (raw onnxruntime in this process, length-sorted batches; layout = batches at once x ORT threads; "
           "pairs/s and CPU ms per pair):")
-    print("  " + show(before))
-    best_key = max(before, key=lambda k: before[k][0])
-    best_layout = next(l for l in layouts if best_key.startswith(f"{l[0]}x{l[1]} "))
-    best_size = int(best_key.rsplit(" ", 1)[1])
+    print("  " + show_rates(before))
+    best = max(before, key=lambda k: before[k][0])
     raw_cpu_ms = min(c for _, c in before.values())
-    local_sample = limit_encodings[: max(8 * best_layout[0] * best_size, 48)]
+    local_sample = limit_encodings[: max(8 * best.workers * best.batch, 48)]
 
     if args.ort_profile:
-        encoder = encoders[best_layout[1]]
-        ordered = sorted(limit_encodings, key=lambda e: len(e.ids))[: max(16, 4 * best_size)]
-        feeds = [encoder.build_inputs(ordered[i : i + best_size]) for i in range(0, len(ordered), best_size)]
-        print(f"operator time in the model ({best_key}, {len(ordered)} pairs, ONNX Runtime profiler):")
-        for op, share in ort_op_profile(encoder.model_dir / "model.onnx", feeds, best_layout[1]):
+        encoder = encoders[best.threads]
+        ordered = sorted(limit_encodings, key=lambda e: len(e.ids))[: max(16, 4 * best.batch)]
+        feeds = [encoder.build_inputs(ordered[i : i + best.batch]) for i in range(0, len(ordered), best.batch)]
+        print(f"operator time in the model ({best}, {len(ordered)} pairs, ONNX Runtime profiler):")
+        for op, share in ort_op_profile(encoder.model_dir / "model.onnx", feeds, best.threads):
             print(f"  {share * 100:5.1f}%  {op}")
     raw_ms = {p: raw_batch_ms(one_batch, sample_requests(corpus, args.raw_repeats, p, args.seed + p), args.raw_repeats)
               for p in pairs_list}
@@ -532,7 +543,7 @@ def _bench_rerank(args: argparse.Namespace) -> int:
                     n = max(c * args.requests_per_client, math.ceil(args.min_pairs / p))
                     requests = sample_requests(corpus, n, p, args.seed + 1000 * c + p)
                     profiling = key == "service" and c == max(clients_list) and p == max(pairs_list)
-                    local = limit_pass([best_size], [best_layout], local_sample)
+                    raw_before_row = measure_layout(encoders, local_sample, best)[0]
                     if profiling:
                         profiler.start(procs.pid("reranker"), "reranker", args.profile_seconds)
                     cpu0 = process_cpu_seconds(procs.pid("reranker"))
@@ -540,21 +551,20 @@ def _bench_rerank(args: argparse.Namespace) -> int:
                         closed_loop_rerank(procs.address("reranker"), requests, c, args.timeout)
                     )
                     cpu_ms = 1000.0 * (process_cpu_seconds(procs.pid("reranker")) - cpu0) / max(pairs_ok, 1)
-                    local.update({k + " after": v for k, v in limit_pass([best_size], [best_layout], local_sample).items()})
-                    local_limit = sum(r for r, _ in local.values()) / len(local)
+                    local_limit = (raw_before_row + measure_layout(encoders, local_sample, best)[0]) / 2
                     rate = pairs_ok / elapsed
                     runs[key].append((c, p, lat, rate, errors, cpu_ms, local_limit))
                     s = latency_summary(lat)
                     print(f"  {c:>3} clients x {p:>3} pairs: {rate:7.1f} pairs/s  p50 {_fmt_ms(s['p50_ms'])}  "
                           f"p95 {_fmt_ms(s['p95_ms'])}  p99 {_fmt_ms(s['p99_ms'])} ms  ({len(lat)} requests"
                           + (f", errors {errors}" if errors else "") + f"); server {cpu_ms:.1f} cpu-ms/pair; "
-                          f"raw {best_key} around it {local_limit:.1f}/s; load {os.getloadavg()[0]:.2f}", flush=True)
+                          f"raw {best} around it {local_limit:.1f}/s; load {os.getloadavg()[0]:.2f}", flush=True)
                     if profiling:
                         profiler.finish()
             procs.stop("reranker")
 
-    after = limit_pass()
-    print("\nlimit again after the service runs: " + show(after))
+    after = sweep_layouts(encoders, limit_encodings, layouts, batch_sizes)
+    print("\nlimit again after the service runs: " + show_rates(after))
     best_before, best_after = max(r for r, _ in before.values()), max(r for r, _ in after.values())
     raw_cpu_ms = min(raw_cpu_ms, min(c for _, c in after.values()))
     limit = max(best_before, best_after)
@@ -575,8 +585,8 @@ def _bench_rerank(args: argparse.Namespace) -> int:
         payload = dict(report)
         payload["meta"] = {
             "machine": info, "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-            "limit_before": {k: {"pairs_per_s": r, "cpu_ms_per_pair": c} for k, (r, c) in before.items()},
-            "limit_after": {k: {"pairs_per_s": r, "cpu_ms_per_pair": c} for k, (r, c) in after.items()},
+            "limit_before": {str(k): {"pairs_per_s": r, "cpu_ms_per_pair": c} for k, (r, c) in before.items()},
+            "limit_after": {str(k): {"pairs_per_s": r, "cpu_ms_per_pair": c} for k, (r, c) in after.items()},
             "raw_best_cpu_ms_per_pair": raw_cpu_ms,
             "rows": {f"{k}:{c}x{p}": {"server_cpu_ms_per_pair": cpu_ms, "raw_best_around_run": local_limit}
                      for k in runs for c, p, _, _, _, cpu_ms, local_limit in runs[k]},
@@ -661,23 +671,18 @@ def _bench_embed(args: argparse.Namespace) -> int:
           f"raw: {len(sample)} of them in length-sorted batches of {sizes} in layouts {['%dx%d' % l for l in layouts]} "
           "(batches at once x ORT threads)")
 
-    def sweep() -> dict[str, tuple[float, float]]:
-        rates = {}
-        for workers, threads in layouts:
-            for size, measured in measure_limit_cpu(encoders[threads].infer, encodings, sizes, workers).items():
-                rates[f"{workers}x{threads} batch {size}"] = measured
-        print("  " + ", ".join(f"{k}: {r:.1f}/s ({c:.1f} cpu-ms)" for k, (r, c) in rates.items()))
+    def sweep() -> dict[RawLayout, tuple[float, float]]:
+        rates = sweep_layouts(encoders, encodings, layouts, sizes)
+        print("  " + show_rates(rates))
         return rates
 
     before = sweep()
-    best_key = max(before, key=lambda k: before[k][0])
-    best_workers, best_threads = (int(x) for x in best_key.split(" ", 1)[0].split("x"))
-    best_size = int(best_key.rsplit(" ", 1)[1])
-    print(f"raw batched embedding (tokenized texts, this process): best {before[best_key][0]:.1f} docs/s ({best_key}); "
+    best = max(before, key=lambda k: before[k][0])
+    print(f"raw batched embedding (tokenized texts, this process): best {before[best][0]:.1f} docs/s ({best}); "
           f"least CPU {min(c for _, c in before.values()):.1f} ms/doc")
 
     def raw_best() -> tuple[float, float]:
-        return measure_limit_cpu(encoders[best_threads].infer, encodings, [best_size], best_workers)[best_size]
+        return measure_layout(encoders, encodings, best)
 
     profiler = Profiler(args.profile)
     rounds: list[dict[str, Any]] = []
@@ -724,8 +729,7 @@ def _bench_embed(args: argparse.Namespace) -> int:
     limit = max(r for r, _ in list(before.values()) + list(after.values()))
     raw_cpu = min(c for _, c in list(before.values()) + list(after.values()))
     best_ingest = max(r["ingest_docs_per_s"] for r in rounds)
-    paired = sorted(r["ratio_to_raw_around"] for r in rounds)
-    median_paired = paired[len(paired) // 2] if len(paired) % 2 else sum(paired[len(paired) // 2 - 1 : len(paired) // 2 + 1]) / 2
+    median_paired = statistics.median(r["ratio_to_raw_around"] for r in rounds)
     service_cpu = min(sum(r["cpu_ms_per_doc"].values()) for r in rounds)
     ratio = best_ingest / limit
     print(f"\nlimit (best raw of both sweeps): {limit:.1f} docs/s; best ingest {best_ingest:.1f} docs/s")
@@ -737,9 +741,9 @@ def _bench_embed(args: argparse.Namespace) -> int:
     _write_json(args.json, {
         "docs": len(texts), "raw_docs_per_s": limit, "ingest_docs_per_s": best_ingest, "ratio": ratio,
         "ratio_to_raw_around_median": median_paired, "rounds": rounds,
-        "raw_sweep_before": {k: {"docs_per_s": r, "cpu_ms_per_doc": c} for k, (r, c) in before.items()},
-        "raw_sweep_after": {k: {"docs_per_s": r, "cpu_ms_per_doc": c} for k, (r, c) in after.items()},
-        "raw_best_layout": best_key, "raw_cpu_ms_per_doc": raw_cpu, "service_cpu_ms_per_doc": service_cpu,
+        "raw_sweep_before": {str(k): {"docs_per_s": r, "cpu_ms_per_doc": c} for k, (r, c) in before.items()},
+        "raw_sweep_after": {str(k): {"docs_per_s": r, "cpu_ms_per_doc": c} for k, (r, c) in after.items()},
+        "raw_best_layout": str(best), "raw_cpu_ms_per_doc": raw_cpu, "service_cpu_ms_per_doc": service_cpu,
         "batch_size": args.batch_size, "concurrency": args.concurrency, "machine": info,
     })
     return 0

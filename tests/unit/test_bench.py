@@ -223,3 +223,23 @@ def test_server_side_overhead_from_the_gateways_own_metrics():
     after = bench.gateway_time_sums(exposition(30.0, 140, 18.0, 10.9))
     assert bench.server_side_overhead_ms(before, after) == pytest.approx(2.5)
     assert math.isnan(bench.server_side_overhead_ms(after, after))
+
+
+def test_sweep_layouts_measures_every_layout_and_batch_size():
+    calls = []
+
+    class Encoder:
+        def __init__(self, threads):
+            self.threads = threads
+
+        def infer(self, batch):
+            calls.append((self.threads, len(batch)))
+
+    encodings = [type("E", (), {"ids": [0] * n})() for n in (3, 1, 2, 5)]
+    rates = bench.sweep_layouts({1: Encoder(1), 2: Encoder(2)}, encodings, [(2, 1), (1, 2)], [1, 2])
+    assert list(rates) == [(2, 1, 1), (2, 1, 2), (1, 2, 1), (1, 2, 2)]
+    assert [str(k) for k in rates] == ["2x1 batch 1", "2x1 batch 2", "1x2 batch 1", "1x2 batch 2"]
+    assert all(r > 0 and c >= 0 for r, c in rates.values())
+    assert {t for t, _ in calls} == {1, 2} and {n for _, n in calls} == {1, 2}
+    one = bench.measure_layout({1: Encoder(1)}, encodings, bench.RawLayout(2, 1, 2))
+    assert len(one) == 2 and one[0] > 0
