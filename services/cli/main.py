@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import signal
 import sys
 
 from services.common import config as cfg
@@ -15,7 +16,10 @@ SERVICES = {
     "reranker": ("services.reranker.config:RerankerConfig", "services.reranker.server:RerankerService"),
 }
 # Subcommands that live in their own modules, each with register(subparsers).
-COMMAND_MODULES = ("services.cli.up", "services.cli.client", "services.cli.models_cmd", "services.cli.evaluate", "services.cli.bench")
+COMMAND_MODULES = (
+    "services.cli.up", "services.cli.client", "services.cli.models_cmd", "services.cli.store_cmd", "services.cli.evaluate",
+    "services.cli.bench",
+)
 
 
 def _load(path: str):
@@ -78,7 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def take_sigint() -> None:
+    """Make Ctrl-C work however searchctl was started: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python keeps that. (`serve` and `up`
+    install their own SIGINT/SIGTERM handlers as soon as they start; this covers the imports
+    before.)"""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    take_sigint()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -14,8 +14,15 @@ class RetrievalConfig:
     metrics_port: int = setting(9102, "RETRIEVAL_METRICS_PORT", "Prometheus /metrics port (0 disables)")
     grace_seconds: float = setting(10.0, "RETRIEVAL_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
     log_level: str = setting("INFO", "LOG_LEVEL", "log level")
-    qdrant_path: str = setting(".data/qdrant", "QDRANT_PATH", "on-disk path of embedded (local mode) Qdrant")
+    qdrant_path: str = setting(".data/qdrant", "QDRANT_PATH", "data directory of the embedded engine (Qdrant Edge): one shard per collection")
     qdrant_url: str | None = setting(None, "QDRANT_URL", "Qdrant server or cluster URL; overrides QDRANT_PATH")
+    edge_search_threads: int = setting(0, "EDGE_SEARCH_THREADS", "search threads of each embedded collection's shard (0 = the available CPUs, fewer as collections add up: at most 2 per CPU in all)")
+    edge_optimize_on_start: bool = setting(
+        False, "EDGE_OPTIMIZE_ON_START",
+        "merge segments and build HNSW graphs of the embedded collections at start, before reporting SERVING "
+        "(blocks the process while it runs; `searchctl store optimize` does it offline)",
+    )
+    hnsw_ef: int = setting(0, "QDRANT_HNSW_EF", "HNSW search breadth for indexed segments (0 = the engine default, ef_construct)")
     qdrant_api_key: str | None = setting(None, "QDRANT_API_KEY", "API key for QDRANT_URL")
     qdrant_timeout_seconds: float = setting(10.0, "QDRANT_TIMEOUT_SECONDS", "timeout of one Qdrant call")
     shard_number: int = setting(1, "QDRANT_SHARD_NUMBER", "shards of new collections (Qdrant cluster)")

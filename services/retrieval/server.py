@@ -13,17 +13,12 @@ from google.protobuf import json_format, struct_pb2
 
 from search.v1 import common_pb2, retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
 from services.common import validation
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.retrieval.config import RetrievalConfig
-from services.retrieval.filters import to_qdrant_filter
-from services.retrieval.store import (
-    CollectionDescription,
-    DocumentIn,
-    DocumentStore,
-    Fusion,
-    QdrantSettings,
-    open_client,
-)
+from services.retrieval.backends import BackendSettings, open_backend
+from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
+from services.retrieval.filters import to_filter
+from services.retrieval.store import CollectionDescription, DocumentIn, DocumentStore, Fusion
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +109,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         limit = validation.bounded_int(request.limit or 50, "limit", 1, MAX_PREFETCH)
         if request.mode not in MODES:
             raise InvalidArgument("mode", f"unknown retrieval mode {request.mode}")
-        qfilter = to_qdrant_filter(request.filter)
+        qfilter = to_filter(request.filter)
         fusion = fusion_options(request.fusion)
         candidates, mode = await self._run(self.store.retrieve, name, query, limit, qfilter, MODES[request.mode], fusion)
         return pb.RetrieveResponse(
@@ -170,7 +165,7 @@ class RetrievalService:
         self.config = config
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="retrieval")
         self.servicer = RetrievalServicer(self.executor)
-        self._client = None
+        self._backend = None
         self._embedder = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -212,7 +207,7 @@ class RetrievalService:
             prefetch=prefetch,
         )
         self._embedder = embedder
-        settings = QdrantSettings(
+        settings = BackendSettings(
             path=cfg.qdrant_path,
             url=cfg.qdrant_url,
             api_key=cfg.qdrant_api_key,
@@ -220,15 +215,28 @@ class RetrievalService:
             replication_factor=cfg.replication_factor,
             write_consistency_factor=cfg.write_consistency_factor,
             timeout_s=cfg.qdrant_timeout_seconds,
+            hnsw_ef=cfg.hnsw_ef or None,
+            search_threads=cfg.edge_search_threads,
+            optimize_on_start=cfg.edge_optimize_on_start,
         )
-        self._client = await loop.run_in_executor(self.executor, open_client, settings)
+        if not cfg.qdrant_url and (legacy := legacy_collections(cfg.qdrant_path)):
+            log.error(
+                "data of the old embedded store (qdrant-client local mode) found; it is no longer served. "
+                "Stop this service and run `%s` to copy it into Qdrant Edge (no re-embedding)",
+                IMPORT_COMMAND.format(path=cfg.qdrant_path), extra={"legacy_collections": legacy},
+            )
+        try:
+            self._backend = await loop.run_in_executor(self.executor, open_backend, settings)
+        except ServiceError as exc:  # a shard that cannot be opened: say which, change nothing
+            raise SystemExit(f"retrieval cannot open its store: {exc.message}") from exc
         from services.retrieval.passages import MODES as LONG_DOCUMENT_MODES, PassageSplitter
 
         if cfg.long_documents not in LONG_DOCUMENT_MODES:
             raise SystemExit(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
         splitter = PassageSplitter(model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
         store = DocumentStore(
-            self._client, embedder, Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length), settings, splitter=splitter, long_documents=cfg.long_documents
+            self._backend, embedder, Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length),
+            splitter=splitter, long_documents=cfg.long_documents,
         )
         # Warm up before reporting SERVING: the first inference allocates; a batch at the
         # full sequence length allocates what the largest documents need.
@@ -239,7 +247,8 @@ class RetrievalService:
             "retrieval ready",
             extra={"model": embedder.name, "provider": embedder.provider, "max_length": encoder.max_length,
                    "inference_workers": workers, "intra_op_threads": threads, "max_batch_tokens": max_tokens,
-                   "qdrant": cfg.qdrant_url or f"local:{cfg.qdrant_path}"},
+                   "qdrant": cfg.qdrant_url or f"edge:{cfg.qdrant_path}",
+                   "collections": len(self._backend.list_collections())},
         )
 
     #: How long stop() waits for store calls still running after the gRPC grace period.
@@ -256,5 +265,5 @@ class RetrievalService:
             log.warning("store calls still running after %.0f s; closing anyway", self.STOP_WAIT_S)
         if self._embedder is not None:
             await self._embedder.close()
-        if self._client is not None:
-            self._client.close()
+        if self._backend is not None:  # flushes the embedded engine's segments
+            await asyncio.get_running_loop().run_in_executor(None, self._backend.close)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import pytest
-from qdrant_client import models
 
 from search.v1 import common_pb2 as c
 from services.common.errors import InvalidArgument
-from services.retrieval.filters import MAX_FILTER_DEPTH, to_qdrant_filter
+from services.retrieval.backends import base
+from services.retrieval.filters import MAX_FILTER_DEPTH, to_filter
 
 
 def field(**kw):
@@ -13,7 +13,7 @@ def field(**kw):
 
 
 def test_empty_filter_is_none():
-    assert to_qdrant_filter(c.Filter()) is None
+    assert to_filter(c.Filter()) is None
 
 
 def test_conditions_address_the_callers_payload():
@@ -22,23 +22,23 @@ def test_conditions_address_the_callers_payload():
         should=[field(key="lang", any_keyword=c.KeywordList(values=["en", "de"]))],
         must_not=[field(key="draft", boolean=True), field(key="rank", integer=3)],
     )
-    q = to_qdrant_filter(flt)
-    assert q.must[0] == models.FieldCondition(key="payload.topic", match=models.MatchValue(value="bio"))
-    assert q.must[1] == models.FieldCondition(key="payload.year", range=models.Range(gte=2019, lt=2022))
-    assert q.should[0].match == models.MatchAny(any=["en", "de"])
-    assert q.must_not[0].match == models.MatchValue(value=True)
-    assert q.must_not[1].match == models.MatchValue(value=3)
+    q = to_filter(flt)
+    assert q.must[0] == base.Match("payload.topic", "bio")
+    assert q.must[1] == base.Range("payload.year", gte=2019, lt=2022)
+    assert q.should[0] == base.MatchAny("payload.lang", ("en", "de"))
+    assert q.must_not[0] == base.Match("payload.draft", True)
+    assert q.must_not[1] == base.Match("payload.rank", 3)
 
 
 def test_nested_filters_and_depth_limit():
     inner = c.Filter(must=[field(key="a", keyword="x")])
-    q = to_qdrant_filter(c.Filter(should=[c.Condition(filter=inner)]))
-    assert isinstance(q.should[0], models.Filter)
+    q = to_filter(c.Filter(should=[c.Condition(filter=inner)]))
+    assert isinstance(q.should[0], base.Filter)
     deep = inner
     for _ in range(MAX_FILTER_DEPTH):
         deep = c.Filter(must=[c.Condition(filter=deep)])
     with pytest.raises(InvalidArgument, match="nest"):
-        to_qdrant_filter(deep)
+        to_filter(deep)
 
 
 @pytest.mark.parametrize(
@@ -55,5 +55,5 @@ def test_nested_filters_and_depth_limit():
 )
 def test_invalid_conditions_name_the_field(cond, needle):
     with pytest.raises(InvalidArgument, match=needle) as info:
-        to_qdrant_filter(c.Filter(must=[cond]))
+        to_filter(c.Filter(must=[cond]))
     assert info.value.field.startswith("filter.must[0]")

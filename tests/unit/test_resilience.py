@@ -487,10 +487,10 @@ def test_gateway_and_retrieval_refuse_the_same_filters():
         with pytest.raises(InvalidArgument):
             v.payload_filter(flt)
         with pytest.raises(InvalidArgument):
-            filters.to_qdrant_filter(flt)
+            filters.to_filter(flt)
     ok = common_pb2.Filter(must_not=[_cond(key="year.n-1_x", range=common_pb2.Range(gte=1, lt=2))])
     v.payload_filter(ok)
-    assert filters.to_qdrant_filter(ok).must_not[0].key == "payload.year.n-1_x"
+    assert filters.to_filter(ok).must_not[0].key == "payload.year.n-1_x"
 
 
 @pytest.mark.parametrize(

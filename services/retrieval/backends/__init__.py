@@ -1,0 +1,38 @@
+"""Vector engines behind one seam (``base.Backend``): Qdrant Edge in-process (the default)
+or a Qdrant server/cluster (``QDRANT_URL``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.retrieval.backends.base import Backend
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    path: str = ".data/qdrant"
+    url: str | None = None
+    api_key: str | None = None
+    shard_number: int = 1
+    replication_factor: int = 1
+    write_consistency_factor: int = 1
+    timeout_s: float = 10.0
+    hnsw_ef: int | None = None
+    search_threads: int = 0
+    optimize_on_start: bool = False
+
+
+def open_backend(settings: BackendSettings) -> Backend:
+    """The engine ``settings`` name: a Qdrant server when ``url`` is set, else Qdrant Edge."""
+    if settings.url:
+        from services.retrieval.backends.qdrant_server import QdrantServerBackend
+
+        return QdrantServerBackend.connect(
+            settings.url, settings.api_key, settings.timeout_s, shard_number=settings.shard_number,
+            replication_factor=settings.replication_factor, write_consistency_factor=settings.write_consistency_factor,
+            hnsw_ef=settings.hnsw_ef,
+        )
+    from services.retrieval.backends.edge import EdgeBackend
+
+    return EdgeBackend(settings.path, search_threads=settings.search_threads, hnsw_ef=settings.hnsw_ef,
+                       optimize_on_start=settings.optimize_on_start)

@@ -1,0 +1,181 @@
+"""The seam between the document store and a vector engine: neutral types and the protocol.
+
+Everything above this seam (embedding, passages, ids, fusion, filters, validation) is
+shared by every engine; a backend only translates these types to its engine's calls. A
+third engine is one new module implementing :class:`Backend`.
+
+Backends raise the domain errors of ``services.common.errors`` (``NotFound``,
+``AlreadyExists``, ``Unavailable``, ``FailedPrecondition``); nothing here knows gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Union
+
+#: Named vectors of every collection.
+DENSE = "dense"
+SPARSE = "sparse"
+
+#: Payload keys the store owns; a caller's payload lives under ``payload``.
+DOC_ID = "doc_id"
+PASSAGE = "passage"
+CALLER_PAYLOAD = "payload"
+
+#: Payload field types a collection can index for filtering.
+FIELD_TYPES = ("keyword", "integer", "float", "bool")
+
+
+# -- filters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """``key`` equals ``value``."""
+
+    key: str
+    value: str | int | bool
+
+
+@dataclass(frozen=True)
+class MatchAny:
+    """``key`` equals one of ``values``."""
+
+    key: str
+    values: tuple[str, ...] | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    """``key`` within the given bounds (each optional)."""
+
+    key: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True)
+class Filter:
+    """All of ``must``, at least one of ``should`` (when given), none of ``must_not``."""
+
+    must: tuple[Condition, ...] = ()
+    should: tuple[Condition, ...] = ()
+    must_not: tuple[Condition, ...] = ()
+
+
+Condition = Union[Match, MatchAny, Range, Filter]
+
+
+# -- points and queries --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PointIn:
+    """One point to write: a document's passage with its vectors and payload."""
+
+    id: str | int  # the store writes uuid strings; an imported point keeps its id
+    dense: Sequence[float]
+    sparse: SparseVector | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """The ``limit`` points nearest ``vector`` in the named vector ``using``."""
+
+    using: str
+    vector: Sequence[float] | SparseVector
+    limit: int
+    filter: Filter | None = None
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Several :class:`Nearest` lists fused in the engine by ``method`` (``rrf`` or ``dbsf``)."""
+
+    prefetch: tuple[Nearest, ...]
+    method: str
+    limit: int
+    rrf_k: int = 60
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectionSchema:
+    """What a collection is: its vectors, its filterable fields and what the store records."""
+
+    name: str
+    dense_dimension: int
+    sparse: bool
+    filter_fields: dict[str, str] = field(default_factory=dict)
+    #: Recorded at creation and returned as is: the model that wrote the dense vectors,
+    #: how long documents are handled, and so on.
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    """The engine's own figures for one collection."""
+
+    points: int
+    segments: int = 0
+    indexed_vectors: int = 0
+
+
+class Backend(Protocol):
+    """A vector engine holding named collections."""
+
+    #: Short name for logs and metrics: ``edge`` or ``qdrant``.
+    kind: str
+
+    def list_collections(self) -> list[str]: ...
+
+    def create_collection(self, schema: CollectionSchema) -> None:
+        """Create it; ``AlreadyExists`` if the name is taken."""
+
+    def schema(self, name: str) -> CollectionSchema:
+        """The collection's schema; ``NotFound`` if there is none."""
+
+    def delete_collection(self, name: str) -> None: ...
+
+    def upsert(self, name: str, points: Sequence[PointIn]) -> None:
+        """Write ``points`` (replacing any with the same id); durable when it returns."""
+
+    def delete_ids(self, name: str, ids: Sequence[str]) -> None: ...
+
+    def delete_where(self, name: str, where: Filter) -> None: ...
+
+    def existing(self, name: str, ids: Sequence[str]) -> list[str]:
+        """The subset of ``ids`` that are stored."""
+
+    def count(self, name: str, where: Filter | None = None) -> int: ...
+
+    def query(self, name: str, queries: Sequence[Nearest | Fused]) -> list[list[Hit]]:
+        """Run the queries (as one batch where the engine can); best first, with payload."""
+
+    def scroll(
+        self, name: str, offset: str | None, limit: int, with_vectors: bool
+    ) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any] | None]], str | None]:
+        """A page of ``(id, payload, vectors)`` and the offset of the next page (None at the end)."""
+
+    def stats(self, name: str) -> CollectionStats: ...
+
+    def flush(self) -> None:
+        """Persist what is buffered (a graceful shutdown calls it)."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,399 @@
+"""Qdrant Edge: Qdrant's engine in-process, one shard per collection (the embedded default).
+
+Layout under the data directory::
+
+    <path>/collections/<name>/collection.json   the schema (vectors, filter fields, metadata)
+    <path>/collections/<name>/shard/            the Edge shard: segments + write-ahead log
+
+Writes go through the shard's write-ahead log before ``update`` returns, so an
+acknowledged upsert survives the process being killed; ``flush`` (on close) persists the
+segments. A shard that cannot be opened (corrupt, another process holds its WAL, an
+incompatible version) stops the service at start with the path named; nothing is ever
+re-created over existing files.
+
+Two facts of qdrant-edge-py 0.9.0 shape this module (measured, docs/BENCHMARKS.md):
+
+* Its calls hold Python's GIL while they run. Queries take about a millisecond, so that is
+  cheap; but ``optimize()`` (merging segments and building the HNSW graph) holds it for
+  its whole run, about 90 s per 100k 384-d points on this CPU, which would freeze every
+  other thread of the service (gRPC, health checks, embedding). So the service never
+  optimizes while it serves: searches are exact over plain segments (7 ms dense at 100k
+  points), and the HNSW graph is built by ``searchctl store optimize`` while retrieval is
+  stopped, or at start-up before the service reports SERVING
+  (``EDGE_OPTIMIZE_ON_START``).
+* ``EdgeShard.load`` takes the shard's WAL lock: a second process opening the same data
+  directory fails, which is what we want.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from services.retrieval.backends.base import (
+    DENSE,
+    SPARSE,
+    CollectionSchema,
+    CollectionStats,
+    Filter,
+    Fused,
+    Hit,
+    Match,
+    MatchAny,
+    Nearest,
+    PointIn,
+    Range,
+    SparseVector,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_FILE = "collection.json"
+SHARD_DIR = "shard"
+#: Bumped when the on-disk layout written here changes incompatibly.
+LAYOUT_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+_INDEX_TYPES = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+}
+
+
+class _ReadWriteLock:
+    """Many readers (queries, upserts: the shard serialises internally) or one writer
+    (opening, closing, deleting the shard)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    def acquire_read(self) -> None:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class _Collection:
+    def __init__(self, schema: CollectionSchema, shard: qe.EdgeShard, path: Path) -> None:
+        self.schema = schema
+        self.shard: qe.EdgeShard | None = shard
+        self.path = path
+        self.lock = _ReadWriteLock()
+
+
+def _cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: With ``search_threads=0``, all shards together start at most this many search threads
+#: per CPU: each shard gets the CPUs while there are few collections, fewer as they add up.
+THREAD_BUDGET_PER_CPU = 2
+
+
+class EdgeBackend:
+    """Collections as Qdrant Edge shards under ``path``."""
+
+    kind = "edge"
+
+    def __init__(self, path: str | os.PathLike, search_threads: int = 0, hnsw_ef: int | None = None,
+                 optimize_on_start: bool = False) -> None:
+        self.root = Path(path)
+        self.collections_dir = self.root / "collections"
+        self.search_threads = search_threads
+        self.hnsw_ef = hnsw_ef
+        self._collections: dict[str, _Collection] = {}
+        self._registry = threading.Lock()  # guards the dict, not the shards
+        self.collections_dir.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(self.collections_dir.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):
+                self._open(entry.name, optimize=optimize_on_start)
+
+    # -- shards ------------------------------------------------------------------------
+
+    def _threads(self, shards: int) -> int:
+        """Search threads for one more shard when ``shards`` are open already."""
+        if self.search_threads > 0:
+            return self.search_threads
+        cpus = _cpus()
+        return max(1, min(cpus, THREAD_BUDGET_PER_CPU * cpus // (shards + 1)))
+
+    def _config(self, schema: CollectionSchema) -> qe.EdgeConfig:
+        # On load, the engine checks these against the shard's segments.
+        return qe.EdgeConfig(
+            vectors={DENSE: qe.EdgeVectorParams(size=schema.dense_dimension, distance=qe.Distance.Cosine)},
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if schema.sparse else None,
+            max_search_threads=self._threads(len(self._collections)),
+        )
+
+    def _open(self, name: str, optimize: bool = False) -> None:
+        directory = self.collections_dir / name
+        schema_path = directory / SCHEMA_FILE
+        shard_path = directory / SHARD_DIR
+        if not schema_path.exists() or not shard_path.exists():
+            raise FailedPrecondition(
+                f"{directory} is not a complete collection (expected {SCHEMA_FILE} and {SHARD_DIR}/); "
+                "move it out of the data directory or restore it from a snapshot"
+            )
+        try:
+            raw = json.loads(schema_path.read_text())
+            if raw.get("layout_version") != LAYOUT_VERSION:
+                raise ValueError(f"layout version {raw.get('layout_version')!r}, this service reads {LAYOUT_VERSION}")
+            schema = CollectionSchema(
+                name=raw["name"], dense_dimension=int(raw["dense_dimension"]), sparse=bool(raw["sparse"]),
+                filter_fields=dict(raw.get("filter_fields", {})), metadata=dict(raw.get("metadata", {})),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FailedPrecondition(f"cannot read collection schema {schema_path}: {exc}") from exc
+        try:
+            shard = qe.EdgeShard.load(str(shard_path), self._config(schema))
+        except Exception as exc:  # the binding raises plain Exception
+            raise FailedPrecondition(
+                f"cannot open the Qdrant Edge shard at {shard_path}: {exc} "
+                "(is another retrieval process using this data directory?); nothing was changed"
+            ) from exc
+        if optimize:
+            started = time.perf_counter()
+            shard.optimize()
+            log.info("collection optimized", extra={"collection": name, "seconds": round(time.perf_counter() - started, 1)})
+        self._collections[name] = _Collection(schema, shard, directory)
+
+    def _get(self, name: str) -> _Collection:
+        with self._registry:
+            collection = self._collections.get(name)
+        if collection is None:
+            raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
+        return collection
+
+    def _read(self, name: str, fn):
+        collection = self._get(name)
+        collection.lock.acquire_read()
+        try:
+            if collection.shard is None:  # deleted while we waited
+                raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
+            try:
+                return fn(collection.shard)
+            except (NotFound, AlreadyExists, FailedPrecondition):
+                raise
+            except Exception as exc:
+                raise Unavailable(f"Qdrant Edge failed on collection {name!r}: {exc}") from exc
+        finally:
+            collection.lock.release_read()
+
+    # -- collections -------------------------------------------------------------------
+
+    def list_collections(self) -> list[str]:
+        with self._registry:
+            return sorted(self._collections)
+
+    def create_collection(self, schema: CollectionSchema) -> None:
+        if not _NAME.match(schema.name):
+            raise ValueError(f"unsafe collection name {schema.name!r}")
+        with self._registry:
+            directory = self.collections_dir / schema.name
+            if schema.name in self._collections or directory.exists():
+                raise AlreadyExists(f"collection {schema.name!r} already exists")
+            # Build it beside the others under a temporary name, then rename: a crash
+            # half-way leaves no half-made collection that would stop the next start.
+            staging = self.collections_dir / f".creating-{schema.name}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir(parents=True)
+            try:
+                shard = qe.EdgeShard.create(str(staging / SHARD_DIR), self._config(schema))
+                indexes = {"doc_id": "keyword", "passage": "integer"}
+                indexes.update({f"payload.{key}": kind for key, kind in schema.filter_fields.items()})
+                for key, kind in indexes.items():
+                    shard.update(qe.UpdateOperation.create_field_index(key, _INDEX_TYPES[kind]))
+                shard.flush()
+                shard.close()
+                (staging / SCHEMA_FILE).write_text(json.dumps({
+                    "layout_version": LAYOUT_VERSION, "name": schema.name, "dense_dimension": schema.dense_dimension,
+                    "sparse": schema.sparse, "filter_fields": schema.filter_fields, "metadata": schema.metadata,
+                }, indent=2, sort_keys=True))
+                os.replace(staging, directory)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            self._open(schema.name)
+
+    def schema(self, name: str) -> CollectionSchema:
+        return self._get(name).schema
+
+    def delete_collection(self, name: str) -> None:
+        collection = self._get(name)
+        collection.lock.acquire_write()
+        try:
+            if collection.shard is None:
+                raise NotFound(f"collection {name!r} does not exist")
+            collection.shard.close()
+            collection.shard = None
+            with self._registry:
+                self._collections.pop(name, None)
+            # Rename first (atomic), then remove: a crash never leaves a half-deleted shard
+            # under the collection's name.
+            trash = self.collections_dir / f".deleting-{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(collection.path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        finally:
+            collection.lock.release_write()
+
+    # -- points ------------------------------------------------------------------------
+
+    def upsert(self, name: str, points: Sequence[PointIn]) -> None:
+        edge_points = []
+        for p in points:
+            vectors: dict[str, Any] = {DENSE: list(p.dense)}
+            if p.sparse is not None and p.sparse.indices:
+                vectors[SPARSE] = qe.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+            edge_points.append(qe.Point(p.id, vectors, p.payload))
+        self._read(name, lambda shard: shard.update(qe.UpdateOperation.upsert_points(edge_points)))
+
+    def delete_ids(self, name: str, ids: Sequence[str]) -> None:
+        self._read(name, lambda shard: shard.update(qe.UpdateOperation.delete_points(list(ids))))
+
+    def delete_where(self, name: str, where: Filter) -> None:
+        flt = _filter(where)
+        self._read(name, lambda shard: shard.update(qe.UpdateOperation.delete_points_by_filter(flt)))
+
+    def existing(self, name: str, ids: Sequence[str]) -> list[str]:
+        records = self._read(name, lambda shard: shard.retrieve(list(ids), with_payload=False, with_vector=False))
+        return [str(r.id) for r in records]
+
+    def count(self, name: str, where: Filter | None = None) -> int:
+        request = qe.CountRequest(exact=True, filter=_filter(where) if where else None)
+        return self._read(name, lambda shard: shard.count(request))
+
+    def query(self, name: str, queries: Sequence[Nearest | Fused]) -> list[list[Hit]]:
+        params = qe.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
+        requests = [_request(q, params) for q in queries]
+        if len(requests) == 1:
+            results = [self._read(name, lambda shard: shard.query(requests[0]))]
+        else:
+            results = self._read(name, lambda shard: shard.query_batch(qe.QueryBatchRequest(requests)))
+        return [[Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points] for points in results]
+
+    def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool):
+        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=with_vectors)
+        records, next_offset = self._read(name, lambda shard: shard.scroll(request))
+        page = []
+        for r in records:
+            vectors = None
+            if with_vectors:
+                vectors = {}
+                for key, value in (r.vector or {}).items():
+                    if isinstance(value, qe.SparseVector):
+                        vectors[key] = SparseVector(tuple(value.indices), tuple(value.values))
+                    else:
+                        vectors[key] = list(value)
+            page.append((str(r.id), r.payload or {}, vectors))
+        return page, None if next_offset is None else str(next_offset)
+
+    def stats(self, name: str) -> CollectionStats:
+        info = self._read(name, lambda shard: shard.info())
+        return CollectionStats(points=info.points_count, segments=info.segments_count,
+                               indexed_vectors=info.indexed_vectors_count)
+
+    def optimize(self, name: str) -> bool:
+        """Merge segments and build the HNSW graph (holds the GIL: offline or at start only)."""
+        return self._read(name, lambda shard: shard.optimize())
+
+    def flush(self) -> None:
+        for name in self.list_collections():
+            try:
+                self._read(name, lambda shard: shard.flush())
+            except NotFound:
+                pass
+
+    def close(self) -> None:
+        with self._registry:
+            collections = list(self._collections.values())
+            self._collections.clear()
+        for collection in collections:
+            collection.lock.acquire_write()
+            try:
+                if collection.shard is not None:
+                    collection.shard.flush()
+                    collection.shard.close()
+                    collection.shard = None
+            finally:
+                collection.lock.release_write()
+
+
+# -- translation to Edge types -------------------------------------------------------------
+
+
+def _vector(vector):
+    if isinstance(vector, SparseVector):
+        return qe.SparseVector(indices=list(vector.indices), values=list(vector.values))
+    return list(vector)
+
+
+def _nearest(q: Nearest) -> qe.Query:
+    return qe.Query.Nearest(_vector(q.vector), using=q.using)
+
+
+def _request(q: Nearest | Fused, params: qe.SearchParams | None) -> qe.QueryRequest:
+    if isinstance(q, Nearest):
+        return qe.QueryRequest(limit=q.limit, query=_nearest(q), filter=_filter(q.filter) if q.filter else None,
+                               params=params, with_payload=True)
+    fusion = qe.Fusion.Rrf(k=q.rrf_k) if q.method == "rrf" else qe.Fusion.Dbsf()
+    prefetch = [
+        qe.Prefetch(limit=p.limit, query=_nearest(p), filter=_filter(p.filter) if p.filter else None, params=params)
+        for p in q.prefetch
+    ]
+    return qe.QueryRequest(limit=q.limit, prefetches=prefetch, query=fusion, with_payload=True)
+
+
+def _filter(flt: Filter) -> qe.Filter:
+    return qe.Filter(
+        must=[_condition(c) for c in flt.must] or None,
+        should=[_condition(c) for c in flt.should] or None,
+        must_not=[_condition(c) for c in flt.must_not] or None,
+    )
+
+
+def _condition(c):
+    if isinstance(c, Filter):
+        return _filter(c)
+    if isinstance(c, Match):
+        return qe.FieldCondition(key=c.key, match=qe.MatchValue(value=c.value))
+    if isinstance(c, MatchAny):
+        return qe.FieldCondition(key=c.key, match=qe.MatchAny(any=list(c.values)))
+    if isinstance(c, Range):
+        return qe.FieldCondition(key=c.key, range=qe.RangeFloat(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))
+    raise TypeError(f"unknown filter condition {c!r}")

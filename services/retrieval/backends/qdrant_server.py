@@ -1,0 +1,221 @@
+"""A Qdrant server or cluster through qdrant-client (``QDRANT_URL``).
+
+The schema lives in the collection's own metadata, so any retrieval replica reads it
+from the cluster. Tests drive this module against qdrant-client's local mode, which
+receives the same client calls a server would (no Qdrant server can be installed where
+the tests run); it is never a serving option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from services.common.errors import AlreadyExists, NotFound, Unavailable
+from services.retrieval.backends.base import (
+    DENSE,
+    SPARSE,
+    CollectionSchema,
+    CollectionStats,
+    Filter,
+    Fused,
+    Hit,
+    Match,
+    MatchAny,
+    Nearest,
+    PointIn,
+    Range,
+    SparseVector,
+)
+
+_INDEX_TYPES = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+}
+_SCHEMA_KEY = "search_platform_schema"
+
+
+class QdrantServerBackend:
+    kind = "qdrant"
+
+    def __init__(self, client: QdrantClient, shard_number: int = 1, replication_factor: int = 1,
+                 write_consistency_factor: int = 1, hnsw_ef: int | None = None) -> None:
+        self.client = client
+        self.shard_number = shard_number
+        self.replication_factor = replication_factor
+        self.write_consistency_factor = write_consistency_factor
+        self.hnsw_ef = hnsw_ef
+        # Local mode (the tests' stand-in) warns that it ignores payload indexes.
+        self._local = type(getattr(client, "_client", None)).__name__ == "QdrantLocal"
+
+    @classmethod
+    def connect(cls, url: str, api_key: str | None = None, timeout_s: float = 10.0, **kw) -> QdrantServerBackend:
+        return cls(QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s)), **kw)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UnexpectedResponse as exc:
+            if exc.status_code == 404:
+                raise NotFound(f"{what}: not found in Qdrant ({exc.content!r})") from exc
+            raise Unavailable(f"Qdrant {what} failed with HTTP {exc.status_code}") from exc
+        except (ResponseHandlingException, ConnectionError, TimeoutError, OSError) as exc:
+            raise Unavailable(f"Qdrant is unreachable during {what}: {exc}") from exc
+        except ValueError as exc:  # local mode: "Collection X not found"
+            if "not found" in str(exc):
+                raise NotFound(str(exc)) from exc
+            raise
+
+    # -- collections -------------------------------------------------------------------
+
+    def list_collections(self) -> list[str]:
+        return sorted(c.name for c in self._call("list collections", self.client.get_collections).collections)
+
+    def create_collection(self, schema: CollectionSchema) -> None:
+        if self._call("collection_exists", self.client.collection_exists, schema.name):
+            raise AlreadyExists(f"collection {schema.name!r} already exists")
+        self._call(
+            "create_collection",
+            self.client.create_collection,
+            schema.name,
+            vectors_config={DENSE: models.VectorParams(size=schema.dense_dimension, distance=models.Distance.COSINE)},
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)} if schema.sparse else None,
+            shard_number=self.shard_number,
+            replication_factor=self.replication_factor,
+            write_consistency_factor=self.write_consistency_factor,
+            metadata={_SCHEMA_KEY: {"dense_dimension": schema.dense_dimension, "sparse": schema.sparse,
+                                    "filter_fields": schema.filter_fields, "metadata": schema.metadata}},
+        )
+        if not self._local:
+            indexes = {"doc_id": "keyword", "passage": "integer"}
+            indexes.update({f"payload.{key}": kind for key, kind in schema.filter_fields.items()})
+            for key, kind in indexes.items():
+                self._call("create_payload_index", self.client.create_payload_index, schema.name, key, _INDEX_TYPES[kind])
+
+    def schema(self, name: str) -> CollectionSchema:
+        if not self._call("collection_exists", self.client.collection_exists, name):
+            raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
+        info = self._call("get_collection", self.client.get_collection, name)
+        raw = (info.config.metadata or {}).get(_SCHEMA_KEY)
+        if raw is None:  # created by an earlier version (flat metadata) or by hand: read what Qdrant knows
+            dense = info.config.params.vectors
+            params = dense.get(DENSE) if isinstance(dense, dict) else dense
+            metadata = dict(info.config.metadata or {})
+            raw = {"dense_dimension": params.size if params else 0, "sparse": bool(info.config.params.sparse_vectors),
+                   "filter_fields": dict(metadata.pop("filter_fields", None) or {}),
+                   "metadata": {k: v for k, v in metadata.items() if k != "sparse"}}
+        return CollectionSchema(name=name, dense_dimension=int(raw["dense_dimension"]), sparse=bool(raw["sparse"]),
+                                filter_fields=dict(raw.get("filter_fields", {})), metadata=dict(raw.get("metadata", {})))
+
+    def delete_collection(self, name: str) -> None:
+        self.schema(name)
+        self._call("delete_collection", self.client.delete_collection, name)
+
+    # -- points ------------------------------------------------------------------------
+
+    def upsert(self, name: str, points: Sequence[PointIn]) -> None:
+        structs = []
+        for p in points:
+            vectors: dict[str, Any] = {DENSE: list(p.dense)}
+            if p.sparse is not None and p.sparse.indices:
+                vectors[SPARSE] = models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+            structs.append(models.PointStruct(id=p.id, vector=vectors, payload=p.payload))
+        self._call("upsert", self.client.upsert, name, points=structs, wait=True)
+
+    def delete_ids(self, name: str, ids: Sequence[str]) -> None:
+        self._call("delete", self.client.delete, name, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+
+    def delete_where(self, name: str, where: Filter) -> None:
+        self._call("delete", self.client.delete, name, points_selector=models.FilterSelector(filter=_filter(where)), wait=True)
+
+    def existing(self, name: str, ids: Sequence[str]) -> list[str]:
+        records = self._call("retrieve", self.client.retrieve, name, ids=list(ids), with_payload=False)
+        return [str(r.id) for r in records]
+
+    def count(self, name: str, where: Filter | None = None) -> int:
+        return self._call("count", self.client.count, name, count_filter=_filter(where) if where else None, exact=True).count
+
+    def query(self, name: str, queries: Sequence[Nearest | Fused]) -> list[list[Hit]]:
+        params = models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
+        requests = [_request(q, params) for q in queries]
+        if len(requests) == 1:
+            responses = [self._call("query_points", self.client.query_points, name, **_kwargs(requests[0]))]
+        else:
+            responses = self._call("query_batch_points", self.client.query_batch_points, name, requests=requests)
+        return [[Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in r.points] for r in responses]
+
+    def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool):
+        records, next_offset = self._call("scroll", self.client.scroll, name, offset=offset, limit=limit,
+                                          with_payload=True, with_vectors=with_vectors)
+        page = []
+        for r in records:
+            vectors = None
+            if with_vectors:
+                vectors = {}
+                for key, value in (r.vector or {}).items():
+                    if isinstance(value, models.SparseVector):
+                        vectors[key] = SparseVector(tuple(value.indices), tuple(value.values))
+                    else:
+                        vectors[key] = list(value)
+            page.append((str(r.id), r.payload or {}, vectors))
+        return page, None if next_offset is None else str(next_offset)
+
+    def stats(self, name: str) -> CollectionStats:
+        info = self._call("get_collection", self.client.get_collection, name)
+        return CollectionStats(points=int(info.points_count or 0), segments=int(info.segments_count or 0),
+                               indexed_vectors=int(info.indexed_vectors_count or 0))
+
+    def flush(self) -> None:
+        """Nothing to do: a Qdrant server acknowledges ``wait=True`` writes once applied."""
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _vector(vector):
+    if isinstance(vector, SparseVector):
+        return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+    return list(vector)
+
+
+def _request(q: Nearest | Fused, params) -> models.QueryRequest:
+    if isinstance(q, Nearest):
+        return models.QueryRequest(query=_vector(q.vector), using=q.using, limit=q.limit,
+                                   filter=_filter(q.filter) if q.filter else None, params=params, with_payload=True)
+    fusion: Any = (models.RrfQuery(rrf=models.Rrf(k=q.rrf_k)) if q.method == "rrf"
+                   else models.FusionQuery(fusion=models.Fusion.DBSF))
+    return models.QueryRequest(
+        prefetch=[models.Prefetch(query=_vector(p.vector), using=p.using, limit=p.limit,
+                                  filter=_filter(p.filter) if p.filter else None, params=params) for p in q.prefetch],
+        query=fusion, limit=q.limit, with_payload=True,
+    )
+
+
+def _kwargs(r: models.QueryRequest) -> dict[str, Any]:
+    return {"query": r.query, "using": r.using, "prefetch": r.prefetch, "limit": r.limit, "query_filter": r.filter,
+            "search_params": r.params, "with_payload": r.with_payload}
+
+
+def _filter(flt: Filter) -> models.Filter:
+    return models.Filter(
+        must=[_condition(c) for c in flt.must] or None,
+        should=[_condition(c) for c in flt.should] or None,
+        must_not=[_condition(c) for c in flt.must_not] or None,
+    )
+
+
+def _condition(c):
+    if isinstance(c, Filter):
+        return _filter(c)
+    if isinstance(c, Match):
+        return models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value))
+    if isinstance(c, MatchAny):
+        return models.FieldCondition(key=c.key, match=models.MatchAny(any=list(c.values)))
+    if isinstance(c, Range):
+        return models.FieldCondition(key=c.key, range=models.Range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))
+    raise TypeError(f"unknown filter condition {c!r}")
