@@ -137,6 +137,30 @@ RETRIEVAL_POINTS_UPSERTED = Counter(
     "search_retrieval_points_upserted",
     "Points (documents) written to Qdrant.",
 )
+# The vector engine's own figures, per collection, refreshed every RETRIEVAL_STORE_STATS_SECONDS.
+RETRIEVAL_STORE_POINTS = Gauge(
+    "search_retrieval_store_points",
+    "Points in a collection, as the vector engine counts them.",
+    ["collection"],
+)
+RETRIEVAL_STORE_SEGMENTS = Gauge(
+    "search_retrieval_store_segments",
+    "Segments of a collection (embedded engine: of its shard).",
+    ["collection"],
+)
+RETRIEVAL_STORE_INDEXED_VECTORS = Gauge(
+    "search_retrieval_store_indexed_vectors",
+    "Vectors of a collection held in an index (dense and sparse counted separately).",
+    ["collection"],
+)
+RETRIEVAL_STORE_OPTIMIZING = Gauge(
+    "search_retrieval_store_optimizing",
+    "1 while the embedded engine merges segments and builds HNSW graphs (only at start, EDGE_OPTIMIZE_ON_START).",
+)
+RETRIEVAL_STORE_FLUSHES = Counter(
+    "search_retrieval_store_flushes",
+    "Flushes of the embedded engine's segments to disk (every write is in its write-ahead log before it is acknowledged).",
+)
 # The bi-encoder's dynamic batcher (the reranker's mechanism; services/retrieval/batched_embedder.py).
 RETRIEVAL_EMBED_QUEUE_TEXTS = Gauge(
     "search_retrieval_embed_queue_texts",
@@ -228,6 +252,11 @@ ALL_METRICS: tuple[Any, ...] = (
     RETRIEVAL_EMBEDDING_SECONDS,
     RETRIEVAL_QDRANT_SECONDS,
     RETRIEVAL_POINTS_UPSERTED,
+    RETRIEVAL_STORE_POINTS,
+    RETRIEVAL_STORE_SEGMENTS,
+    RETRIEVAL_STORE_INDEXED_VECTORS,
+    RETRIEVAL_STORE_OPTIMIZING,
+    RETRIEVAL_STORE_FLUSHES,
     RETRIEVAL_EMBED_QUEUE_TEXTS,
     RETRIEVAL_EMBED_QUEUE_REQUESTS,
     RETRIEVAL_EMBED_BATCH_TEXTS,

@@ -22,6 +22,7 @@ class RetrievalConfig:
         "merge segments and build HNSW graphs of the embedded collections at start, before reporting SERVING "
         "(blocks the process while it runs; `searchctl store optimize` does it offline)",
     )
+    store_stats_seconds: float = setting(10.0, "RETRIEVAL_STORE_STATS_SECONDS", "how often the store's own figures (points, segments, indexed vectors) are refreshed on /metrics (0 disables)")
     hnsw_ef: int = setting(0, "QDRANT_HNSW_EF", "HNSW search breadth for indexed segments (0 = the engine default, ef_construct)")
     qdrant_api_key: str | None = setting(None, "QDRANT_API_KEY", "API key for QDRANT_URL")
     qdrant_timeout_seconds: float = setting(10.0, "QDRANT_TIMEOUT_SECONDS", "timeout of one Qdrant call")

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from search.v1 import common_pb2, retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
-from services.common import validation
+from services.common import metrics, validation
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
@@ -167,6 +167,7 @@ class RetrievalService:
         self.servicer = RetrievalServicer(self.executor)
         self._backend = None
         self._embedder = None
+        self._stats_task: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RetrievalServiceServicer_to_server(self.servicer, server)
@@ -243,6 +244,8 @@ class RetrievalService:
         await embedder.aembed_documents(["warmup " * encoder.max_length] * max(workers, min(cfg.batch_size, 8)))
         await embedder.aembed_queries(["warmup"])
         self.servicer._store = store
+        if cfg.store_stats_seconds > 0:
+            self._stats_task = asyncio.create_task(self._export_store_stats(store, cfg.store_stats_seconds))
         log.info(
             "retrieval ready",
             extra={"model": embedder.name, "provider": embedder.provider, "max_length": encoder.max_length,
@@ -254,7 +257,33 @@ class RetrievalService:
     #: How long stop() waits for store calls still running after the gRPC grace period.
     STOP_WAIT_S = 30.0
 
+    async def _export_store_stats(self, store: DocumentStore, every_s: float) -> None:
+        """Keep the engine's own figures (points, segments, indexed vectors) on /metrics."""
+        exported: set[str] = set()
+        while True:
+            try:
+                stats = await self._run_store(store.stats)
+                for name, st in stats.items():
+                    metrics.RETRIEVAL_STORE_POINTS.labels(collection=name).set(st.points)
+                    metrics.RETRIEVAL_STORE_SEGMENTS.labels(collection=name).set(st.segments)
+                    metrics.RETRIEVAL_STORE_INDEXED_VECTORS.labels(collection=name).set(st.indexed_vectors)
+                for gone in exported - set(stats):
+                    for gauge in (metrics.RETRIEVAL_STORE_POINTS, metrics.RETRIEVAL_STORE_SEGMENTS,
+                                  metrics.RETRIEVAL_STORE_INDEXED_VECTORS):
+                        gauge.remove(gone)
+                exported = set(stats)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a figure missing for one round is no reason to stop serving
+                log.warning("could not read the store's figures", exc_info=True)
+            await asyncio.sleep(every_s)
+
+    async def _run_store(self, fn):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
     async def stop(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
         # Store calls still running (their RPCs were cancelled when the grace period ran out)
         # finish first, while the embedder can still serve them and before Qdrant's client is
         # closed under them; the wait runs off the loop, which those calls need for embedding.

@@ -36,6 +36,7 @@ from services.retrieval.backends.base import (
     SPARSE,
     Backend,
     CollectionSchema,
+    CollectionStats,
     Filter,
     Fused,
     Hit,
@@ -152,6 +153,16 @@ class DocumentStore:
 
     def list_collections(self) -> list[str]:
         return self.backend.list_collections()
+
+    def stats(self) -> dict[str, CollectionStats]:
+        """The engine's own figures for every collection (one that vanishes meanwhile is left out)."""
+        out = {}
+        for name in self.backend.list_collections():
+            try:
+                out[name] = self.backend.stats(name)
+            except NotFound:
+                continue
+        return out
 
     def create_collection(self, name: str, filter_fields: dict[str, str], sparse: bool = True) -> CollectionDescription:
         for key, kind in filter_fields.items():

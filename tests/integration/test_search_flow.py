@@ -191,3 +191,21 @@ def test_results_beyond_the_rerank_depth_follow_in_first_stage_order(stub, colle
     assert scores == sorted(scores, reverse=True)
     tail = [r.retrieval_score for r in response.results[2:]]
     assert tail == sorted(tail, reverse=True)
+
+
+def test_store_figures_reach_metrics(stack, stub, collection):
+    """The engine's own counts for the collection, and store time by query mode, on /metrics."""
+    import urllib.request
+
+    search(stub, collection, "lava", mode=common_pb2.RETRIEVAL_MODE_HYBRID)
+    url = f"http://127.0.0.1:{stack.metrics_ports['retrieval']}/metrics"
+    deadline = time.monotonic() + 30  # refreshed every RETRIEVAL_STORE_STATS_SECONDS (10 s)
+    text = ""
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        if f'search_retrieval_store_points{{collection="{collection}"}} {float(len(DOCS))}' in text:
+            break
+        time.sleep(0.5)
+    assert f'search_retrieval_store_points{{collection="{collection}"}} {float(len(DOCS))}' in text
+    assert f'search_retrieval_store_segments{{collection="{collection}"}}' in text
+    assert 'search_retrieval_qdrant_seconds_count{operation="query_hybrid"}' in text

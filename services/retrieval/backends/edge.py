@@ -41,6 +41,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from services.common import metrics
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from services.retrieval.backends.base import (
     DENSE,
@@ -190,7 +191,11 @@ class EdgeBackend:
             ) from exc
         if optimize:
             started = time.perf_counter()
-            shard.optimize()
+            metrics.RETRIEVAL_STORE_OPTIMIZING.set(1)
+            try:
+                shard.optimize()
+            finally:
+                metrics.RETRIEVAL_STORE_OPTIMIZING.set(0)
             log.info("collection optimized", extra={"collection": name, "seconds": round(time.perf_counter() - started, 1)})
         self._collections[name] = _Collection(schema, shard, directory)
 
@@ -336,6 +341,7 @@ class EdgeBackend:
         for name in self.list_collections():
             try:
                 self._read(name, lambda shard: shard.flush())
+                metrics.RETRIEVAL_STORE_FLUSHES.inc()
             except NotFound:
                 pass
 
@@ -348,6 +354,7 @@ class EdgeBackend:
             try:
                 if collection.shard is not None:
                     collection.shard.flush()
+                    metrics.RETRIEVAL_STORE_FLUSHES.inc()
                     collection.shard.close()
                     collection.shard = None
             finally:
