@@ -1,5 +1,5 @@
 """Transport security for every service: TLS / mTLS on the gRPC port and on outgoing channels,
-and the gateway's optional API-key check.
+the gateway's optional API-key check, and the internal token between the services.
 
 TLS is configured by environment variables only (:class:`SecurityConfig`), loaded by
 :func:`services.common.server.run`, so every service gets it without its own settings:
@@ -19,6 +19,14 @@ API keys (:class:`ApiKeyInterceptor`): callers send ``authorization: Bearer <key
 are compared as SHA-256 digests with :func:`hmac.compare_digest` against every configured
 key (no early exit), so timing reveals neither a key nor which key matched. Health and
 reflection stay reachable without a key (probes, grpcurl ``list``).
+
+Internal token (:class:`InternalTokenInterceptor`): API keys guard the gateway only; without
+more, anyone who reaches retrieval's or the reranker's port bypasses them. With
+``INTERNAL_TOKEN`` (or ``INTERNAL_TOKEN_FILE``) set, the internal services (every service but
+the edge one, see :func:`services.common.server.run`) answer UNAUTHENTICATED to any call
+without ``authorization: Bearer <token>`` (health and reflection excepted, checked the same
+constant-time way), and the gateway sends it on its channels (:class:`BearerToken`).
+``searchctl up`` generates one when the gateway requires API keys.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +69,16 @@ class SecurityConfig:
         None, "TLS_CLIENT_CERT_FILE", "PEM certificate chain presented on outgoing channels (mTLS); with TLS_CLIENT_KEY_FILE"
     )
     client_key_file: str | None = setting(None, "TLS_CLIENT_KEY_FILE", "PEM private key of TLS_CLIENT_CERT_FILE")
+    internal_token: str | None = setting(
+        None,
+        "INTERNAL_TOKEN",
+        "shared secret of the services (at least 16 printable characters): set, retrieval and reranker answer "
+        "UNAUTHENTICATED to calls without 'authorization: Bearer <token>' (health and reflection excepted) and the "
+        "gateway sends it; `searchctl up` generates one when the gateway requires API keys",
+    )
+    internal_token_file: str | None = setting(
+        None, "INTERNAL_TOKEN_FILE", "file holding INTERNAL_TOKEN (its first line that is not blank or a # comment), e.g. a mounted Secret"
+    )
 
     @property
     def server_tls(self) -> bool:
@@ -95,8 +114,9 @@ def validate(sc: SecurityConfig) -> SecurityConfig:
         raise ConfigError(f"{_env('client_ca_file')} (mTLS) needs {_env('cert_file')} and {_env('key_file')}")
     for f in dataclasses.fields(SecurityConfig):
         path = getattr(sc, f.name)
-        if path and not os.access(path, os.R_OK):
+        if f.name.endswith("_file") and path and not os.access(path, os.R_OK):
             raise ConfigError(f"{f.metadata['env']}={path}: file does not exist or is not readable")
+    resolve_internal_token(sc)  # a bad token fails at start-up too
     return sc
 
 
@@ -130,6 +150,39 @@ def channel_credentials(sc: SecurityConfig) -> grpc.ChannelCredentials | None:
         private_key=_read(sc.client_key_file),
         certificate_chain=_read(sc.client_cert_file),
     )
+
+
+#: What an internal token may hold: printable ASCII without blanks (it travels as metadata).
+_TOKEN = re.compile(r"[\x21-\x7e]{16,}")
+
+
+def resolve_internal_token(sc: SecurityConfig) -> str | None:
+    """The internal token from ``INTERNAL_TOKEN`` or ``INTERNAL_TOKEN_FILE``; None when neither is set.
+
+    Set but unusable (both set, an unreadable or empty file, too short, blanks) is an error
+    naming the variable: a typo must not turn the check off.
+    """
+    if sc.internal_token and sc.internal_token_file:
+        raise ConfigError("INTERNAL_TOKEN and INTERNAL_TOKEN_FILE are both set; set one")
+    source, token = "INTERNAL_TOKEN", sc.internal_token
+    if sc.internal_token_file:
+        source = f"INTERNAL_TOKEN_FILE={sc.internal_token_file}"
+        try:
+            lines = parse_api_keys(Path(sc.internal_token_file).read_text().splitlines())
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+        if not lines:
+            raise ConfigError(f"{source} holds no token")
+        token = lines[0]
+    if token is None:
+        return None
+    token = token.strip()
+    if not _TOKEN.fullmatch(token):
+        raise ConfigError(
+            f"{source}: the internal token must be at least 16 printable characters without blanks "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
 
 
 def markdown_table() -> str:
@@ -182,12 +235,16 @@ def _digest(key: str | bytes) -> bytes:
 
 
 class ApiKeyChecker:
-    """Constant-time membership of a presented key among the configured ones."""
+    """Constant-time membership of a presented key among the configured ones.
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    ``what`` and ``placeholder`` name the credential in the reasons given to callers.
+    """
+
+    def __init__(self, keys: Sequence[str], what: str = "API key", placeholder: str = "key") -> None:
         if not keys:
             raise ValueError("ApiKeyChecker needs at least one key")
         self._digests = [_digest(k) for k in keys]
+        self.what, self.placeholder = what, placeholder
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -203,21 +260,23 @@ class ApiKeyChecker:
         """None when the metadata carries a valid key; else the reason to give the caller."""
         values = [v for k, v in (metadata or ()) if k.lower() == "authorization"]
         if not values:
-            return "missing API key: send metadata 'authorization: Bearer <key>'"
+            return f"missing {self.what}: send metadata 'authorization: Bearer <{self.placeholder}>'"
         value = values[0].decode(errors="replace") if isinstance(values[0], bytes) else values[0]
         scheme, _, token = value.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return "malformed authorization metadata: expected 'Bearer <key>'"
+            return f"malformed authorization metadata: expected 'Bearer <{self.placeholder}>'"
         if not self.valid(token.strip()):
-            return "invalid API key"
+            return f"invalid {self.what}"
         return None
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Rejects calls without a valid bearer key with UNAUTHENTICATED, before any work is done."""
 
+    what, placeholder = "API key", "key"
+
     def __init__(self, keys: Sequence[str], exempt_prefixes: Sequence[str] = UNAUTHENTICATED_PREFIXES) -> None:
-        self.checker = ApiKeyChecker(keys)
+        self.checker = ApiKeyChecker(keys, self.what, self.placeholder)
         self.exempt = tuple(exempt_prefixes)
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -229,6 +288,26 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         return _rejecting_handler(handler, reason)
+
+
+class InternalTokenInterceptor(ApiKeyInterceptor):
+    """The internal services' check: the one accepted key is the internal token."""
+
+    what, placeholder = "internal token", "INTERNAL_TOKEN"
+
+    def __init__(self, token: str, exempt_prefixes: Sequence[str] = UNAUTHENTICATED_PREFIXES) -> None:
+        super().__init__([token], exempt_prefixes)
+
+
+class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
+    """Client side: adds ``authorization: Bearer <token>`` to every unary call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self.entry = ("authorization", f"Bearer {token}")
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        metadata = [*(client_call_details.metadata or ()), self.entry]
+        return await continuation(client_call_details._replace(metadata=metadata), request)
 
 
 def _rejecting_handler(handler, reason: str):

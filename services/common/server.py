@@ -5,12 +5,17 @@ NOT_SERVING first, then the service loads its model or store (:meth:`Service.sta
 and only then does health report SERVING. On SIGTERM or SIGINT health flips to
 NOT_SERVING (load balancers stop routing), the server stops accepting new calls,
 in-flight calls get ``grace_seconds`` to finish, and the service releases its resources.
+The handlers for both signals are installed first thing, whatever the process inherited (a
+process started in the background by a non-interactive shell inherits SIGINT ignored, and
+Python keeps that): SIGINT stops a server however it was launched.
 
 Transport security comes from the environment for every service alike
 (:mod:`services.common.security`: ``TLS_CERT_FILE``/``TLS_KEY_FILE`` for TLS,
-``TLS_CLIENT_CA_FILE`` for mTLS). A service may add its own interceptors (the gateway's
-API-key check and in-flight cap) by defining ``interceptors()``; they run after tracing
-and metrics (so rejections are counted) and before error mapping.
+``TLS_CLIENT_CA_FILE`` for mTLS). With ``INTERNAL_TOKEN`` set, every service that is not the
+platform's edge (``edge = True``: the gateway, which checks API keys instead and sends the
+token downstream) refuses calls without it. A service may add its own interceptors (the
+gateway's API-key check and in-flight cap) by defining ``interceptors()``; they run after
+tracing and metrics (so rejections are counted) and before error mapping.
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics, tracing
 from services.common.errors import ErrorMappingInterceptor
-from services.common.security import SecurityConfig, load_security, server_credentials
+from services.common.security import (
+    InternalTokenInterceptor,
+    SecurityConfig,
+    load_security,
+    resolve_internal_token,
+    server_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,8 @@ class Service(Protocol):
     name: str
     #: Fully qualified gRPC service names it serves, e.g. ``search.v1.SearchService``.
     grpc_service_names: Sequence[str]
+    # Optional ``edge: bool``: True for the service outside callers reach (the gateway). Any
+    # other service is internal: with INTERNAL_TOKEN set, every caller must present it.
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicers to ``server``."""
@@ -128,8 +141,18 @@ async def run(
 
     ``security`` defaults to :func:`~services.common.security.load_security` (the environment).
     """
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # first, replacing inherited dispositions (SIG_IGN too)
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or not POSIX
+            pass
+
     security = security if security is not None else load_security()
     credentials = server_credentials(security)  # reads the files: a bad path fails here, before binding
+    edge = bool(getattr(service, "edge", False))
+    token = None if edge else resolve_internal_token(security)
     tracing.setup_tracing(service.name)
     metrics.start_metrics_server(endpoint.metrics_port)
     own_interceptors = getattr(service, "interceptors", None)
@@ -139,6 +162,7 @@ async def run(
             calls,
             *tracing.server_interceptors(),
             metrics.MetricsServerInterceptor(service.name),
+            *([InternalTokenInterceptor(token)] if token else ()),
             *(own_interceptors() if own_interceptors else ()),
             ErrorMappingInterceptor(),
         ],
@@ -164,15 +188,11 @@ async def run(
     except RuntimeError as exc:
         raise SystemExit(f"{service.name}: cannot listen on {address}: {exc} (is the port already in use?)") from exc
     await server.start()
-    log.info("listening", extra={"address": address, "metrics_port": endpoint.metrics_port, **security.describe()})
-
-    stop = stop_event or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests) or not POSIX
-            pass
+    log.info(
+        "listening",
+        extra={"address": address, "metrics_port": endpoint.metrics_port, **security.describe(),
+               "internal_token": "sent" if edge and resolve_internal_token(security) else "required" if token else "off"},
+    )
 
     starting = asyncio.ensure_future(service.start())
     stopping = asyncio.ensure_future(stop.wait())

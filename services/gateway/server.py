@@ -8,7 +8,13 @@ import grpc
 
 from search.v1 import retrieval_service_pb2 as rpb, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.common import validation
-from services.common.security import ApiKeyInterceptor, SecurityConfig, load_api_keys, load_security
+from services.common.security import (
+    ApiKeyInterceptor,
+    SecurityConfig,
+    load_api_keys,
+    load_security,
+    resolve_internal_token,
+)
 from services.gateway import clients
 from services.gateway.config import GatewayConfig
 from services.gateway.pipeline import Budget, RerankDefaults, SearchPipeline, budget_for
@@ -132,6 +138,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 class GatewayService:
     name = "gateway"
     grpc_service_names = (SEARCH_SERVICE,)
+    edge = True  # callers are outside the platform: API keys here; INTERNAL_TOKEN is sent downstream, not required
 
     def __init__(self, config: GatewayConfig, security: SecurityConfig | None = None) -> None:
         self.config = config
@@ -154,6 +161,12 @@ class GatewayService:
         pb_grpc.add_SearchServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
+        if self.api_keys and not resolve_internal_token(self.security) and not self.security.client_cert_file:
+            log.warning(
+                "API keys are required here, but retrieval and reranker get no credential from the gateway "
+                "(neither INTERNAL_TOKEN nor TLS_CLIENT_CERT_FILE is set): whoever reaches their ports bypasses "
+                "the keys unless the network closes them (docs/RELIABILITY.md, Security)"
+            )
         log.info(
             "gateway ready",
             extra={

@@ -9,7 +9,7 @@ import pytest
 
 from services.common import security
 from services.common.config import ConfigError
-from services.common.security import ApiKeyChecker, SecurityConfig, load_api_keys, load_security
+from services.common.security import ApiKeyChecker, SecurityConfig, load_api_keys, load_security, resolve_internal_token
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def test_nothing_set_is_plaintext():
 
 def test_env_names():
     env = {f.metadata["env"] for f in security.dataclasses.fields(SecurityConfig)}
-    assert env == {"TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE", "TLS_CA_FILE", "TLS_CLIENT_CERT_FILE", "TLS_CLIENT_KEY_FILE"}
+    assert env == {"TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE", "TLS_CA_FILE", "TLS_CLIENT_CERT_FILE", "TLS_CLIENT_KEY_FILE",
+                   "INTERNAL_TOKEN", "INTERNAL_TOKEN_FILE"}
 
 
 @pytest.mark.parametrize(
@@ -113,3 +114,42 @@ def test_docs_list_every_security_setting():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
     table = security.markdown_table()
     assert table in doc, "docs/ARCHITECTURE.md: paste the security table of `searchctl config-docs`"
+
+
+TOKEN = "internal-3b8e61c0d2f4a975"
+
+
+def test_internal_token_from_env_or_file(tmp_path):
+    assert resolve_internal_token(load_security({})) is None
+    assert resolve_internal_token(load_security({"INTERNAL_TOKEN": f" {TOKEN} "})) == TOKEN
+    token_file = tmp_path / "token"
+    token_file.write_text(f"# mounted from a Secret\n\n{TOKEN}\n")
+    assert resolve_internal_token(load_security({"INTERNAL_TOKEN_FILE": str(token_file)})) == TOKEN
+
+
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        ({"INTERNAL_TOKEN": "short"}, "at least 16 printable characters"),
+        ({"INTERNAL_TOKEN": "sixteen chars but blanks"}, "without blanks"),
+        ({"INTERNAL_TOKEN": TOKEN, "INTERNAL_TOKEN_FILE": "/etc/hostname"}, "both set"),
+        ({"INTERNAL_TOKEN_FILE": "/nonexistent-token"}, "INTERNAL_TOKEN_FILE=/nonexistent-token"),
+    ],
+)
+def test_a_bad_internal_token_stops_start_up(env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_security(env)
+
+
+def test_an_empty_token_file_stops_start_up(tmp_path):
+    empty = tmp_path / "token"
+    empty.write_text("# not yet\n")
+    with pytest.raises(ConfigError, match="holds no token"):
+        load_security({"INTERNAL_TOKEN_FILE": str(empty)})
+
+
+def test_the_internal_token_check_names_its_credential():
+    checker = ApiKeyChecker([TOKEN], "internal token", "INTERNAL_TOKEN")
+    assert checker.check(()) == "missing internal token: send metadata 'authorization: Bearer <INTERNAL_TOKEN>'"
+    assert checker.check((("authorization", "Bearer nope"),)) == "invalid internal token"
+    assert checker.check((("authorization", f"Bearer {TOKEN}"),)) is None
