@@ -1,4 +1,9 @@
-"""Shared fixtures: real services started as processes on free loopback ports."""
+"""Shared fixtures: real services started as processes on free loopback ports.
+
+Every process a test starts goes through :mod:`tests.processes`: its own process group, its
+output in a log file, killed (with its group) when it outlives its test or the session. A
+failing test's report carries the tail of every live child's log.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests import processes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -61,6 +68,7 @@ class Stack:
     ports: dict[str, int] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    children: dict[str, processes.Child] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,28 +104,26 @@ class Stack:
     def start(self, name: str, wait: bool = True) -> subprocess.Popen:
         log = self.tmp / f"{name}.log"
         self.logs[name] = log
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", name],
-            env=self.env(name),
-            stdout=open(log, "ab"),
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        self.procs[name] = proc
+        child = processes.spawn(name, [sys.executable, "-m", "services.cli", "serve", name], log, env=self.env(name))
+        self.children[name] = child
+        self.procs[name] = child.proc
         if wait:
-            wait_serving(self.address(name), proc=proc)
-        return proc
+            wait_serving(self.address(name), proc=child.proc)
+        return child.proc
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return proc.returncode if proc else 0
-        proc.send_signal(sig)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        """Send ``sig``, wait up to ``timeout`` for the exit code; past it, kill the process group."""
+        child = self.children.get(name)
+        if child is None:
+            return 0
+        if child.proc.poll() is None:
+            child.proc.send_signal(sig)
+            try:
+                child.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        child.kill_group()  # reaps it; anything it left behind goes too
+        return child.proc.returncode
 
     def start_all(self) -> None:
         for name in SERVICES:
@@ -125,12 +131,31 @@ class Stack:
         for name in SERVICES:
             wait_serving(self.address(name), proc=self.procs[name])
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 30.0) -> None:
+        """SIGTERM to every service at once, then wait for them together (at most ``timeout``)."""
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
         for name in reversed(SERVICES):
-            self.stop(name)
+            self.stop(name, timeout=max(0.0, deadline - time.monotonic()))
 
     def log_text(self, name: str) -> str:
         return self.logs[name].read_text(errors="replace") if name in self.logs else ""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report shows the end of every live child's log (services it started)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for child in processes.LIVE:
+            report.sections.append((f"{child.name} (pid {child.pid}) log, last 3000 characters", child.tail(3000)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    processes.kill_all()  # nothing a test started outlives the session, whatever failed
 
 
 @pytest.fixture(scope="session")

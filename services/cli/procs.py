@@ -1,9 +1,13 @@
-"""Run platform services as child processes on free loopback ports (for `searchctl bench`).
+"""Run platform services as child processes (`searchctl up`, `searchctl bench`).
 
-:class:`ServiceProcs` starts ``python -m services.cli serve NAME`` with its ports, its
-Qdrant path and the downstream addresses set through the environment, waits for the
-gRPC health check to report SERVING, and stops every process it started on exit (SIGTERM,
-then SIGKILL after a grace period). Each service logs to ``<workdir>/<name>.log``.
+:func:`wait_serving` waits for a child's gRPC health check to report SERVING, watching the
+children it was given; :func:`stop_processes` stops children in parallel within a bounded
+time (SIGTERM to all at once, then SIGKILL to what is left), saying what it still waits for.
+
+:class:`ServiceProcs` (for benchmarks) starts ``python -m services.cli serve NAME`` on free
+loopback ports with its Qdrant path and the downstream addresses set through the
+environment, and stops every process it started on exit. Each service logs to
+``<workdir>/<name>.log``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
@@ -30,23 +35,84 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(address: str, timeout: float = 180.0, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    """Block until ``address`` reports SERVING; raise if ``proc`` exits or ``timeout`` passes."""
+def wait_serving(
+    address: str,
+    timeout: float = 180.0,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    *,
+    watch: Mapping[str, subprocess.Popen] | None = None,
+    stop: threading.Event | None = None,
+) -> bool:
+    """Block until ``address`` reports SERVING (True) or ``stop`` is set (False).
+
+    Raises RuntimeError when ``proc`` or one of the ``watch`` children exits (with the tail of
+    ``log``), TimeoutError when ``timeout`` passes.
+    """
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                return False
             if proc is not None and proc.poll() is not None:
                 tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
                 raise RuntimeError(f"server at {address} exited with code {proc.returncode}\n{tail}")
+            for name, child in (watch or {}).items():
+                if child.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {child.returncode} during start-up (see its log lines above)")
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                    return True
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
     raise TimeoutError(f"{address} not SERVING after {timeout:.0f} s")
+
+
+def stop_processes(
+    procs: Mapping[str, subprocess.Popen],
+    timeout: float,
+    *,
+    kill_now: Callable[[], bool] = lambda: False,
+    report: Callable[[str], None] | None = None,
+    report_every: float = 2.0,
+) -> dict[str, str]:
+    """Stop ``procs`` in parallel: SIGTERM to every live one at once, then wait for all of them
+    together; whatever still runs after ``timeout`` seconds, or as soon as ``kill_now()`` is
+    true, gets SIGKILL. Every ``report_every`` seconds ``report`` hears what is still awaited.
+
+    Returns how each ended: ``"exit N"``, ``"signal N"``, or ``"killed"`` (by this function).
+    """
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    next_report = started + report_every
+    killed: set[str] = set()
+    while True:
+        waiting = [name for name, proc in procs.items() if proc.poll() is None]
+        if not waiting:
+            break
+        now = time.monotonic()
+        if kill_now() or now - started >= timeout:
+            for name in waiting:
+                procs[name].kill()
+                killed.add(name)
+            for name in waiting:
+                procs[name].wait()
+            break
+        if report is not None and now >= next_report:
+            left = ", ".join(f"{name} (pid {procs[name].pid})" for name in waiting)
+            report(f"still waiting for {left}; {timeout - (now - started):.0f} s before they are killed")
+            next_report = now + report_every
+        time.sleep(0.05)
+    outcome = {}
+    for name, proc in procs.items():
+        code = proc.returncode
+        outcome[name] = "killed" if name in killed else f"signal {-code}" if code < 0 else f"exit {code}"
+    return outcome
 
 
 class ServiceProcs:
@@ -122,9 +188,9 @@ class ServiceProcs:
                 proc.kill()
         return proc.wait()
 
-    def stop_all(self) -> None:
-        for name in reversed(SERVICES):
-            self.stop(name)
+    def stop_all(self, timeout: float = 30.0) -> None:
+        procs, self.procs = self.procs, {}
+        stop_processes(procs, timeout)
 
     def __enter__(self) -> ServiceProcs:
         return self

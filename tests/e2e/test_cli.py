@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, require_models
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -63,33 +61,4 @@ def test_search_reports_errors_without_traceback(stack):
     assert "NOT_FOUND" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_up_starts_the_stack_loads_the_demo_and_stops_on_ctrl_c(tmp_path: Path):
-    require_models()
-    ports = [str(free_port()) for _ in range(3)]
-    env = {**os.environ, "QDRANT_PATH": str(tmp_path / "qdrant"), "ORT_INTRA_OP_THREADS": "1",
-           "GATEWAY_METRICS_PORT": "0", "RETRIEVAL_METRICS_PORT": "0", "RERANKER_METRICS_PORT": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--gateway-port", ports[0], "--retrieval-port", ports[1],
-         "--reranker-port", ports[2]],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    lines = []
-    try:
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Ctrl-C stops"):
-                break
-        text = "".join(lines)
-        assert "loaded" in text and "demo passages" in text, text
-        assert "ready:" in text and "grpcurl -plaintext" in text, text
-        result = searchctl("search", "how do I run the tests", "--collection", "docs", "--target", f"localhost:{ports[0]}", "--json")
-        assert result.returncode == 0, result.stderr
-        hits = json.loads(result.stdout)["results"]
-        assert hits and any("test" in (h.get("text", "") + h.get("title", "")).lower() for h in hits[:3])
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+# `searchctl up`: tests/e2e/test_up.py

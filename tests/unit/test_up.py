@@ -1,0 +1,88 @@
+"""`searchctl up`'s stop machinery without the services: signal handlers, parallel bounded stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from services.cli.main import take_sigint
+from services.cli.procs import stop_processes
+from services.cli.up import StopSignals, _client_key
+from tests.processes import running, spawn
+
+#: A child that prints "ready" once its SIGTERM disposition is set (ignored, or the default).
+CHILD = "import signal, sys, time; {setup}; print('ready', flush=True); time.sleep(120)"
+
+
+def child(tmp_path, name: str, ignore_sigterm: bool):
+    setup = "signal.signal(signal.SIGTERM, signal.SIG_IGN)" if ignore_sigterm else "pass"
+    c = spawn(name, [sys.executable, "-c", CHILD.format(setup=setup)], tmp_path / f"{name}.log")
+    c.wait_for_output("ready", timeout=30)
+    return c
+
+
+def test_stop_waits_in_parallel_reports_and_kills_what_outlives_the_timeout(tmp_path):
+    polite, stubborn, other = (child(tmp_path, "polite", False), child(tmp_path, "stubborn", True),
+                               child(tmp_path, "other-stubborn", True))
+    with running(polite), running(stubborn), running(other):
+        lines: list[str] = []
+        started = time.monotonic()
+        outcome = stop_processes({c.name: c.proc for c in (polite, stubborn, other)}, timeout=1.5,
+                                 report=lines.append, report_every=0.5)
+        elapsed = time.monotonic() - started
+    # Two stubborn children cost one timeout, not two: they are waited for together.
+    assert 1.5 <= elapsed < 2.5, elapsed
+    assert outcome == {"polite": f"signal {signal.SIGTERM}", "stubborn": "killed", "other-stubborn": "killed"}
+    assert lines and all("stubborn" in line and "polite" not in line for line in lines), lines
+
+
+def test_kill_now_ends_the_wait_at_once(tmp_path):
+    stubborn = child(tmp_path, "stubborn", True)
+    with running(stubborn):
+        asked = time.monotonic() + 0.3
+        started = time.monotonic()
+        outcome = stop_processes({"stubborn": stubborn.proc}, timeout=60, kill_now=lambda: time.monotonic() > asked)
+        assert time.monotonic() - started < 2
+    assert outcome == {"stubborn": "killed"}
+
+
+def test_stop_signals_first_asks_to_stop_then_to_kill():
+    before = {sig: signal.getsignal(sig) for sig in StopSignals.SIGNALS}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as inherited from a non-interactive shell
+    signals = StopSignals()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs in this (main) thread
+        assert signals.requested.is_set() and not signals.kill_now.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert signals.kill_now.is_set() and signals.signals == 2
+    finally:
+        signals.restore()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert signal.getsignal(signal.SIGINT) == before[signal.SIGINT]
+
+
+def test_searchctl_takes_an_ignored_sigint_back():
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        take_sigint()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_up_uses_a_configured_key_for_its_own_calls(monkeypatch):
+    monkeypatch.delenv("SEARCHCTL_API_KEY", raising=False)
+    assert _client_key([]) == (None, None)
+    key, note = _client_key(["first-key", "second-key"])
+    assert key == "first-key" and "export SEARCHCTL_API_KEY=" in note
+    monkeypatch.setenv("SEARCHCTL_API_KEY", "second-key")
+    assert _client_key(["first-key", "second-key"]) == ("second-key", None)
+    monkeypatch.setenv("SEARCHCTL_API_KEY", "typo")
+    key, note = _client_key(["first-key"])
+    assert key == "first-key" and "not one of the gateway's keys" in note
