@@ -25,6 +25,9 @@ from tests import processes
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 SERVICES = ("retrieval", "reranker", "gateway")
+#: Security settings a developer's shell may export; a test that wants one sets it itself
+#: (tests call retrieval and reranker directly, which INTERNAL_TOKEN would refuse).
+SECURITY_ENV = ("INTERNAL_TOKEN", "INTERNAL_TOKEN_FILE", "GATEWAY_API_KEYS", "GATEWAY_API_KEYS_FILE", "SEARCHCTL_API_KEY")
 
 
 def models_dir() -> Path:
@@ -84,7 +87,7 @@ class Stack:
         return self.address("gateway")
 
     def env(self, name: str) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV and not k.startswith("TLS_")}
         prefix = name.upper()
         env.update(
             {
