@@ -17,6 +17,11 @@ class RetrievalConfig:
     qdrant_path: str = setting(".data/qdrant", "QDRANT_PATH", "data directory of the embedded engine (Qdrant Edge): one shard per collection")
     qdrant_url: str | None = setting(None, "QDRANT_URL", "Qdrant server or cluster URL; overrides QDRANT_PATH")
     edge_search_threads: int = setting(0, "EDGE_SEARCH_THREADS", "search threads of each embedded collection's shard (0 = the available CPUs, fewer as collections add up: at most 2 per CPU in all)")
+    edge_optimize_after_points: int = setting(
+        20000, "EDGE_OPTIMIZE_AFTER_POINTS",
+        "points written to an embedded collection before it is optimized in the background (a child process "
+        "optimizes a copy of the shard, then it is swapped in; HNSW past the engine's indexing threshold); 0 = never",
+    )
     edge_optimize_on_start: bool = setting(
         False, "EDGE_OPTIMIZE_ON_START",
         "merge segments and build HNSW graphs of the embedded collections at start, before reporting SERVING "

@@ -219,6 +219,7 @@ class RetrievalService:
             hnsw_ef=cfg.hnsw_ef or None,
             search_threads=cfg.edge_search_threads,
             optimize_on_start=cfg.edge_optimize_on_start,
+            optimize_after_points=cfg.edge_optimize_after_points,
         )
         if not cfg.qdrant_url and (legacy := legacy_collections(cfg.qdrant_path)):
             log.error(

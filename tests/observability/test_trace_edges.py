@@ -241,12 +241,11 @@ def test_a_search_is_one_trace_across_the_three_services(stub, collection, recei
     # thread: the context must have been carried there).
     (embed,) = children(spans, retrieval, "embed.query")
     assert embed.attributes["embedding.model"] == "bge-small-en"
-    # The default hybrid fusion is weighted: one Qdrant query per prefetch, fused in the service.
-    for name, using in (("qdrant.query_dense", "dense"), ("qdrant.query_sparse", "sparse")):
-        (query,) = children(spans, retrieval, name)
-        assert query.attributes["qdrant.using"] == using and query.attributes["db.collection.name"] == collection
-        assert query.attributes["qdrant.limit"] >= 1
-        assert embed.end <= query.start
+    # The default hybrid fusion is weighted: both lists in one engine batch, fused in the service.
+    (query,) = children(spans, retrieval, "qdrant.query_hybrid")
+    assert query.attributes["qdrant.queries"] == "dense:100,sparse:100"
+    assert query.attributes["db.collection.name"] == collection and query.attributes["qdrant.backend"] == "edge"
+    assert embed.end <= query.start
     (fused,) = children(spans, retrieval, "fusion")
     assert fused.attributes["fusion.candidates"] == len(DOCS)
     assert retrieval.attributes["retrieval.collection"] == collection
@@ -307,13 +306,12 @@ def test_server_side_fusion_is_one_qdrant_query_naming_its_prefetches(stub, coll
     request.rerank.enabled = False
     _, call = stub.Search.with_call(request, timeout=60)
     trace_id = trailing(call)["x-trace-id"]
-    spans = receiver.wait_for(trace_id, [("retrieval", RETRIEVE), ("retrieval", "qdrant.query_points")])
+    spans = receiver.wait_for(trace_id, [("retrieval", RETRIEVE), ("retrieval", "qdrant.query_fused")])
     retrieval = one(spans, "retrieval", RETRIEVE, SERVER)
-    (query,) = children(spans, retrieval, "qdrant.query_points")
-    # Qdrant runs both prefetches and the RRF itself: one call, its prefetches as an attribute.
-    assert query.attributes["qdrant.prefetch"].split(",")[0].startswith("dense:")
-    assert query.attributes["qdrant.prefetch"].split(",")[1].startswith("sparse:")
-    assert query.attributes["qdrant.limit"] == 2 and query.attributes["db.collection.name"] == collection
+    (query,) = children(spans, retrieval, "qdrant.query_fused")
+    # The engine runs both prefetches and the RRF itself: one call, its prefetches as an attribute.
+    assert query.attributes["qdrant.queries"] == "rrf(dense:100+sparse:100):2"
+    assert query.attributes["db.collection.name"] == collection
     assert not children(spans, retrieval, "fusion")
     assert not [s for s in spans if s.service == "reranker"]  # reranking was off
 

@@ -20,6 +20,7 @@ class BackendSettings:
     hnsw_ef: int | None = None
     search_threads: int = 0
     optimize_on_start: bool = False
+    optimize_after_points: int = 20_000
 
 
 def open_backend(settings: BackendSettings) -> Backend:
@@ -35,4 +36,5 @@ def open_backend(settings: BackendSettings) -> Backend:
     from services.retrieval.backends.edge import EdgeBackend
 
     return EdgeBackend(settings.path, search_threads=settings.search_threads, hnsw_ef=settings.hnsw_ef,
-                       optimize_on_start=settings.optimize_on_start)
+                       optimize_on_start=settings.optimize_on_start,
+                       optimize_after_points=settings.optimize_after_points)

@@ -16,11 +16,14 @@ Two facts of qdrant-edge-py 0.9.0 shape this module (measured, docs/BENCHMARKS.m
 * Its calls hold Python's GIL while they run. Queries take about a millisecond, so that is
   cheap; but ``optimize()`` (merging segments and building the HNSW graph) holds it for
   its whole run, about 90 s per 100k 384-d points on this CPU, which would freeze every
-  other thread of the service (gRPC, health checks, embedding). So the service never
-  optimizes while it serves: searches are exact over plain segments (7 ms dense at 100k
-  points), and the HNSW graph is built by ``searchctl store optimize`` while retrieval is
-  stopped, or at start-up before the service reports SERVING
-  (``EDGE_OPTIMIZE_ON_START``).
+  other thread of the service (gRPC, health checks, embedding). So the serving process
+  never calls it. Searches are exact over plain segments until a collection has taken
+  ``optimize_after_points`` writes (``EDGE_OPTIMIZE_AFTER_POINTS``); then
+  :meth:`EdgeBackend.optimize_in_background` copies the shard, optimizes the copy in a
+  child process (``edge_optimizer.py``), replays the writes made meanwhile and swaps the
+  copy in. Past the engine's indexing threshold (about 6,500 384-d vectors per segment)
+  the copy's segments carry an HNSW graph; smaller collections stay exact.
+  ``searchctl store optimize`` does the same offline.
 * ``EdgeShard.load`` takes the shard's WAL lock: a second process opening the same data
   directory fails, which is what we want.
 """
@@ -32,6 +35,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -63,6 +68,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_FILE = "collection.json"
 SHARD_DIR = "shard"
+#: The optimizer's copy while a child process optimizes it; the replaced shard during a swap.
+OPTIMIZING_DIR = "shard.optimizing"
+REPLACED_DIR = "shard.replaced"
 #: Bumped when the on-disk layout written here changes incompatibly.
 LAYOUT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
@@ -76,17 +84,18 @@ _INDEX_TYPES = {
 
 
 class _ReadWriteLock:
-    """Many readers (queries, upserts: the shard serialises internally) or one writer
-    (opening, closing, deleting the shard)."""
+    """Many users of the open shard (queries, upserts: the shard serialises internally) or
+    one owner (closing, swapping, deleting it). A waiting owner goes before new users."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._waiting = 0
 
     def acquire_read(self) -> None:
         with self._cond:
-            while self._writer:
+            while self._writer or self._waiting:
                 self._cond.wait()
             self._readers += 1
 
@@ -98,8 +107,12 @@ class _ReadWriteLock:
 
     def acquire_write(self) -> None:
         with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
+            self._waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
             self._writer = True
 
     def release_write(self) -> None:
@@ -114,6 +127,15 @@ class _Collection:
         self.shard: qe.EdgeShard | None = shard
         self.path = path
         self.lock = _ReadWriteLock()
+        #: Held by every write, and by the optimizer while it copies the shard and while it
+        #: replays the writes made meanwhile: writes wait then, searches do not.
+        self.writes = threading.Lock()
+        #: Writes since the optimizer copied the shard (None when no optimization runs).
+        self.journal: list[qe.UpdateOperation] | None = None
+        self.journal_points = 0
+        #: Points written since the last optimization (what triggers the next one).
+        self.written_since_optimize = 0
+        self.last_write = 0.0
 
 
 def _cpus() -> int:
@@ -134,17 +156,27 @@ class EdgeBackend:
     kind = "edge"
 
     def __init__(self, path: str | os.PathLike, search_threads: int = 0, hnsw_ef: int | None = None,
-                 optimize_on_start: bool = False) -> None:
+                 optimize_on_start: bool = False, optimize_after_points: int = 0,
+                 optimize_check_s: float = 10.0, max_journal_points: int = 500_000) -> None:
         self.root = Path(path)
         self.collections_dir = self.root / "collections"
         self.search_threads = search_threads
         self.hnsw_ef = hnsw_ef
+        self.optimize_after_points = optimize_after_points
+        self.max_journal_points = max_journal_points
         self._collections: dict[str, _Collection] = {}
         self._registry = threading.Lock()  # guards the dict, not the shards
+        self._closing = threading.Event()
+        self._child: subprocess.Popen | None = None
         self.collections_dir.mkdir(parents=True, exist_ok=True)
         for entry in sorted(self.collections_dir.iterdir()):
             if entry.is_dir() and not entry.name.startswith("."):
                 self._open(entry.name, optimize=optimize_on_start)
+        self._optimizer: threading.Thread | None = None
+        if optimize_after_points > 0:
+            self._optimizer = threading.Thread(target=self._optimize_when_due, args=(optimize_check_s,),
+                                               name="edge-optimizer", daemon=True)
+            self._optimizer.start()
 
     # -- shards ------------------------------------------------------------------------
 
@@ -167,6 +199,7 @@ class EdgeBackend:
         directory = self.collections_dir / name
         schema_path = directory / SCHEMA_FILE
         shard_path = directory / SHARD_DIR
+        _finish_interrupted_swap(directory)
         if not schema_path.exists() or not shard_path.exists():
             raise FailedPrecondition(
                 f"{directory} is not a complete collection (expected {SCHEMA_FILE} and {SHARD_DIR}/); "
@@ -286,14 +319,27 @@ class EdgeBackend:
             if p.sparse is not None and p.sparse.indices:
                 vectors[SPARSE] = qe.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
             edge_points.append(qe.Point(p.id, vectors, p.payload))
-        self._read(name, lambda shard: shard.update(qe.UpdateOperation.upsert_points(edge_points)))
+        self._write(name, qe.UpdateOperation.upsert_points(edge_points), len(edge_points))
 
     def delete_ids(self, name: str, ids: Sequence[str]) -> None:
-        self._read(name, lambda shard: shard.update(qe.UpdateOperation.delete_points(list(ids))))
+        self._write(name, qe.UpdateOperation.delete_points(list(ids)), len(ids))
 
     def delete_where(self, name: str, where: Filter) -> None:
-        flt = _filter(where)
-        self._read(name, lambda shard: shard.update(qe.UpdateOperation.delete_points_by_filter(flt)))
+        self._write(name, qe.UpdateOperation.delete_points_by_filter(_filter(where)), 1)
+
+    def _write(self, name: str, operation: qe.UpdateOperation, points: int) -> None:
+        collection = self._get(name)
+
+        def apply(shard: qe.EdgeShard) -> None:
+            with collection.writes:
+                shard.update(operation)  # in the WAL when it returns
+                collection.written_since_optimize += points
+                collection.last_write = time.monotonic()
+                if collection.journal is not None:
+                    collection.journal.append(operation)
+                    collection.journal_points += points
+
+        self._read(name, apply)
 
     def existing(self, name: str, ids: Sequence[str]) -> list[str]:
         records = self._read(name, lambda shard: shard.retrieve(list(ids), with_payload=False, with_vector=False))
@@ -334,8 +380,149 @@ class EdgeBackend:
                                indexed_vectors=info.indexed_vectors_count)
 
     def optimize(self, name: str) -> bool:
-        """Merge segments and build the HNSW graph (holds the GIL: offline or at start only)."""
-        return self._read(name, lambda shard: shard.optimize())
+        """Merge segments and build the HNSW graph in this process (holds the GIL for the whole
+        run: offline or at start only; a serving process uses :meth:`optimize_in_background`)."""
+        done = self._read(name, lambda shard: shard.optimize())
+        self._get(name).written_since_optimize = 0
+        return done
+
+    # -- optimizing while serving ------------------------------------------------------
+
+    def _optimize_when_due(self, check_s: float) -> None:
+        while not self._closing.wait(check_s):
+            for name in self.list_collections():
+                try:
+                    collection = self._get(name)
+                except NotFound:
+                    continue
+                if self._due(collection):
+                    try:
+                        self.optimize_in_background(name)
+                    except Exception:
+                        if self._closing.is_set():
+                            return
+                        log.exception("background optimization failed; the collection keeps serving as it was",
+                                      extra={"collection": name})
+                        collection.written_since_optimize = 0  # retry after as many writes again
+
+    #: Writes must have paused this long before an optimization starts ...
+    OPTIMIZE_QUIET_S = 30.0
+
+    def _due(self, collection: _Collection) -> bool:
+        """Enough writes since the last optimization, and either a pause in the writes or,
+        during a long ingest, as many new points as the collection had (so a growing
+        collection is optimized a logarithmic number of times, not once per threshold)."""
+        written = collection.written_since_optimize
+        if written < self.optimize_after_points:
+            return False
+        if time.monotonic() - collection.last_write >= self.OPTIMIZE_QUIET_S:
+            return True
+        try:
+            total = self._read(collection.schema.name, lambda shard: shard.info().points_count)
+        except (NotFound, Unavailable):
+            return False
+        return written >= total - written
+
+    def optimize_in_background(self, name: str) -> dict[str, Any]:
+        """Optimize collection ``name`` without holding this process: copy its shard, optimize
+        the copy in a child process, replay the writes made meanwhile, swap it in.
+
+        Searches go on throughout except during the swap itself (closing one shard and
+        loading the other, about a second at 100k points); writes wait while the shard is
+        copied and while the last writes are replayed. A crash at any step leaves either
+        the old shard or the complete new one (``_finish_interrupted_swap``).
+        """
+        collection = self._get(name)
+        schema = collection.schema
+        staging = collection.path / OPTIMIZING_DIR
+        shutil.rmtree(staging, ignore_errors=True)
+        started = time.perf_counter()
+        metrics.RETRIEVAL_STORE_OPTIMIZING.set(1)
+        try:
+            # 1. A consistent copy: writes wait, searches go on.
+            def copy(shard: qe.EdgeShard) -> int:
+                with collection.writes:
+                    shard.flush()
+                    metrics.RETRIEVAL_STORE_FLUSHES.inc()
+                    shutil.copytree(collection.path / SHARD_DIR, staging)
+                    collection.journal, collection.journal_points = [], 0
+                    return collection.written_since_optimize
+
+            written = self._read(name, copy)
+            copied_s = time.perf_counter() - started
+            # 2. The child optimizes the copy; this process keeps serving.
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "services.retrieval.backends.edge_optimizer", str(staging),
+                 str(schema.dense_dimension), "1" if schema.sparse else "0"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            out, err = self._child.communicate()
+            code, self._child = self._child.returncode, None
+            if code != 0:
+                raise RuntimeError(f"the optimizer process exited with {code}: {err.strip()[-500:]}")
+            # 3. Replay the writes made meanwhile, most of them while writes still flow.
+            new = qe.EdgeShard.load(str(staging), self._config(schema))
+            try:
+                replayed = 0
+                while True:
+                    journal = collection.journal
+                    if journal is None or collection.journal_points > self.max_journal_points:
+                        raise RuntimeError(f"more than {self.max_journal_points} points written during the "
+                                           "optimization; it will be retried when writes slow down")
+                    pending = len(journal)
+                    for op in journal[replayed:pending]:
+                        new.update(op)
+                    replayed = pending
+                    if len(journal) - replayed < 64:
+                        break
+                collection.writes.acquire()
+                try:
+                    for op in collection.journal[replayed:]:
+                        new.update(op)
+                    collection.journal = None
+                    new.flush()
+                    new.close()
+                    new = None
+                    # 4. The swap: searches wait for this part only.
+                    collection.lock.acquire_write()
+                    swap_started = time.perf_counter()
+                    try:
+                        if collection.shard is None:
+                            raise NotFound(f"collection {name!r} was deleted during its optimization")
+                        collection.shard.close()
+                        collection.shard = None
+                        os.replace(collection.path / SHARD_DIR, collection.path / REPLACED_DIR)
+                        os.replace(staging, collection.path / SHARD_DIR)
+                        collection.shard = qe.EdgeShard.load(str(collection.path / SHARD_DIR), self._config(schema))
+                        swap_s = time.perf_counter() - swap_started
+                    except BaseException:
+                        # The new shard did not load: put the old one back. It has every write
+                        # too (the replayed ones were applied to it first; later ones waited).
+                        if collection.shard is None and (collection.path / REPLACED_DIR).exists():
+                            shutil.rmtree(collection.path / SHARD_DIR, ignore_errors=True)
+                            os.replace(collection.path / REPLACED_DIR, collection.path / SHARD_DIR)
+                            collection.shard = qe.EdgeShard.load(str(collection.path / SHARD_DIR), self._config(schema))
+                        raise
+                    finally:
+                        collection.lock.release_write()
+                    collection.written_since_optimize = max(0, collection.written_since_optimize - written)
+                finally:
+                    collection.writes.release()
+            finally:
+                if new is not None:
+                    new.close()
+            shutil.rmtree(collection.path / REPLACED_DIR, ignore_errors=True)
+            figures = {"collection": name, "seconds": round(time.perf_counter() - started, 2),
+                       "copy_seconds": round(copied_s, 2), "swap_seconds": round(swap_s, 3),
+                       "replayed_writes": replayed, **json.loads(out.strip().splitlines()[-1])}
+            log.info("collection optimized in the background", extra=figures)
+            return figures
+        except BaseException:
+            collection.journal = None
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            metrics.RETRIEVAL_STORE_OPTIMIZING.set(0)
 
     def flush(self) -> None:
         for name in self.list_collections():
@@ -346,6 +533,12 @@ class EdgeBackend:
                 pass
 
     def close(self) -> None:
+        self._closing.set()
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.kill()  # its copy is thrown away; the shard being served is untouched
+        if self._optimizer is not None:
+            self._optimizer.join(timeout=30)
         with self._registry:
             collections = list(self._collections.values())
             self._collections.clear()
@@ -359,6 +552,23 @@ class EdgeBackend:
                     collection.shard = None
             finally:
                 collection.lock.release_write()
+
+
+def _finish_interrupted_swap(directory: Path) -> None:
+    """Complete or undo a swap of optimized shards that a crash interrupted.
+
+    The new shard is renamed into place only after every write was replayed into it and
+    flushed, so when the serving shard is missing the optimized copy is complete.
+    """
+    shard, staging, replaced = directory / SHARD_DIR, directory / OPTIMIZING_DIR, directory / REPLACED_DIR
+    if not shard.exists():
+        if staging.exists() and replaced.exists():
+            os.replace(staging, shard)
+        elif replaced.exists():
+            os.replace(replaced, shard)
+    if shard.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
 
 
 # -- translation to Edge types -------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""Optimizing an embedded collection while it serves: HNSW is built in a child process on a
+copy, writes made meanwhile are replayed, searches never stop, nothing is lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from services.retrieval.backends import base
+from services.retrieval.backends.edge import (
+    OPTIMIZING_DIR,
+    REPLACED_DIR,
+    SHARD_DIR,
+    EdgeBackend,
+    _finish_interrupted_swap,
+)
+
+DIM = 384
+N = 7000  # past the engine's indexing threshold (about 6,500 vectors of 384 floats per segment)
+
+
+def points(rng, start, n):
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors, [
+        base.PointIn(id=f"00000000-0000-0000-0000-{i:012d}", dense=v.tolist(), sparse=base.SparseVector((i % 50 + 1,), (1.0,)),
+                     payload={"doc_id": f"d{i}", "passage": 0})
+        for i, v in zip(range(start, start + n), vectors)
+    ]
+
+
+def test_background_optimization_keeps_serving_and_loses_nothing(tmp_path):
+    rng = np.random.default_rng(7)
+    backend = EdgeBackend(tmp_path, search_threads=1)
+    backend.create_collection(base.CollectionSchema("c", DIM, True))
+    vectors, first = points(rng, 0, N)
+    for i in range(0, N, 500):
+        backend.upsert("c", first[i:i + 500])
+    before = backend.stats("c")
+
+    searches, failures, latencies = [0], [], []
+    done = threading.Event()
+
+    def search_forever():
+        while not done.is_set():
+            q = base.Nearest(base.DENSE, vectors[searches[0] % N].tolist(), 10)
+            t = time.perf_counter()
+            try:
+                backend.query("c", [q])
+                searches[0] += 1
+                latencies.append(time.perf_counter() - t)
+            except Exception as exc:  # noqa: BLE001 - any failure fails the test
+                failures.append(exc)
+            time.sleep(0.002)
+
+    result = {}
+    optimizer = threading.Thread(target=lambda: result.update(backend.optimize_in_background("c")))
+    reader = threading.Thread(target=search_forever)
+    reader.start()
+    optimizer.start()
+    time.sleep(0.5)
+    # Writes while the child optimizes the copy: they must all be in the swapped-in shard.
+    _, late = points(rng, N, 300)
+    for i in range(0, 300, 50):
+        backend.upsert("c", late[i:i + 50])
+    backend.delete_ids("c", [first[0].id])
+    searches_during = searches[0]
+    optimizer.join(timeout=300)
+    done.set()
+    reader.join()
+
+    assert not optimizer.is_alive() and result, "the optimization did not finish"
+    print(f"optimized in the background: {result}; {searches[0]} searches meanwhile, "
+          f"p50 {np.percentile(latencies, 50) * 1000:.1f} ms, max {max(latencies) * 1000:.0f} ms")
+    assert not failures, failures[:3]
+    assert searches_during > 10, "searches stopped while the child process optimized"
+    assert backend.count("c") == N + 300 - 1
+    assert set(backend.existing("c", [first[0].id, late[-1].id, first[1].id])) == {late[-1].id, first[1].id}
+    after = backend.stats("c")
+    assert after.indexed_vectors > before.indexed_vectors, (before, after)  # the HNSW graph was built
+    hits = backend.query("c", [base.Nearest(base.DENSE, vectors[5].tolist(), 1)])[0]
+    assert hits[0].id == first[5].id
+    assert result["replayed_writes"] >= 1 and result["swap_seconds"] < 30
+    assert not (tmp_path / "collections" / "c" / OPTIMIZING_DIR).exists()
+    assert not (tmp_path / "collections" / "c" / REPLACED_DIR).exists()
+    backend.close()
+
+    reopened = EdgeBackend(tmp_path)
+    try:
+        assert reopened.count("c") == N + 300 - 1
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize(
+    "present,expected_source",
+    [
+        ({SHARD_DIR, OPTIMIZING_DIR}, SHARD_DIR),  # crashed while the child ran: keep the served shard
+        ({REPLACED_DIR, OPTIMIZING_DIR}, OPTIMIZING_DIR),  # between the two renames: the copy is complete
+        ({SHARD_DIR, REPLACED_DIR}, SHARD_DIR),  # after the swap, before the clean-up
+        ({REPLACED_DIR}, REPLACED_DIR),  # nothing else left: the old shard
+    ],
+)
+def test_an_interrupted_swap_is_finished_at_start(tmp_path, present, expected_source):
+    for name in present:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "origin").write_text(name)
+    _finish_interrupted_swap(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SHARD_DIR]
+    assert (tmp_path / SHARD_DIR / "origin").read_text() == expected_source
