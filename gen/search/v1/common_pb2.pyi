@@ -30,6 +30,13 @@ class FieldType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FIELD_TYPE_INTEGER: _ClassVar[FieldType]
     FIELD_TYPE_FLOAT: _ClassVar[FieldType]
     FIELD_TYPE_BOOL: _ClassVar[FieldType]
+
+class ReindexPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REINDEX_PHASE_UNSPECIFIED: _ClassVar[ReindexPhase]
+    REINDEX_PHASE_COPYING: _ClassVar[ReindexPhase]
+    REINDEX_PHASE_CATCHING_UP: _ClassVar[ReindexPhase]
+    REINDEX_PHASE_DONE: _ClassVar[ReindexPhase]
 RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode
 RETRIEVAL_MODE_DENSE: RetrievalMode
 RETRIEVAL_MODE_SPARSE: RetrievalMode
@@ -44,6 +51,10 @@ FIELD_TYPE_KEYWORD: FieldType
 FIELD_TYPE_INTEGER: FieldType
 FIELD_TYPE_FLOAT: FieldType
 FIELD_TYPE_BOOL: FieldType
+REINDEX_PHASE_UNSPECIFIED: ReindexPhase
+REINDEX_PHASE_COPYING: ReindexPhase
+REINDEX_PHASE_CATCHING_UP: ReindexPhase
+REINDEX_PHASE_DONE: ReindexPhase
 
 class Document(_message.Message):
     __slots__ = ("id", "title", "text", "payload")
@@ -154,3 +165,55 @@ class CollectionInfo(_message.Message):
     sparse_enabled: bool
     filter_fields: _containers.RepeatedCompositeFieldContainer[FilterField]
     def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., point_count: _Optional[int] = ..., dense_model: _Optional[str] = ..., dense_dimension: _Optional[int] = ..., sparse_enabled: _Optional[bool] = ..., filter_fields: _Optional[_Iterable[_Union[FilterField, _Mapping]]] = ...) -> None: ...
+
+class Alias(_message.Message):
+    __slots__ = ("alias", "collection")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    collection: str
+    def __init__(self, alias: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class SparseValues(_message.Message):
+    __slots__ = ("indices", "values")
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, indices: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class StoredPoint(_message.Message):
+    __slots__ = ("id", "dense", "sparse", "payload_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    dense: _containers.RepeatedScalarFieldContainer[float]
+    sparse: SparseValues
+    payload_json: bytes
+    def __init__(self, id: _Optional[str] = ..., dense: _Optional[_Iterable[float]] = ..., sparse: _Optional[_Union[SparseValues, _Mapping]] = ..., payload_json: _Optional[bytes] = ...) -> None: ...
+
+class SnapshotHeader(_message.Message):
+    __slots__ = ("format", "collection", "dense_dimension", "sparse", "filter_fields", "metadata_json", "point_count", "engine", "method", "created_at")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DENSE_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    POINT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    collection: str
+    dense_dimension: int
+    sparse: bool
+    filter_fields: _containers.RepeatedCompositeFieldContainer[FilterField]
+    metadata_json: str
+    point_count: int
+    engine: str
+    method: str
+    created_at: str
+    def __init__(self, format: _Optional[str] = ..., collection: _Optional[str] = ..., dense_dimension: _Optional[int] = ..., sparse: _Optional[bool] = ..., filter_fields: _Optional[_Iterable[_Union[FilterField, _Mapping]]] = ..., metadata_json: _Optional[str] = ..., point_count: _Optional[int] = ..., engine: _Optional[str] = ..., method: _Optional[str] = ..., created_at: _Optional[str] = ...) -> None: ...

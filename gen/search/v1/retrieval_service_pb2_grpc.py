@@ -65,6 +65,51 @@ class RetrievalServiceStub:
                 request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteCollectionRequest.SerializeToString,
                 response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteCollectionResponse.FromString,
                 _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/search.v1.RetrievalService/ListCollections',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListCollectionsRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.GetDocuments = channel.unary_unary(
+                '/search.v1.RetrievalService/GetDocuments',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceGetDocumentsRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceGetDocumentsResponse.FromString,
+                _registered_method=True)
+        self.CreateAlias = channel.unary_unary(
+                '/search.v1.RetrievalService/CreateAlias',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceCreateAliasRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceCreateAliasResponse.FromString,
+                _registered_method=True)
+        self.SwitchAlias = channel.unary_unary(
+                '/search.v1.RetrievalService/SwitchAlias',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceSwitchAliasRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceSwitchAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/search.v1.RetrievalService/DeleteAlias',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteAliasRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteAliasResponse.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/search.v1.RetrievalService/ListAliases',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListAliasesRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListAliasesResponse.FromString,
+                _registered_method=True)
+        self.Reindex = channel.unary_stream(
+                '/search.v1.RetrievalService/Reindex',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceReindexRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceReindexResponse.FromString,
+                _registered_method=True)
+        self.ExportSnapshot = channel.unary_stream(
+                '/search.v1.RetrievalService/ExportSnapshot',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceExportSnapshotRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceExportSnapshotResponse.FromString,
+                _registered_method=True)
+        self.RestoreSnapshot = channel.stream_unary(
+                '/search.v1.RetrievalService/RestoreSnapshot',
+                request_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceRestoreSnapshotRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceRestoreSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -113,6 +158,66 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCollections(self, request, context):
+        """Lists the collections and the aliases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocuments(self, request, context):
+        """Reads documents by id, with their payload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAlias(self, request, context):
+        """Aliases: create, switch atomically, delete, list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SwitchAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reindex(self, request, context):
+        """Builds a new collection from an existing one and switches the alias; streams progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSnapshot(self, request, context):
+        """A consistent snapshot of a collection while it serves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSnapshot(self, request_iterator, context):
+        """Restores a snapshot into a new collection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +250,51 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.DeleteCollection,
                     request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteCollectionRequest.FromString,
                     response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteCollectionResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListCollectionsRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListCollectionsResponse.SerializeToString,
+            ),
+            'GetDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocuments,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceGetDocumentsRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceGetDocumentsResponse.SerializeToString,
+            ),
+            'CreateAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAlias,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceCreateAliasRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceCreateAliasResponse.SerializeToString,
+            ),
+            'SwitchAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchAlias,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceSwitchAliasRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceSwitchAliasResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteAliasRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteAliasResponse.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListAliasesRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListAliasesResponse.SerializeToString,
+            ),
+            'Reindex': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reindex,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceReindexRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceReindexResponse.SerializeToString,
+            ),
+            'ExportSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSnapshot,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceExportSnapshotRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceExportSnapshotResponse.SerializeToString,
+            ),
+            'RestoreSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.RestoreSnapshot,
+                    request_deserializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceRestoreSnapshotRequest.FromString,
+                    response_serializer=search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceRestoreSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +460,249 @@ class RetrievalService:
             '/search.v1.RetrievalService/DeleteCollection',
             search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteCollectionRequest.SerializeToString,
             search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.RetrievalService/ListCollections',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListCollectionsRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.RetrievalService/GetDocuments',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceGetDocumentsRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceGetDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.RetrievalService/CreateAlias',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceCreateAliasRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceCreateAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.RetrievalService/SwitchAlias',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceSwitchAliasRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceSwitchAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.RetrievalService/DeleteAlias',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteAliasRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceDeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.RetrievalService/ListAliases',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListAliasesRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceListAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reindex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/search.v1.RetrievalService/Reindex',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceReindexRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceReindexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/search.v1.RetrievalService/ExportSnapshot',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceExportSnapshotRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceExportSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/search.v1.RetrievalService/RestoreSnapshot',
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceRestoreSnapshotRequest.SerializeToString,
+            search_dot_v1_dot_retrieval__service__pb2.RetrievalServiceRestoreSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,41 +26,85 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from search.v1 import common_pb2 as search_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esearch/v1/search_service.proto\x12\tsearch.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16search/v1/common.proto\"\xb9\x01\n\rRerankOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\ncandidates\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x0b\x63ombination\x18\x03 \x01(\x0e\x32\x1b.search.v1.ScoreCombination\x12\x1a\n\rrerank_weight\x18\x04 \x01(\x02H\x02\x88\x01\x01\x42\n\n\x08_enabledB\r\n\x0b_candidatesB\x10\n\x0e_rerank_weight\"\xe0\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12!\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x11.search.v1.Filter\x12(\n\x06rerank\x18\x05 \x01(\x0b\x32\x18.search.v1.RerankOptions\x12&\n\x04mode\x18\x06 \x01(\x0e\x32\x18.search.v1.RetrievalMode\x12(\n\x06\x66usion\x18\x07 \x01(\x0b\x32\x18.search.v1.FusionOptions\"\xb5\x01\n\x0cSearchResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x17\n\x0fretrieval_score\x18\x03 \x01(\x02\x12\x19\n\x0crerank_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0f\n\r_rerank_score\"\xba\x01\n\x0eSearchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.search.v1.SearchResult\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x32\n\x0f\x64\x65graded_reason\x18\x03 \x01(\x0e\x32\x19.search.v1.DegradedReason\x12\x10\n\x08reranked\x18\x04 \x01(\x08\x12&\n\x04mode\x18\x05 \x01(\x0e\x32\x18.search.v1.RetrievalMode\"K\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\tdocuments\x18\x02 \x03(\x0b\x32\x13.search.v1.Document\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"v\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\rfilter_fields\x18\x02 \x03(\x0b\x32\x16.search.v1.FilterField\x12\x13\n\x06sparse\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\t\n\x07_sparse\"I\n\x18\x43reateCollectionResponse\x12-\n\ncollection\x18\x01 \x01(\x0b\x32\x19.search.v1.CollectionInfo\")\n\x19\x44\x65scribeCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x1a\x44\x65scribeCollectionResponse\x12-\n\ncollection\x18\x01 \x01(\x0b\x32\x19.search.v1.CollectionInfo*\xa3\x01\n\x10ScoreCombination\x12!\n\x1dSCORE_COMBINATION_UNSPECIFIED\x10\x00\x12!\n\x1dSCORE_COMBINATION_RERANK_ONLY\x10\x01\x12%\n!SCORE_COMBINATION_WEIGHTED_ZSCORE\x10\x02\x12\"\n\x1eSCORE_COMBINATION_WEIGHTED_RRF\x10\x03*\xcf\x01\n\x0e\x44\x65gradedReason\x12\x1f\n\x1b\x44\x45GRADED_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1e\x44\x45GRADED_REASON_RERANKER_ERROR\x10\x01\x12$\n DEGRADED_REASON_RERANKER_TIMEOUT\x10\x02\x12)\n%DEGRADED_REASON_RERANKER_CIRCUIT_OPEN\x10\x03\x12\'\n#DEGRADED_REASON_RERANKER_OVERLOADED\x10\x04\x32\x8c\x03\n\rSearchService\x12=\n\x06Search\x12\x18.search.v1.SearchRequest\x1a\x19.search.v1.SearchResponse\x12=\n\x06Upsert\x12\x18.search.v1.UpsertRequest\x1a\x19.search.v1.UpsertResponse\x12=\n\x06\x44\x65lete\x12\x18.search.v1.DeleteRequest\x1a\x19.search.v1.DeleteResponse\x12[\n\x10\x43reateCollection\x12\".search.v1.CreateCollectionRequest\x1a#.search.v1.CreateCollectionResponse\x12\x61\n\x12\x44\x65scribeCollection\x12$.search.v1.DescribeCollectionRequest\x1a%.search.v1.DescribeCollectionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esearch/v1/search_service.proto\x12\tsearch.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16search/v1/common.proto\"\xb9\x01\n\rRerankOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\ncandidates\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x0b\x63ombination\x18\x03 \x01(\x0e\x32\x1b.search.v1.ScoreCombination\x12\x1a\n\rrerank_weight\x18\x04 \x01(\x02H\x02\x88\x01\x01\x42\n\n\x08_enabledB\r\n\x0b_candidatesB\x10\n\x0e_rerank_weight\"\x84\x02\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12!\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x11.search.v1.Filter\x12(\n\x06rerank\x18\x05 \x01(\x0b\x32\x18.search.v1.RerankOptions\x12&\n\x04mode\x18\x06 \x01(\x0e\x32\x18.search.v1.RetrievalMode\x12(\n\x06\x66usion\x18\x07 \x01(\x0b\x32\x18.search.v1.FusionOptions\x12\x0e\n\x06offset\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"\xb5\x01\n\x0cSearchResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x17\n\x0fretrieval_score\x18\x03 \x01(\x02\x12\x19\n\x0crerank_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0f\n\r_rerank_score\"\xe7\x01\n\x0eSearchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.search.v1.SearchResult\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x32\n\x0f\x64\x65graded_reason\x18\x03 \x01(\x0e\x32\x19.search.v1.DegradedReason\x12\x10\n\x08reranked\x18\x04 \x01(\x08\x12&\n\x04mode\x18\x05 \x01(\x0e\x32\x18.search.v1.RetrievalMode\x12\x17\n\x0fnext_page_token\x18\x06 \x01(\t\x12\x12\n\ncollection\x18\x07 \x01(\t\"K\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\tdocuments\x18\x02 \x03(\x0b\x32\x13.search.v1.Document\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"v\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\rfilter_fields\x18\x02 \x03(\x0b\x32\x16.search.v1.FilterField\x12\x13\n\x06sparse\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\t\n\x07_sparse\"I\n\x18\x43reateCollectionResponse\x12-\n\ncollection\x18\x01 \x01(\x0b\x32\x19.search.v1.CollectionInfo\")\n\x19\x44\x65scribeCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x1a\x44\x65scribeCollectionResponse\x12-\n\ncollection\x18\x01 \x01(\x0b\x32\x19.search.v1.CollectionInfo\"\x18\n\x16ListCollectionsRequest\"l\n\x17ListCollectionsResponse\x12.\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x19.search.v1.CollectionInfo\x12!\n\x07\x61liases\x18\x02 \x03(\x0b\x32\x10.search.v1.Alias\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse\"6\n\x13GetDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"g\n\x14GetDocumentsResponse\x12&\n\tdocuments\x18\x01 \x03(\x0b\x32\x13.search.v1.Document\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\"7\n\x12\x43reateAliasRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"6\n\x13\x43reateAliasResponse\x12\x1f\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x10.search.v1.Alias\"T\n\x12SwitchAliasRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x1b\n\x13\x65xpected_collection\x18\x03 \x01(\t\"S\n\x13SwitchAliasResponse\x12\x1f\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x10.search.v1.Alias\x12\x1b\n\x13previous_collection\x18\x02 \x01(\t\"#\n\x12\x44\x65leteAliasRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse\"\x14\n\x12ListAliasesRequest\"8\n\x13ListAliasesResponse\x12!\n\x07\x61liases\x18\x01 \x03(\x0b\x32\x10.search.v1.Alias\"]\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\tdocuments\x18\x02 \x03(\x0b\x32\x13.search.v1.Document\x12\x10\n\x08sequence\x18\x03 \x01(\x03\"L\n\x0eIngestResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x10\n\x08upserted\x18\x02 \x01(\x05\x12\x16\n\x0etotal_upserted\x18\x03 \x01(\x03\"A\n\x0eReindexRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07reembed\x18\x03 \x01(\x08\"\xb1\x01\n\x0fReindexResponse\x12&\n\x05phase\x18\x01 \x01(\x0e\x32\x17.search.v1.ReindexPhase\x12\x0e\n\x06\x63opied\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x19\n\x11source_collection\x18\x04 \x01(\t\x12\x19\n\x11target_collection\x18\x05 \x01(\t\x12\r\n\x05\x61lias\x18\x06 \x01(\t\x12\x12\n\nreembedded\x18\x07 \x01(\x08\"+\n\x15\x45xportSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"k\n\x16\x45xportSnapshotResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.search.v1.SnapshotHeader\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.search.v1.StoredPoint\"\x7f\n\x16RestoreSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12)\n\x06header\x18\x02 \x01(\x0b\x32\x19.search.v1.SnapshotHeader\x12&\n\x06points\x18\x03 \x03(\x0b\x32\x16.search.v1.StoredPoint\"X\n\x17RestoreSnapshotResponse\x12-\n\ncollection\x18\x01 \x01(\x0b\x32\x19.search.v1.CollectionInfo\x12\x0e\n\x06points\x18\x02 \x01(\x03*\xa3\x01\n\x10ScoreCombination\x12!\n\x1dSCORE_COMBINATION_UNSPECIFIED\x10\x00\x12!\n\x1dSCORE_COMBINATION_RERANK_ONLY\x10\x01\x12%\n!SCORE_COMBINATION_WEIGHTED_ZSCORE\x10\x02\x12\"\n\x1eSCORE_COMBINATION_WEIGHTED_RRF\x10\x03*\xcf\x01\n\x0e\x44\x65gradedReason\x12\x1f\n\x1b\x44\x45GRADED_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1e\x44\x45GRADED_REASON_RERANKER_ERROR\x10\x01\x12$\n DEGRADED_REASON_RERANKER_TIMEOUT\x10\x02\x12)\n%DEGRADED_REASON_RERANKER_CIRCUIT_OPEN\x10\x03\x12\'\n#DEGRADED_REASON_RERANKER_OVERLOADED\x10\x04\x32\x88\n\n\rSearchService\x12=\n\x06Search\x12\x18.search.v1.SearchRequest\x1a\x19.search.v1.SearchResponse\x12=\n\x06Upsert\x12\x18.search.v1.UpsertRequest\x1a\x19.search.v1.UpsertResponse\x12=\n\x06\x44\x65lete\x12\x18.search.v1.DeleteRequest\x1a\x19.search.v1.DeleteResponse\x12[\n\x10\x43reateCollection\x12\".search.v1.CreateCollectionRequest\x1a#.search.v1.CreateCollectionResponse\x12\x61\n\x12\x44\x65scribeCollection\x12$.search.v1.DescribeCollectionRequest\x1a%.search.v1.DescribeCollectionResponse\x12X\n\x0fListCollections\x12!.search.v1.ListCollectionsRequest\x1a\".search.v1.ListCollectionsResponse\x12[\n\x10\x44\x65leteCollection\x12\".search.v1.DeleteCollectionRequest\x1a#.search.v1.DeleteCollectionResponse\x12O\n\x0cGetDocuments\x12\x1e.search.v1.GetDocumentsRequest\x1a\x1f.search.v1.GetDocumentsResponse\x12L\n\x0b\x43reateAlias\x12\x1d.search.v1.CreateAliasRequest\x1a\x1e.search.v1.CreateAliasResponse\x12L\n\x0bSwitchAlias\x12\x1d.search.v1.SwitchAliasRequest\x1a\x1e.search.v1.SwitchAliasResponse\x12L\n\x0b\x44\x65leteAlias\x12\x1d.search.v1.DeleteAliasRequest\x1a\x1e.search.v1.DeleteAliasResponse\x12L\n\x0bListAliases\x12\x1d.search.v1.ListAliasesRequest\x1a\x1e.search.v1.ListAliasesResponse\x12\x41\n\x06Ingest\x12\x18.search.v1.IngestRequest\x1a\x19.search.v1.IngestResponse(\x01\x30\x01\x12\x42\n\x07Reindex\x12\x19.search.v1.ReindexRequest\x1a\x1a.search.v1.ReindexResponse0\x01\x12W\n\x0e\x45xportSnapshot\x12 .search.v1.ExportSnapshotRequest\x1a!.search.v1.ExportSnapshotResponse0\x01\x12Z\n\x0fRestoreSnapshot\x12!.search.v1.RestoreSnapshotRequest\x1a\".search.v1.RestoreSnapshotResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'search.v1.search_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCORECOMBINATION']._serialized_start=1401
-  _globals['_SCORECOMBINATION']._serialized_end=1564
-  _globals['_DEGRADEDREASON']._serialized_start=1567
-  _globals['_DEGRADEDREASON']._serialized_end=1774
+  _globals['_SCORECOMBINATION']._serialized_start=3065
+  _globals['_SCORECOMBINATION']._serialized_end=3228
+  _globals['_DEGRADEDREASON']._serialized_start=3231
+  _globals['_DEGRADEDREASON']._serialized_end=3438
   _globals['_RERANKOPTIONS']._serialized_start=100
   _globals['_RERANKOPTIONS']._serialized_end=285
   _globals['_SEARCHREQUEST']._serialized_start=288
-  _globals['_SEARCHREQUEST']._serialized_end=512
-  _globals['_SEARCHRESULT']._serialized_start=515
-  _globals['_SEARCHRESULT']._serialized_end=696
-  _globals['_SEARCHRESPONSE']._serialized_start=699
-  _globals['_SEARCHRESPONSE']._serialized_end=885
-  _globals['_UPSERTREQUEST']._serialized_start=887
-  _globals['_UPSERTREQUEST']._serialized_end=962
-  _globals['_UPSERTRESPONSE']._serialized_start=964
-  _globals['_UPSERTRESPONSE']._serialized_end=998
-  _globals['_DELETEREQUEST']._serialized_start=1000
-  _globals['_DELETEREQUEST']._serialized_end=1048
-  _globals['_DELETERESPONSE']._serialized_start=1050
-  _globals['_DELETERESPONSE']._serialized_end=1083
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=1085
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=1203
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=1205
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=1278
-  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_start=1280
-  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_end=1321
-  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_start=1323
-  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_end=1398
-  _globals['_SEARCHSERVICE']._serialized_start=1777
-  _globals['_SEARCHSERVICE']._serialized_end=2173
+  _globals['_SEARCHREQUEST']._serialized_end=548
+  _globals['_SEARCHRESULT']._serialized_start=551
+  _globals['_SEARCHRESULT']._serialized_end=732
+  _globals['_SEARCHRESPONSE']._serialized_start=735
+  _globals['_SEARCHRESPONSE']._serialized_end=966
+  _globals['_UPSERTREQUEST']._serialized_start=968
+  _globals['_UPSERTREQUEST']._serialized_end=1043
+  _globals['_UPSERTRESPONSE']._serialized_start=1045
+  _globals['_UPSERTRESPONSE']._serialized_end=1079
+  _globals['_DELETEREQUEST']._serialized_start=1081
+  _globals['_DELETEREQUEST']._serialized_end=1129
+  _globals['_DELETERESPONSE']._serialized_start=1131
+  _globals['_DELETERESPONSE']._serialized_end=1164
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=1166
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=1284
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=1286
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=1359
+  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_start=1361
+  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_end=1402
+  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_start=1404
+  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_end=1479
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1481
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1505
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1507
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1615
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=1617
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=1656
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=1658
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=1684
+  _globals['_GETDOCUMENTSREQUEST']._serialized_start=1686
+  _globals['_GETDOCUMENTSREQUEST']._serialized_end=1740
+  _globals['_GETDOCUMENTSRESPONSE']._serialized_start=1742
+  _globals['_GETDOCUMENTSRESPONSE']._serialized_end=1845
+  _globals['_CREATEALIASREQUEST']._serialized_start=1847
+  _globals['_CREATEALIASREQUEST']._serialized_end=1902
+  _globals['_CREATEALIASRESPONSE']._serialized_start=1904
+  _globals['_CREATEALIASRESPONSE']._serialized_end=1958
+  _globals['_SWITCHALIASREQUEST']._serialized_start=1960
+  _globals['_SWITCHALIASREQUEST']._serialized_end=2044
+  _globals['_SWITCHALIASRESPONSE']._serialized_start=2046
+  _globals['_SWITCHALIASRESPONSE']._serialized_end=2129
+  _globals['_DELETEALIASREQUEST']._serialized_start=2131
+  _globals['_DELETEALIASREQUEST']._serialized_end=2166
+  _globals['_DELETEALIASRESPONSE']._serialized_start=2168
+  _globals['_DELETEALIASRESPONSE']._serialized_end=2189
+  _globals['_LISTALIASESREQUEST']._serialized_start=2191
+  _globals['_LISTALIASESREQUEST']._serialized_end=2211
+  _globals['_LISTALIASESRESPONSE']._serialized_start=2213
+  _globals['_LISTALIASESRESPONSE']._serialized_end=2269
+  _globals['_INGESTREQUEST']._serialized_start=2271
+  _globals['_INGESTREQUEST']._serialized_end=2364
+  _globals['_INGESTRESPONSE']._serialized_start=2366
+  _globals['_INGESTRESPONSE']._serialized_end=2442
+  _globals['_REINDEXREQUEST']._serialized_start=2444
+  _globals['_REINDEXREQUEST']._serialized_end=2509
+  _globals['_REINDEXRESPONSE']._serialized_start=2512
+  _globals['_REINDEXRESPONSE']._serialized_end=2689
+  _globals['_EXPORTSNAPSHOTREQUEST']._serialized_start=2691
+  _globals['_EXPORTSNAPSHOTREQUEST']._serialized_end=2734
+  _globals['_EXPORTSNAPSHOTRESPONSE']._serialized_start=2736
+  _globals['_EXPORTSNAPSHOTRESPONSE']._serialized_end=2843
+  _globals['_RESTORESNAPSHOTREQUEST']._serialized_start=2845
+  _globals['_RESTORESNAPSHOTREQUEST']._serialized_end=2972
+  _globals['_RESTORESNAPSHOTRESPONSE']._serialized_start=2974
+  _globals['_RESTORESNAPSHOTRESPONSE']._serialized_end=3062
+  _globals['_SEARCHSERVICE']._serialized_start=3441
+  _globals['_SEARCHSERVICE']._serialized_end=4729
 # @@protoc_insertion_point(module_scope)

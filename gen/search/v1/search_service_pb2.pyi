@@ -46,7 +46,7 @@ class RerankOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., combination: _Optional[_Union[ScoreCombination, str]] = ..., rerank_weight: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "filter", "rerank", "mode", "fusion")
+    __slots__ = ("collection", "query", "top_k", "filter", "rerank", "mode", "fusion", "offset", "page_token")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,8 @@ class SearchRequest(_message.Message):
     RERANK_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
@@ -61,7 +63,9 @@ class SearchRequest(_message.Message):
     rerank: RerankOptions
     mode: _common_pb2.RetrievalMode
     fusion: _common_pb2.FusionOptions
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., mode: _Optional[_Union[_common_pb2.RetrievalMode, str]] = ..., fusion: _Optional[_Union[_common_pb2.FusionOptions, _Mapping]] = ...) -> None: ...
+    offset: int
+    page_token: str
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., mode: _Optional[_Union[_common_pb2.RetrievalMode, str]] = ..., fusion: _Optional[_Union[_common_pb2.FusionOptions, _Mapping]] = ..., offset: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("id", "score", "retrieval_score", "rerank_score", "title", "text", "payload")
@@ -82,18 +86,22 @@ class SearchResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "degraded", "degraded_reason", "reranked", "mode")
+    __slots__ = ("results", "degraded", "degraded_reason", "reranked", "mode", "next_page_token", "collection")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
     RERANKED_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     degraded: bool
     degraded_reason: DegradedReason
     reranked: bool
     mode: _common_pb2.RetrievalMode
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[_Union[DegradedReason, str]] = ..., reranked: _Optional[bool] = ..., mode: _Optional[_Union[_common_pb2.RetrievalMode, str]] = ...) -> None: ...
+    next_page_token: str
+    collection: str
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[_Union[DegradedReason, str]] = ..., reranked: _Optional[bool] = ..., mode: _Optional[_Union[_common_pb2.RetrievalMode, str]] = ..., next_page_token: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "documents")
@@ -150,3 +158,175 @@ class DescribeCollectionResponse(_message.Message):
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     collection: _common_pb2.CollectionInfo
     def __init__(self, collection: _Optional[_Union[_common_pb2.CollectionInfo, _Mapping]] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections", "aliases")
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[_common_pb2.CollectionInfo]
+    aliases: _containers.RepeatedCompositeFieldContainer[_common_pb2.Alias]
+    def __init__(self, collections: _Optional[_Iterable[_Union[_common_pb2.CollectionInfo, _Mapping]]] = ..., aliases: _Optional[_Iterable[_Union[_common_pb2.Alias, _Mapping]]] = ...) -> None: ...
+
+class DeleteCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteCollectionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "ids")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetDocumentsResponse(_message.Message):
+    __slots__ = ("documents", "missing_ids", "collection")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
+    missing_ids: _containers.RepeatedScalarFieldContainer[str]
+    collection: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., missing_ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class CreateAliasRequest(_message.Message):
+    __slots__ = ("alias", "collection")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    collection: str
+    def __init__(self, alias: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class CreateAliasResponse(_message.Message):
+    __slots__ = ("alias",)
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    alias: _common_pb2.Alias
+    def __init__(self, alias: _Optional[_Union[_common_pb2.Alias, _Mapping]] = ...) -> None: ...
+
+class SwitchAliasRequest(_message.Message):
+    __slots__ = ("alias", "collection", "expected_collection")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    collection: str
+    expected_collection: str
+    def __init__(self, alias: _Optional[str] = ..., collection: _Optional[str] = ..., expected_collection: _Optional[str] = ...) -> None: ...
+
+class SwitchAliasResponse(_message.Message):
+    __slots__ = ("alias", "previous_collection")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    alias: _common_pb2.Alias
+    previous_collection: str
+    def __init__(self, alias: _Optional[_Union[_common_pb2.Alias, _Mapping]] = ..., previous_collection: _Optional[str] = ...) -> None: ...
+
+class DeleteAliasRequest(_message.Message):
+    __slots__ = ("alias",)
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    def __init__(self, alias: _Optional[str] = ...) -> None: ...
+
+class DeleteAliasResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAliasesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAliasesResponse(_message.Message):
+    __slots__ = ("aliases",)
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    aliases: _containers.RepeatedCompositeFieldContainer[_common_pb2.Alias]
+    def __init__(self, aliases: _Optional[_Iterable[_Union[_common_pb2.Alias, _Mapping]]] = ...) -> None: ...
+
+class IngestRequest(_message.Message):
+    __slots__ = ("collection", "documents", "sequence")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    documents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
+    sequence: int
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class IngestResponse(_message.Message):
+    __slots__ = ("sequence", "upserted", "total_upserted")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    upserted: int
+    total_upserted: int
+    def __init__(self, sequence: _Optional[int] = ..., upserted: _Optional[int] = ..., total_upserted: _Optional[int] = ...) -> None: ...
+
+class ReindexRequest(_message.Message):
+    __slots__ = ("source", "target", "reembed")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REEMBED_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    reembed: bool
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., reembed: _Optional[bool] = ...) -> None: ...
+
+class ReindexResponse(_message.Message):
+    __slots__ = ("phase", "copied", "total", "source_collection", "target_collection", "alias", "reembedded")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    COPIED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    REEMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    phase: _common_pb2.ReindexPhase
+    copied: int
+    total: int
+    source_collection: str
+    target_collection: str
+    alias: str
+    reembedded: bool
+    def __init__(self, phase: _Optional[_Union[_common_pb2.ReindexPhase, str]] = ..., copied: _Optional[int] = ..., total: _Optional[int] = ..., source_collection: _Optional[str] = ..., target_collection: _Optional[str] = ..., alias: _Optional[str] = ..., reembedded: _Optional[bool] = ...) -> None: ...
+
+class ExportSnapshotRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ExportSnapshotResponse(_message.Message):
+    __slots__ = ("header", "points")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.SnapshotHeader
+    points: _containers.RepeatedCompositeFieldContainer[_common_pb2.StoredPoint]
+    def __init__(self, header: _Optional[_Union[_common_pb2.SnapshotHeader, _Mapping]] = ..., points: _Optional[_Iterable[_Union[_common_pb2.StoredPoint, _Mapping]]] = ...) -> None: ...
+
+class RestoreSnapshotRequest(_message.Message):
+    __slots__ = ("collection", "header", "points")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    header: _common_pb2.SnapshotHeader
+    points: _containers.RepeatedCompositeFieldContainer[_common_pb2.StoredPoint]
+    def __init__(self, collection: _Optional[str] = ..., header: _Optional[_Union[_common_pb2.SnapshotHeader, _Mapping]] = ..., points: _Optional[_Iterable[_Union[_common_pb2.StoredPoint, _Mapping]]] = ...) -> None: ...
+
+class RestoreSnapshotResponse(_message.Message):
+    __slots__ = ("collection", "points")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    collection: _common_pb2.CollectionInfo
+    points: int
+    def __init__(self, collection: _Optional[_Union[_common_pb2.CollectionInfo, _Mapping]] = ..., points: _Optional[int] = ...) -> None: ...

@@ -60,6 +60,61 @@ class SearchServiceStub:
                 request_serializer=search_dot_v1_dot_search__service__pb2.DescribeCollectionRequest.SerializeToString,
                 response_deserializer=search_dot_v1_dot_search__service__pb2.DescribeCollectionResponse.FromString,
                 _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/search.v1.SearchService/ListCollections',
+                request_serializer=search_dot_v1_dot_search__service__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCollection = channel.unary_unary(
+                '/search.v1.SearchService/DeleteCollection',
+                request_serializer=search_dot_v1_dot_search__service__pb2.DeleteCollectionRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.DeleteCollectionResponse.FromString,
+                _registered_method=True)
+        self.GetDocuments = channel.unary_unary(
+                '/search.v1.SearchService/GetDocuments',
+                request_serializer=search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.FromString,
+                _registered_method=True)
+        self.CreateAlias = channel.unary_unary(
+                '/search.v1.SearchService/CreateAlias',
+                request_serializer=search_dot_v1_dot_search__service__pb2.CreateAliasRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.CreateAliasResponse.FromString,
+                _registered_method=True)
+        self.SwitchAlias = channel.unary_unary(
+                '/search.v1.SearchService/SwitchAlias',
+                request_serializer=search_dot_v1_dot_search__service__pb2.SwitchAliasRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.SwitchAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/search.v1.SearchService/DeleteAlias',
+                request_serializer=search_dot_v1_dot_search__service__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.DeleteAliasResponse.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/search.v1.SearchService/ListAliases',
+                request_serializer=search_dot_v1_dot_search__service__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.ListAliasesResponse.FromString,
+                _registered_method=True)
+        self.Ingest = channel.stream_stream(
+                '/search.v1.SearchService/Ingest',
+                request_serializer=search_dot_v1_dot_search__service__pb2.IngestRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.IngestResponse.FromString,
+                _registered_method=True)
+        self.Reindex = channel.unary_stream(
+                '/search.v1.SearchService/Reindex',
+                request_serializer=search_dot_v1_dot_search__service__pb2.ReindexRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.ReindexResponse.FromString,
+                _registered_method=True)
+        self.ExportSnapshot = channel.unary_stream(
+                '/search.v1.SearchService/ExportSnapshot',
+                request_serializer=search_dot_v1_dot_search__service__pb2.ExportSnapshotRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.ExportSnapshotResponse.FromString,
+                _registered_method=True)
+        self.RestoreSnapshot = channel.stream_unary(
+                '/search.v1.SearchService/RestoreSnapshot',
+                request_serializer=search_dot_v1_dot_search__service__pb2.RestoreSnapshotRequest.SerializeToString,
+                response_deserializer=search_dot_v1_dot_search__service__pb2.RestoreSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -102,6 +157,88 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCollections(self, request, context):
+        """Lists the collections and the aliases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCollection(self, request, context):
+        """Deletes a collection and everything in it (FAILED_PRECONDITION while an alias points to it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocuments(self, request, context):
+        """Reads documents by id, with their payload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAlias(self, request, context):
+        """Creates an alias of a collection (ALREADY_EXISTS if the name is taken).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SwitchAlias(self, request, context):
+        """Points an existing alias at another collection, atomically: every request sees the old
+        or the new collection, never neither.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Deletes an alias (the collection stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """Lists the aliases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ingest(self, request_iterator, context):
+        """Streams documents in batches; each batch is acknowledged once it is durable. The
+        server reads the next batch only when it has room (GATEWAY_INGEST_WINDOW batches in
+        flight), so a slow store slows the sender through gRPC flow control.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reindex(self, request, context):
+        """Builds a new collection from an existing one (copying the vectors, or re-embedding
+        the stored text when the models changed) and switches the alias to it; streams progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSnapshot(self, request, context):
+        """A consistent snapshot of a collection, taken while it serves: the header, then points
+        with their vectors and payloads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSnapshot(self, request_iterator, context):
+        """Restores a snapshot into a new collection (nothing re-embedded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +266,61 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.DescribeCollection,
                     request_deserializer=search_dot_v1_dot_search__service__pb2.DescribeCollectionRequest.FromString,
                     response_serializer=search_dot_v1_dot_search__service__pb2.DescribeCollectionResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DeleteCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCollection,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.DeleteCollectionRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'GetDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocuments,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.SerializeToString,
+            ),
+            'CreateAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAlias,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.CreateAliasRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.CreateAliasResponse.SerializeToString,
+            ),
+            'SwitchAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchAlias,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.SwitchAliasRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.SwitchAliasResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.ListAliasesRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.ListAliasesResponse.SerializeToString,
+            ),
+            'Ingest': grpc.stream_stream_rpc_method_handler(
+                    servicer.Ingest,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.IngestRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.IngestResponse.SerializeToString,
+            ),
+            'Reindex': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reindex,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.ReindexRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.ReindexResponse.SerializeToString,
+            ),
+            'ExportSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSnapshot,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.ExportSnapshotRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.ExportSnapshotResponse.SerializeToString,
+            ),
+            'RestoreSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.RestoreSnapshot,
+                    request_deserializer=search_dot_v1_dot_search__service__pb2.RestoreSnapshotRequest.FromString,
+                    response_serializer=search_dot_v1_dot_search__service__pb2.RestoreSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +459,303 @@ class SearchService:
             '/search.v1.SearchService/DescribeCollection',
             search_dot_v1_dot_search__service__pb2.DescribeCollectionRequest.SerializeToString,
             search_dot_v1_dot_search__service__pb2.DescribeCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.SearchService/ListCollections',
+            search_dot_v1_dot_search__service__pb2.ListCollectionsRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.SearchService/DeleteCollection',
+            search_dot_v1_dot_search__service__pb2.DeleteCollectionRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.SearchService/GetDocuments',
+            search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.SearchService/CreateAlias',
+            search_dot_v1_dot_search__service__pb2.CreateAliasRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.CreateAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.SearchService/SwitchAlias',
+            search_dot_v1_dot_search__service__pb2.SwitchAliasRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.SwitchAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.SearchService/DeleteAlias',
+            search_dot_v1_dot_search__service__pb2.DeleteAliasRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/search.v1.SearchService/ListAliases',
+            search_dot_v1_dot_search__service__pb2.ListAliasesRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.ListAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ingest(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/search.v1.SearchService/Ingest',
+            search_dot_v1_dot_search__service__pb2.IngestRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reindex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/search.v1.SearchService/Reindex',
+            search_dot_v1_dot_search__service__pb2.ReindexRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.ReindexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/search.v1.SearchService/ExportSnapshot',
+            search_dot_v1_dot_search__service__pb2.ExportSnapshotRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.ExportSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/search.v1.SearchService/RestoreSnapshot',
+            search_dot_v1_dot_search__service__pb2.RestoreSnapshotRequest.SerializeToString,
+            search_dot_v1_dot_search__service__pb2.RestoreSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
