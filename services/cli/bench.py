@@ -1256,6 +1256,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--timeout", type=float, default=30.0, help="client deadline of one Search, s (default %(default)s)")
     x.set_defaults(func=_bench_e2e)
 
+    from services.cli import bench_profile  # where the CPU goes per process (issue 13)
+
+    bench_profile.register(bsub, str(DEFAULT_DATASET))
+
     f = bsub.add_parser("frontier", help="NDCG@10 vs Search p50 for rerank depth x max length; PNG plot")
     common(f)
     stack_opts(f)
