@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.common import metrics, tracing
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.retrieval import fusion
+from services.common.errors import InvalidArgument, NotFound
+from services.retrieval import fusion, model_guard
 from services.retrieval.backends.base import (
     DENSE,
     FIELD_TYPES,
@@ -75,6 +75,16 @@ class DocumentIn:
     title: str
     text: str
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DocumentOut:
+    """A stored document as GetDocuments returns it."""
+
+    id: str
+    title: str
+    text: str
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,7 @@ class DocumentStore:
         self.sparse_encoder = sparse_encoder
         self.splitter = splitter
         self.long_documents = long_documents
+        self._identity: model_guard.ModelIdentity | None = None
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -170,7 +181,8 @@ class DocumentStore:
                 raise InvalidArgument("filter_fields", f"field {key!r} has unsupported type {kind!r}")
         schema = CollectionSchema(
             name=name, dense_dimension=self.embedder.dimension, sparse=sparse, filter_fields=dict(filter_fields),
-            metadata={"dense_model": self.embedder.name, "long_documents": self.long_documents},
+            metadata={"dense_model": self.embedder.name, "long_documents": self.long_documents,
+                      "models": self.identity.record()},
         )
         self._engine("create_collection", name, lambda n: self.backend.create_collection(schema))
         log.info("collection created", extra={"collection": name, "filter_fields": filter_fields, "sparse": sparse})
@@ -244,13 +256,41 @@ class DocumentStore:
             self._engine("delete", name, self.backend.delete_ids, present)
         return len(present)
 
+    @property
+    def identity(self) -> model_guard.ModelIdentity:
+        """The loaded models' identity (services/retrieval/model_guard.py), recorded by new collections."""
+        if self._identity is None:
+            self._identity = model_guard.identity_of(self.embedder, self.sparse_encoder)
+        return self._identity
+
     def _check_model(self, name: str, schema: CollectionSchema) -> None:
-        model = schema.metadata.get("dense_model")
-        if model and model != self.embedder.name:
-            raise FailedPrecondition(
-                f"collection {name!r} was built with embedding model {model!r} but this service runs "
-                f"{self.embedder.name!r}; re-create the collection or run the matching model"
-            )
+        model_guard.check(name, schema.metadata, self.identity, sparse=schema.sparse)
+
+    def get_documents(self, name: str, ids: Sequence[str]) -> list[DocumentOut]:
+        """The stored documents among ``ids``, in that order (a split document's passages joined)."""
+        schema = self._schema(name)
+        if not _splits(schema):
+            found = self._engine("retrieve", name, self.backend.retrieve, [point_id(i) for i in ids])
+            by_doc = {str(p.get("doc_id")): [p] for _, p in found}
+        else:
+            by_doc = {}
+            where = Filter(must=(MatchAny("doc_id", tuple(ids)),))
+            offset = None
+            while True:
+                page, offset = self._engine("scroll", name, self.backend.scroll, offset, 256, False, where)
+                for _, payload, _ in page:
+                    by_doc.setdefault(str(payload.get("doc_id")), []).append(payload)
+                if offset is None:
+                    break
+        out = []
+        for doc_id in ids:
+            passages = sorted(by_doc.get(doc_id, ()), key=lambda p: int(p.get("passage", 0)))
+            if passages:
+                first = passages[0]
+                out.append(DocumentOut(doc_id, str(first.get("title", "")),
+                                       _join_passages([str(p.get("text", "")) for p in passages]),
+                                       dict(first.get("payload") or {})))
+        return out
 
     # -- retrieval ---------------------------------------------------------------------
 
@@ -353,6 +393,15 @@ def _best_per_document(candidates: list[Candidate]) -> list[Candidate]:
             seen.add(candidate.id)
             best.append(candidate)
     return best
+
+
+def _join_passages(texts: list[str]) -> str:
+    """A split document's text from its passages: neighbours share their overlap, kept once."""
+    text = texts[0] if texts else ""
+    for nxt in texts[1:]:
+        overlap = next((n for n in range(min(len(text), len(nxt)), 0, -1) if text.endswith(nxt[:n])), 0)
+        text += nxt[overlap:]
+    return text
 
 
 def _index_text(title: str, text: str) -> str:

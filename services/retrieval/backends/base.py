@@ -10,7 +10,8 @@ Backends raise the domain errors of ``services.common.errors`` (``NotFound``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 
@@ -129,6 +130,17 @@ class CollectionSchema:
 
 
 @dataclass(frozen=True)
+class PointSnapshot:
+    """What :meth:`Backend.snapshot_points` yields: how the view was taken (``copy``: write
+    barrier, flush and copy of the shard; ``scroll``: read while serving), the number of
+    points, and the points themselves (read lazily, in pages)."""
+
+    method: str
+    count: int
+    points: Iterator[PointIn]
+
+
+@dataclass(frozen=True)
 class CollectionStats:
     """The engine's own figures for one collection."""
 
@@ -169,9 +181,29 @@ class Backend(Protocol):
         """Run the queries (as one batch where the engine can); best first, with payload."""
 
     def scroll(
-        self, name: str, offset: str | None, limit: int, with_vectors: bool
+        self, name: str, offset: str | None, limit: int, with_vectors: bool, where: Filter | None = None
     ) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any] | None]], str | None]:
-        """A page of ``(id, payload, vectors)`` and the offset of the next page (None at the end)."""
+        """A page of ``(id, payload, vectors)`` (only points matching ``where`` when given) and
+        the offset of the next page (None at the end)."""
+
+    def retrieve(self, name: str, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, payload)`` of the stored points among ``ids`` (missing ones left out)."""
+
+    def snapshot_points(self, name: str) -> AbstractContextManager[PointSnapshot]:
+        """A consistent, point-in-time view of every point with its vectors and payload, taken
+        while the collection serves (held for as long as the context is open)."""
+
+    # Aliases: a second name for a collection. The names are checked above this seam
+    # (services/retrieval/aliases.py); a backend stores them and switches them atomically.
+
+    def list_aliases(self) -> dict[str, str]:
+        """Every alias and the collection it points to."""
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Create ``alias`` or point it at ``collection``, as one atomic change."""
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove ``alias``; ``NotFound`` if there is none."""
 
     def stats(self, name: str) -> CollectionStats: ...
 

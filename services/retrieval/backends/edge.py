@@ -40,7 +40,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from services.retrieval.backends.base import (
     MatchAny,
     Nearest,
     PointIn,
+    PointSnapshot,
     Range,
     SparseVector,
 )
@@ -67,6 +69,7 @@ from services.retrieval.backends.base import (
 log = logging.getLogger(__name__)
 
 SCHEMA_FILE = "collection.json"
+ALIASES_FILE = "aliases.json"
 SHARD_DIR = "shard"
 #: The optimizer's copy while a child process optimizes it; the replaced shard during a swap.
 OPTIMIZING_DIR = "shard.optimizing"
@@ -169,6 +172,9 @@ class EdgeBackend:
         self._closing = threading.Event()
         self._child: subprocess.Popen | None = None
         self.collections_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.root / ".snapshots", ignore_errors=True)  # copies a crash left behind
+        self._aliases_lock = threading.Lock()
+        self._aliases = self._load_aliases()
         for entry in sorted(self.collections_dir.iterdir()):
             if entry.is_dir() and not entry.name.startswith("."):
                 self._open(entry.name, optimize=optimize_on_start)
@@ -358,21 +364,88 @@ class EdgeBackend:
             results = self._read(name, lambda shard: shard.query_batch(qe.QueryBatchRequest(requests)))
         return [[Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points] for points in results]
 
-    def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool):
-        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=with_vectors)
-        records, next_offset = self._read(name, lambda shard: shard.scroll(request))
-        page = []
-        for r in records:
-            vectors = None
-            if with_vectors:
-                vectors = {}
-                for key, value in (r.vector or {}).items():
-                    if isinstance(value, qe.SparseVector):
-                        vectors[key] = SparseVector(tuple(value.indices), tuple(value.values))
-                    else:
-                        vectors[key] = list(value)
-            page.append((str(r.id), r.payload or {}, vectors))
-        return page, None if next_offset is None else str(next_offset)
+    def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool, where: Filter | None = None):
+        return self._read(name, lambda shard: _scroll(shard, offset, limit, with_vectors, where))
+
+    def retrieve(self, name: str, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        records = self._read(name, lambda shard: shard.retrieve(list(ids), with_payload=True, with_vector=False))
+        return [(str(r.id), r.payload or {}) for r in records]
+
+    @contextmanager
+    def snapshot_points(self, name: str) -> Iterator[PointSnapshot]:
+        """Qdrant Edge 0.9 reads shard snapshots but has no call that writes one, so: a write
+        barrier (writes wait, searches go on), a flush and a copy of the shard's files, then
+        the copy is opened on its own and read in pages while the collection serves on."""
+        collection = self._get(name)
+        copy_dir = self.root / ".snapshots" / f"{name}-{uuid.uuid4().hex[:8]}"
+
+        def copy(shard: qe.EdgeShard) -> None:
+            with collection.writes:
+                shard.flush()
+                metrics.RETRIEVAL_STORE_FLUSHES.inc()
+                shutil.copytree(collection.path / SHARD_DIR, copy_dir / SHARD_DIR)
+
+        try:
+            self._read(name, copy)
+            snapshot = qe.EdgeShard.load(str(copy_dir / SHARD_DIR), self._config(collection.schema))
+        except BaseException:
+            shutil.rmtree(copy_dir, ignore_errors=True)
+            raise
+        try:
+            count = snapshot.count(qe.CountRequest(exact=True))
+
+            def points() -> Iterator[PointIn]:
+                offset = None
+                while True:
+                    page, offset = _scroll(snapshot, offset, 256, True, None)
+                    for pid, payload, vectors in page:
+                        yield _point_in(pid, payload, vectors)
+                    if offset is None:
+                        return
+
+            yield PointSnapshot(method="copy", count=count, points=points())
+        finally:
+            snapshot.close()
+            shutil.rmtree(copy_dir, ignore_errors=True)
+
+    # -- aliases -----------------------------------------------------------------------
+    # One JSON file beside the collections, replaced atomically (write, fsync, rename):
+    # switching an alias is one rename, and a crash leaves the old file or the new one.
+
+    def list_aliases(self) -> dict[str, str]:
+        with self._aliases_lock:
+            return dict(self._aliases)
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        with self._aliases_lock:
+            self._get(collection)
+            self._save_aliases({**self._aliases, alias: collection})
+
+    def delete_alias(self, alias: str) -> None:
+        with self._aliases_lock:
+            if alias not in self._aliases:
+                raise NotFound(f"alias {alias!r} does not exist")
+            self._save_aliases({k: v for k, v in self._aliases.items() if k != alias})
+
+    def _load_aliases(self) -> dict[str, str]:
+        path = self.root / ALIASES_FILE
+        if not path.exists():
+            return {}
+        try:
+            raw = json.loads(path.read_text())
+            return {str(k): str(v) for k, v in raw["aliases"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FailedPrecondition(f"cannot read the aliases file {path}: {exc}; fix or remove it") from exc
+
+    def _save_aliases(self, aliases: dict[str, str]) -> None:
+        path = self.root / ALIASES_FILE
+        tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "w") as out:
+            json.dump({"aliases": aliases}, out, indent=2, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        self._aliases = aliases
 
     def stats(self, name: str) -> CollectionStats:
         info = self._read(name, lambda shard: shard.info())
@@ -572,6 +645,33 @@ def _finish_interrupted_swap(directory: Path) -> None:
 
 
 # -- translation to Edge types -------------------------------------------------------------
+
+
+def _scroll(shard: qe.EdgeShard, offset, limit: int, with_vectors: bool, where: Filter | None):
+    request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=with_vectors,
+                               filter=_filter(where) if where else None)
+    records, next_offset = shard.scroll(request)
+    page = []
+    for r in records:
+        vectors = None
+        if with_vectors:
+            vectors = {}
+            for key, value in (r.vector or {}).items():
+                if isinstance(value, qe.SparseVector):
+                    vectors[key] = SparseVector(tuple(value.indices), tuple(value.values))
+                else:
+                    vectors[key] = list(value)
+        page.append((str(r.id), r.payload or {}, vectors))
+    return page, None if next_offset is None else str(next_offset)
+
+
+def _point_in(pid: str, payload: dict[str, Any], vectors: dict[str, Any] | None) -> PointIn:
+    """A scrolled point as the engine-neutral point snapshots carry."""
+    vectors = dict(vectors or {})
+    dense, sparse, late = vectors.pop(DENSE, None), vectors.pop(SPARSE, None), vectors.pop("late", None)
+    if vectors or dense is None:
+        raise FailedPrecondition(f"point {pid} has vectors {sorted(vectors) or 'without dense'} that snapshots do not carry")
+    return PointIn(id=pid, dense=dense, sparse=sparse, payload=payload, **({"late": late} if late is not None else {}))
 
 
 def _vector(vector):

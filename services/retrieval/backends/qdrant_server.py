@@ -8,13 +8,14 @@ the tests run); it is never a serving option.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from services.common.errors import AlreadyExists, NotFound, Unavailable
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from services.retrieval.backends.base import (
     DENSE,
     SPARSE,
@@ -27,6 +28,7 @@ from services.retrieval.backends.base import (
     MatchAny,
     Nearest,
     PointIn,
+    PointSnapshot,
     Range,
     SparseVector,
 )
@@ -149,8 +151,9 @@ class QdrantServerBackend:
             responses = self._call("query_batch_points", self.client.query_batch_points, name, requests=requests)
         return [[Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in r.points] for r in responses]
 
-    def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool):
+    def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool, where: Filter | None = None):
         records, next_offset = self._call("scroll", self.client.scroll, name, offset=offset, limit=limit,
+                                          scroll_filter=_filter(where) if where else None,
                                           with_payload=True, with_vectors=with_vectors)
         page = []
         for r in records:
@@ -164,6 +167,56 @@ class QdrantServerBackend:
                         vectors[key] = list(value)
             page.append((str(r.id), r.payload or {}, vectors))
         return page, None if next_offset is None else str(next_offset)
+
+    def retrieve(self, name: str, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        records = self._call("retrieve", self.client.retrieve, name, ids=list(ids), with_payload=True)
+        return [(str(r.id), r.payload or {}) for r in records]
+
+    @contextmanager
+    def snapshot_points(self, name: str) -> Iterator[PointSnapshot]:
+        """Scrolled while serving: consistent when no write lands meanwhile (a cluster's own
+        point-in-time snapshots are Qdrant's snapshot API, docs/DEPLOY.md)."""
+        count = self.count(name)
+
+        def points() -> Iterator[PointIn]:
+            offset = None
+            while True:
+                page, offset = self.scroll(name, offset, 256, True)
+                for pid, payload, vectors in page:
+                    vectors = dict(vectors or {})
+                    dense, sparse, late = vectors.pop(DENSE, None), vectors.pop(SPARSE, None), vectors.pop("late", None)
+                    if vectors or dense is None:
+                        raise FailedPrecondition(f"point {pid} has vectors {sorted(vectors) or 'without dense'} "
+                                                 "that snapshots do not carry")
+                    yield PointIn(id=pid, dense=dense, sparse=sparse, payload=payload,
+                                  **({"late": late} if late is not None else {}))
+                if offset is None:
+                    return
+
+        yield PointSnapshot(method="scroll", count=count, points=points())
+
+    # -- aliases: Qdrant's own, switched in one request (atomic on the server) ---------
+
+    def list_aliases(self) -> dict[str, str]:
+        reply = self._call("get_aliases", self.client.get_aliases)
+        return {a.alias_name: a.collection_name for a in reply.aliases}
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        if not self._call("collection_exists", self.client.collection_exists, collection):
+            raise NotFound(f"collection {collection!r} does not exist")
+        operations: list[Any] = []
+        if alias in self.list_aliases():
+            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        operations.append(models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
+        self._call("update_collection_aliases", self.client.update_collection_aliases,
+                   change_aliases_operations=operations)
+
+    def delete_alias(self, alias: str) -> None:
+        if alias not in self.list_aliases():
+            raise NotFound(f"alias {alias!r} does not exist")
+        self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=[
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))])
 
     def stats(self, name: str) -> CollectionStats:
         info = self._call("get_collection", self.client.get_collection, name)

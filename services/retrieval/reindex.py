@@ -1,0 +1,182 @@
+"""Reindex without downtime: build a new collection from an existing one, then switch the alias.
+
+1. The source is an alias (its collection is rebuilt and the alias switched) or a collection:
+   the aliases pointing to it are switched; a collection no alias names is replaced by an
+   alias of the same name (the old collection is deleted once the alias points to the new one).
+2. The new collection gets the source's schema. Its vectors are copied when the source's
+   recorded models are the loaded ones, else recomputed from the stored text (title + passage)
+   with the loaded models (``reembed`` forces that); it records the models that wrote them.
+3. Writes go on during the bulk copy; the documents they touch are recorded
+   (:class:`~services.retrieval.aliases.WriteGate`) and copied again afterwards, in rounds,
+   the last one with writes paused, so nothing written meanwhile is lost. The alias switches
+   inside that pause: every request sees the old collection or the new one, whole.
+4. Searches never wait: each resolves the alias once and reads one collection.
+
+On failure or cancellation the new collection is deleted and the alias left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from services.common import validation
+from services.common.errors import AlreadyExists, NotFound, Unavailable
+from services.retrieval import model_guard
+from services.retrieval.aliases import Aliases, WriteGate, chunks
+from services.retrieval.backends.base import CollectionSchema, Filter, MatchAny, PointIn, SparseVector
+from services.retrieval.store import DocumentStore, _index_text
+
+log = logging.getLogger(__name__)
+
+COPYING, CATCHING_UP, DONE = "copying", "catching_up", "done"
+PAGE = 256
+#: Catch-up rounds with writes flowing before the last one, with writes paused.
+MAX_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    copied: int
+    total: int
+    source: str
+    target: str
+    alias: str = ""
+    reembedded: bool = False
+
+
+class Cancelled(Exception):
+    pass
+
+
+def default_target(base: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+    return f"{base[: 63 - len(stamp) - 1]}-{stamp}"
+
+
+def reindex(
+    store: DocumentStore,
+    aliases: Aliases,
+    gate: WriteGate,
+    source: str,
+    target: str = "",
+    reembed: bool = False,
+    progress: Callable[[Progress], None] = lambda p: None,
+    cancelled: threading.Event | None = None,
+) -> Progress:
+    backend = store.backend
+    validation.collection_name(source, "source")
+    known = aliases.all()
+    if source in known:
+        collection, switch, replace_name = known[source], [source], ""
+    else:
+        collection = source
+        switch = aliases.of(source)
+        replace_name = "" if switch else source
+    schema = backend.schema(collection)  # NotFound names it
+    target = target or default_target(switch[0] if switch else source)
+    validation.collection_name(target, "target")
+    if target in backend.list_collections() or target in known:
+        raise AlreadyExists(f"{target!r} already exists; name another target")
+    differences = model_guard.mismatches(model_guard.recorded(schema.metadata), store.identity, schema.sparse)
+    recompute = reembed or bool(differences) or schema.dense_dimension != store.embedder.dimension
+    metadata = dict(schema.metadata)
+    if recompute:
+        metadata.update(dense_model=store.embedder.name, models=store.identity.record())
+    new_schema = CollectionSchema(
+        name=target, dense_dimension=store.embedder.dimension if recompute else schema.dense_dimension,
+        sparse=schema.sparse, filter_fields=dict(schema.filter_fields), metadata=metadata,
+    )
+    total = backend.count(collection)
+    state = Progress(COPYING, 0, total, collection, target, ",".join(switch) or replace_name, recompute)
+    log.info("reindex started", extra={"source": collection, "target": target, "reembed": recompute,
+                                       "differences": differences, "points": total})
+    backend.create_collection(new_schema)
+    gate.track(collection)
+    try:
+        copied = 0
+        offset = None
+        while True:  # 1. bulk copy, writes flowing
+            _check(cancelled)
+            page, offset = backend.scroll(collection, offset, PAGE, True)
+            if page:
+                backend.upsert(target, _points(store, page, recompute, schema.sparse))
+                copied += len(page)
+                state = replace(state, copied=copied)
+                progress(state)
+            if offset is None:
+                break
+        state = replace(state, phase=CATCHING_UP)
+        progress(state)
+        for _ in range(MAX_ROUNDS):  # 2. what was written meanwhile, while writes still flow
+            _check(cancelled)
+            dirty = gate.take(collection)
+            if len(dirty) < PAGE:
+                _recopy(store, collection, target, dirty, recompute, schema.sparse)
+                break
+            _recopy(store, collection, target, dirty, recompute, schema.sparse)
+        with gate.paused():  # 3. the last of it with writes paused, then the switch
+            _recopy(store, collection, target, gate.take(collection), recompute, schema.sparse)
+            gate.untrack(collection)
+            if replace_name:
+                aliases.replace_collection(replace_name, target, backend.delete_collection)
+            for alias in switch:
+                aliases.switch(alias, target)
+    except BaseException:
+        gate.untrack(collection)
+        try:
+            backend.delete_collection(target)
+        except NotFound:
+            pass
+        except Exception:  # noqa: BLE001 - the original error matters more
+            log.exception("could not delete the unfinished reindex target", extra={"target": target})
+        raise
+    state = replace(state, phase=DONE, copied=backend.count(target))
+    progress(state)
+    log.info("reindex done", extra={"source": collection, "target": target, "alias": state.alias,
+                                    "points": state.copied, "reembedded": recompute})
+    return state
+
+
+def _check(cancelled: threading.Event | None) -> None:
+    if cancelled is not None and cancelled.is_set():
+        raise Cancelled("the reindex was cancelled (the caller went away); the new collection was deleted")
+
+
+def _recopy(store: DocumentStore, source: str, target: str, doc_ids: list[str], recompute: bool, sparse: bool) -> None:
+    """Make ``doc_ids`` in ``target`` what they are in ``source`` (deleted ones deleted)."""
+    backend = store.backend
+    for ids in chunks(doc_ids, PAGE):
+        where = Filter(must=(MatchAny("doc_id", tuple(ids)),))
+        backend.delete_where(target, where)
+        offset = None
+        while True:
+            page, offset = backend.scroll(source, offset, PAGE, True, where)
+            if page:
+                backend.upsert(target, _points(store, page, recompute, sparse))
+            if offset is None:
+                break
+
+
+def _points(store: DocumentStore, page, recompute: bool, sparse: bool) -> list[PointIn]:
+    if not recompute:
+        out = []
+        for pid, payload, vectors in page:
+            vectors = vectors or {}
+            if "dense" not in vectors:
+                raise Unavailable(f"point {pid} has no dense vector")
+            out.append(PointIn(id=pid, dense=vectors["dense"], sparse=vectors.get("sparse"), payload=payload))
+        return out
+    texts = [_index_text(str(p.get("title", "")), str(p.get("text", ""))) for _, p, _ in page]
+    dense = store.embedder.embed_documents(texts)
+    encoded = store.sparse_encoder.encode_documents(texts) if sparse else [None] * len(texts)
+    return [
+        PointIn(id=pid, dense=vector.tolist(),
+                sparse=SparseVector(tuple(sv.indices), tuple(sv.values)) if sv is not None and sv.indices else None,
+                payload=payload)
+        for (pid, payload, _), vector, sv in zip(page, dense, encoded)
+    ]
