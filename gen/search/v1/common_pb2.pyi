@@ -183,19 +183,27 @@ class SparseValues(_message.Message):
     def __init__(self, indices: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StoredPoint(_message.Message):
-    __slots__ = ("id", "dense", "sparse", "payload_json")
+    __slots__ = ("id", "dense", "sparse", "payload_json", "late")
     ID_FIELD_NUMBER: _ClassVar[int]
     DENSE_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     dense: _containers.RepeatedScalarFieldContainer[float]
     sparse: SparseValues
     payload_json: bytes
-    def __init__(self, id: _Optional[str] = ..., dense: _Optional[_Iterable[float]] = ..., sparse: _Optional[_Union[SparseValues, _Mapping]] = ..., payload_json: _Optional[bytes] = ...) -> None: ...
+    late: _containers.RepeatedCompositeFieldContainer[FloatRow]
+    def __init__(self, id: _Optional[str] = ..., dense: _Optional[_Iterable[float]] = ..., sparse: _Optional[_Union[SparseValues, _Mapping]] = ..., payload_json: _Optional[bytes] = ..., late: _Optional[_Iterable[_Union[FloatRow, _Mapping]]] = ...) -> None: ...
+
+class FloatRow(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SnapshotHeader(_message.Message):
-    __slots__ = ("format", "collection", "dense_dimension", "sparse", "filter_fields", "metadata_json", "point_count", "engine", "method", "created_at")
+    __slots__ = ("format", "collection", "dense_dimension", "sparse", "filter_fields", "metadata_json", "point_count", "engine", "method", "created_at", "late_dimension", "late_quantization")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DENSE_DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +214,8 @@ class SnapshotHeader(_message.Message):
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LATE_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    LATE_QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     format: str
     collection: str
     dense_dimension: int
@@ -216,4 +226,6 @@ class SnapshotHeader(_message.Message):
     engine: str
     method: str
     created_at: str
-    def __init__(self, format: _Optional[str] = ..., collection: _Optional[str] = ..., dense_dimension: _Optional[int] = ..., sparse: _Optional[bool] = ..., filter_fields: _Optional[_Iterable[_Union[FilterField, _Mapping]]] = ..., metadata_json: _Optional[str] = ..., point_count: _Optional[int] = ..., engine: _Optional[str] = ..., method: _Optional[str] = ..., created_at: _Optional[str] = ...) -> None: ...
+    late_dimension: int
+    late_quantization: str
+    def __init__(self, format: _Optional[str] = ..., collection: _Optional[str] = ..., dense_dimension: _Optional[int] = ..., sparse: _Optional[bool] = ..., filter_fields: _Optional[_Iterable[_Union[FilterField, _Mapping]]] = ..., metadata_json: _Optional[str] = ..., point_count: _Optional[int] = ..., engine: _Optional[str] = ..., method: _Optional[str] = ..., created_at: _Optional[str] = ..., late_dimension: _Optional[int] = ..., late_quantization: _Optional[str] = ...) -> None: ...
