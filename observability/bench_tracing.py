@@ -11,8 +11,9 @@ Two measurements:
    client on loopback (``tracing.server_interceptors()``, ``MetricsServerInterceptor``,
    ``ErrorMappingInterceptor``; the client with ``tracing.client_interceptors()``; the
    handler opens one inner span), sequential calls, per-call latency: a baseline whose
-   handler makes no tracing call at all, off (no tracing interceptors, exactly what a
-   service runs by default), on + sampled, on + not sampled.
+   handler makes no tracing call at all and no tracing interceptor runs, off (ids only:
+   ``TraceIdOnlyServerInterceptor``, exactly what a service runs by default), on + sampled,
+   on + not sampled.
 
 "On" exports through a SimpleSpanProcessor to an exporter that drops the spans, so the
 figures are the SDK's cost in the request path (span creation, context, attributes,
@@ -113,7 +114,8 @@ async def bench_rpc(calls: int, rounds: int) -> dict[str, list[float]]:
             enable("off" if mode == "baseline" else mode)
             echo = plain if mode == "baseline" else traced
             server = grpc.aio.server(
-                interceptors=[*tracing.server_interceptors(), metrics.MetricsServerInterceptor("bench"), ErrorMappingInterceptor()]
+                interceptors=[*(tracing.server_interceptors() if mode != "baseline" else ()),
+                              metrics.MetricsServerInterceptor("bench"), ErrorMappingInterceptor()]
             )
             server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler("bench.v1.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)}),)

@@ -1,8 +1,8 @@
 """OpenTelemetry tracing: the only module in the platform that knows OpenTelemetry.
 
-Tracing is off by default and then costs (almost) nothing: no SDK is loaded, no
-interceptors are installed, :func:`span` returns a shared null context. It turns on
-when the standard environment asks for it:
+Tracing is off by default and then costs (almost) nothing: no SDK is loaded, one small
+interceptor gives every request a trace id (below), :func:`span` returns a shared null
+context. It turns on when the standard environment asks for it:
 
 * ``OTEL_TRACES_EXPORTER`` set to anything but ``none`` (``otlp``, ``console``,
   ``otlp_proto_grpc``, ``otlp_proto_http``; comma-separated for several), or
@@ -18,11 +18,23 @@ over the service name passed in code; ``OTEL_PROPAGATORS`` (default W3C
 ``tracecontext,baggage``) chooses the wire format; ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES``
 adds gRPC services not to trace (health checks and reflection are never traced).
 
-What a caller and an operator get (only while tracing is on):
+What a caller and an operator get, whether or not tracing is on and whatever is sampled:
 
 * every unary RPC answers with the trace id in trailing metadata (``x-trace-id``) and,
   on error, in a ``google.rpc.RequestInfo`` detail (``request_id``; see errors.py);
 * every log line written inside a request carries ``trace_id`` and ``span_id`` (logs.py);
+* a call to another service carries ``traceparent``, so its answer and logs share the id.
+
+With tracing off these ids cost one small interceptor (:class:`TraceIdOnlyServerInterceptor`):
+it continues the caller's ``traceparent`` or draws a new 128-bit id, makes a non-recording span
+current for the handler (no SDK, nothing recorded or exported) and returns ``x-trace-id``; the
+gateway sends ``traceparent`` on its own calls (:func:`outgoing_metadata`). With tracing on, the
+SDK draws ids for every request, sampled or not (an unsampled request has a non-recording
+span with a valid id); only sampled requests record and export spans, and a sampled request's
+trace is complete (parent-based samplers follow the caller's decision at every hop).
+
+While tracing is on:
+
 * work batched across requests in another thread (the reranker's cross-encoder) gets
   per-request ``batch.queue_wait`` / ``batch.inference`` spans with explicit timestamps
   (:func:`batch_member` and :func:`traced_batch`).
@@ -46,13 +58,14 @@ import contextlib
 import itertools
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry import trace
+from opentelemetry import context as otel_context, trace
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -75,6 +88,8 @@ _NOOP_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
 
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None
+#: Ids of requests traced without the SDK (the SDK's RandomIdGenerator draws them the same way).
+_random = random.Random()
 
 
 def _truthy(value: str | None) -> bool:
@@ -203,7 +218,7 @@ def server_interceptors(tracer_provider: TracerProvider | None = None) -> list[A
     """
     provider = tracer_provider or _provider
     if provider is None:
-        return []
+        return [TraceIdOnlyServerInterceptor(_filter())]
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [aio_server_interceptor(tracer_provider=provider, filter_=_filter()), TraceIdServerInterceptor(_filter())]
@@ -241,6 +256,17 @@ def set_attributes(**attributes: Any) -> None:
     current = trace.get_current_span()
     if current.is_recording():
         current.set_attributes({key: value for key, value in attributes.items() if value is not None})
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...] | None:
+    """``traceparent`` for a downstream call when tracing is off (the SDK's client interceptors
+    send it when on); None outside a request or when there is nothing to add."""
+    if _provider is not None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return (("traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"),)
 
 
 def current_trace_id() -> str:
@@ -307,6 +333,71 @@ class TraceIdServerInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 if span.is_recording():
                     _record_code(span, context.code())
+
+        return grpc.unary_unary_rpc_method_handler(
+            with_trace_id,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _parse_traceparent(value: str) -> tuple[int, int] | None:
+    """(trace id, flags) of a W3C ``traceparent`` (version 00 or later), or None when malformed."""
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return trace_id, flags
+
+
+class TraceIdOnlyServerInterceptor(grpc.aio.ServerInterceptor):
+    """Trace ids without tracing: what every server installs while no exporter is configured.
+
+    For each unary call (health and reflection excepted) it continues the caller's
+    ``traceparent`` (or draws a new random 128-bit trace id), makes a non-recording span with
+    a fresh span id current for the handler, so log lines (logs.py), error details (errors.py)
+    and :func:`outgoing_metadata` see the ids, and sets ``x-trace-id`` in the trailing metadata.
+    Nothing is recorded; the cost is a dict lookup, two random numbers and a context switch.
+    """
+
+    def __init__(self, filter_: Callable[[Any], bool] | None = None) -> None:
+        self._filter = filter_
+        self._excluded: dict[str, bool] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        excluded = self._excluded.get(method)
+        if excluded is None:
+            excluded = self._excluded[method] = self._filter is not None and not self._filter(handler_call_details)
+        if excluded:
+            return handler
+        behavior = handler.unary_unary
+
+        async def with_trace_id(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            parsed = None
+            for key, value in context.invocation_metadata() or ():
+                if key == "traceparent":
+                    parsed = _parse_traceparent(value)
+                    break
+            trace_id, flags = parsed if parsed is not None else (_random.getrandbits(128) or 1, 0)
+            span_context = trace.SpanContext(
+                trace_id=trace_id, span_id=_random.getrandbits(64) or 1, is_remote=False,
+                trace_flags=trace.TraceFlags(flags & 0x01),
+            )
+            token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+            try:
+                context.set_trailing_metadata(((TRACE_ID_METADATA_KEY, f"{trace_id:032x}"),))
+                return await behavior(request, context)
+            finally:
+                otel_context.detach(token)
 
         return grpc.unary_unary_rpc_method_handler(
             with_trace_id,

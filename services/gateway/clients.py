@@ -147,7 +147,9 @@ class Downstream:
             raise DeadlineExceeded(f"no time left in the request's deadline to call {self.target} {method}")
         try:
             async with metrics.observe_downstream(self.target, method):
-                return await getattr(self.stub, method)(request, timeout=timeout, wait_for_ready=False)
+                return await getattr(self.stub, method)(
+                    request, timeout=timeout, wait_for_ready=False, metadata=tracing.outgoing_metadata()
+                )
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(self.target, method, exc, timeout, deadline_bound) from exc
 

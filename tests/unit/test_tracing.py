@@ -72,8 +72,11 @@ def test_unsupported_protocol_is_a_clear_error():
 def test_off_by_default_and_nearly_free():
     assert tracing.setup_tracing("gateway") is None
     assert tracing.get_tracer_provider() is None
-    assert tracing.server_interceptors() == []
+    # Off: no SDK; one small interceptor only gives requests their trace id (tests below).
+    (only,) = tracing.server_interceptors()
+    assert isinstance(only, tracing.TraceIdOnlyServerInterceptor)
     assert tracing.client_interceptors() == []
+    assert tracing.outgoing_metadata() is None  # outside a request
     first, second = tracing.span("a", x=1), tracing.span("b")
     assert first is second  # one shared null context: no allocation per call
     with first as current:
@@ -137,7 +140,8 @@ def test_shutdown_turns_tracing_off_again():
     tracing.setup_tracing("gateway", exporter=InMemorySpanExporter(), set_global=False)
     assert tracing.server_interceptors() and tracing.client_interceptors()
     tracing.shutdown_tracing()
-    assert tracing.server_interceptors() == [] and tracing.get_tracer_provider() is None
+    assert tracing.get_tracer_provider() is None and tracing.client_interceptors() == []
+    assert [type(i) for i in tracing.server_interceptors()] == [tracing.TraceIdOnlyServerInterceptor]
 
 
 # --------------------------------------------------------------------------- real client and server
@@ -490,23 +494,91 @@ async def test_an_error_carries_the_trace_id_and_its_code_is_on_the_server_span(
     assert (server.status.status_code == trace.StatusCode.ERROR) is span_error
 
 
-async def test_with_tracing_off_errors_carry_no_trace_id():
-    from services.common.errors import ErrorMappingInterceptor
+@pytest.fixture
+async def untraced():
+    """The platform's interceptor chain with tracing off (no exporter configured: `make up`)."""
+    assert tracing.get_tracer_provider() is None
+    server, address = await _platform_server(None)
+    yield address
+    await server.stop(None)
 
-    assert tracing.server_interceptors() == []
-    server, address = await _platform_server(None, interceptors=[ErrorMappingInterceptor()])
+
+@pytest.mark.parametrize("method,code", [("NotFound", grpc.StatusCode.NOT_FOUND), ("Bug", grpc.StatusCode.INTERNAL),
+                                         ("PlainAbort", grpc.StatusCode.UNAUTHENTICATED)])
+async def test_with_tracing_off_every_error_still_carries_a_trace_id(untraced, method, code):
+    async with grpc.aio.insecure_channel(untraced) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await ch.unary_unary(f"/demo.v1.Platform/{method}")(b"x", timeout=5)
+    error = caught.value
+    assert error.code() == code
+    trace_id = dict(error.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY]
+    assert len(trace_id) == 32 and int(trace_id, 16) != 0
+    if method != "PlainAbort":
+        assert _request_infos(error) == [trace_id]
+    if method == "Bug":
+        assert error.details().endswith(f"(trace id {trace_id})")
+
+
+async def test_with_tracing_off_ids_differ_per_request_and_a_callers_traceparent_is_continued(untraced):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with grpc.aio.insecure_channel(untraced) as ch:
+        ids = set()
+        for _ in range(3):
+            call = ch.unary_unary("/demo.v1.Platform/Ok")(b"x", timeout=5)
+            await call
+            ids.add(dict(await call.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY])
+        assert len(ids) == 3
+        call = ch.unary_unary("/demo.v1.Platform/Ok")(
+            b"x", timeout=5, metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
+        await call
+        assert dict(await call.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY] == trace_id
+        call = ch.unary_unary("/demo.v1.Platform/Ok")(b"x", timeout=5, metadata=(("traceparent", "garbage"),))
+        await call  # a malformed traceparent starts a new trace
+        assert dict(await call.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY] != trace_id
+
+
+async def test_with_tracing_off_log_lines_and_downstream_calls_carry_the_id(untraced, json_lines):
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    async with grpc.aio.insecure_channel(untraced) as ch:
+        await ch.unary_unary("/demo.v1.Platform/Ok")(
+            b"abc", timeout=5, metadata=(("traceparent", f"00-{trace_id}-b7ad6b7169203331-00"),))
+    (line,) = [line for line in json_lines() if line["message"] == "handling"]
+    assert line["trace_id"] == trace_id and len(line["span_id"]) == 16
+    assert line["span_id"] != "b7ad6b7169203331"  # the server's own span id, child of the caller's
+    # Inside a request the gateway's downstream calls carry the same trace id.
+    from opentelemetry import context as otel_context
+
+    parent = trace.SpanContext(int(trace_id, 16), 0x1234, is_remote=False)
+    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(parent)))
+    try:
+        assert tracing.outgoing_metadata() == (("traceparent", f"00-{trace_id}-0000000000001234-00"),)
+    finally:
+        otel_context.detach(token)
+
+
+async def test_unsampled_requests_get_ids_and_sampled_ones_complete_traces(monkeypatch):
+    # parentbased_traceidratio: the root decides; every hop follows the caller's decision.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    exporter = InMemorySpanExporter()
+    provider = tracing.setup_tracing("test-service", exporter=exporter, set_global=False)
+    server, address = await _platform_server(provider)
     try:
         async with grpc.aio.insecure_channel(address) as ch:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:  # a new root: ratio 0, not sampled
                 await ch.unary_unary("/demo.v1.Platform/NotFound")(b"x", timeout=5)
-            ok = ch.unary_unary("/demo.v1.Platform/Ok")(b"x", timeout=5)
-            await ok
-            assert tracing.TRACE_ID_METADATA_KEY not in dict(await ok.trailing_metadata() or ())
+            unsampled = dict(caught.value.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY]
+            assert len(unsampled) == 32 and _request_infos(caught.value) == [unsampled]
+            assert exporter.get_finished_spans() == ()
+            sampled = "4bf92f3577b34da6a3ce929d0e0e4736"  # the caller sampled it: recorded here too
+            call = ch.unary_unary("/demo.v1.Platform/Ok")(
+                b"x", timeout=5, metadata=(("traceparent", f"00-{sampled}-00f067aa0ba902b7-01"),))
+            await call
+            assert dict(await call.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY] == sampled
     finally:
         await server.stop(None)
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert tracing.TRACE_ID_METADATA_KEY not in dict(caught.value.trailing_metadata())
-    assert _request_infos(caught.value) == []
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == sampled
 
 
 async def test_health_checks_get_no_trace_id(platform):
