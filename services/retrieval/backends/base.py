@@ -18,6 +18,9 @@ from typing import Any, Protocol, Union
 #: Named vectors of every collection.
 DENSE = "dense"
 SPARSE = "sparse"
+#: Named vector of a collection with late interaction: each document's token vectors, a
+#: multivector compared by MaxSim, never indexed (it only rescores), quantised.
+LATE = "late"
 
 #: Payload keys the store owns; a caller's payload lives under ``payload``.
 DOC_ID = "doc_id"
@@ -87,6 +90,8 @@ class PointIn:
     dense: Sequence[float]
     sparse: SparseVector | None
     payload: dict[str, Any]
+    #: Token vectors for late interaction (collections that have it), one row per token.
+    late: Sequence[Sequence[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,17 @@ class Fused:
 
 
 @dataclass(frozen=True)
+class Rescore:
+    """The candidates of ``prefetch`` (their union, unfused) scored again by ``vector``
+    against the named vector ``using`` (late interaction: MaxSim), best ``limit`` kept."""
+
+    prefetch: tuple[Nearest | Fused, ...]
+    using: str
+    vector: Sequence[Sequence[float]]
+    limit: int
+
+
+@dataclass(frozen=True)
 class Hit:
     id: str
     score: float
@@ -127,6 +143,10 @@ class CollectionSchema:
     #: Recorded at creation and returned as is: the model that wrote the dense vectors,
     #: how long documents are handled, and so on.
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Dimensions of the late-interaction token vectors (0: the collection has none) and how
+    #: they are quantised (``int8``, ``binary`` or ``none``).
+    late_dimension: int = 0
+    late_quantization: str = "int8"
 
 
 @dataclass(frozen=True)
@@ -177,7 +197,7 @@ class Backend(Protocol):
 
     def count(self, name: str, where: Filter | None = None) -> int: ...
 
-    def query(self, name: str, queries: Sequence[Nearest | Fused]) -> list[list[Hit]]:
+    def query(self, name: str, queries: Sequence[Nearest | Fused | Rescore]) -> list[list[Hit]]:
         """Run the queries (as one batch where the engine can); best first, with payload."""
 
     def scroll(

@@ -51,6 +51,7 @@ from services.common import metrics
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from services.retrieval.backends.base import (
     DENSE,
+    LATE,
     SPARSE,
     CollectionSchema,
     CollectionStats,
@@ -63,6 +64,7 @@ from services.retrieval.backends.base import (
     PointIn,
     PointSnapshot,
     Range,
+    Rescore,
     SparseVector,
 )
 
@@ -195,8 +197,11 @@ class EdgeBackend:
 
     def _config(self, schema: CollectionSchema) -> qe.EdgeConfig:
         # On load, the engine checks these against the shard's segments.
+        vectors = {DENSE: qe.EdgeVectorParams(size=schema.dense_dimension, distance=qe.Distance.Cosine)}
+        if schema.late_dimension:
+            vectors[LATE] = _late_params(schema)
         return qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=schema.dense_dimension, distance=qe.Distance.Cosine)},
+            vectors=vectors,
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if schema.sparse else None,
             max_search_threads=self._threads(len(self._collections)),
         )
@@ -218,6 +223,7 @@ class EdgeBackend:
             schema = CollectionSchema(
                 name=raw["name"], dense_dimension=int(raw["dense_dimension"]), sparse=bool(raw["sparse"]),
                 filter_fields=dict(raw.get("filter_fields", {})), metadata=dict(raw.get("metadata", {})),
+                late_dimension=int(raw.get("late_dimension", 0)), late_quantization=str(raw.get("late_quantization", "int8")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise FailedPrecondition(f"cannot read collection schema {schema_path}: {exc}") from exc
@@ -288,6 +294,7 @@ class EdgeBackend:
                 (staging / SCHEMA_FILE).write_text(json.dumps({
                     "layout_version": LAYOUT_VERSION, "name": schema.name, "dense_dimension": schema.dense_dimension,
                     "sparse": schema.sparse, "filter_fields": schema.filter_fields, "metadata": schema.metadata,
+                    "late_dimension": schema.late_dimension, "late_quantization": schema.late_quantization,
                 }, indent=2, sort_keys=True))
                 os.replace(staging, directory)
             except BaseException:
@@ -324,6 +331,8 @@ class EdgeBackend:
             vectors: dict[str, Any] = {DENSE: list(p.dense)}
             if p.sparse is not None and p.sparse.indices:
                 vectors[SPARSE] = qe.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+            if p.late is not None:
+                vectors[LATE] = p.late if isinstance(p.late, list) else [list(row) for row in p.late]
             edge_points.append(qe.Point(p.id, vectors, p.payload))
         self._write(name, qe.UpdateOperation.upsert_points(edge_points), len(edge_points))
 
@@ -684,7 +693,25 @@ def _nearest(q: Nearest) -> qe.Query:
     return qe.Query.Nearest(_vector(q.vector), using=q.using)
 
 
-def _request(q: Nearest | Fused, params: qe.SearchParams | None) -> qe.QueryRequest:
+def _late_params(schema: CollectionSchema) -> qe.EdgeVectorParams:
+    """Token vectors: MaxSim, no HNSW graph (they only rescore), originals on disk, quantised."""
+    quantization = {
+        "int8": lambda: qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Cached),
+        "binary": lambda: qe.BinaryQuantizationConfig(memory=qe.Memory.Cached),
+        "none": lambda: None,
+    }[schema.late_quantization]()
+    return qe.EdgeVectorParams(
+        size=schema.late_dimension, distance=qe.Distance.Cosine,
+        multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+        hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+        quantization_config=quantization, memory=qe.Memory.Cold,
+    )
+
+
+def _request(q: Nearest | Fused | Rescore, params: qe.SearchParams | None) -> qe.QueryRequest:
+    if isinstance(q, Rescore):
+        return qe.QueryRequest(limit=q.limit, prefetches=[_prefetch(p, params) for p in q.prefetch],
+                               query=qe.Query.Nearest(_rows(q.vector), using=q.using), with_payload=True)
     if isinstance(q, Nearest):
         return qe.QueryRequest(limit=q.limit, query=_nearest(q), filter=_filter(q.filter) if q.filter else None,
                                params=params, with_payload=True)
@@ -694,6 +721,17 @@ def _request(q: Nearest | Fused, params: qe.SearchParams | None) -> qe.QueryRequ
         for p in q.prefetch
     ]
     return qe.QueryRequest(limit=q.limit, prefetches=prefetch, query=fusion, with_payload=True)
+
+
+def _prefetch(q: Nearest | Fused, params: qe.SearchParams | None) -> qe.Prefetch:
+    if isinstance(q, Nearest):
+        return qe.Prefetch(limit=q.limit, query=_nearest(q), filter=_filter(q.filter) if q.filter else None, params=params)
+    fusion = qe.Fusion.Rrf(k=q.rrf_k) if q.method == "rrf" else qe.Fusion.Dbsf()
+    return qe.Prefetch(limit=q.limit, query=fusion, prefetches=[_prefetch(p, params) for p in q.prefetch])
+
+
+def _rows(vector) -> list[list[float]]:
+    return vector if isinstance(vector, list) else [list(map(float, row)) for row in vector]
 
 
 def _filter(flt: Filter) -> qe.Filter:

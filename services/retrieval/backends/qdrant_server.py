@@ -18,6 +18,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from services.retrieval.backends.base import (
     DENSE,
+    LATE,
     SPARSE,
     CollectionSchema,
     CollectionStats,
@@ -30,6 +31,7 @@ from services.retrieval.backends.base import (
     PointIn,
     PointSnapshot,
     Range,
+    Rescore,
     SparseVector,
 )
 
@@ -85,13 +87,15 @@ class QdrantServerBackend:
             "create_collection",
             self.client.create_collection,
             schema.name,
-            vectors_config={DENSE: models.VectorParams(size=schema.dense_dimension, distance=models.Distance.COSINE)},
+            vectors_config=_vectors_config(schema),
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)} if schema.sparse else None,
             shard_number=self.shard_number,
             replication_factor=self.replication_factor,
             write_consistency_factor=self.write_consistency_factor,
             metadata={_SCHEMA_KEY: {"dense_dimension": schema.dense_dimension, "sparse": schema.sparse,
-                                    "filter_fields": schema.filter_fields, "metadata": schema.metadata}},
+                                    "filter_fields": schema.filter_fields, "metadata": schema.metadata,
+                                    "late_dimension": schema.late_dimension,
+                                    "late_quantization": schema.late_quantization}},
         )
         if not self._local:
             indexes = {"doc_id": "keyword", "passage": "integer"}
@@ -112,7 +116,9 @@ class QdrantServerBackend:
                    "filter_fields": dict(metadata.pop("filter_fields", None) or {}),
                    "metadata": {k: v for k, v in metadata.items() if k != "sparse"}}
         return CollectionSchema(name=name, dense_dimension=int(raw["dense_dimension"]), sparse=bool(raw["sparse"]),
-                                filter_fields=dict(raw.get("filter_fields", {})), metadata=dict(raw.get("metadata", {})))
+                                filter_fields=dict(raw.get("filter_fields", {})), metadata=dict(raw.get("metadata", {})),
+                                late_dimension=int(raw.get("late_dimension", 0)),
+                                late_quantization=str(raw.get("late_quantization", "int8")))
 
     def delete_collection(self, name: str) -> None:
         self.schema(name)
@@ -126,6 +132,8 @@ class QdrantServerBackend:
             vectors: dict[str, Any] = {DENSE: list(p.dense)}
             if p.sparse is not None and p.sparse.indices:
                 vectors[SPARSE] = models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
+            if p.late is not None:
+                vectors[LATE] = p.late if isinstance(p.late, list) else [list(row) for row in p.late]
             structs.append(models.PointStruct(id=p.id, vector=vectors, payload=p.payload))
         self._call("upsert", self.client.upsert, name, points=structs, wait=True)
 
@@ -236,7 +244,37 @@ def _vector(vector):
     return list(vector)
 
 
-def _request(q: Nearest | Fused, params) -> models.QueryRequest:
+def _vectors_config(schema: CollectionSchema) -> dict[str, models.VectorParams]:
+    config = {DENSE: models.VectorParams(size=schema.dense_dimension, distance=models.Distance.COSINE)}
+    if schema.late_dimension:  # token vectors: MaxSim, no HNSW graph, originals on disk, quantised
+        quantization = {
+            "int8": models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=0.99, always_ram=False)),
+            "binary": models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=False)),
+            "none": None,
+        }[schema.late_quantization]
+        config[LATE] = models.VectorParams(
+            size=schema.late_dimension, distance=models.Distance.COSINE, on_disk=True,
+            multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+            hnsw_config=models.HnswConfigDiff(m=0), quantization_config=quantization,
+        )
+    return config
+
+
+def _prefetch(q: Nearest | Fused, params) -> models.Prefetch:
+    if isinstance(q, Nearest):
+        return models.Prefetch(query=_vector(q.vector), using=q.using, limit=q.limit,
+                               filter=_filter(q.filter) if q.filter else None, params=params)
+    fusion: Any = (models.RrfQuery(rrf=models.Rrf(k=q.rrf_k)) if q.method == "rrf"
+                   else models.FusionQuery(fusion=models.Fusion.DBSF))
+    return models.Prefetch(prefetch=[_prefetch(p, params) for p in q.prefetch], query=fusion, limit=q.limit)
+
+
+def _request(q: Nearest | Fused | Rescore, params) -> models.QueryRequest:
+    if isinstance(q, Rescore):
+        rows = q.vector if isinstance(q.vector, list) else [list(map(float, row)) for row in q.vector]
+        return models.QueryRequest(prefetch=[_prefetch(p, params) for p in q.prefetch], query=rows, using=q.using,
+                                   limit=q.limit, with_payload=True)
     if isinstance(q, Nearest):
         return models.QueryRequest(query=_vector(q.vector), using=q.using, limit=q.limit,
                                    filter=_filter(q.filter) if q.filter else None, params=params, with_payload=True)
