@@ -233,6 +233,28 @@ GATEWAY_REJECTED_REQUESTS = Counter(
     "Requests refused with RESOURCE_EXHAUSTED because GATEWAY_MAX_IN_FLIGHT requests were in flight.",
 )
 
+# --------------------------------------------------------------------------- caches (services/common/cache.py)
+CACHE_LOOKUPS = Counter(
+    "search_cache_lookups",
+    "Lookups in a bounded cache, by cache (query_embedding, rerank_score, search_result) and outcome (hit, miss).",
+    ["cache", "outcome"],
+)
+CACHE_EVICTIONS = Counter(
+    "search_cache_evictions",
+    "Entries a bounded cache dropped (least recently used) to stay within its entry bound.",
+    ["cache"],
+)
+CACHE_ENTRIES = Gauge(
+    "search_cache_entries",
+    "Entries a bounded cache holds now.",
+    ["cache"],
+)
+CACHE_CAPACITY = Gauge(
+    "search_cache_capacity_entries",
+    "The entry bound of a cache (its setting; 0 = the cache is off).",
+    ["cache"],
+)
+
 #: Every metric object above, for docs and tests.
 ALL_METRICS: tuple[Any, ...] = (
     GRPC_SERVER_REQUESTS,
@@ -271,6 +293,10 @@ ALL_METRICS: tuple[Any, ...] = (
     GATEWAY_RETRIES,
     GATEWAY_CIRCUIT_OPEN,
     GATEWAY_REJECTED_REQUESTS,
+    CACHE_LOOKUPS,
+    CACHE_EVICTIONS,
+    CACHE_ENTRIES,
+    CACHE_CAPACITY,
 )
 
 

@@ -142,18 +142,31 @@ class Downstream:
         self.retry_policy = retry_policy or RetryPolicy()
         self.retry_budget = retry_budget or RetryBudget(target=target)
 
-    async def call_once(self, method: str, request: Any, timeout: float, deadline_bound: bool = True) -> Any:
+    async def call_once(
+        self, method: str, request: Any, timeout: float, deadline_bound: bool = True,
+        metadata: tuple[tuple[str, str], ...] = (), trailers: dict[str, str] | None = None,
+    ) -> Any:
+        """One attempt; ``metadata`` is sent with the call and, given a dict, ``trailers`` gets
+        the answer's trailing metadata."""
         if timeout <= 0:
             raise DeadlineExceeded(f"no time left in the request's deadline to call {self.target} {method}")
+        outgoing = tracing.outgoing_metadata()
+        if metadata:
+            outgoing = (*(outgoing or ()), *metadata)
         try:
             async with metrics.observe_downstream(self.target, method):
-                return await getattr(self.stub, method)(
-                    request, timeout=timeout, wait_for_ready=False, metadata=tracing.outgoing_metadata()
-                )
+                call = getattr(self.stub, method)(request, timeout=timeout, wait_for_ready=False, metadata=outgoing)
+                response = await call
+                if trailers is not None:
+                    trailers.update(await call.trailing_metadata() or ())
+                return response
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(self.target, method, exc, timeout, deadline_bound) from exc
 
-    async def call(self, method: str, request: Any, budget: Budget, cap: float, *, idempotent: bool = False) -> Any:
+    async def call(
+        self, method: str, request: Any, budget: Budget, cap: float, *, idempotent: bool = False,
+        metadata: tuple[tuple[str, str], ...] = (), trailers: dict[str, str] | None = None,
+    ) -> Any:
         """Call ``method`` with a timeout of at most ``cap`` per attempt, within ``budget``.
 
         Only ``idempotent`` calls are retried (a non-idempotent write that timed out may
@@ -162,7 +175,8 @@ class Downstream:
 
         async def attempt() -> Any:
             timeout = budget.for_hop(cap)
-            return await self.call_once(method, request, timeout, deadline_bound=timeout < cap)
+            return await self.call_once(method, request, timeout, deadline_bound=timeout < cap,
+                                        metadata=metadata, trailers=trailers)
 
         if not idempotent:
             return await attempt()

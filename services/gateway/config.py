@@ -41,3 +41,8 @@ class GatewayConfig:
     breaker_cooldown_seconds: float = setting(5.0, "GATEWAY_BREAKER_COOLDOWN_SECONDS", "how long an open breaker degrades without calling the reranker before one probe call")
     api_keys_file: str | None = setting(None, "GATEWAY_API_KEYS_FILE", "file of accepted API keys, one per line (# comments); set (or GATEWAY_API_KEYS): callers need 'authorization: Bearer <key>'")
     api_keys: str | None = setting(None, "GATEWAY_API_KEYS", "accepted API keys, comma-separated (added to GATEWAY_API_KEYS_FILE's)")
+    result_cache_size: int = setting(
+        2000, "GATEWAY_RESULT_CACHE_SIZE",
+        "Search responses kept, keyed by the whole normalised request and served only while retrieval reports the collection's write version unchanged; LRU, also bounded by GATEWAY_RESULT_CACHE_MB (0 turns the cache off)",
+    )
+    result_cache_mb: float = setting(64.0, "GATEWAY_RESULT_CACHE_MB", "bound on the serialized size of the Search responses the result cache keeps, MiB")

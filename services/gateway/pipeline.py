@@ -25,6 +25,7 @@ from services.common import metrics, tracing, validation
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError
 from services.gateway import combine
 from services.gateway.clients import ANSWER_RESERVE_S, Budget, Downstream
+from services.gateway import result_cache
 from services.gateway.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,10 @@ class SearchPipeline:
             budget,
             self.retrieval_timeout_s,
             idempotent=True,
+            **result_cache.retrieve_options(),
         )
+        if result_cache.answered_from_cache():  # the held answer is current: the result cache serves it
+            return pb.SearchResponse()
         found = list(retrieved.candidates)
         metrics.GATEWAY_CANDIDATES.observe(len(found))
         tracing.set_attributes(**{"search.collection": collection, "search.top_k": top_k, "search.candidates": len(found),

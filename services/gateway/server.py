@@ -18,6 +18,7 @@ from services.common.security import (
 from services.gateway import clients
 from services.gateway.config import GatewayConfig
 from services.gateway.pipeline import Budget, RerankDefaults, SearchPipeline, budget_for
+from services.gateway.result_cache import SearchResultCache
 from services.gateway.resilience import (
     CircuitBreaker,
     InFlightLimiter,
@@ -64,12 +65,15 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             rerank_timeout_s=config.rerank_timeout_seconds,
             breaker=self.breaker,
         )
+        # Search responses, valid while retrieval reports the collection unchanged (result_cache.py).
+        self.results = SearchResultCache(config.result_cache_size, int(config.result_cache_mb * 1024 * 1024))
 
     def _budget(self, context: grpc.aio.ServicerContext, default_s: float) -> Budget:
         return budget_for(context, default_s, self.config.answer_reserve_seconds)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        return await self.pipeline.search(request, self._budget(context, self.config.default_deadline_seconds))
+        budget = self._budget(context, self.config.default_deadline_seconds)
+        return await self.results.search(self.pipeline.search, request, budget)
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         collection = validation.collection_name(request.collection)

@@ -36,3 +36,7 @@ class RerankerConfig:
     )
     intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime threads per inference batch (0 = the available CPUs divided among the inference workers)")
     allow_spinning: bool = setting(True, "ORT_ALLOW_SPINNING", "let ONNX Runtime's intra-op threads spin-wait between operators (false yields the cores)")
+    score_cache_size: int = setting(
+        50000, "RERANKER_SCORE_CACHE_SIZE",
+        "rerank scores kept, keyed by (model identity, query, document id, content hash); LRU, about 0.3 KiB each (0 turns the cache off)",
+    )

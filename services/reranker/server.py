@@ -16,6 +16,7 @@ from services.common import metrics, tracing, validation
 from services.common.batching import BatcherMetrics, BatchStats, DynamicBatcher, check_fits
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.reranker.config import RerankerConfig
+from services.reranker.score_cache import CachedReranker
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Reranker:
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
     def __init__(self) -> None:
-        self.reranker: Reranker | None = None
+        self.reranker: Reranker | CachedReranker | None = None
 
     async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
         if self.reranker is None:
@@ -211,7 +212,8 @@ class RerankerService:
         # the buffers (and, on a GPU, load the kernels) the first caller would otherwise wait for.
         await reranker.score("warmup query", ["warmup " * encoder.max_length] * max(workers, min(cfg.max_batch_pairs, 8)))
         await reranker.score("warmup query", ["warmup"])
-        self.servicer.reranker = reranker
+        # Scores cached by (model identity, query, document id, content hash): services/reranker/score_cache.py.
+        self.servicer.reranker = CachedReranker(reranker, cfg.score_cache_size)
         log.info(
             "reranker ready",
             extra={"model": encoder.name, "provider": encoder.provider, "max_length": encoder.max_length,

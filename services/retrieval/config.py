@@ -59,3 +59,7 @@ class RetrievalConfig:
     intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime threads per inference batch (0 = the available CPUs divided among the inference workers)")
     allow_spinning: bool = setting(True, "ORT_ALLOW_SPINNING", "let ONNX Runtime's intra-op threads spin-wait between operators (false yields the cores)")
     workers: int = setting(4, "RETRIEVAL_WORKERS", "threads for embedding and Qdrant calls")
+    query_cache_size: int = setting(
+        10000, "RETRIEVAL_QUERY_CACHE_SIZE",
+        "query embeddings kept, keyed by (model identity, normalised text); LRU, about 1.6 KiB each (0 turns the cache off)",
+    )

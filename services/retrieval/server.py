@@ -18,6 +18,9 @@ from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
 from services.retrieval.filters import to_filter
+from services.retrieval.query_cache import CachedQueryEmbedder
+from services.retrieval.version_check import ConditionalRetrieveInterceptor
+from services.retrieval.versions import VersionedBackend
 from services.retrieval.store import CollectionDescription, DocumentIn, DocumentStore, Fusion
 
 log = logging.getLogger(__name__)
@@ -172,6 +175,18 @@ class RetrievalService:
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RetrievalServiceServicer_to_server(self.servicer, server)
 
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Conditional Retrieve for the gateway's result cache (services/retrieval/version_check.py)."""
+        return [ConditionalRetrieveInterceptor(self._version_of, pb.RetrieveResponse, blocking=bool(self.config.qdrant_url))]
+
+    def _version_of(self, name: str) -> str:
+        """``collection@version`` of the collection ``name`` is (or, as an alias, points to); "" before start."""
+        if self._backend is None:
+            return ""
+        aliases = getattr(self.servicer, "aliases", None)
+        collection = aliases.resolve(name) if aliases is not None and hasattr(aliases, "resolve") else name
+        return f"{collection}@{self._backend.version(collection)}"
+
     async def start(self) -> None:
         from services.common.models import default_models_dir, resolve_model_dir
         from services.common.onnx_session import available_cpus, batching_for, cpu_layout
@@ -228,7 +243,8 @@ class RetrievalService:
                 IMPORT_COMMAND.format(path=cfg.qdrant_path), extra={"legacy_collections": legacy},
             )
         try:
-            self._backend = await loop.run_in_executor(self.executor, open_backend, settings)
+            # Every write gives its collection a new version (services/retrieval/versions.py).
+            self._backend = VersionedBackend(await loop.run_in_executor(self.executor, open_backend, settings))
         except ServiceError as exc:  # a shard that cannot be opened: say which, change nothing
             raise SystemExit(f"retrieval cannot open its store: {exc.message}") from exc
         from services.retrieval.passages import MODES as LONG_DOCUMENT_MODES, PassageSplitter
@@ -237,7 +253,7 @@ class RetrievalService:
             raise SystemExit(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
         splitter = PassageSplitter(model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
         store = DocumentStore(
-            self._backend, embedder, Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length),
+            self._backend, CachedQueryEmbedder(embedder, cfg.query_cache_size), Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length),
             splitter=splitter, long_documents=cfg.long_documents,
         )
         # Warm up before reporting SERVING: the first inference allocates; a batch at the

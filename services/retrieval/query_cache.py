@@ -1,0 +1,102 @@
+"""Query embeddings cached by (model identity, normalised text): the store's embedder, wrapped.
+
+:class:`CachedQueryEmbedder` has the interface :class:`services.retrieval.store.Embedder`
+expects and forwards everything to the embedder it wraps (the dynamically batched one), except
+that ``embed_queries`` answers from a :class:`~services.common.cache.BoundedCache` named
+``query_embedding`` the texts it has embedded before and sends only the others to the model.
+Documents are never cached (an upsert's texts are seldom seen twice).
+
+The key is the model identity (:func:`model_identity`: model directory name, the sha256 of
+its ``model.onnx`` when known, the maximum length and the query prefix: what decides the
+vector) and the text with Unicode NFC and runs of whitespace collapsed (the tokenizer splits
+on whitespace, so these texts tokenize alike). A cached vector is read-only; callers get it
+as stored (``embed_queries`` returns a new array, rows copied).
+
+Memory: one entry is a ``dimension`` float32 vector plus the text, about 1.6 KiB for
+bge-small-en's 384 dimensions and a short query, so the default bound of 10000 entries
+(``RETRIEVAL_QUERY_CACHE_SIZE``) holds at most about 16 MiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.common.cache import BoundedCache
+
+__all__ = ["CachedQueryEmbedder", "model_identity", "normalise_query"]
+
+CACHE_NAME = "query_embedding"
+
+
+def normalise_query(text: str) -> str:
+    """NFC, whitespace runs collapsed to one space, ends stripped."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def model_identity(embedder: Any) -> str:
+    """What decides a query's vector: the model (name, and its weights' digest when the model
+    directory is known), the token limit and the query prefix."""
+    encoder = getattr(embedder, "encoder", embedder)
+    parts = [str(getattr(embedder, "name", type(embedder).__name__))]
+    model_dir = getattr(encoder, "model_dir", None)
+    if model_dir is not None:
+        parts.append(_file_digest(Path(model_dir) / "model.onnx"))
+    parts.append(str(getattr(encoder, "max_length", "")))
+    parts.append(str(getattr(encoder, "query_prefix", "")))
+    return "|".join(parts)
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:16]
+    except OSError:
+        return "?"
+
+
+class CachedQueryEmbedder:
+    """``embedder`` with its query embeddings cached; ``max_entries=0`` passes everything through."""
+
+    def __init__(self, embedder: Any, max_entries: int, identity: str | None = None) -> None:
+        self.inner = embedder
+        self.cache: BoundedCache[np.ndarray] = BoundedCache(CACHE_NAME, max_entries)
+        self.identity = identity if identity is not None else model_identity(embedder)
+
+    def __getattr__(self, name: str) -> Any:  # name, dimension, provider, max_length, embed_documents, ...
+        return getattr(self.inner, name)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if not self.cache.enabled or not texts:
+            return self.inner.embed_queries(texts)
+        keys = [(self.identity, normalise_query(t)) for t in texts]
+        found = [self.cache.get(k) for k in keys]
+        missing = [i for i, v in enumerate(found) if v is None]
+        if missing:
+            # Embed each distinct missing text once, in its normalised form (the cached one).
+            distinct = list(dict.fromkeys(keys[i][1] for i in missing))
+            vectors = self.inner.embed_queries(distinct)
+            fresh = {}
+            for text, vector in zip(distinct, vectors):
+                stored = np.array(vector, dtype=np.float32, copy=True)
+                stored.setflags(write=False)
+                fresh[text] = stored
+                self.cache.put((self.identity, text), stored)
+            for i in missing:
+                found[i] = fresh[keys[i][1]]
+        return np.stack(found)
+
+    async def aembed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return await self.inner.aembed_queries(texts)
+
+    def __repr__(self) -> str:
+        return f"CachedQueryEmbedder({self.inner!r}, {self.cache!r})"
