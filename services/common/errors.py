@@ -120,6 +120,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
+        if handler is not None and handler.unary_unary is None and (handler_call_details.method or "").startswith(STREAMS_GUARDED):
+            return _guard_stream(handler, handler_call_details.method)
         if handler is None or handler.unary_unary is None:
             return handler
         behavior: Behavior = handler.unary_unary
@@ -161,3 +163,49 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=tolerant_deserialize,
             response_serializer=handler.response_serializer,
         )
+
+
+#: Streaming methods are mapped too when they are the platform's own (async generators);
+#: health's and reflection's streams are left as they are.
+STREAMS_GUARDED = ("/search.v1.",)
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, ServiceError):
+        await context.abort_with_status(to_rpc_status(exc.code, exc.message, exc.details()))
+    from services.common import tracing
+
+    trace_id = tracing.current_trace_id()
+    log.error("unhandled error", extra={"method": method}, exc_info=exc)
+    suffix = f" (trace id {trace_id})" if trace_id else ""
+    await context.abort_with_status(to_rpc_status(grpc.StatusCode.INTERNAL, f"internal error in {method}{suffix}"))
+
+
+def _guard_stream(handler, method: str):
+    """The same mapping for streaming handlers (responses streamed: async generators)."""
+    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.stream_unary is not None:
+        behavior = handler.stream_unary
+
+        async def guarded_unary(requests, context):
+            try:
+                return await behavior(requests, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped like a unary call's
+                await _abort(context, method, exc)
+
+        return grpc.stream_unary_rpc_method_handler(guarded_unary, **kw)
+    behavior = handler.unary_stream or handler.stream_stream
+
+    async def guarded_stream(request_or_requests, context):
+        try:
+            async for reply in behavior(request_or_requests, context):
+                yield reply
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped like a unary call's
+            await _abort(context, method, exc)
+
+    make = grpc.unary_stream_rpc_method_handler if handler.unary_stream is not None else grpc.stream_stream_rpc_method_handler
+    return make(guarded_stream, **kw)

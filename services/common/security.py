@@ -310,6 +310,40 @@ class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(client_call_details._replace(metadata=metadata), request)
 
 
+class _BearerTokenUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, entry: tuple[str, str]) -> None:
+        self.entry = entry
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        metadata = [*(client_call_details.metadata or ()), self.entry]
+        return await continuation(client_call_details._replace(metadata=metadata), request)
+
+
+class _BearerTokenStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, entry: tuple[str, str]) -> None:
+        self.entry = entry
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        metadata = [*(client_call_details.metadata or ()), self.entry]
+        return await continuation(client_call_details._replace(metadata=metadata), request_iterator)
+
+
+class _BearerTokenStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, entry: tuple[str, str]) -> None:
+        self.entry = entry
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        metadata = [*(client_call_details.metadata or ()), self.entry]
+        return await continuation(client_call_details._replace(metadata=metadata), request_iterator)
+
+
+def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """``authorization: Bearer <token>`` on every call of a channel, streaming ones too (grpc.aio
+    files an interceptor under one call type only, so there is one per type)."""
+    entry = ("authorization", f"Bearer {token}")
+    return [BearerToken(token), _BearerTokenUnaryStream(entry), _BearerTokenStreamUnary(entry), _BearerTokenStreamStream(entry)]
+
+
 def _rejecting_handler(handler, reason: str):
     async def reject(request_or_iterator, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)

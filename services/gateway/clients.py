@@ -33,7 +33,7 @@ from services.common.errors import (
     ServiceError,
     Unavailable,
 )
-from services.common.security import BearerToken, SecurityConfig, channel_credentials, resolve_internal_token
+from services.common.security import SecurityConfig, bearer_interceptors, channel_credentials, resolve_internal_token
 from services.common.server import MAX_MESSAGE_BYTES
 from services.gateway.resilience import RetryBudget, RetryPolicy, call_with_retries
 
@@ -86,7 +86,7 @@ def open_channel(address: str, security: SecurityConfig | None = None) -> grpc.a
     every call carries the internal token when ``security`` has one (INTERNAL_TOKEN)."""
     credentials = channel_credentials(security) if security is not None else None
     token = resolve_internal_token(security) if security is not None else None
-    interceptors = [*tracing.client_interceptors(), *([BearerToken(token)] if token else ())]
+    interceptors = [*tracing.client_interceptors(), *(bearer_interceptors(token) if token else ())]
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=channel_options(), interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options=channel_options(), interceptors=interceptors)

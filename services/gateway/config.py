@@ -46,3 +46,4 @@ class GatewayConfig:
         "Search responses kept, keyed by the whole normalised request and served only while retrieval reports the collection's write version unchanged; LRU, also bounded by GATEWAY_RESULT_CACHE_MB (0 turns the cache off)",
     )
     result_cache_mb: float = setting(64.0, "GATEWAY_RESULT_CACHE_MB", "bound on the serialized size of the Search responses the result cache keeps, MiB")
+    ingest_window: int = setting(2, "GATEWAY_INGEST_WINDOW", "batches of one Ingest stream written at once; the next batch is read only when one is acknowledged (flow control)")

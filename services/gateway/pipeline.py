@@ -23,7 +23,7 @@ from search.v1 import (
 )
 from services.common import metrics, tracing, validation
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError
-from services.gateway import combine
+from services.gateway import combine, paging
 from services.gateway.clients import ANSWER_RESERVE_S, Budget, Downstream
 from services.gateway import result_cache
 from services.gateway.resilience import CircuitBreaker
@@ -117,16 +117,18 @@ class SearchPipeline:
         collection = validation.collection_name(request.collection)
         query = validation.query_text(request.query)
         top_k = validation.top_k(request.top_k)
+        page = paging.parse(request, top_k)
+        depth = page.depth(top_k)  # this page is cut from the first `depth` results (paging.py)
         validation.retrieval_mode(request.mode)
         validation.fusion_options(request.fusion)
         validation.payload_filter(request.filter)
         enabled, candidates, combination, weight = self._options(request)
-        limit = max(top_k, candidates) if enabled else top_k
+        limit = max(depth + 1, candidates) if enabled else depth + 1  # one more: is there a next page?
 
         retrieved = await self.retrieval.call(
             "Retrieve",
             retrieval_service_pb2.RetrieveRequest(
-                collection=collection, query=query, limit=limit, filter=request.filter, mode=request.mode,
+                collection=page.collection or collection, query=query, limit=limit, filter=request.filter, mode=request.mode,
                 fusion=request.fusion,
             ),
             budget,
@@ -140,32 +142,33 @@ class SearchPipeline:
         metrics.GATEWAY_CANDIDATES.observe(len(found))
         tracing.set_attributes(**{"search.collection": collection, "search.top_k": top_k, "search.candidates": len(found),
                                   "search.rerank": enabled, "search.rerank_candidates": candidates if enabled else None})
-        response = pb.SearchResponse(mode=retrieved.mode)
+        response = pb.SearchResponse(mode=retrieved.mode, collection=retrieved.collection or collection)
+        more = len(found) > depth
         if not enabled or not found:
-            response.results.extend(_result(c, c.score) for c in found[:top_k])
-            return response
+            response.results.extend(_result(c, c.score) for c in found[:depth])
+            return _page(request, response, page, top_k, more)
 
         to_rerank = found[:candidates]
         reranked = await self._rerank(query, to_rerank, budget)
         if isinstance(reranked, int):  # a DegradedReason
             self._degrade(response, reranked)
-            response.results.extend(_result(c, c.score) for c in found[:top_k])
-            return response
+            response.results.extend(_result(c, c.score) for c in found[:depth])
+            return _page(request, response, page, top_k, more)
 
         rerank_scores = [0.0] * len(to_rerank)
         for r in reranked.results:
             rerank_scores[r.index] = r.score
         with tracing.span("combine", **{"combine.method": combination, "combine.candidates": len(to_rerank)}):
             final = combine.combine_scores([c.score for c in to_rerank], rerank_scores, combination, weight)
-        order = sorted(range(len(to_rerank)), key=lambda i: (-final[i], i))[:top_k]
+        order = sorted(range(len(to_rerank)), key=lambda i: (-final[i], i))[:depth]
         response.reranked = True
         response.results.extend(_result(to_rerank[i], final[i], rerank_scores[i]) for i in order)
         # Asked for more than were reranked: the rest follow in first-stage order, scored
         # below every reranked result so `score` stays monotonic.
         floor = min(final) if final else 0.0
-        for n, candidate in enumerate(found[len(to_rerank) : len(to_rerank) + top_k - len(order)], 1):
+        for n, candidate in enumerate(found[len(to_rerank) : len(to_rerank) + depth - len(order)], 1):
             response.results.append(_result(candidate, floor - n * 1e-3))
-        return response
+        return _page(request, response, page, top_k, more)
 
     async def _rerank(
         self, query: str, candidates: list[retrieval_service_pb2.Candidate], budget: Budget
@@ -208,6 +211,17 @@ def _degraded_reason(exc: ServiceError) -> int:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return pb.DEGRADED_REASON_RERANKER_OVERLOADED
     return pb.DEGRADED_REASON_RERANKER_ERROR
+
+
+def _page(request: pb.SearchRequest, response: pb.SearchResponse, page: paging.Page, top_k: int,
+          more: bool) -> pb.SearchResponse:
+    """Keep this page's results of the ranking in ``response``, and the next page's token."""
+    ranked = list(response.results)
+    returned = page.cut(ranked, top_k)
+    del response.results[:]
+    response.results.extend(returned)
+    response.next_page_token = page.next_token(request, response.collection, ranked, returned, more, top_k)
+    return response
 
 
 def _result(candidate: retrieval_service_pb2.Candidate, score: float, rerank_score: float | None = None) -> pb.SearchResult:

@@ -16,6 +16,7 @@ from services.common.security import (
     resolve_internal_token,
 )
 from services.gateway import clients
+from services.gateway.collections import CollectionsMixin
 from services.gateway.config import GatewayConfig
 from services.gateway.pipeline import Budget, RerankDefaults, SearchPipeline, budget_for
 from services.gateway.result_cache import SearchResultCache
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 SEARCH_SERVICE = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 
 
-class SearchServicer(pb_grpc.SearchServiceServicer):
+class SearchServicer(CollectionsMixin, pb_grpc.SearchServiceServicer):
     def __init__(self, config: GatewayConfig, security: SecurityConfig | None = None) -> None:
         self.config = config
         policy = RetryPolicy(

@@ -111,7 +111,11 @@ class Aliases:
             raise AlreadyExists(f"{name!r} is an alias (of {target!r}); a collection needs a name no alias has")
 
     def check_deletable(self, collection: str) -> None:
-        names = sorted(a for a, c in self._refresh().items() if c == collection)
+        aliases = self._refresh()
+        if collection in aliases:
+            raise FailedPrecondition(f"{collection!r} is an alias (of {aliases[collection]!r}), not a collection; "
+                                     "DeleteAlias removes an alias")
+        names = sorted(a for a, c in aliases.items() if c == collection)
         if names:
             raise FailedPrecondition(
                 f"collection {collection!r} is the target of alias(es) {', '.join(map(repr, names))}; "

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from services.common import validation
-from services.common.errors import AlreadyExists, NotFound, Unavailable
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from services.retrieval import model_guard
 from services.retrieval.aliases import Aliases, WriteGate, chunks
 from services.retrieval.backends.base import CollectionSchema, Filter, MatchAny, PointIn, SparseVector
@@ -84,6 +84,9 @@ def reindex(
         raise AlreadyExists(f"{target!r} already exists; name another target")
     differences = model_guard.mismatches(model_guard.recorded(schema.metadata), store.identity, schema.sparse)
     recompute = reembed or bool(differences) or schema.dense_dimension != store.embedder.dimension
+    if recompute and getattr(schema, "late_dimension", 0):
+        raise FailedPrecondition(f"collection {collection!r} has late-interaction vectors, which a reindex "
+                                 "cannot recompute yet; re-ingest it into a new collection and switch the alias")
     metadata = dict(schema.metadata)
     if recompute:
         metadata.update(dense_model=store.embedder.name, models=store.identity.record())
@@ -169,7 +172,8 @@ def _points(store: DocumentStore, page, recompute: bool, sparse: bool) -> list[P
             vectors = vectors or {}
             if "dense" not in vectors:
                 raise Unavailable(f"point {pid} has no dense vector")
-            out.append(PointIn(id=pid, dense=vectors["dense"], sparse=vectors.get("sparse"), payload=payload))
+            late = {"late": vectors["late"]} if vectors.get("late") is not None else {}
+            out.append(PointIn(id=pid, dense=vectors["dense"], sparse=vectors.get("sparse"), payload=payload, **late))
         return out
     texts = [_index_text(str(p.get("title", "")), str(p.get("text", ""))) for _, p, _ in page]
     dense = store.embedder.embed_documents(texts)

@@ -21,6 +21,7 @@ from services.retrieval.filters import to_filter
 from services.retrieval.query_cache import CachedQueryEmbedder
 from services.retrieval.version_check import ConditionalRetrieveInterceptor
 from services.retrieval.versions import VersionedBackend
+from services.retrieval.operations import OperationsMixin
 from services.retrieval.store import CollectionDescription, DocumentIn, DocumentStore, Fusion
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _struct(payload: dict) -> struct_pb2.Struct:
     return message
 
 
-class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
+class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
     def __init__(self, executor: ThreadPoolExecutor) -> None:
         self._store: DocumentStore | None = None
         self.executor = executor
@@ -114,8 +115,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             raise InvalidArgument("mode", f"unknown retrieval mode {request.mode}")
         qfilter = to_filter(request.filter)
         fusion = fusion_options(request.fusion)
-        candidates, mode = await self._run(self.store.retrieve, name, query, limit, qfilter, MODES[request.mode], fusion)
+        collection, (candidates, mode) = await self._run(
+            self.read, name, self.store.retrieve, query, limit, qfilter, MODES[request.mode], fusion)
         return pb.RetrieveResponse(
+            collection=collection,
             candidates=[
                 pb.Candidate(
                     id=c.id,
@@ -134,28 +137,30 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def Upsert(self, request, context):
         name = validation.collection_name(request.collection)
         docs = [DocumentIn(**d) for d in validation.documents(request.documents)]
-        written = await self._run(self.store.upsert, name, docs)
+        written = await self._run(self.write, name, [d.id for d in docs], self.store.upsert, docs)
         return pb.RetrievalServiceUpsertResponse(upserted=written)
 
     async def Delete(self, request, context):
         name = validation.collection_name(request.collection)
         ids = validation.ids(request.ids)
-        deleted = await self._run(self.store.delete, name, ids)
+        deleted = await self._run(self.write, name, ids, self.store.delete, ids)
         return pb.RetrievalServiceDeleteResponse(deleted=deleted)
 
     async def CreateCollection(self, request, context):
         name = validation.collection_name(request.name, "name")
         sparse = request.sparse if request.HasField("sparse") else True
+        await self._run(self.aliases.check_collection_name_free, name)
         desc = await self._run(self.store.create_collection, name, filter_fields(request.filter_fields), sparse)
         return pb.RetrievalServiceCreateCollectionResponse(collection=collection_info(desc))
 
     async def DescribeCollection(self, request, context):
         name = validation.collection_name(request.name, "name")
-        desc = await self._run(self.store.describe, name)
+        _, desc = await self._run(self.read, name, self.store.describe)
         return pb.RetrievalServiceDescribeCollectionResponse(collection=collection_info(desc))
 
     async def DeleteCollection(self, request, context):
         name = validation.collection_name(request.name, "name")
+        await self._run(self.aliases.check_deletable, name)
         await self._run(self.store.delete_collection, name)
         return pb.RetrievalServiceDeleteCollectionResponse()
 

@@ -39,6 +39,8 @@ def header(schema: CollectionSchema, count: int, engine: str, method: str) -> co
         filter_fields=[common_pb2.FilterField(key=k, type=_FIELD_TYPES[t]) for k, t in sorted(schema.filter_fields.items())],
         metadata_json=json.dumps(schema.metadata, sort_keys=True), point_count=count, engine=engine, method=method,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        late_dimension=int(getattr(schema, "late_dimension", 0) or 0),
+        late_quantization=str(getattr(schema, "late_quantization", "") or "") if getattr(schema, "late_dimension", 0) else "",
     )
 
 
@@ -55,8 +57,14 @@ def schema_from(head: common_pb2.SnapshotHeader, name: str) -> CollectionSchema:
     except ValueError as exc:
         raise InvalidArgument("header.metadata_json", f"is not a JSON object: {exc}") from exc
     validation.filter_fields(head.filter_fields)
+    late = {}
+    if head.late_dimension:
+        if "late_dimension" not in CollectionSchema.__dataclass_fields__:
+            raise FailedPrecondition("the snapshot has late-interaction vectors; this service cannot store them")
+        late = {"late_dimension": head.late_dimension, "late_quantization": head.late_quantization or "int8"}
     return CollectionSchema(name=name, dense_dimension=head.dense_dimension, sparse=head.sparse,
-                            filter_fields={f.key: _FIELD_NAMES[f.type] for f in head.filter_fields}, metadata=metadata)
+                            filter_fields={f.key: _FIELD_NAMES[f.type] for f in head.filter_fields}, metadata=metadata,
+                            **late)
 
 
 def to_message(point: PointIn) -> common_pb2.StoredPoint:
@@ -65,6 +73,8 @@ def to_message(point: PointIn) -> common_pb2.StoredPoint:
     if point.sparse is not None and point.sparse.indices:
         message.sparse.indices.extend(point.sparse.indices)
         message.sparse.values.extend(point.sparse.values)
+    for row in getattr(point, "late", None) or ():
+        message.late.add(values=row)
     return message
 
 
@@ -82,7 +92,8 @@ def from_message(message: common_pb2.StoredPoint, dimension: int, where: str) ->
     if not isinstance(payload, dict) or "doc_id" not in payload:
         raise InvalidArgument(f"{where}.payload_json", "must be an object with the document's doc_id")
     sparse = SparseVector(tuple(message.sparse.indices), tuple(message.sparse.values)) if message.sparse.indices else None
-    return PointIn(id=message.id, dense=list(message.dense), sparse=sparse, payload=payload)
+    late = {"late": [list(row.values) for row in message.late]} if message.late else {}
+    return PointIn(id=message.id, dense=list(message.dense), sparse=sparse, payload=payload, **late)
 
 
 def export_parts(backend: Backend, name: str) -> Iterator[tuple[common_pb2.SnapshotHeader | None, list[common_pb2.StoredPoint]]]:

@@ -1,0 +1,220 @@
+"""SearchService's operations on collections: list, delete, documents by id, aliases, the
+streamed ingest, reindex and snapshots. Validated here, done by the retrieval service.
+
+Mixed into :class:`services.gateway.server.SearchServicer`, which provides ``retrieval`` (the
+downstream client), ``config`` and ``_budget``.
+
+Ingest: each message is one batch. A reader task takes the next batch only when fewer than
+``GATEWAY_INGEST_WINDOW`` are being written, so when the store is slow the stream is not
+read, gRPC's flow-control window fills and the client's writes wait: memory stays bounded by
+the window. A batch is acknowledged (its ``sequence`` echoed) once retrieval has written it,
+which is when it is durable (in the write-ahead log). Acknowledgements come in completion
+order; a client resuming from a checkpoint keeps the highest sequence below which every
+batch was acknowledged.
+
+Streams to and from retrieval (reindex progress, snapshots) are relayed message by message,
+bounded by the caller's deadline (none: no bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from search.v1 import retrieval_service_pb2 as rpb, search_service_pb2 as pb
+from services.common import validation
+from services.common.errors import InvalidArgument, NotFound
+from services.gateway.clients import Budget, downstream_error
+
+_END = object()
+
+
+def _as(message: Any, cls: type) -> Any:
+    """``message`` as ``cls``: the gateway's and retrieval's messages have the same fields."""
+    return cls.FromString(message.SerializeToString())
+
+
+class CollectionsMixin:
+    retrieval: Any
+    config: Any
+
+    def _budget(self, context, default_s: float) -> Budget: ...  # provided by SearchServicer
+
+    async def _unary(self, method: str, request: Any, context, reply_cls: type, *, idempotent: bool, write: bool = False):
+        cap = self.config.write_timeout_seconds if write else self.config.retrieval_timeout_seconds
+        reply = await self.retrieval.call(method, request, self._budget(context, cap), cap, idempotent=idempotent)
+        return _as(reply, reply_cls)
+
+    async def ListCollections(self, request, context):
+        return await self._unary("ListCollections", rpb.RetrievalServiceListCollectionsRequest(), context,
+                                 pb.ListCollectionsResponse, idempotent=True)
+
+    async def DeleteCollection(self, request, context):
+        name = validation.collection_name(request.name, "name")
+        # Not retried: a delete whose reply was lost would come back NOT_FOUND.
+        return await self._unary("DeleteCollection", rpb.RetrievalServiceDeleteCollectionRequest(name=name), context,
+                                 pb.DeleteCollectionResponse, idempotent=False, write=True)
+
+    async def GetDocuments(self, request, context):
+        collection = validation.collection_name(request.collection)
+        ids = validation.ids(request.ids)
+        return await self._unary("GetDocuments", rpb.RetrievalServiceGetDocumentsRequest(collection=collection, ids=ids),
+                                 context, pb.GetDocumentsResponse, idempotent=True)
+
+    async def CreateAlias(self, request, context):
+        alias = validation.collection_name(request.alias, "alias")
+        collection = validation.collection_name(request.collection)
+        return await self._unary("CreateAlias", rpb.RetrievalServiceCreateAliasRequest(alias=alias, collection=collection),
+                                 context, pb.CreateAliasResponse, idempotent=False, write=True)
+
+    async def SwitchAlias(self, request, context):
+        alias = validation.collection_name(request.alias, "alias")
+        collection = validation.collection_name(request.collection)
+        if request.expected_collection:
+            validation.collection_name(request.expected_collection, "expected_collection")
+        # Idempotent: switching again to the same collection changes nothing.
+        return await self._unary("SwitchAlias", rpb.RetrievalServiceSwitchAliasRequest(
+            alias=alias, collection=collection, expected_collection=request.expected_collection),
+            context, pb.SwitchAliasResponse, idempotent=not request.expected_collection, write=True)
+
+    async def DeleteAlias(self, request, context):
+        alias = validation.collection_name(request.alias, "alias")
+        return await self._unary("DeleteAlias", rpb.RetrievalServiceDeleteAliasRequest(alias=alias), context,
+                                 pb.DeleteAliasResponse, idempotent=False, write=True)
+
+    async def ListAliases(self, request, context):
+        return await self._unary("ListAliases", rpb.RetrievalServiceListAliasesRequest(), context,
+                                 pb.ListAliasesResponse, idempotent=True)
+
+    # -- streams ----------------------------------------------------------------------
+
+    async def Ingest(self, request_iterator, context) -> AsyncIterator[pb.IngestResponse]:
+        window = max(1, self.config.ingest_window)
+        slots = asyncio.Semaphore(window)
+        acks: asyncio.Queue = asyncio.Queue()
+        writing: set[asyncio.Task] = set()
+        state = {"collection": "", "total": 0}
+
+        async def write(collection: str, sequence: int, docs: list) -> None:
+            try:
+                written = await self._upsert_batches(collection, docs)
+                state["total"] += written
+                acks.put_nowait(pb.IngestResponse(sequence=sequence, upserted=written, total_upserted=state["total"]))
+            except Exception as exc:  # noqa: BLE001 - ends the stream with this error
+                acks.put_nowait(exc)
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    await slots.acquire()  # flow control: no room, no read
+                    collection = self._ingest_collection(message, state["collection"])
+                    validation.documents(message.documents)
+                    if not state["collection"]:
+                        await self._ensure_collection(collection)
+                        state["collection"] = collection
+                    task = asyncio.ensure_future(write(collection, message.sequence, list(message.documents)))
+                    writing.add(task)
+                    task.add_done_callback(writing.discard)
+                if writing:
+                    await asyncio.gather(*writing)
+                acks.put_nowait(_END)
+            except Exception as exc:  # noqa: BLE001 - ends the stream with this error
+                # The batches already being written finish and are acknowledged first: a client
+                # resuming after the error skips exactly what is durable.
+                if writing:
+                    await asyncio.gather(*writing, return_exceptions=True)
+                acks.put_nowait(exc)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                item = await acks.get()
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(writing):
+                task.cancel()
+
+    @staticmethod
+    def _ingest_collection(message: pb.IngestRequest, current: str) -> str:
+        if not current:
+            return validation.collection_name(message.collection)
+        if message.collection and message.collection != current:
+            raise InvalidArgument("collection", f"this stream writes {current!r}; one stream, one collection")
+        return current
+
+    async def _ensure_collection(self, collection: str) -> None:
+        budget = Budget(self.config.write_timeout_seconds)
+        try:
+            await self.retrieval.call("DescribeCollection", rpb.RetrievalServiceDescribeCollectionRequest(name=collection),
+                                      budget, self.config.retrieval_timeout_seconds, idempotent=True)
+            return
+        except NotFound:
+            pass
+        try:
+            await self.retrieval.call("CreateCollection", rpb.RetrievalServiceCreateCollectionRequest(name=collection, sparse=True),
+                                      budget, self.config.write_timeout_seconds)
+        except Exception as exc:  # noqa: BLE001 - created concurrently is fine
+            if getattr(exc, "downstream_code", None) != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+
+    async def _upsert_batches(self, collection: str, docs: list) -> int:
+        budget = Budget(self.config.write_timeout_seconds * 4)
+        size = self.config.upsert_batch_size
+        written = 0
+        for start in range(0, len(docs), size):
+            reply = await self.retrieval.call(  # idempotent (point ids derive from document ids): retried
+                "Upsert", rpb.RetrievalServiceUpsertRequest(collection=collection, documents=docs[start : start + size]),
+                budget, self.config.write_timeout_seconds, idempotent=True)
+            written += reply.upserted
+        return written
+
+    async def _relay(self, method: str, call, reply_cls: type) -> AsyncIterator[Any]:
+        try:
+            async for message in call:
+                yield _as(message, reply_cls)
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error("retrieval", method, exc, 0.0, deadline_bound=True) from exc
+
+    async def Reindex(self, request, context):
+        source = validation.collection_name(request.source, "source")
+        if request.target:
+            validation.collection_name(request.target, "target")
+        call = self.retrieval.stub.Reindex(
+            rpb.RetrievalServiceReindexRequest(source=source, target=request.target, reembed=request.reembed),
+            timeout=context.time_remaining())
+        async for message in self._relay("Reindex", call, pb.ReindexResponse):
+            yield message
+
+    async def ExportSnapshot(self, request, context):
+        collection = validation.collection_name(request.collection)
+        call = self.retrieval.stub.ExportSnapshot(rpb.RetrievalServiceExportSnapshotRequest(collection=collection),
+                                                  timeout=context.time_remaining())
+        async for message in self._relay("ExportSnapshot", call, pb.ExportSnapshotResponse):
+            yield message
+
+    async def RestoreSnapshot(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("header", "the first message carries the target collection and the snapshot's header")
+        validation.collection_name(first.collection)
+
+        async def forward():
+            yield _as(first, rpb.RetrievalServiceRestoreSnapshotRequest)
+            async for message in request_iterator:
+                yield _as(message, rpb.RetrievalServiceRestoreSnapshotRequest)
+
+        try:
+            reply = await self.retrieval.stub.RestoreSnapshot(forward(), timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error("retrieval", "RestoreSnapshot", exc, 0.0, deadline_bound=True) from exc
+        return _as(reply, pb.RestoreSnapshotResponse)

@@ -1,0 +1,244 @@
+"""RetrievalService's operations on collections: list, documents by id, aliases, reindex,
+snapshots; and the name resolution and write gate every request goes through.
+
+Transport only: the work is in aliases.py, reindex.py, snapshots.py and the store. Mixed into
+:class:`services.retrieval.server.RetrievalServicer`, which provides ``store``, ``executor``
+and ``_run``. Streamed replies (reindex progress, snapshot points) are produced by a worker
+thread and handed to the event loop through a small window: a slow reader slows the thread
+(the snapshot is read no faster than the caller takes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
+from typing import Any
+
+from google.protobuf import json_format
+
+from search.v1 import common_pb2, retrieval_service_pb2 as pb
+from services.common import validation
+from services.common.errors import InvalidArgument, NotFound
+from services.retrieval import reindex as reindexing, snapshots
+from services.retrieval.aliases import Aliases, WriteGate
+
+PHASES = {reindexing.COPYING: common_pb2.REINDEX_PHASE_COPYING, reindexing.CATCHING_UP: common_pb2.REINDEX_PHASE_CATCHING_UP,
+          reindexing.DONE: common_pb2.REINDEX_PHASE_DONE}
+_END = object()
+
+
+async def stream_from_thread(executor, produce: Callable[[Callable[[Any], None], threading.Event], None],
+                             window: int = 4) -> AsyncIterator[Any]:
+    """Items ``produce(emit, cancelled)`` emits from a worker thread, at most ``window`` ahead of
+    the reader; when the reader stops (cancelled call), ``cancelled`` is set and ``emit`` raises."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    slots = threading.Semaphore(window)
+    cancelled = threading.Event()
+
+    def emit(item: Any) -> None:
+        while not slots.acquire(timeout=0.5):
+            if cancelled.is_set():
+                raise reindexing.Cancelled("the caller went away")
+        if cancelled.is_set():
+            raise reindexing.Cancelled("the caller went away")
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    future = loop.run_in_executor(executor, partial(contextvars.copy_context().run, produce, emit, cancelled))
+    future.add_done_callback(lambda _f: queue.put_nowait(_END))
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                future.result()
+                return
+            slots.release()
+            yield item
+    finally:
+        cancelled.set()
+
+
+class OperationsMixin:
+    """The RPCs of issue 15 and the helpers Retrieve, Upsert and Delete use to resolve names."""
+
+    store: Any
+    executor: Any
+    _run: Callable
+
+    # -- names and writes ----------------------------------------------------------------
+
+    @property
+    def aliases(self) -> Aliases:
+        aliases = getattr(self, "_aliases", None)
+        if aliases is None or aliases.backend is not self.store.backend:
+            # A Qdrant server may be shared by several retrieval replicas: re-read its aliases often.
+            aliases = self._aliases = Aliases(self.store.backend, cache_s=1.0 if self.store.backend.kind == "qdrant" else 0.0)
+        return aliases
+
+    @property
+    def gate(self) -> WriteGate:
+        gate = getattr(self, "_gate", None)
+        if gate is None:
+            gate = self._gate = WriteGate()
+        return gate
+
+    def resolve(self, name: str) -> str:
+        return self.aliases.resolve(name)
+
+    def read(self, name: str, fn: Callable, *args: Any) -> tuple[str, Any]:
+        """``fn(collection, *args)`` on what ``name`` designates; once more if the alias switched
+        meanwhile and the collection read was just deleted (a reindex replacing a collection)."""
+        collection = self.resolve(name)
+        try:
+            return collection, fn(collection, *args)
+        except NotFound:
+            again = self.resolve(name)
+            if again == collection:
+                raise
+            return again, fn(again, *args)
+
+    def write(self, name: str, doc_ids: Sequence[str], fn: Callable, *args: Any) -> Any:
+        """``fn(collection, *args)`` under the write gate, the documents recorded for a reindex."""
+        with self.gate.writing():
+            collection = self.resolve(name)
+            self.gate.note(collection, doc_ids)
+            return fn(collection, *args)
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    async def ListCollections(self, request, context):
+        def listing():
+            infos = []
+            for name in self.store.list_collections():
+                try:
+                    infos.append(self.store.describe(name))
+                except NotFound:  # deleted meanwhile
+                    continue
+            return infos, self.aliases.all()
+
+        from services.retrieval.server import collection_info
+
+        infos, aliases = await self._run(listing)
+        return pb.RetrievalServiceListCollectionsResponse(
+            collections=[collection_info(d) for d in infos],
+            aliases=[common_pb2.Alias(alias=a, collection=c) for a, c in sorted(aliases.items())],
+        )
+
+    async def GetDocuments(self, request, context):
+        name = validation.collection_name(request.collection)
+        ids = validation.ids(request.ids)
+        collection, docs = await self._run(self.read, name, self.store.get_documents, ids)
+        found = {d.id for d in docs}
+        reply = pb.RetrievalServiceGetDocumentsResponse(collection=collection, missing_ids=[i for i in ids if i not in found])
+        for d in docs:
+            message = reply.documents.add(id=d.id, title=d.title, text=d.text)
+            json_format.ParseDict(d.payload, message.payload)
+        return reply
+
+    async def CreateAlias(self, request, context):
+        alias = validation.collection_name(request.alias, "alias")
+        await self._run(self.aliases.create, alias, request.collection)
+        return pb.RetrievalServiceCreateAliasResponse(alias=common_pb2.Alias(alias=alias, collection=request.collection))
+
+    async def SwitchAlias(self, request, context):
+        alias = validation.collection_name(request.alias, "alias")
+        if request.expected_collection:
+            validation.collection_name(request.expected_collection, "expected_collection")
+        previous = await self._run(self.aliases.switch, alias, request.collection, request.expected_collection)
+        return pb.RetrievalServiceSwitchAliasResponse(alias=common_pb2.Alias(alias=alias, collection=request.collection),
+                                                      previous_collection=previous)
+
+    async def DeleteAlias(self, request, context):
+        await self._run(self.aliases.delete, validation.collection_name(request.alias, "alias"))
+        return pb.RetrievalServiceDeleteAliasResponse()
+
+    async def ListAliases(self, request, context):
+        aliases = await self._run(self.aliases.all)
+        return pb.RetrievalServiceListAliasesResponse(
+            aliases=[common_pb2.Alias(alias=a, collection=c) for a, c in sorted(aliases.items())])
+
+    async def Reindex(self, request, context):
+        source = validation.collection_name(request.source, "source")
+        if request.target:
+            validation.collection_name(request.target, "target")
+        store, aliases, gate = self.store, self.aliases, self.gate
+
+        def produce(emit, cancelled):
+            reindexing.reindex(store, aliases, gate, source, request.target, request.reembed,
+                               progress=emit, cancelled=cancelled)
+
+        async for p in stream_from_thread(self.executor, produce):
+            yield pb.RetrievalServiceReindexResponse(
+                phase=PHASES[p.phase], copied=p.copied, total=p.total, source_collection=p.source,
+                target_collection=p.target, alias=p.alias, reembedded=p.reembedded)
+
+    async def ExportSnapshot(self, request, context):
+        name = validation.collection_name(request.collection)
+        backend = self.store.backend
+
+        def produce(emit, cancelled):
+            for head, points in snapshots.export_parts(backend, self.resolve(name)):
+                emit((head, points))
+
+        async for head, points in stream_from_thread(self.executor, produce):
+            if head is not None:
+                yield pb.RetrievalServiceExportSnapshotResponse(header=head)
+            else:
+                yield pb.RetrievalServiceExportSnapshotResponse(points=points)
+
+    async def RestoreSnapshot(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("header", "the first message carries the target collection and the snapshot's header")
+        name = validation.collection_name(first.collection)
+        await self._run(self.aliases.check_collection_name_free, name)
+        loop = asyncio.get_running_loop()
+        batches: asyncio.Queue = asyncio.Queue(maxsize=2)  # flow control: the stream is read as fast as it is written
+        stop = threading.Event()
+
+        async def feed() -> None:
+            try:
+                await batches.put(list(first.points))
+                async for message in request_iterator:
+                    if message.HasField("header") or (message.collection and message.collection != name):
+                        raise InvalidArgument("header", "only the first message carries the header and the collection")
+                    await batches.put(list(message.points))
+                await batches.put(_END)
+            except Exception as exc:  # noqa: BLE001 - handed to the writing thread, which fails with it
+                await batches.put(exc)
+
+        def points():
+            while True:
+                pending = asyncio.run_coroutine_threadsafe(batches.get(), loop)
+                while True:
+                    try:
+                        item = pending.result(timeout=0.5)
+                        break
+                    except TimeoutError:
+                        if stop.is_set():
+                            pending.cancel()
+                            raise reindexing.Cancelled("the caller went away; nothing was restored") from None
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            written = await self._run(snapshots.restore, self.store.backend, name, first.header, points())
+        finally:
+            stop.set()
+            feeder.cancel()
+        from services.retrieval.server import collection_info
+
+        desc = await self._run(self.store.describe, name)
+        return pb.RetrievalServiceRestoreSnapshotResponse(collection=collection_info(desc), points=written)
+
+
+def header_metadata(head: common_pb2.SnapshotHeader) -> dict[str, Any]:
+    return json.loads(head.metadata_json or "{}")

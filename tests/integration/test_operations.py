@@ -1,0 +1,217 @@
+"""Operating collections through the gateway's generated stubs, against the three real servers:
+list and delete, documents by id, aliases, search paging, the streamed ingest, snapshots and a
+reindex with searches running through the alias."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from tests.integration.test_search_flow import DOCS, document
+
+pytestmark = pytest.mark.integration
+
+MORE = [(f"extra{i}", f"Note {i}", f"Assorted note number {i} about rivers, mountains, bread and computers.", {"topic": "misc", "year": 2000 + i})
+        for i in range(24)]
+
+
+@pytest.fixture
+def stub(stack):
+    with grpc.insecure_channel(stack.gateway) as channel:
+        yield pb_grpc.SearchServiceStub(channel)
+
+
+def make_collection(stub, docs=DOCS + MORE) -> str:
+    name = f"t{uuid.uuid4().hex[:12]}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, filter_fields=[
+        common_pb2.FilterField(key="topic", type=common_pb2.FIELD_TYPE_KEYWORD),
+        common_pb2.FilterField(key="year", type=common_pb2.FIELD_TYPE_INTEGER)]), timeout=30)
+    stub.Upsert(pb.UpsertRequest(collection=name, documents=[document(*d) for d in docs]), timeout=120)
+    return name
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+def test_aliases_list_get_documents_and_delete(stub):
+    name = make_collection(stub, DOCS)
+    alias = f"a{uuid.uuid4().hex[:12]}"
+    created = stub.CreateAlias(pb.CreateAliasRequest(alias=alias, collection=name), timeout=30)
+    assert (created.alias.alias, created.alias.collection) == (alias, name)
+    listing = stub.ListCollections(pb.ListCollectionsRequest(), timeout=30)
+    assert name in {c.name for c in listing.collections}
+    assert (alias, name) in {(a.alias, a.collection) for a in listing.aliases}
+    assert (alias, name) in {(a.alias, a.collection) for a in stub.ListAliases(pb.ListAliasesRequest(), timeout=30).aliases}
+
+    # Every data call accepts the alias.
+    got = stub.GetDocuments(pb.GetDocumentsRequest(collection=alias, ids=["tides", "nope", "gpu"]), timeout=30)
+    assert [d.id for d in got.documents] == ["tides", "gpu"] and list(got.missing_ids) == ["nope"]
+    assert got.collection == name and json_format.MessageToDict(got.documents[0].payload) == {"topic": "geology", "year": 2018}
+    assert got.documents[0].text == DOCS[3][2]
+    found = stub.Search(pb.SearchRequest(collection=alias, query="sea level rise and fall", top_k=1), timeout=60)
+    assert found.results[0].id == "tides" and found.collection == name
+    stub.Upsert(pb.UpsertRequest(collection=alias, documents=[document("new", "New", "A brand new document about comets.", {})]), timeout=60)
+    assert stub.Delete(pb.DeleteRequest(collection=alias, ids=["new"]), timeout=30).deleted == 1
+
+    # Precise refusals.
+    other = make_collection(stub, DOCS[:1])
+    assert code_of(lambda: stub.CreateAlias(pb.CreateAliasRequest(alias=alias, collection=other), timeout=30))[0] == grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(lambda: stub.CreateAlias(pb.CreateAliasRequest(alias=other, collection=name), timeout=30))[0] == grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(lambda: stub.CreateCollection(pb.CreateCollectionRequest(name=alias), timeout=30))[0] == grpc.StatusCode.ALREADY_EXISTS
+    code, details = code_of(lambda: stub.DeleteCollection(pb.DeleteCollectionRequest(name=name), timeout=30))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and alias in details
+    code, details = code_of(lambda: stub.SwitchAlias(pb.SwitchAliasRequest(alias=alias, collection=other, expected_collection=other), timeout=30))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and name in details
+    assert code_of(lambda: stub.SwitchAlias(pb.SwitchAliasRequest(alias="nope-alias", collection=other), timeout=30))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: stub.GetDocuments(pb.GetDocumentsRequest(collection=alias), timeout=30))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+    switched = stub.SwitchAlias(pb.SwitchAliasRequest(alias=alias, collection=other, expected_collection=name), timeout=30)
+    assert switched.previous_collection == name
+    assert stub.Search(pb.SearchRequest(collection=alias, query="photosynthesis", top_k=1), timeout=60).collection == other
+    stub.DeleteAlias(pb.DeleteAliasRequest(alias=alias), timeout=30)
+    stub.DeleteCollection(pb.DeleteCollectionRequest(name=name), timeout=30)
+    names = {c.name for c in stub.ListCollections(pb.ListCollectionsRequest(), timeout=30).collections}
+    assert name not in names and other in names
+    assert code_of(lambda: stub.DeleteCollection(pb.DeleteCollectionRequest(name=name), timeout=30))[0] == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("rerank", [True, False])
+def test_pages_are_slices_of_one_ranking(stub, rerank):
+    name = make_collection(stub)
+    query = "notes about mountains and rivers"
+    options = dict(collection=name, query=query, rerank=pb.RerankOptions(enabled=rerank, candidates=12))
+    whole = [r.id for r in stub.Search(pb.SearchRequest(top_k=len(DOCS + MORE), **options), timeout=60).results]
+    assert len(whole) == len(DOCS + MORE)
+    by_offset = []
+    for offset in range(0, len(whole), 7):
+        by_offset += [r.id for r in stub.Search(pb.SearchRequest(top_k=7, offset=offset, **options), timeout=60).results]
+    assert by_offset == whole
+    by_token, token, pages = [], "", 0
+    while True:
+        reply = stub.Search(pb.SearchRequest(top_k=4, page_token=token, **options), timeout=60)
+        by_token += [r.id for r in reply.results]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert by_token == whole and pages == 8  # 30 results by 4: the last page holds 2
+
+    bad = [
+        (pb.SearchRequest(top_k=4, page_token="garbage!", **options), "page_token"),
+        (pb.SearchRequest(top_k=5, page_token=stub.Search(pb.SearchRequest(top_k=4, **options), timeout=60).next_page_token, **options), "page_token"),
+        (pb.SearchRequest(top_k=100, offset=450, **options), "offset"),
+        (pb.SearchRequest(top_k=4, offset=-1, **options), "offset"),
+    ]
+    for request, field in bad:
+        code, details = code_of(lambda: stub.Search(request, timeout=60))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
+
+
+def test_streamed_ingest_acknowledges_each_durable_batch(stub):
+    name = f"t{uuid.uuid4().hex[:12]}"
+    docs = [document(*d) for d in DOCS + MORE]
+    batches = [pb.IngestRequest(collection=name if i == 0 else "", documents=docs[i : i + 8], sequence=100 + i)
+               for i in range(0, len(docs), 8)]
+    acks = list(stub.Ingest(iter(batches), timeout=120))
+    assert sorted(a.sequence for a in acks) == [b.sequence for b in batches]
+    assert sum(a.upserted for a in acks) == len(docs) and max(a.total_upserted for a in acks) == len(docs)
+    assert stub.DescribeCollection(pb.DescribeCollectionRequest(name=name), timeout=30).collection.document_count == len(docs)
+
+    # A bad batch ends the stream with the field named; what was acknowledged before stays.
+    good = pb.IngestRequest(collection=name, documents=[document("late", "Late", "A late document.", {})], sequence=1)
+    bad = pb.IngestRequest(documents=[common_pb2.Document(id="x", text="")], sequence=2)
+    seen = []
+    with pytest.raises(grpc.RpcError) as err:
+        for ack in stub.Ingest(iter([good, bad]), timeout=60):
+            seen.append(ack.sequence)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "documents[0].text" in err.value.details()
+    assert seen == [1]  # the batch in flight when the bad one came was finished and acknowledged
+    assert stub.GetDocuments(pb.GetDocumentsRequest(collection=name, ids=["late"]), timeout=30).documents
+    code, details = code_of(lambda: list(stub.Ingest(iter([pb.IngestRequest(documents=docs[:1])]), timeout=30)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "collection" in details
+
+
+def test_snapshot_restores_into_a_new_collection_with_identical_results(stub):
+    name = make_collection(stub)
+    messages = list(stub.ExportSnapshot(pb.ExportSnapshotRequest(collection=name), timeout=60))
+    head = messages[0].header
+    assert head.point_count == len(DOCS + MORE) and head.method == "copy" and head.engine == "edge"
+    restored = f"r{uuid.uuid4().hex[:12]}"
+    requests = [pb.RestoreSnapshotRequest(collection=restored, header=head)] + [
+        pb.RestoreSnapshotRequest(points=m.points) for m in messages[1:]]
+    reply = stub.RestoreSnapshot(iter(requests), timeout=60)
+    assert reply.points == len(DOCS + MORE) and reply.collection.document_count == len(DOCS + MORE)
+    for query in ("sea level rise and fall", "bread starter", "notes about computers"):
+        for mode in (common_pb2.RETRIEVAL_MODE_DENSE, common_pb2.RETRIEVAL_MODE_SPARSE, common_pb2.RETRIEVAL_MODE_HYBRID):
+            a, b = (stub.Search(pb.SearchRequest(collection=c, query=query, top_k=len(DOCS + MORE), mode=mode,
+                                                 rerank=pb.RerankOptions(enabled=False)), timeout=60) for c in (name, restored))
+            # The whole ranking, identical scores; equal scores may come in another order (ties).
+            assert sorted((-round(r.score, 4), r.id) for r in a.results) == sorted((-round(r.score, 4), r.id) for r in b.results)
+    code, _ = code_of(lambda: stub.RestoreSnapshot(iter(requests), timeout=60))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    truncated = f"r{uuid.uuid4().hex[:12]}"
+    code, details = code_of(lambda: stub.RestoreSnapshot(iter([pb.RestoreSnapshotRequest(collection=truncated, header=head)]), timeout=60))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "truncated" in details
+    assert truncated not in {c.name for c in stub.ListCollections(pb.ListCollectionsRequest(), timeout=30).collections}
+
+
+def test_searches_through_the_alias_never_fail_nor_mix_during_a_reindex(stub, stack):
+    name = make_collection(stub, DOCS + MORE + [(f"bulk{i}", "", f"Filler text {i} on various subjects.", {}) for i in range(400)])
+    alias = f"a{uuid.uuid4().hex[:12]}"
+    stub.CreateAlias(pb.CreateAliasRequest(alias=alias, collection=name), timeout=30)
+    queries = ["sea level rise and fall", "bread starter with wild yeast", "GPU threads for deep learning"]
+
+    def ask(stub, query):
+        return stub.Search(pb.SearchRequest(collection=alias, query=query, top_k=3, rerank=pb.RerankOptions(enabled=False),
+                                            mode=common_pb2.RETRIEVAL_MODE_SPARSE), timeout=30)
+
+    before = {q: [r.id for r in ask(stub, q).results] for q in queries}
+    answers, failures, stop = [], [], threading.Event()
+
+    def searcher():
+        with grpc.insecure_channel(stack.gateway) as channel:
+            s = pb_grpc.SearchServiceStub(channel)
+            n = 0
+            while not stop.is_set():
+                query = queries[n % len(queries)]
+                n += 1
+                try:
+                    reply = ask(s, query)
+                    answers.append((query, reply.collection, [r.id for r in reply.results]))
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code()}: {exc.details()}")
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    progress = list(stub.Reindex(pb.ReindexRequest(source=alias, reembed=True), timeout=600))
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    done = progress[-1]
+    assert done.phase == common_pb2.REINDEX_PHASE_DONE and done.reembedded and done.alias == alias
+    assert done.source_collection == name and done.copied == done.total == len(DOCS + MORE) + 400
+    assert any(p.phase == common_pb2.REINDEX_PHASE_COPYING for p in progress)
+    new = done.target_collection
+    after = {q: [r.id for r in ask(stub, q).results] for q in queries}
+    assert not failures, failures[:5]
+    collections = [c for _, c, _ in answers]
+    assert set(collections) <= {name, new} and collections.count(name) > 0
+    # Never a mix: an answer is whole from one collection (sparse vectors are exact, so the
+    # rankings are the same on both: each answer equals its collection's reference).
+    for query, collection, ids in answers:
+        assert ids == (before if collection == name else after)[query]
+    # Searches continue through the alias on the new collection; the old one is kept.
+    assert stub.Search(pb.SearchRequest(collection=alias, query="tides", top_k=1), timeout=60).collection == new
+    assert name in {c.name for c in stub.ListCollections(pb.ListCollectionsRequest(), timeout=30).collections}
