@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.common.security import bearer_interceptors
 
 DEFAULT_TARGET = "localhost:50051"
 MODES = {"dense": common_pb2.RETRIEVAL_MODE_DENSE, "sparse": common_pb2.RETRIEVAL_MODE_SPARSE,
@@ -27,24 +28,13 @@ API_KEY_ENV = "SEARCHCTL_API_KEY"
 CA_FILE_ENV = "SEARCHCTL_CA_FILE"
 
 
-class _BearerKey(grpc.aio.UnaryUnaryClientInterceptor):
-    """Adds ``authorization: Bearer <key>`` to every call (the gateway's API-key check)."""
-
-    def __init__(self, key: str) -> None:
-        self.entry = ("authorization", f"Bearer {key}")
-
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
-        metadata = list(client_call_details.metadata or ()) + [self.entry]
-        return await continuation(client_call_details._replace(metadata=metadata), request)
-
-
 def open_channel(target: str, api_key: str | None = None, ca_file: str | None = None) -> grpc.aio.Channel:
     """A channel to the gateway; ``api_key`` (default $SEARCHCTL_API_KEY) is sent as a bearer
     token, ``ca_file`` (default $SEARCHCTL_CA_FILE) turns TLS on and verifies the gateway."""
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     ca_file = ca_file if ca_file is not None else os.environ.get(CA_FILE_ENV) or None
     options = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
-    interceptors = [_BearerKey(api_key)] if api_key else None
+    interceptors = bearer_interceptors(api_key) if api_key else None  # unary and streaming calls
     if ca_file:
         credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
         return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
@@ -158,15 +148,33 @@ def _ingest_cmd(args: argparse.Namespace) -> int:
         return 2
     total = beir.count_corpus(corpus)
     start = time.perf_counter()
+    resumed = 0
     try:
-        written = asyncio.run(
-            ingest(beir.iter_corpus(corpus), args.collection, args.target, args.batch_size, args.concurrency, total)
-        )
+        if args.unary:
+            written = asyncio.run(
+                ingest(beir.iter_corpus(corpus), args.collection, args.target, args.batch_size, args.concurrency, total)
+            )
+        else:
+            from services.cli import ingest_stream
+
+            written, resumed, _ = ingest_stream.run(
+                corpus, lambda: beir.iter_corpus(corpus), args.collection, args.target, args.batch_size, total,
+                Path(args.checkpoint) if args.checkpoint else None, args.restart)
     except grpc.aio.AioRpcError as exc:
         print(f"searchctl ingest: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        if not args.unary:
+            print("searchctl ingest: what was acknowledged is durable; run the same command again to resume", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not fit: one line
+        if type(exc).__name__ != "CheckpointMismatch":
+            raise
+        print(f"searchctl ingest: {exc}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - start
-    print(f"ingested {written} documents into {args.collection!r} in {elapsed:.1f} s ({written / max(elapsed, 1e-9):.1f} docs/s)")
+    how = "unary Upserts" if args.unary else "one stream"
+    since = f"; resumed after {resumed} already acknowledged" if resumed else ""
+    print(f"ingested {written} documents into {args.collection!r} in {elapsed:.1f} s "
+          f"({written / max(elapsed, 1e-9):.1f} docs/s, {how}{since})")
     return 0
 
 
@@ -198,14 +206,19 @@ def _search_cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ingest", help="load a JSONL file or BEIR folder into a collection",
-                       description="Stream documents ({id|_id, title, text, payload}) through the gateway in batches. "
-                       "Idempotent: re-running after an interruption ends with exactly the file's documents.")
+    p = sub.add_parser("ingest", help="load a JSONL file or BEIR folder into a collection (streamed, resumable)",
+                       description="Stream documents ({id|_id, title, text, payload}) through the gateway in batches on one "
+                       "Ingest stream; each batch is acknowledged once durable, and a checkpoint file beside the input "
+                       "(<input>.<collection>.ingest-checkpoint) records what was acknowledged: after an interruption the "
+                       "same command resumes there. Prints the rate. Idempotent: re-running ends with exactly the file's documents.")
     p.add_argument("path", help="a JSONL file or a BEIR folder holding corpus.jsonl")
     p.add_argument("--collection", required=True)
     p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="documents per Upsert (default %(default)s)")
-    p.add_argument("--concurrency", type=int, default=2, help="Upserts in flight (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=2, help="Upserts in flight with --unary (default %(default)s)")
+    p.add_argument("--unary", action="store_true", help="unary Upsert batches instead of the stream (no checkpoint)")
+    p.add_argument("--checkpoint", help="checkpoint file (default: beside the input, or under .data/ingest-checkpoints/)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and ingest from the beginning")
     _connection_help(p)
     p.set_defaults(func=_ingest_cmd)
 

@@ -1,5 +1,8 @@
 """`searchctl up`: the whole stack on one machine, on embedded Qdrant; Ctrl-C stops it all.
 
+Once the stack is ready, a service that exits is restarted with backoff while the others keep
+serving (:mod:`services.cli.supervisor`); one that keeps failing stops everything.
+
 Stopping is bounded: the first SIGINT or SIGTERM sends SIGTERM to the three services at once
 and waits for them together, saying what it still waits for; what still runs after the
 longest ``*_GRACE_SECONDS`` plus :data:`STOP_MARGIN_S` is killed, and a second signal kills
@@ -27,6 +30,7 @@ import grpc
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.procs import stop_processes, wait_serving
+from services.cli.supervisor import Supervisor
 from services.common import config as cfg
 
 START_ORDER = ("retrieval", "reranker", "gateway")
@@ -160,12 +164,13 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
     stop_timeout = args.stop_timeout if args.stop_timeout is not None else _grace_seconds(env) + STOP_MARGIN_S
 
     procs: dict[str, subprocess.Popen] = {}
+    argvs: dict[str, list[str]] = {}
     code = 0
     try:
         for name in START_ORDER:
             if signals.requested.is_set():
                 break
-            argv = [sys.executable, "-m", "services.cli", "serve", name, "--port", str(ports[name])]
+            argv = argvs[name] = [sys.executable, "-m", "services.cli", "serve", name, "--port", str(ports[name])]
             if name in INTERNAL:
                 argv += ["--host", LOOPBACK]
             procs[name] = subprocess.Popen(argv, env=env)
@@ -184,12 +189,14 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
                     _say(loaded)
         if not signals.requested.is_set():
             _say(_ready(args, env, ports, keys, key_note))
-            while not signals.requested.is_set() and all(p.poll() is None for p in procs.values()):
-                signals.requested.wait(0.5)
-        if not signals.signals:
-            failed = [f"{n} (exit {p.returncode})" for n, p in procs.items() if p.poll() is not None]
-            _say(f"searchctl up: {', '.join(failed)} exited; stopping the others", err=True)
-            code = 1
+            # A service that exits is restarted with backoff; the others keep serving (supervisor.py).
+            supervisor = Supervisor(procs, argvs, {n: f"{LOOPBACK}:{p}" for n, p in ports.items()},
+                                    spawn=lambda argv: subprocess.Popen(argv, env=env), say=_say,
+                                    max_restarts=args.max_restarts)
+            gave_up = supervisor.watch(signals.requested)
+            if gave_up:
+                _say(f"searchctl up: {gave_up}; stopping the others", err=True)
+                code = 1
     except (TimeoutError, RuntimeError) as exc:
         _say(f"searchctl up: {exc}", err=True)
         code = 1
@@ -237,7 +244,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "up",
         help="run all three services locally on embedded Qdrant",
         description="Start retrieval, reranker (both on loopback) and gateway as child processes on embedded Qdrant, "
-        "load the demo corpus when the collection is empty, print a ready line, and stop everything on Ctrl-C "
+        "load the demo corpus when the collection is empty, print a ready line, restart a service that exits (with "
+        "backoff; the others keep serving, Search degrades meanwhile), and stop everything on Ctrl-C "
         "(SIGINT or SIGTERM): the services get SIGTERM at once and are killed if they still run after the "
         "stop timeout; a second Ctrl-C kills them at once. With GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS set, "
         "retrieval and reranker require an internal token (INTERNAL_TOKEN, generated unless set) that the gateway "
@@ -250,6 +258,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieval-port", type=int, default=50052)
     p.add_argument("--reranker-port", type=int, default=50053)
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for each service (default %(default)s)")
+    p.add_argument("--max-restarts", type=int, default=10,
+                   help="restarts in a row of a service that keeps exiting before everything stops (default %(default)s)")
     p.add_argument(
         "--stop-timeout",
         type=float,

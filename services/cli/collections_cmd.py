@@ -1,0 +1,134 @@
+"""`searchctl collections`, `searchctl alias`, `searchctl reindex`: operating collections
+through the gateway (every command takes --target; SEARCHCTL_API_KEY as for search)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import grpc
+from tqdm import tqdm
+
+from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.cli.client import DEFAULT_TARGET, _connection_help, open_channel
+
+
+def call(command: str, target: str, fn) -> int:
+    """Run ``fn(stub)`` (a coroutine function) against the gateway at ``target``; an RPC error is one line."""
+
+    async def go():
+        async with open_channel(target) as channel:
+            return await fn(pb_grpc.SearchServiceStub(channel))
+
+    try:
+        return asyncio.run(go()) or 0
+    except grpc.aio.AioRpcError as exc:
+        print(f"searchctl {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def _collections(args: argparse.Namespace) -> int:
+    async def list_(stub):
+        reply = await stub.ListCollections(pb.ListCollectionsRequest(), timeout=args.timeout)
+        aliases: dict[str, list[str]] = {}
+        for a in reply.aliases:
+            aliases.setdefault(a.collection, []).append(a.alias)
+        print(f"{'collection':<32} {'documents':>10} {'points':>10}  model            aliases")
+        for c in reply.collections:
+            print(f"{c.name:<32} {c.document_count:>10} {c.point_count:>10}  {c.dense_model:<16} {', '.join(aliases.get(c.name, []))}")
+
+    async def delete(stub):
+        await stub.DeleteCollection(pb.DeleteCollectionRequest(name=args.name), timeout=args.timeout)
+        print(f"deleted collection {args.name!r}")
+
+    return call("collections", args.target, list_ if args.action == "list" else delete)
+
+
+def _alias(args: argparse.Namespace) -> int:
+    async def go(stub):
+        if args.action == "list":
+            for a in (await stub.ListAliases(pb.ListAliasesRequest(), timeout=args.timeout)).aliases:
+                print(f"{a.alias} -> {a.collection}")
+        elif args.action == "create":
+            await stub.CreateAlias(pb.CreateAliasRequest(alias=args.alias, collection=args.collection), timeout=args.timeout)
+            print(f"{args.alias} -> {args.collection}")
+        elif args.action == "switch":
+            reply = await stub.SwitchAlias(pb.SwitchAliasRequest(alias=args.alias, collection=args.collection,
+                                                                 expected_collection=args.expected or ""), timeout=args.timeout)
+            print(f"{args.alias} -> {args.collection} (was {reply.previous_collection})")
+        else:
+            await stub.DeleteAlias(pb.DeleteAliasRequest(alias=args.alias), timeout=args.timeout)
+            print(f"deleted alias {args.alias!r}")
+
+    return call("alias", args.target, go)
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    async def go(stub):
+        bar = None
+        last = None
+        try:
+            async for p in stub.Reindex(pb.ReindexRequest(source=args.source, target=args.to or "", reembed=args.reembed)):
+                if bar is None:
+                    how = "re-embedding the stored text" if p.reembedded else "copying the vectors"
+                    print(f"reindexing {p.source_collection!r} into {p.target_collection!r} ({how})", flush=True)
+                    bar = tqdm(total=p.total, unit="point", desc="reindex", disable=not sys.stderr.isatty())
+                bar.update(p.copied - bar.n)
+                last = p
+        finally:
+            if bar is not None:
+                bar.close()
+        if last is None or last.phase != common_pb2.REINDEX_PHASE_DONE:
+            print("searchctl reindex: the stream ended before the reindex was done", file=sys.stderr)
+            return 1
+        print(f"done: {last.copied} points in {last.target_collection!r}; alias {last.alias!r} -> {last.target_collection!r} "
+              f"(the old collection {last.source_collection!r} is kept unless it was replaced by the alias; "
+              f"delete it with `searchctl collections delete` once you are satisfied)")
+        return 0
+
+    return call("reindex", args.target, go)
+
+
+def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline of the call in seconds (default %(default)s)")
+    _connection_help(p)
+    return p
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("collections", help="list or delete collections",
+                       description="List collections (documents, points, model, aliases) or delete one.")
+    csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _common(csub.add_parser("list", help="collections and their aliases"))
+    _common(csub.add_parser("delete", help="delete a collection and everything in it")).add_argument("name")
+    c.set_defaults(func=_collections)
+
+    a = sub.add_parser("alias", help="create, switch, delete or list aliases",
+                       description="Aliases are second names of collections; Search, Upsert, Delete and GetDocuments "
+                       "accept them. A switch is atomic: every request sees the old or the new collection.")
+    asub = a.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _common(asub.add_parser("list", help="every alias and its collection"))
+    for action, text in (("create", "create ALIAS -> COLLECTION"), ("switch", "point ALIAS at COLLECTION")):
+        p = _common(asub.add_parser(action, help=text))
+        p.add_argument("alias")
+        p.add_argument("collection")
+        if action == "switch":
+            p.add_argument("--expected", help="switch only if the alias points to this collection now")
+    _common(asub.add_parser("delete", help="delete an alias (the collection stays)")).add_argument("alias")
+    a.set_defaults(func=_alias)
+
+    r = sub.add_parser("reindex", help="rebuild a collection and switch its alias, without downtime",
+                       description="Build a new collection from SOURCE (an alias, or a collection) in the retrieval "
+                       "service: the vectors are copied when the collection's recorded models are the loaded ones, "
+                       "else the stored text is re-embedded with the loaded models. Writes go on meanwhile (documents "
+                       "written during the copy are copied again, the last of them while writes pause briefly); then the "
+                       "alias switches atomically. A collection no alias names is replaced by an alias of its name. "
+                       "Searches never fail and never mix the two collections.")
+    r.add_argument("source", help="an alias (switched when done) or a collection")
+    r.add_argument("--to", help="name of the new collection (default: <name>-<UTC timestamp>)")
+    r.add_argument("--reembed", action="store_true", help="re-embed even when the models are unchanged")
+    r.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
+    _connection_help(r)
+    r.set_defaults(func=_reindex)
