@@ -85,3 +85,40 @@ def test_bad_request_status_is_visible_to_grpcurl(stack, grpcurl):
     result = run(grpcurl, "-d", json.dumps(body), stack.gateway, "search.v1.SearchService/Search", check=False)
     assert result.returncode != 0
     assert "NotFound" in result.stderr and "missing-collection" in result.stderr
+
+
+def messages(out: str) -> list[dict]:
+    """grpcurl prints one JSON object per streamed message."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while at < len(out.rstrip()):
+        obj, at = decoder.raw_decode(out, at)
+        found.append(obj)
+        while at < len(out) and out[at].isspace():
+            at += 1
+    return found
+
+
+def test_operating_collections_with_grpcurl(stack, grpcurl):
+    """The operations RPCs as the README shows them: aliases, documents by id, a paged Search,
+    a streamed Ingest (several JSON messages on stdin) and the reindex progress stream."""
+    name, alias = f"g{uuid.uuid4().hex[:10]}", f"a{uuid.uuid4().hex[:10]}"
+    gateway, method = stack.gateway, "search.v1.SearchService/"
+    batches = [{"collection": name, "sequence": 1, "documents": [{"id": "a", "text": "Tides follow the Moon.", "payload": {"k": 1}}]},
+               {"sequence": 2, "documents": [{"id": "b", "text": "Glaciers carve valleys."},
+                                             {"id": "c", "text": "Volcanoes erupt lava."}]}]
+    acks = messages(run(grpcurl, "-d", "\n".join(json.dumps(b) for b in batches), gateway, method + "Ingest").stdout)
+    assert sorted(a["sequence"] for a in acks) == ["1", "2"] and max(int(a["total_upserted"]) for a in acks) == 3
+    run(grpcurl, "-d", json.dumps({"alias": alias, "collection": name}), gateway, method + "CreateAlias")
+    listed = json.loads(run(grpcurl, "-d", "{}", gateway, method + "ListCollections").stdout)
+    assert {"alias": alias, "collection": name} in listed["aliases"]
+    got = json.loads(run(grpcurl, "-d", json.dumps({"collection": alias, "ids": ["a", "zzz"]}), gateway, method + "GetDocuments").stdout)
+    assert got["documents"][0]["payload"] == {"k": 1} and got["missing_ids"] == ["zzz"]
+    query = {"collection": alias, "query": "moon tides", "top_k": 2, "rerank": {"enabled": False}}
+    page = json.loads(run(grpcurl, "-d", json.dumps(query), gateway, method + "Search").stdout)
+    assert len(page["results"]) == 2 and page["next_page_token"] and page["collection"] == name
+    rest = json.loads(run(grpcurl, "-d", json.dumps({**query, "page_token": page["next_page_token"]}), gateway, method + "Search").stdout)
+    assert {r["id"] for r in page["results"]} | {r["id"] for r in rest["results"]} == {"a", "b", "c"}
+    progress = messages(run(grpcurl, "-d", json.dumps({"source": alias}), gateway, method + "Reindex").stdout)
+    assert progress[-1]["phase"] == "REINDEX_PHASE_DONE" and progress[-1]["alias"] == alias
+    refused = run(grpcurl, "-d", json.dumps({"name": progress[-1]["target_collection"]}), gateway, method + "DeleteCollection", check=False)
+    assert refused.returncode != 0 and "FailedPrecondition" in refused.stderr and alias in refused.stderr
