@@ -182,30 +182,53 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
 
 
 def _guard_stream(handler, method: str):
-    """The same mapping for streaming handlers (responses streamed: async generators)."""
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    """The same mapping for streaming handlers (responses streamed: async generators), and the
+    same answer to a malformed request message: INVALID_ARGUMENT, never UNKNOWN."""
+    deserialize = handler.request_deserializer
+
+    def tolerant(raw: bytes) -> Any:
+        try:
+            return deserialize(raw) if deserialize is not None else raw
+        except Exception as exc:  # noqa: BLE001 - DecodeError, bad UTF-8, recursion limit
+            return _Malformed(f"{exc}")
+
+    def malformed(request: _Malformed) -> ServiceError:
+        error = ServiceError(f"the request body is not a valid message for {method}: {request.reason}")
+        error.code = grpc.StatusCode.INVALID_ARGUMENT
+        return error
+
+    async def checked(requests):
+        async for request in requests:
+            if isinstance(request, _Malformed):
+                raise malformed(request)
+            yield request
+
+    kw = {"request_deserializer": tolerant, "response_serializer": handler.response_serializer}
     if handler.stream_unary is not None:
         behavior = handler.stream_unary
 
         async def guarded_unary(requests, context):
             try:
-                return await behavior(requests, context)
+                return await behavior(checked(requests), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped like a unary call's
                 await _abort(context, method, exc)
 
         return grpc.stream_unary_rpc_method_handler(guarded_unary, **kw)
+    unary_stream = handler.unary_stream is not None
     behavior = handler.unary_stream or handler.stream_stream
 
     async def guarded_stream(request_or_requests, context):
         try:
-            async for reply in behavior(request_or_requests, context):
+            if unary_stream and isinstance(request_or_requests, _Malformed):
+                raise malformed(request_or_requests)
+            async for reply in behavior(request_or_requests if unary_stream else checked(request_or_requests), context):
                 yield reply
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped like a unary call's
             await _abort(context, method, exc)
 
-    make = grpc.unary_stream_rpc_method_handler if handler.unary_stream is not None else grpc.stream_stream_rpc_method_handler
+    make = grpc.unary_stream_rpc_method_handler if unary_stream else grpc.stream_stream_rpc_method_handler
     return make(guarded_stream, **kw)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
@@ -239,6 +238,3 @@ class OperationsMixin:
         desc = await self._run(self.store.describe, name)
         return pb.RetrievalServiceRestoreSnapshotResponse(collection=collection_info(desc), points=written)
 
-
-def header_metadata(head: common_pb2.SnapshotHeader) -> dict[str, Any]:
-    return json.loads(head.metadata_json or "{}")

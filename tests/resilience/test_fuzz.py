@@ -63,7 +63,12 @@ def rpc_table():
         for method in descriptor.methods:
             request_cls = getattr(module, method.input_type.name, None) or getattr(common_pb2, method.input_type.name)
             table.append((service, method.name, request_cls, method.output_type))
+            STREAMING[(service, method.name)] = (method.client_streaming, method.server_streaming)
     return table
+
+
+#: (client streams, server streams) of each RPC: a streamed request is sent as a one-message stream.
+STREAMING: dict[tuple[str, str], tuple[bool, bool]] = {}
 
 
 RPCS = rpc_table()
@@ -210,9 +215,17 @@ def message_strategy(descriptor, collection: str, depth: int = 0, one_field: boo
 
 def call(stack, service: str, method: str, body: bytes, output_type) -> tuple[grpc.StatusCode, str]:
     channel = CHANNELS[(id(stack), service)]
-    fn = channel.unary_unary(f"/search.v1.{service}/{method}")
+    path = f"/search.v1.{service}/{method}"
+    client_streams, server_streams = STREAMING[(service, method)]
     try:
-        fn(body, timeout=60)
+        if client_streams and server_streams:
+            list(channel.stream_stream(path)(iter([body]), timeout=60))
+        elif client_streams:
+            channel.stream_unary(path)(iter([body]), timeout=60)
+        elif server_streams:
+            list(channel.unary_stream(path)(body, timeout=60))
+        else:
+            channel.unary_unary(path)(body, timeout=60)
         return grpc.StatusCode.OK, ""
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or ""
@@ -253,6 +266,16 @@ def base_request(method: str, request_cls, collection: str):
         "CreateCollection": {"name": f"fzc{uuid.uuid4().hex[:6]}"},
         "DeleteCollection": {"name": f"nope{uuid.uuid4().hex[:6]}"},
         "Rerank": {"query": "tides", "passages": ["the moon pulls the sea"]},
+        "ListCollections": {},
+        "ListAliases": {},
+        "GetDocuments": {"collection": collection, "ids": ["d0", "nope"]},
+        "CreateAlias": {"alias": f"fza{uuid.uuid4().hex[:6]}", "collection": collection},
+        "SwitchAlias": {"alias": f"nope{uuid.uuid4().hex[:6]}", "collection": collection},
+        "DeleteAlias": {"alias": f"nope{uuid.uuid4().hex[:6]}"},
+        "Ingest": {"collection": collection, "documents": [doc], "sequence": 1},
+        "Reindex": {"source": f"nope{uuid.uuid4().hex[:6]}"},
+        "ExportSnapshot": {"collection": collection},
+        "RestoreSnapshot": {"collection": f"fzr{uuid.uuid4().hex[:6]}"},
     }[method]
     message = request_cls(**fields)
     if method == "Search":
@@ -270,7 +293,9 @@ def merged(base, message):
 @pytest.mark.parametrize("service, method, request_cls, output_type", RPCS, ids=[f"{s}.{m}" for s, m, _, _ in RPCS])
 def test_arbitrary_messages_never_fail_internally(stack, collection, service, method, request_cls, output_type):
     # Never the shared collection for DeleteCollection / CreateCollection: other names.
-    target = f"other{uuid.uuid4().hex[:6]}" if method in ("DeleteCollection", "CreateCollection") else collection
+    # Nor for what would replace it or alias it (Reindex, aliases, restores).
+    protected = ("DeleteCollection", "CreateCollection", "Reindex", "CreateAlias", "SwitchAlias", "DeleteAlias", "RestoreSnapshot")
+    target = f"other{uuid.uuid4().hex[:6]}" if method in protected else collection
     base = base_request(method, request_cls, collection)
     strategy = st.one_of(
         message_strategy(request_cls.DESCRIPTOR, target),  # anything at all

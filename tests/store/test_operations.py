@@ -10,7 +10,7 @@ import pytest
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval import model_guard, reindex as reindexing, snapshots
 from services.retrieval.aliases import Aliases, WriteGate
-from services.retrieval.store import DocumentIn, point_id
+from services.retrieval.store import DocumentIn
 from tests.store.conftest import make_store
 from tests.store.test_contract import DOCS, FIELDS
 
