@@ -32,6 +32,9 @@ def test_gate_block_is_well_formed():
     assert set(gate["modes"]) == {"dense", "sparse", "hybrid", "dense+rerank", "hybrid+rerank"}
 
 
+# Ingest + 5 modes x 225 queries take a few minutes on a quiet 2-core machine, and about
+# 12 when other jobs share it; its eval subprocess has its own limit (1500 s).
+@pytest.mark.timeout(1600)
 def test_cranfield_quality_gate(tmp_path):
     dataset = SHARED_DATASETS / "cranfield"
     if not (dataset / "corpus.jsonl").exists():
