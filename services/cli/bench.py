@@ -1013,8 +1013,15 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     _print_machine(info)
     queries = list(corpus.queries)
     random.Random(args.seed).shuffle(queries)
-    results: dict[str, Any] = {"machine": info, "modes": {}}
+    results: dict[str, Any] = {"machine": info, "modes": {}, "zipf": args.zipf}
+    from services.cli import bench_peers  # issue 13: raw query limit, CPU per query, caches, the LanceDB peer
+
+    if not args.no_raw_limit:
+        raw = results["raw_query_limit"] = bench_peers.raw_query_limit(queries)
+        print(f"raw query embedding, this run: {raw['one_at_a_time']:.1f} queries/s one at a time "
+              f"({raw['one_at_a_time_cpu_ms']:.2f} CPU ms each), {raw['batch16']:.1f}/s in batches of 16", flush=True)
     with Stack(args, corpus) as stack:
+        offset = args.overhead_queries + 1  # one sequence over all modes: no step repeats a query (unless --zipf)
         for mode in modes:
             print(f"\n== {mode.name}, retrieval mode {mode.retrieval} (p95 objective {mode.slo_ms:.0f} ms)")
             over = asyncio.run(measure_overhead(stack, queries[: args.overhead_queries + 1], mode))
@@ -1023,6 +1030,7 @@ def _bench_e2e(args: argparse.Namespace) -> int:
                   + f" -> gateway overhead (median of per-query differences) {over['overhead_ms']:.1f} ms (target <= 3 ms); "
                   f"inside the gateway (its metrics: Search time not spent on downstream calls) {over['server_overhead_ms']:.2f} ms")
             steps: list[StepResult] = []
+            step_extras: list[dict[str, Any]] = []
             history: list[tuple[float, bool]] = []
             start_rate = args.search_start_rate if not mode.candidates else args.rerank_start_rate
             if over["search_p95_ms"] > mode.slo_ms:
@@ -1030,12 +1038,14 @@ def _bench_e2e(args: argparse.Namespace) -> int:
                       f"measuring the lowest rate ({args.min_rate} QPS) only")
                 start_rate = args.min_rate
             rate = start_rate
-            offset = 0
             while rate is not None and len(steps) < args.max_steps:
                 seconds = min(max(args.duration, args.min_requests / rate), args.max_step_seconds)
-                step = asyncio.run(open_loop(stack.procs.address("gateway"), stack.collection, queries[offset:] + queries[:offset],
-                                             mode, rate, seconds, args.timeout))
-                offset = (offset + step.sent) % len(queries)
+                step_queries = bench_peers.step_queries(queries, offset, max(1, int(round(rate * seconds))), args.zipf, args.seed)
+                with bench_peers.StepCounters(stack.procs) as counters:
+                    step = asyncio.run(open_loop(stack.procs.address("gateway"), stack.collection, step_queries,
+                                                 mode, rate, seconds, args.timeout))
+                extra = counters.finish(step.ok)
+                offset += step.sent
                 ok = sustained(step, mode.slo_ms)
                 steps.append(step)
                 history.append((rate, ok))
@@ -1043,6 +1053,8 @@ def _bench_e2e(args: argparse.Namespace) -> int:
                 print(f"  offered {rate:7.2f} QPS for {step.seconds:5.1f} s: achieved {step.achieved_qps:7.2f} QPS, p50 {_fmt_ms(s['p50_ms'])} "
                       f"p95 {_fmt_ms(s['p95_ms'])} p99 {_fmt_ms(s['p99_ms'])} ms, errors {sum(step.errors.values())}"
                       + (f" {step.errors}" if step.errors else "") + f", degraded {step.degraded} -> {'ok' if ok else 'over'}", flush=True)
+                print(bench_peers.describe_step(extra), flush=True)
+                step_extras.append(extra)
                 if over["search_p95_ms"] > mode.slo_ms:
                     break
                 rate = next_rate(history, start_rate, args.growth, args.resolution, args.min_rate)
@@ -1056,9 +1068,21 @@ def _bench_e2e(args: argparse.Namespace) -> int:
                       f"p50 {s['p50_ms']:.0f} / p95 {s['p95_ms']:.0f} / p99 {s['p99_ms']:.0f} ms)")
             results["modes"][mode.name] = {
                 "retrieval_mode": mode.retrieval,
-                "slo_p95_ms": mode.slo_ms, "overhead": over, "steps": [s.as_dict() for s in steps],
+                "slo_p95_ms": mode.slo_ms, "overhead": over,
+                "steps": [{**s.as_dict(), **x} for s, x in zip(steps, step_extras)],
                 "max_sustained_qps": best.rate if best else 0.0,
             }
+            if best is not None and "raw_query_limit" in results and not mode.candidates:
+                ratio = best.rate / results["raw_query_limit"]["one_at_a_time"]
+                results["modes"][mode.name]["ratio_to_raw_one_at_a_time"] = ratio
+                print(f"   = {ratio:.2f} of the raw one-at-a-time query-embedding limit of this run")
+        if args.peer != "none":
+            results["peer"] = bench_peers.lancedb_peer(corpus.docs, queries, dataset, Path(args.data_dir) if args.data_dir else None)
+            results["service_ndcg@10"] = {}
+            for retrieval in ("dense", "hybrid"):
+                ndcg = bench_peers.service_ndcg(stack.procs.address("gateway"), stack.collection, dataset, _retrieval_mode(E2EMode("search", 0, retrieval)))
+                results["service_ndcg@10"][retrieval] = ndcg
+                print(f"our Search ({retrieval}, search only) NDCG@10 on the SciFact test queries: {ndcg:.4f}")
     results["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     _write_json(args.json, results)
     return 0
@@ -1254,6 +1278,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--settle", type=float, default=2.0, help="idle seconds between steps (default %(default)s)")
     x.add_argument("--overhead-queries", type=int, default=40, help="sequential queries for the overhead (default %(default)s)")
     x.add_argument("--timeout", type=float, default=30.0, help="client deadline of one Search, s (default %(default)s)")
+    x.add_argument("--zipf", type=float, default=0.0,
+                   help="draw queries with this Zipf exponent over the query set (a realistic repeat rate; "
+                        "default 0: distinct queries, never repeated, so no cache can answer)")
+    x.add_argument("--no-raw-limit", action="store_true", help="skip the raw query-embedding limit")
+    x.add_argument("--peer", choices=("lancedb", "none"), default="lancedb",
+                   help="after the load steps: the same queries through LanceDB in-process (bench extra) and NDCG@10 (default %(default)s)")
     x.set_defaults(func=_bench_e2e)
 
     from services.cli import bench_profile  # where the CPU goes per process (issue 13)

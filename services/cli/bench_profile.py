@@ -193,6 +193,16 @@ def profile_mode(stack, queries: Sequence[str], retrieval: str, rate: float, sec
     return result
 
 
+def distinct_queries(queries: Sequence[str], start: int, n: int) -> list[str]:
+    """``n`` queries from position ``start`` of an endless sequence that never repeats a text: the
+    set itself, then variants ("<query> (2)", "(3)", ...), so no cache can answer any of them."""
+    out = []
+    for i in range(start, start + n):
+        base, k = queries[i % len(queries)], i // len(queries)
+        out.append(base if k == 0 else f"{base} ({k + 1})")
+    return out
+
+
 def _bench_profile(args: argparse.Namespace) -> int:
     from services.cli.bench import Stack, _skip, _write_json, load_corpus, machine_info, _print_machine
 
@@ -212,10 +222,10 @@ def _bench_profile(args: argparse.Namespace) -> int:
             offset = 0
             for retrieval in args.retrieval_modes.split(","):
                 # Warm up (first calls per channel, caches of the engine) on queries not used below.
-                asyncio.run(_warm(stack, queries[-20:], retrieval))
+                asyncio.run(_warm(stack, [f"warm-up {q}" for q in queries[-20:]], retrieval))
                 n = int(args.rate * args.seconds)
-                chunk = (queries[offset:] + queries[:offset])[: max(n, 1)]
-                offset = (offset + n) % len(queries)
+                chunk = distinct_queries(queries, offset, max(n, 1))
+                offset += n
                 results["modes"][retrieval] = profile_mode(
                     stack, chunk, retrieval, args.rate, args.seconds, Path(args.profile) if args.profile else None)
                 time.sleep(2)

@@ -12,6 +12,13 @@ vector) and the text with Unicode NFC and runs of whitespace collapsed (the toke
 on whitespace, so these texts tokenize alike). A cached vector is read-only; callers get it
 as stored (``embed_queries`` returns a new array, rows copied).
 
+Embedding on the event loop (:meth:`CachedQueryEmbedder.prefetch`): the retrieval handler awaits
+the query's vector *before* it hands the store call to a worker thread, and keeps it in a
+context variable (copied into that thread with the rest of the request's context), where
+``embed_queries`` finds it. The store's call then needs no round trip from the worker thread
+back to the loop's batcher and back (two thread hand-offs fewer per query, docs/BENCHMARKS.md).
+This works with the cache off too; a prefetched vector is counted as one lookup, not two.
+
 Memory: one entry is a ``dimension`` float32 vector plus the text, about 1.6 KiB for
 bge-small-en's 384 dimensions and a short query, so the default bound of 10000 entries
 (``RETRIEVAL_QUERY_CACHE_SIZE``) holds at most about 16 MiB.
@@ -19,6 +26,7 @@ bge-small-en's 384 dimensions and a short query, so the default bound of 10000 e
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import unicodedata
 from collections.abc import Sequence
@@ -32,6 +40,9 @@ from services.common.cache import BoundedCache
 __all__ = ["CachedQueryEmbedder", "model_identity", "normalise_query"]
 
 CACHE_NAME = "query_embedding"
+
+#: Query vectors this request already has (normalised text -> vector), see the module docstring.
+_prefetched: contextvars.ContextVar[dict[str, np.ndarray] | None] = contextvars.ContextVar("prefetched_queries", default=None)
 
 
 def normalise_query(text: str) -> str:
@@ -74,8 +85,23 @@ class CachedQueryEmbedder:
     def __getattr__(self, name: str) -> Any:  # name, dimension, provider, max_length, embed_documents, ...
         return getattr(self.inner, name)
 
+    async def prefetch(self, query: str) -> None:
+        """Embed ``query`` on the event loop (through the cache) for this request's store call."""
+        text = normalise_query(query)
+        vector = self.cache.get((self.identity, text)) if self.cache.enabled else None
+        if vector is None:
+            vector = np.array((await self.inner.aembed_queries([text]))[0], dtype=np.float32, copy=True)
+            vector.setflags(write=False)
+            self.cache.put((self.identity, text), vector)
+        _prefetched.set({text: vector})
+
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
+        prefetched = _prefetched.get()
+        if prefetched is not None and texts:
+            known = [prefetched.get(normalise_query(t)) for t in texts]
+            if all(v is not None for v in known):
+                return np.stack(known)
         if not self.cache.enabled or not texts:
             return self.inner.embed_queries(texts)
         keys = [(self.identity, normalise_query(t)) for t in texts]

@@ -115,6 +115,8 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
             raise InvalidArgument("mode", f"unknown retrieval mode {request.mode}")
         qfilter = to_filter(request.filter)
         fusion = fusion_options(request.fusion)
+        if MODES[request.mode] != "sparse" and hasattr(self.store.embedder, "prefetch"):
+            await self.store.embedder.prefetch(query)  # on the loop: the worker thread then finds the vector
         collection, (candidates, mode) = await self._run(
             self.read, name, self.store.retrieve, query, limit, qfilter, MODES[request.mode], fusion)
         return pb.RetrieveResponse(

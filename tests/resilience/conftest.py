@@ -49,7 +49,10 @@ QUERIES = [
 
 def start_stack(tmp, overrides: dict[str, dict[str, str]] | None = None) -> Stack:
     require_models()
-    env = {"reranker": dict(FAST_RERANKER)}
+    # These tests drive the uncached paths (degradation, shedding, outages) with a few repeated
+    # queries: the caches (which would answer those repeats) are off unless a test turns them on.
+    env = {"reranker": {**FAST_RERANKER, "RERANKER_SCORE_CACHE_SIZE": "0"},
+           "gateway": {"GATEWAY_RESULT_CACHE_SIZE": "0"}, "retrieval": {"RETRIEVAL_QUERY_CACHE_SIZE": "0"}}
     for name, values in (overrides or {}).items():
         env.setdefault(name, {}).update(values)
     stack = Stack(tmp, env_overrides=env)
