@@ -1299,3 +1299,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--max-lengths", default="128,256,512", help="RERANKER_MAX_LENGTH values (default %(default)s)")
     f.add_argument("--png", default=str(REPO / "docs" / "frontier.png"), help="plot file (default docs/frontier.png; '' = none)")
     f.set_defaults(func=_bench_frontier)
+
+    from services.cli import bench_scale  # the store alone at 10k-1M points (its own module)
+
+    bench_scale.register(bsub, str(DEFAULT_DATASET))
