@@ -25,49 +25,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16search/v1/common.proto\x12\tsearch.v1\x1a\x1cgoogle/protobuf/struct.proto\"]\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12(\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb2\x01\n\rFusionOptions\x12\'\n\x06method\x18\x01 \x01(\x0e\x32\x17.search.v1.FusionMethod\x12\x19\n\x0c\x64\x65nse_weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05rrf_k\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eprefetch_limit\x18\x04 \x01(\x05H\x02\x88\x01\x01\x42\x0f\n\r_dense_weightB\x08\n\x06_rrf_kB\x11\n\x0f_prefetch_limit\"z\n\x06\x46ilter\x12\"\n\x04must\x18\x01 \x03(\x0b\x32\x14.search.v1.Condition\x12$\n\x06should\x18\x02 \x03(\x0b\x32\x14.search.v1.Condition\x12&\n\x08must_not\x18\x03 \x03(\x0b\x32\x14.search.v1.Condition\"i\n\tCondition\x12*\n\x05\x66ield\x18\x01 \x01(\x0b\x32\x19.search.v1.FieldConditionH\x00\x12#\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x11.search.v1.FilterH\x00\x42\x0b\n\tcondition\"\xe0\x01\n\x0e\x46ieldCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\x07keyword\x18\x02 \x01(\tH\x00\x12\x11\n\x07integer\x18\x03 \x01(\x03H\x00\x12\x11\n\x07\x62oolean\x18\x04 \x01(\x08H\x00\x12-\n\x0b\x61ny_keyword\x18\x05 \x01(\x0b\x32\x16.search.v1.KeywordListH\x00\x12-\n\x0b\x61ny_integer\x18\x06 \x01(\x0b\x32\x16.search.v1.IntegerListH\x00\x12!\n\x05range\x18\x07 \x01(\x0b\x32\x10.search.v1.RangeH\x00\x42\x07\n\x05match\"\x1d\n\x0bKeywordList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1d\n\x0bIntegerList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"k\n\x05Range\x12\x0f\n\x02gt\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03gte\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x05\n\x03_gtB\x06\n\x04_gteB\x05\n\x03_ltB\x06\n\x04_lte\">\n\x0b\x46ilterField\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.search.v1.FieldType\"\xc0\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x64ocument_count\x18\x02 \x01(\x03\x12\x13\n\x0bpoint_count\x18\x03 \x01(\x03\x12\x13\n\x0b\x64\x65nse_model\x18\x04 \x01(\t\x12\x17\n\x0f\x64\x65nse_dimension\x18\x05 \x01(\x05\x12\x16\n\x0esparse_enabled\x18\x06 \x01(\x08\x12-\n\rfilter_fields\x18\x07 \x03(\x0b\x32\x16.search.v1.FilterField\"*\n\x05\x41lias\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"/\n\x0cSparseValues\x12\x0f\n\x07indices\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\x8a\x01\n\x0bStoredPoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65nse\x18\x02 \x03(\x02\x12\'\n\x06sparse\x18\x03 \x01(\x0b\x32\x17.search.v1.SparseValues\x12\x14\n\x0cpayload_json\x18\x04 \x01(\x0c\x12!\n\x04late\x18\x05 \x03(\x0b\x32\x13.search.v1.FloatRow\"\x1a\n\x08\x46loatRow\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x9f\x02\n\x0eSnapshotHeader\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65nse_dimension\x18\x03 \x01(\x05\x12\x0e\n\x06sparse\x18\x04 \x01(\x08\x12-\n\rfilter_fields\x18\x05 \x03(\x0b\x32\x16.search.v1.FilterField\x12\x15\n\rmetadata_json\x18\x06 \x01(\t\x12\x13\n\x0bpoint_count\x18\x07 \x01(\x03\x12\x0e\n\x06\x65ngine\x18\x08 \x01(\t\x12\x0e\n\x06method\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\t\x12\x16\n\x0elate_dimension\x18\x0b \x01(\x05\x12\x19\n\x11late_quantization\x18\x0c \x01(\t*\x7f\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14RETRIEVAL_MODE_DENSE\x10\x01\x12\x19\n\x15RETRIEVAL_MODE_SPARSE\x10\x02\x12\x19\n\x15RETRIEVAL_MODE_HYBRID\x10\x03*\x9f\x01\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46USION_METHOD_RRF\x10\x01\x12\x16\n\x12\x46USION_METHOD_DBSF\x10\x02\x12!\n\x1d\x46USION_METHOD_WEIGHTED_ZSCORE\x10\x03\x12\x1e\n\x1a\x46USION_METHOD_WEIGHTED_RRF\x10\x04*\x82\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46IELD_TYPE_KEYWORD\x10\x01\x12\x16\n\x12\x46IELD_TYPE_INTEGER\x10\x02\x12\x14\n\x10\x46IELD_TYPE_FLOAT\x10\x03\x12\x13\n\x0f\x46IELD_TYPE_BOOL\x10\x04*\x7f\n\x0cReindexPhase\x12\x1d\n\x19REINDEX_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15REINDEX_PHASE_COPYING\x10\x01\x12\x1d\n\x19REINDEX_PHASE_CATCHING_UP\x10\x02\x12\x16\n\x12REINDEX_PHASE_DONE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16search/v1/common.proto\x12\tsearch.v1\x1a\x1cgoogle/protobuf/struct.proto\"]\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12(\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb0\x02\n\rFusionOptions\x12\'\n\x06method\x18\x01 \x01(\x0e\x32\x17.search.v1.FusionMethod\x12\x19\n\x0c\x64\x65nse_weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05rrf_k\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eprefetch_limit\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x1d\n\x10late_interaction\x18\x05 \x01(\x08H\x03\x88\x01\x01\x12(\n\x1blate_interaction_candidates\x18\x06 \x01(\x05H\x04\x88\x01\x01\x42\x0f\n\r_dense_weightB\x08\n\x06_rrf_kB\x11\n\x0f_prefetch_limitB\x13\n\x11_late_interactionB\x1e\n\x1c_late_interaction_candidates\"z\n\x06\x46ilter\x12\"\n\x04must\x18\x01 \x03(\x0b\x32\x14.search.v1.Condition\x12$\n\x06should\x18\x02 \x03(\x0b\x32\x14.search.v1.Condition\x12&\n\x08must_not\x18\x03 \x03(\x0b\x32\x14.search.v1.Condition\"i\n\tCondition\x12*\n\x05\x66ield\x18\x01 \x01(\x0b\x32\x19.search.v1.FieldConditionH\x00\x12#\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x11.search.v1.FilterH\x00\x42\x0b\n\tcondition\"\xe0\x01\n\x0e\x46ieldCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\x07keyword\x18\x02 \x01(\tH\x00\x12\x11\n\x07integer\x18\x03 \x01(\x03H\x00\x12\x11\n\x07\x62oolean\x18\x04 \x01(\x08H\x00\x12-\n\x0b\x61ny_keyword\x18\x05 \x01(\x0b\x32\x16.search.v1.KeywordListH\x00\x12-\n\x0b\x61ny_integer\x18\x06 \x01(\x0b\x32\x16.search.v1.IntegerListH\x00\x12!\n\x05range\x18\x07 \x01(\x0b\x32\x10.search.v1.RangeH\x00\x42\x07\n\x05match\"\x1d\n\x0bKeywordList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1d\n\x0bIntegerList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"k\n\x05Range\x12\x0f\n\x02gt\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03gte\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x05\n\x03_gtB\x06\n\x04_gteB\x05\n\x03_ltB\x06\n\x04_lte\">\n\x0b\x46ilterField\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.search.v1.FieldType\"\x84\x02\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x64ocument_count\x18\x02 \x01(\x03\x12\x13\n\x0bpoint_count\x18\x03 \x01(\x03\x12\x13\n\x0b\x64\x65nse_model\x18\x04 \x01(\t\x12\x17\n\x0f\x64\x65nse_dimension\x18\x05 \x01(\x05\x12\x16\n\x0esparse_enabled\x18\x06 \x01(\x08\x12-\n\rfilter_fields\x18\x07 \x03(\x0b\x32\x16.search.v1.FilterField\x12\x1e\n\x16late_interaction_model\x18\x08 \x01(\t\x12\"\n\x1alate_interaction_dimension\x18\t \x01(\x05\"*\n\x05\x41lias\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"/\n\x0cSparseValues\x12\x0f\n\x07indices\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\x8a\x01\n\x0bStoredPoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65nse\x18\x02 \x03(\x02\x12\'\n\x06sparse\x18\x03 \x01(\x0b\x32\x17.search.v1.SparseValues\x12\x14\n\x0cpayload_json\x18\x04 \x01(\x0c\x12!\n\x04late\x18\x05 \x03(\x0b\x32\x13.search.v1.FloatRow\"\x1a\n\x08\x46loatRow\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x9f\x02\n\x0eSnapshotHeader\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65nse_dimension\x18\x03 \x01(\x05\x12\x0e\n\x06sparse\x18\x04 \x01(\x08\x12-\n\rfilter_fields\x18\x05 \x03(\x0b\x32\x16.search.v1.FilterField\x12\x15\n\rmetadata_json\x18\x06 \x01(\t\x12\x13\n\x0bpoint_count\x18\x07 \x01(\x03\x12\x0e\n\x06\x65ngine\x18\x08 \x01(\t\x12\x0e\n\x06method\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\t\x12\x16\n\x0elate_dimension\x18\x0b \x01(\x05\x12\x19\n\x11late_quantization\x18\x0c \x01(\t*\x7f\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14RETRIEVAL_MODE_DENSE\x10\x01\x12\x19\n\x15RETRIEVAL_MODE_SPARSE\x10\x02\x12\x19\n\x15RETRIEVAL_MODE_HYBRID\x10\x03*\x9f\x01\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46USION_METHOD_RRF\x10\x01\x12\x16\n\x12\x46USION_METHOD_DBSF\x10\x02\x12!\n\x1d\x46USION_METHOD_WEIGHTED_ZSCORE\x10\x03\x12\x1e\n\x1a\x46USION_METHOD_WEIGHTED_RRF\x10\x04*\x82\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46IELD_TYPE_KEYWORD\x10\x01\x12\x16\n\x12\x46IELD_TYPE_INTEGER\x10\x02\x12\x14\n\x10\x46IELD_TYPE_FLOAT\x10\x03\x12\x13\n\x0f\x46IELD_TYPE_BOOL\x10\x04*\x7f\n\x0cReindexPhase\x12\x1d\n\x19REINDEX_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15REINDEX_PHASE_COPYING\x10\x01\x12\x1d\n\x19REINDEX_PHASE_CATCHING_UP\x10\x02\x12\x16\n\x12REINDEX_PHASE_DONE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'search.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RETRIEVALMODE']._serialized_start=1783
-  _globals['_RETRIEVALMODE']._serialized_end=1910
-  _globals['_FUSIONMETHOD']._serialized_start=1913
-  _globals['_FUSIONMETHOD']._serialized_end=2072
-  _globals['_FIELDTYPE']._serialized_start=2075
-  _globals['_FIELDTYPE']._serialized_end=2205
-  _globals['_REINDEXPHASE']._serialized_start=2207
-  _globals['_REINDEXPHASE']._serialized_end=2334
+  _globals['_RETRIEVALMODE']._serialized_start=1977
+  _globals['_RETRIEVALMODE']._serialized_end=2104
+  _globals['_FUSIONMETHOD']._serialized_start=2107
+  _globals['_FUSIONMETHOD']._serialized_end=2266
+  _globals['_FIELDTYPE']._serialized_start=2269
+  _globals['_FIELDTYPE']._serialized_end=2399
+  _globals['_REINDEXPHASE']._serialized_start=2401
+  _globals['_REINDEXPHASE']._serialized_end=2528
   _globals['_DOCUMENT']._serialized_start=67
   _globals['_DOCUMENT']._serialized_end=160
   _globals['_FUSIONOPTIONS']._serialized_start=163
-  _globals['_FUSIONOPTIONS']._serialized_end=341
-  _globals['_FILTER']._serialized_start=343
-  _globals['_FILTER']._serialized_end=465
-  _globals['_CONDITION']._serialized_start=467
-  _globals['_CONDITION']._serialized_end=572
-  _globals['_FIELDCONDITION']._serialized_start=575
-  _globals['_FIELDCONDITION']._serialized_end=799
-  _globals['_KEYWORDLIST']._serialized_start=801
-  _globals['_KEYWORDLIST']._serialized_end=830
-  _globals['_INTEGERLIST']._serialized_start=832
-  _globals['_INTEGERLIST']._serialized_end=861
-  _globals['_RANGE']._serialized_start=863
-  _globals['_RANGE']._serialized_end=970
-  _globals['_FILTERFIELD']._serialized_start=972
-  _globals['_FILTERFIELD']._serialized_end=1034
-  _globals['_COLLECTIONINFO']._serialized_start=1037
-  _globals['_COLLECTIONINFO']._serialized_end=1229
-  _globals['_ALIAS']._serialized_start=1231
-  _globals['_ALIAS']._serialized_end=1273
-  _globals['_SPARSEVALUES']._serialized_start=1275
-  _globals['_SPARSEVALUES']._serialized_end=1322
-  _globals['_STOREDPOINT']._serialized_start=1325
-  _globals['_STOREDPOINT']._serialized_end=1463
-  _globals['_FLOATROW']._serialized_start=1465
-  _globals['_FLOATROW']._serialized_end=1491
-  _globals['_SNAPSHOTHEADER']._serialized_start=1494
-  _globals['_SNAPSHOTHEADER']._serialized_end=1781
+  _globals['_FUSIONOPTIONS']._serialized_end=467
+  _globals['_FILTER']._serialized_start=469
+  _globals['_FILTER']._serialized_end=591
+  _globals['_CONDITION']._serialized_start=593
+  _globals['_CONDITION']._serialized_end=698
+  _globals['_FIELDCONDITION']._serialized_start=701
+  _globals['_FIELDCONDITION']._serialized_end=925
+  _globals['_KEYWORDLIST']._serialized_start=927
+  _globals['_KEYWORDLIST']._serialized_end=956
+  _globals['_INTEGERLIST']._serialized_start=958
+  _globals['_INTEGERLIST']._serialized_end=987
+  _globals['_RANGE']._serialized_start=989
+  _globals['_RANGE']._serialized_end=1096
+  _globals['_FILTERFIELD']._serialized_start=1098
+  _globals['_FILTERFIELD']._serialized_end=1160
+  _globals['_COLLECTIONINFO']._serialized_start=1163
+  _globals['_COLLECTIONINFO']._serialized_end=1423
+  _globals['_ALIAS']._serialized_start=1425
+  _globals['_ALIAS']._serialized_end=1467
+  _globals['_SPARSEVALUES']._serialized_start=1469
+  _globals['_SPARSEVALUES']._serialized_end=1516
+  _globals['_STOREDPOINT']._serialized_start=1519
+  _globals['_STOREDPOINT']._serialized_end=1657
+  _globals['_FLOATROW']._serialized_start=1659
+  _globals['_FLOATROW']._serialized_end=1685
+  _globals['_SNAPSHOTHEADER']._serialized_start=1688
+  _globals['_SNAPSHOTHEADER']._serialized_end=1975
 # @@protoc_insertion_point(module_scope)

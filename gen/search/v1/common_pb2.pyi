@@ -69,16 +69,20 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class FusionOptions(_message.Message):
-    __slots__ = ("method", "dense_weight", "rrf_k", "prefetch_limit")
+    __slots__ = ("method", "dense_weight", "rrf_k", "prefetch_limit", "late_interaction", "late_interaction_candidates")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     RRF_K_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LATE_INTERACTION_FIELD_NUMBER: _ClassVar[int]
+    LATE_INTERACTION_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     method: FusionMethod
     dense_weight: float
     rrf_k: int
     prefetch_limit: int
-    def __init__(self, method: _Optional[_Union[FusionMethod, str]] = ..., dense_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ..., prefetch_limit: _Optional[int] = ...) -> None: ...
+    late_interaction: bool
+    late_interaction_candidates: int
+    def __init__(self, method: _Optional[_Union[FusionMethod, str]] = ..., dense_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ..., prefetch_limit: _Optional[int] = ..., late_interaction: _Optional[bool] = ..., late_interaction_candidates: _Optional[int] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("must", "should", "must_not")
@@ -149,7 +153,7 @@ class FilterField(_message.Message):
     def __init__(self, key: _Optional[str] = ..., type: _Optional[_Union[FieldType, str]] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "document_count", "point_count", "dense_model", "dense_dimension", "sparse_enabled", "filter_fields")
+    __slots__ = ("name", "document_count", "point_count", "dense_model", "dense_dimension", "sparse_enabled", "filter_fields", "late_interaction_model", "late_interaction_dimension")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     POINT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +161,8 @@ class CollectionInfo(_message.Message):
     DENSE_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     SPARSE_ENABLED_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    LATE_INTERACTION_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LATE_INTERACTION_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     document_count: int
     point_count: int
@@ -164,7 +170,9 @@ class CollectionInfo(_message.Message):
     dense_dimension: int
     sparse_enabled: bool
     filter_fields: _containers.RepeatedCompositeFieldContainer[FilterField]
-    def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., point_count: _Optional[int] = ..., dense_model: _Optional[str] = ..., dense_dimension: _Optional[int] = ..., sparse_enabled: _Optional[bool] = ..., filter_fields: _Optional[_Iterable[_Union[FilterField, _Mapping]]] = ...) -> None: ...
+    late_interaction_model: str
+    late_interaction_dimension: int
+    def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., point_count: _Optional[int] = ..., dense_model: _Optional[str] = ..., dense_dimension: _Optional[int] = ..., sparse_enabled: _Optional[bool] = ..., filter_fields: _Optional[_Iterable[_Union[FilterField, _Mapping]]] = ..., late_interaction_model: _Optional[str] = ..., late_interaction_dimension: _Optional[int] = ...) -> None: ...
 
 class Alias(_message.Message):
     __slots__ = ("alias", "collection")

@@ -132,14 +132,16 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "filter_fields", "sparse")
+    __slots__ = ("name", "filter_fields", "sparse", "late_interaction")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELDS_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
+    LATE_INTERACTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     filter_fields: _containers.RepeatedCompositeFieldContainer[_common_pb2.FilterField]
     sparse: bool
-    def __init__(self, name: _Optional[str] = ..., filter_fields: _Optional[_Iterable[_Union[_common_pb2.FilterField, _Mapping]]] = ..., sparse: _Optional[bool] = ...) -> None: ...
+    late_interaction: bool
+    def __init__(self, name: _Optional[str] = ..., filter_fields: _Optional[_Iterable[_Union[_common_pb2.FilterField, _Mapping]]] = ..., sparse: _Optional[bool] = ..., late_interaction: _Optional[bool] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
