@@ -310,7 +310,8 @@ def test_server_side_fusion_is_one_qdrant_query_naming_its_prefetches(stub, coll
     retrieval = one(spans, "retrieval", RETRIEVE, SERVER)
     (query,) = children(spans, retrieval, "qdrant.query_fused")
     # The engine runs both prefetches and the RRF itself: one call, its prefetches as an attribute.
-    assert query.attributes["qdrant.queries"] == "rrf(dense:100+sparse:100):2"
+    # top_k 2 + 1: the gateway asks one more than the page to know whether there is a next one.
+    assert query.attributes["qdrant.queries"] == "rrf(dense:100+sparse:100):3"
     assert query.attributes["db.collection.name"] == collection
     assert not children(spans, retrieval, "fusion")
     assert not [s for s in spans if s.service == "reranker"]  # reranking was off
