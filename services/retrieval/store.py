@@ -337,6 +337,10 @@ class DocumentStore:
             return [_candidate(h) for h in self._query(name, "query_fused", [fused_q])[0]], mode
 
         # Weighted fusions the engines' query API cannot express: both lists in one batch, fused here.
+        # The lists come without payloads (ids and scores); only the fused top `limit` fetch theirs
+        # (turning 2 x prefetch_limit payloads into dicts was ~1.5 ms per query, docs/BENCHMARKS.md).
+        dense_q = Nearest(DENSE, dense_query, prefetch_limit, query_filter, with_payload=False)
+        sparse_q = Nearest(SPARSE, sparse_query, prefetch_limit, query_filter, with_payload=False)
         dense_hits, sparse_hits = self._query(name, "query_hybrid", [dense_q, sparse_q])
         by_id = {h.id: h for h in (*sparse_hits, *dense_hits)}
         dense_scores = {h.id: h.score for h in dense_hits}
@@ -348,9 +352,12 @@ class DocumentStore:
                 fused = fusion.weighted_rrf(rankings, weights, k=fusion_options.rrf_k)
             else:
                 fused = fusion.weighted_zscore(rankings, weights)
+        top = fused[:limit]
+        payloads = dict(self._engine("retrieve", name, self.backend.retrieve, [pid for pid, _ in top])) if top else {}
         return [
-            _candidate(by_id[pid], score=score, dense=dense_scores.get(pid), sparse=sparse_scores.get(pid))
-            for pid, score in fused[:limit]
+            _candidate(Hit(pid, by_id[pid].score, payloads.get(pid, {})), score=score, dense=dense_scores.get(pid),
+                       sparse=sparse_scores.get(pid))
+            for pid, score in top
         ], mode
 
     def _dense_query(self, query: str) -> list[float]:

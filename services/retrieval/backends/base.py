@@ -102,6 +102,8 @@ class Nearest:
     vector: Sequence[float] | SparseVector
     limit: int
     filter: Filter | None = None
+    #: False: hits carry an empty payload (ids and scores only; the store fetches payloads later).
+    with_payload: bool = True
 
 
 @dataclass(frozen=True)

@@ -714,7 +714,7 @@ def _request(q: Nearest | Fused | Rescore, params: qe.SearchParams | None) -> qe
                                query=qe.Query.Nearest(_rows(q.vector), using=q.using), with_payload=True)
     if isinstance(q, Nearest):
         return qe.QueryRequest(limit=q.limit, query=_nearest(q), filter=_filter(q.filter) if q.filter else None,
-                               params=params, with_payload=True)
+                               params=params, with_payload=q.with_payload)
     fusion = qe.Fusion.Rrf(k=q.rrf_k) if q.method == "rrf" else qe.Fusion.Dbsf()
     prefetch = [
         qe.Prefetch(limit=p.limit, query=_nearest(p), filter=_filter(p.filter) if p.filter else None, params=params)

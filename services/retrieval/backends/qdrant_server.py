@@ -277,7 +277,8 @@ def _request(q: Nearest | Fused | Rescore, params) -> models.QueryRequest:
                                    limit=q.limit, with_payload=True)
     if isinstance(q, Nearest):
         return models.QueryRequest(query=_vector(q.vector), using=q.using, limit=q.limit,
-                                   filter=_filter(q.filter) if q.filter else None, params=params, with_payload=True)
+                                   filter=_filter(q.filter) if q.filter else None, params=params,
+                                   with_payload=q.with_payload)
     fusion: Any = (models.RrfQuery(rrf=models.Rrf(k=q.rrf_k)) if q.method == "rrf"
                    else models.FusionQuery(fusion=models.Fusion.DBSF))
     return models.QueryRequest(
