@@ -1020,6 +1020,9 @@ def _bench_e2e(args: argparse.Namespace) -> int:
         raw = results["raw_query_limit"] = bench_peers.raw_query_limit(queries)
         print(f"raw query embedding, this run: {raw['one_at_a_time']:.1f} queries/s one at a time "
               f"({raw['one_at_a_time_cpu_ms']:.2f} CPU ms each), {raw['batch16']:.1f}/s in batches of 16", flush=True)
+        if any(m.candidates for m in modes):
+            rr = results["raw_rerank_limit"] = bench_peers.raw_rerank_limit(queries, corpus.passages)
+            print(f"raw cross-encoder, this run: {rr['pairs_per_s']:.1f} pairs/s ({rr['cpu_ms_per_pair']:.1f} CPU ms each)", flush=True)
     with Stack(args, corpus) as stack:
         offset = args.overhead_queries + 1  # one sequence over all modes: no step repeats a query (unless --zipf)
         for mode in modes:
@@ -1076,6 +1079,10 @@ def _bench_e2e(args: argparse.Namespace) -> int:
                 ratio = best.rate / results["raw_query_limit"]["one_at_a_time"]
                 results["modes"][mode.name]["ratio_to_raw_one_at_a_time"] = ratio
                 print(f"   = {ratio:.2f} of the raw one-at-a-time query-embedding limit of this run")
+            if best is not None and "raw_rerank_limit" in results and mode.candidates:
+                allowed = results["raw_rerank_limit"]["pairs_per_s"] / mode.candidates
+                results["modes"][mode.name]["ratio_to_raw_rerank"] = best.rate / allowed
+                print(f"   = {best.rate / allowed:.2f} of the {allowed:.2f} QPS the raw cross-encoder allows at depth {mode.candidates}")
         if args.peer != "none":
             results["peer"] = bench_peers.lancedb_peer(corpus.docs, queries, dataset, Path(args.data_dir) if args.data_dir else None)
             results["service_ndcg@10"] = {}

@@ -31,7 +31,8 @@ import numpy as np
 
 from services.cli.bench_profile import distinct_queries, metric_value
 
-__all__ = ["cache_lookups", "distinct_queries", "lancedb_peer", "raw_query_limit", "service_ndcg", "zipf_queries"]
+__all__ = ["cache_lookups", "distinct_queries", "lancedb_peer", "raw_query_limit", "raw_rerank_limit", "service_ndcg",
+           "zipf_queries"]
 
 
 def raw_query_limit(queries: Sequence[str], n: int = 512, workers: int = 2) -> dict[str, float]:
@@ -43,6 +44,19 @@ def raw_query_limit(queries: Sequence[str], n: int = 512, workers: int = 2) -> d
     rates = measure_limit_cpu(encoder.infer, encodings, [1, 16], workers)
     return {"one_at_a_time": rates[1][0], "one_at_a_time_cpu_ms": rates[1][1],
             "batch16": rates[16][0], "batch16_cpu_ms": rates[16][1], "queries": len(encodings)}
+
+
+def raw_rerank_limit(queries: Sequence[str], passages: Sequence[str], pairs: int = 64, workers: int = 2,
+                     seed: int = 7) -> dict[str, float]:
+    """Pairs/s of the raw cross-encoder on (query, passage) pairs, one pair per batch, one
+    single-threaded batch per core: the reranker's limit (its CPU default layout)."""
+    from services.cli.bench import _cross_encoder, _rerank_config, measure_limit_cpu
+
+    rng = random.Random(seed)
+    encoder = _cross_encoder(_rerank_config(), 1)
+    encodings = encoder.tokenize_pairs([(rng.choice(list(queries)), rng.choice(list(passages))) for _ in range(pairs)])
+    rate, cpu = measure_limit_cpu(encoder.infer, encodings, [1], workers)[1]
+    return {"pairs_per_s": rate, "cpu_ms_per_pair": cpu, "pairs": len(encodings)}
 
 
 def zipf_queries(queries: Sequence[str], n: int, s: float = 1.0, seed: int = 7) -> list[str]:
@@ -134,6 +148,10 @@ def lancedb_peer(docs: Sequence[Mapping[str, Any]], queries: Sequence[str], data
 
     None (with a message) when lancedb is not installed.
     """
+    import os
+
+    os.environ.setdefault("LANCE_LOG", "error")  # its deprecation warnings, one per query
+    os.environ.setdefault("RUST_LOG", "error")
     try:
         import lancedb
         import pyarrow as pa

@@ -214,6 +214,11 @@ def _bench_profile(args: argparse.Namespace) -> int:
     queries = list(corpus.queries)
     random.Random(args.seed).shuffle(queries)
     extra = dict(kv.split("=", 1) for kv in args.env)
+    sink = None
+    if args.otlp_sink:
+        sink, port = _otlp_sink()
+        extra.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        extra.setdefault("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     results: dict[str, Any] = {"machine": info, "env": extra, "modes": {}}
     saved = {k: os.environ.get(k) for k in extra}
     os.environ.update(extra)  # ServiceProcs copies this process's environment into every service
@@ -236,8 +241,40 @@ def _bench_profile(args: argparse.Namespace) -> int:
             else:
                 os.environ[k] = v
     results["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if sink is not None:
+        results["spans_received"] = sink.spans
+        print(f"OTLP sink received {sink.spans} spans")
+        sink.server.stop(0)
     _write_json(args.json, results)
     return 0
+
+
+class _Sink:
+    spans = 0
+    server: Any = None
+
+
+def _otlp_sink() -> tuple[_Sink, int]:
+    """An OTLP/gRPC trace receiver in this process that counts spans and drops them (for the
+    cost of tracing with an exporter, without a collector's own cost on the machine)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    sink = _Sink()
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            sink.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sink.server = server
+    return sink, port
 
 
 async def _warm(stack, queries: Sequence[str], retrieval: str) -> None:
@@ -264,4 +301,6 @@ def register(bsub: argparse._SubParsersAction, default_dataset: str) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="length of each step (default %(default)s)")
     p.add_argument("--profile", metavar="DIR", help="py-spy the gateway and retrieval; collapsed stacks to DIR")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra setting for the services")
+    p.add_argument("--otlp-sink", action="store_true",
+                   help="receive the services' spans here (OTLP/gRPC, dropped): with --env OTEL_TRACES_SAMPLER=..., the cost of tracing")
     p.set_defaults(func=_bench_profile)
