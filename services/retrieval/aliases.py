@@ -98,6 +98,12 @@ class Aliases:
             self.backend.set_alias(name, collection)
             self._refresh()
 
+    def settled(self) -> None:
+        """Return once no alias change of this process is in progress (a reindex replacing a
+        collection deletes it, then names its alias: a request caught between waits here)."""
+        with self._changes:
+            self._cached = None
+
     def delete(self, alias: str) -> None:
         validation.collection_name(alias, "alias")
         with self._changes:

@@ -95,6 +95,7 @@ class OperationsMixin:
         try:
             return collection, fn(collection, *args)
         except NotFound:
+            self.aliases.settled()
             again = self.resolve(name)
             if again == collection:
                 raise

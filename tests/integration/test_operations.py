@@ -215,3 +215,35 @@ def test_searches_through_the_alias_never_fail_nor_mix_during_a_reindex(stub, st
     # Searches continue through the alias on the new collection; the old one is kept.
     assert stub.Search(pb.SearchRequest(collection=alias, query="tides", top_k=1), timeout=60).collection == new
     assert name in {c.name for c in stub.ListCollections(pb.ListCollectionsRequest(), timeout=30).collections}
+
+
+def test_reindexing_a_plain_collection_replaces_it_by_an_alias_without_failed_searches(stub, stack):
+    name = make_collection(stub, DOCS + [(f"bulk{i}", "", f"Filler text {i} on various subjects.", {}) for i in range(150)])
+    answers, failures, stop = [], [], threading.Event()
+
+    def searcher():
+        with grpc.insecure_channel(stack.gateway) as channel:
+            s = pb_grpc.SearchServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    reply = s.Search(pb.SearchRequest(collection=name, query="sea level rise and fall", top_k=1,
+                                                      rerank=pb.RerankOptions(enabled=False)), timeout=30)
+                    answers.append((reply.collection, reply.results[0].id))
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code()}: {exc.details()}")
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    done = list(stub.Reindex(pb.ReindexRequest(source=name), timeout=600))[-1]
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    new = done.target_collection
+    assert done.alias == name and new.startswith(f"{name}-")
+    assert not failures, failures[:5]
+    assert {c for c, _ in answers} <= {name, new} and {i for _, i in answers} == {"tides"}
+    listing = stub.ListCollections(pb.ListCollectionsRequest(), timeout=30)
+    assert name not in {c.name for c in listing.collections} and (name, new) in {(a.alias, a.collection) for a in listing.aliases}
