@@ -154,6 +154,8 @@ def fusion_options(options: common_pb2.FusionOptions, field: str = "fusion") -> 
         bounded_int(options.rrf_k, f"{field}.rrf_k", 1, MAX_RRF_K)
     if options.HasField("prefetch_limit"):
         bounded_int(options.prefetch_limit, f"{field}.prefetch_limit", 1, MAX_PREFETCH_LIMIT)
+    if options.HasField("late_interaction_candidates"):
+        bounded_int(options.late_interaction_candidates, f"{field}.late_interaction_candidates", 1, MAX_PREFETCH_LIMIT)
     return options
 
 

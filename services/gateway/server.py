@@ -123,6 +123,7 @@ class SearchServicer(CollectionsMixin, pb_grpc.SearchServiceServicer):
                 name=name,
                 filter_fields=request.filter_fields,
                 sparse=request.sparse if request.HasField("sparse") else True,
+                late_interaction=request.late_interaction if request.HasField("late_interaction") else None,
             ),
             self._budget(context, self.config.write_timeout_seconds),
             self.config.write_timeout_seconds,

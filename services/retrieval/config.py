@@ -59,6 +59,28 @@ class RetrievalConfig:
     intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime threads per inference batch (0 = the available CPUs divided among the inference workers)")
     allow_spinning: bool = setting(True, "ORT_ALLOW_SPINNING", "let ONNX Runtime's intra-op threads spin-wait between operators (false yields the cores)")
     workers: int = setting(4, "RETRIEVAL_WORKERS", "threads for embedding and Qdrant calls")
+    late_interaction_model_dir: str | None = setting(
+        None, "RETRIEVAL_LATE_INTERACTION_MODEL_DIR",
+        "late-interaction (ColBERT) model directory; unset: $SEARCH_MODELS_DIR/answerai-colbert-small-v1 when it is "
+        "there; 'off' loads none (collections with the stage are then refused)",
+    )
+    late_interaction_default: bool = setting(
+        False, "RETRIEVAL_LATE_INTERACTION_DEFAULT",
+        "whether CreateCollection adds the late-interaction stage when the request does not say (docs/QUALITY.md)",
+    )
+    late_interaction_candidates: int = setting(
+        100, "RETRIEVAL_LATE_INTERACTION_CANDIDATES", "candidates the dense and sparse lists each give the MaxSim stage",
+    )
+    late_interaction_weight: float = setting(
+        0.4, "RETRIEVAL_LATE_INTERACTION_WEIGHT", "weight of the MaxSim list in the fusion (the first-stage lists share the rest)",
+    )
+    late_interaction_quantization: str = setting(
+        "int8", "RETRIEVAL_LATE_INTERACTION_QUANTIZATION", "token vectors in the engine: int8, binary or none (recorded per collection)",
+    )
+    late_interaction_prune: str = setting(
+        "none", "RETRIEVAL_LATE_INTERACTION_PRUNE", "document tokens not stored: none, punctuation or stopwords",
+    )
+    late_interaction_max_length: int = setting(256, "RETRIEVAL_LATE_INTERACTION_MAX_LENGTH", "tokens per passage the late-interaction model reads")
     query_cache_size: int = setting(
         10000, "RETRIEVAL_QUERY_CACHE_SIZE",
         "query embeddings kept, keyed by (model identity, normalised text); LRU, about 1.6 KiB each (0 turns the cache off)",

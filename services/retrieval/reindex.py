@@ -84,15 +84,23 @@ def reindex(
         raise AlreadyExists(f"{target!r} already exists; name another target")
     differences = model_guard.mismatches(model_guard.recorded(schema.metadata), store.identity, schema.sparse)
     recompute = reembed or bool(differences) or schema.dense_dimension != store.embedder.dimension
-    if recompute and getattr(schema, "late_dimension", 0):
-        raise FailedPrecondition(f"collection {collection!r} has late-interaction vectors, which a reindex "
-                                 "cannot recompute yet; re-ingest it into a new collection and switch the alias")
+    late = bool(schema.late_dimension)
+    if recompute and late and store.late is None:
+        raise FailedPrecondition(f"collection {collection!r} has late-interaction vectors and this service has no "
+                                 "late-interaction model loaded to recompute them (RETRIEVAL_LATE_INTERACTION_MODEL_DIR)")
     metadata = dict(schema.metadata)
     if recompute:
-        metadata.update(dense_model=store.embedder.name, models=store.identity.record())
+        models = store.identity.record()
+        if not late:
+            models.pop("late_interaction", None)
+        metadata.update(dense_model=store.embedder.name, models=models)
+        if late:
+            metadata["late_interaction_model"] = store.late.encoder.name
     new_schema = CollectionSchema(
         name=target, dense_dimension=store.embedder.dimension if recompute else schema.dense_dimension,
         sparse=schema.sparse, filter_fields=dict(schema.filter_fields), metadata=metadata,
+        late_dimension=(store.late.encoder.dimension if recompute else schema.late_dimension) if late else 0,
+        late_quantization=schema.late_quantization,
     )
     total = backend.count(collection)
     state = Progress(COPYING, 0, total, collection, target, ",".join(switch) or replace_name, recompute)
@@ -178,9 +186,12 @@ def _points(store: DocumentStore, page, recompute: bool, sparse: bool) -> list[P
     texts = [_index_text(str(p.get("title", "")), str(p.get("text", ""))) for _, p, _ in page]
     dense = store.embedder.embed_documents(texts)
     encoded = store.sparse_encoder.encode_documents(texts) if sparse else [None] * len(texts)
+    late_vectors: list = [None] * len(texts)
+    if any((vectors or {}).get("late") is not None for _, _, vectors in page):  # the collection has the stage
+        late_vectors = [v.tolist() for v in store.late.encoder.embed_documents(texts)]
     return [
         PointIn(id=pid, dense=vector.tolist(),
                 sparse=SparseVector(tuple(sv.indices), tuple(sv.values)) if sv is not None and sv.indices else None,
-                payload=payload)
-        for (pid, payload, _), vector, sv in zip(page, dense, encoded)
+                payload=payload, late=tokens)
+        for (pid, payload, _), vector, sv, tokens in zip(page, dense, encoded, late_vectors)
     ]

@@ -7,6 +7,7 @@ import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -22,7 +23,7 @@ from services.retrieval.query_cache import CachedQueryEmbedder
 from services.retrieval.version_check import ConditionalRetrieveInterceptor
 from services.retrieval.versions import VersionedBackend
 from services.retrieval.operations import OperationsMixin
-from services.retrieval.store import CollectionDescription, DocumentIn, DocumentStore, Fusion
+from services.retrieval.store import CollectionDescription, DocumentIn, DocumentStore, Fusion, LateInteraction
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,41 @@ def fusion_options(options: common_pb2.FusionOptions) -> Fusion:
     validation.bounded_int(rrf_k, "fusion.rrf_k", 1, 1000)
     prefetch = options.prefetch_limit if options.HasField("prefetch_limit") else DEFAULT_FUSION.prefetch_limit
     validation.bounded_int(prefetch, "fusion.prefetch_limit", 1, MAX_PREFETCH)
-    return Fusion(method=method, dense_weight=weight, rrf_k=rrf_k, prefetch_limit=prefetch)
+    late = options.late_interaction if options.HasField("late_interaction") else None
+    late_candidates = None
+    if options.HasField("late_interaction_candidates"):
+        late_candidates = validation.bounded_int(options.late_interaction_candidates, "fusion.late_interaction_candidates",
+                                                 1, MAX_PREFETCH)
+    return Fusion(method=method, dense_weight=weight, rrf_k=rrf_k, prefetch_limit=prefetch, late_interaction=late,
+                  late_candidates=late_candidates)
+
+
+def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteraction | None:
+    """The late-interaction stage the settings ask for, or None (model 'off' or absent)."""
+    from services.common.models import default_models_dir
+    from services.retrieval.late_interaction import PRUNE_MODES, LateInteractionEncoder
+
+    if cfg.late_interaction_model_dir == "off":
+        return None
+    if cfg.late_interaction_quantization not in ("int8", "binary", "none"):
+        raise SystemExit(f"RETRIEVAL_LATE_INTERACTION_QUANTIZATION must be int8, binary or none, "
+                         f"got {cfg.late_interaction_quantization!r}")
+    if cfg.late_interaction_prune not in PRUNE_MODES:
+        raise SystemExit(f"RETRIEVAL_LATE_INTERACTION_PRUNE must be one of {PRUNE_MODES}, got {cfg.late_interaction_prune!r}")
+    if not 0.0 <= cfg.late_interaction_weight <= 1.0:
+        raise SystemExit(f"RETRIEVAL_LATE_INTERACTION_WEIGHT must be between 0 and 1, got {cfg.late_interaction_weight}")
+    model_dir = cfg.late_interaction_model_dir or default_models_dir() / "answerai-colbert-small-v1"
+    if not (Path(model_dir) / "model.onnx").is_file():
+        if cfg.late_interaction_model_dir or cfg.late_interaction_default:
+            raise SystemExit(f"late-interaction model not found in {model_dir}; run `searchctl models fetch` "
+                             "or set RETRIEVAL_LATE_INTERACTION_MODEL_DIR=off")
+        log.info("no late-interaction model in %s: collections without the stage only", model_dir)
+        return None
+    encoder = LateInteractionEncoder(model_dir, max_length=cfg.late_interaction_max_length,
+                                     prune=cfg.late_interaction_prune, provider=cfg.provider, intra_op_threads=threads)
+    encoder.embed_queries(["warmup"])
+    return LateInteraction(encoder, candidates=cfg.late_interaction_candidates, weight=cfg.late_interaction_weight,
+                           quantization=cfg.late_interaction_quantization, default_on=cfg.late_interaction_default)
 
 
 def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
@@ -75,6 +110,8 @@ def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
         filter_fields=[
             common_pb2.FilterField(key=key, type=FIELD_TYPE_ENUM[kind]) for key, kind in sorted(desc.filter_fields.items())
         ],
+        late_interaction_model=desc.late_interaction_model,
+        late_interaction_dimension=desc.late_interaction_dimension,
     )
 
 
@@ -151,8 +188,9 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
     async def CreateCollection(self, request, context):
         name = validation.collection_name(request.name, "name")
         sparse = request.sparse if request.HasField("sparse") else True
+        late = request.late_interaction if request.HasField("late_interaction") else None
         await self._run(self.aliases.check_collection_name_free, name)
-        desc = await self._run(self.store.create_collection, name, filter_fields(request.filter_fields), sparse)
+        desc = await self._run(self.store.create_collection, name, filter_fields(request.filter_fields), sparse, late)
         return pb.RetrievalServiceCreateCollectionResponse(collection=collection_info(desc))
 
     async def DescribeCollection(self, request, context):
@@ -259,9 +297,10 @@ class RetrievalService:
         if cfg.long_documents not in LONG_DOCUMENT_MODES:
             raise SystemExit(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
         splitter = PassageSplitter(model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
+        late = await loop.run_in_executor(self.executor, partial(late_interaction_stage, cfg, threads))
         store = DocumentStore(
             self._backend, CachedQueryEmbedder(embedder, cfg.query_cache_size), Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length),
-            splitter=splitter, long_documents=cfg.long_documents,
+            splitter=splitter, long_documents=cfg.long_documents, late=late,
         )
         # Warm up before reporting SERVING: the first inference allocates; a batch at the
         # full sequence length allocates what the largest documents need.

@@ -28,11 +28,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.common import metrics, tracing
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval import fusion, model_guard
 from services.retrieval.backends.base import (
     DENSE,
     FIELD_TYPES,
+    LATE,
     SPARSE,
     Backend,
     CollectionSchema,
@@ -45,6 +46,7 @@ from services.retrieval.backends.base import (
     Nearest,
     PointIn,
     Range,
+    Rescore,
     SparseVector,
 )
 from services.retrieval.passages import Passage, PassageSplitter
@@ -107,6 +109,8 @@ class CollectionDescription:
     dense_dimension: int
     sparse_enabled: bool
     filter_fields: dict[str, str]
+    late_interaction_model: str = ""
+    late_interaction_dimension: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,25 @@ class Fusion:
     dense_weight: float = 0.6
     rrf_k: int = 60
     prefetch_limit: int = 100
+    #: Late interaction on collections that have it: None = the store's default (on).
+    late_interaction: bool | None = None
+    #: Candidates the dense and sparse lists each give the MaxSim stage (None = the store's).
+    late_candidates: int | None = None
+
+
+@dataclass(frozen=True)
+class LateInteraction:
+    """The late-interaction stage (scripts/study_colbert.py, docs/QUALITY.md): each document's
+    token vectors in the engine; at query time the union of the dense and sparse top
+    ``candidates`` is scored by MaxSim inside the engine, and that list is fused with the two
+    first-stage lists (weighted z-score, ``weight`` to MaxSim)."""
+
+    encoder: Any  # services.retrieval.late_interaction.LateInteractionEncoder
+    candidates: int = 100
+    weight: float = 0.4
+    quantization: str = "int8"
+    #: Whether CreateCollection adds the stage when the request does not say.
+    default_on: bool = False
 
 
 def point_id(doc_id: str, passage: int = 0) -> str:
@@ -135,9 +158,11 @@ class DocumentStore:
         sparse_encoder: SparseEncoder,
         splitter: PassageSplitter | None = None,
         long_documents: str = "truncate",
+        late: LateInteraction | None = None,
     ) -> None:
         if long_documents == "split" and splitter is None:
             raise ValueError("long_documents='split' needs a PassageSplitter")
+        self.late = late
         self.backend = backend
         self.embedder = embedder
         self.sparse_encoder = sparse_encoder
@@ -175,14 +200,26 @@ class DocumentStore:
                 continue
         return out
 
-    def create_collection(self, name: str, filter_fields: dict[str, str], sparse: bool = True) -> CollectionDescription:
+    def create_collection(self, name: str, filter_fields: dict[str, str], sparse: bool = True,
+                          late_interaction: bool | None = None) -> CollectionDescription:
         for key, kind in filter_fields.items():
             if kind not in FIELD_TYPES:
                 raise InvalidArgument("filter_fields", f"field {key!r} has unsupported type {kind!r}")
+        late = self.late.default_on if late_interaction is None and self.late else bool(late_interaction)
+        if late and self.late is None:
+            raise FailedPrecondition(
+                "late_interaction: this retrieval service has no late-interaction model loaded "
+                "(RETRIEVAL_LATE_INTERACTION_MODEL_DIR); create the collection without it or load the model"
+            )
+        models = self.identity.record()
+        if not late:
+            models.pop("late_interaction", None)
         schema = CollectionSchema(
             name=name, dense_dimension=self.embedder.dimension, sparse=sparse, filter_fields=dict(filter_fields),
-            metadata={"dense_model": self.embedder.name, "long_documents": self.long_documents,
-                      "models": self.identity.record()},
+            metadata={"dense_model": self.embedder.name, "long_documents": self.long_documents, "models": models,
+                      **({"late_interaction_model": self.late.encoder.name} if late else {})},
+            late_dimension=self.late.encoder.dimension if late else 0,
+            late_quantization=self.late.quantization if late else "int8",
         )
         self._engine("create_collection", name, lambda n: self.backend.create_collection(schema))
         log.info("collection created", extra={"collection": name, "filter_fields": filter_fields, "sparse": sparse})
@@ -200,6 +237,8 @@ class DocumentStore:
             dense_dimension=schema.dense_dimension,
             sparse_enabled=schema.sparse,
             filter_fields=dict(schema.filter_fields),
+            late_interaction_model=str(schema.metadata.get("late_interaction_model", "")) if schema.late_dimension else "",
+            late_interaction_dimension=schema.late_dimension,
         )
 
     def delete_collection(self, name: str) -> None:
@@ -223,6 +262,12 @@ class DocumentStore:
             dense = self.embedder.embed_documents(texts)
         metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="document").observe(time.perf_counter() - start)
         sparse = self.sparse_encoder.encode_documents(texts) if schema.sparse else [None] * len(texts)
+        late: list[Any] = [None] * len(texts)
+        if schema.late_dimension:
+            start = time.perf_counter()
+            with tracing.span("embed.late_documents", **{"batch.size": len(texts)}):
+                late = [v.tolist() for v in self._late_encoder(name).embed_documents(texts)]
+            metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="late_document").observe(time.perf_counter() - start)
         points = [
             PointIn(
                 id=point_id(doc.id, passage.index),
@@ -230,8 +275,9 @@ class DocumentStore:
                 sparse=SparseVector(tuple(sv.indices), tuple(sv.values)) if sv is not None and sv.indices else None,
                 payload={"doc_id": doc.id, "passage": passage.index, "title": doc.title, "text": passage.text,
                          "payload": doc.payload},
+                late=tokens,
             )
-            for (doc, passage), vector, sv in zip(units, dense, sparse)
+            for (doc, passage), vector, sv, tokens in zip(units, dense, sparse, late)
         ]
         self._engine("upsert", name, self.backend.upsert, points)
         if split:  # a document that got shorter leaves passages behind: remove them
@@ -260,8 +306,17 @@ class DocumentStore:
     def identity(self) -> model_guard.ModelIdentity:
         """The loaded models' identity (services/retrieval/model_guard.py), recorded by new collections."""
         if self._identity is None:
-            self._identity = model_guard.identity_of(self.embedder, self.sparse_encoder)
+            self._identity = model_guard.identity_of(self.embedder, self.sparse_encoder,
+                                                     self.late.encoder if self.late else None)
         return self._identity
+
+    def _late_encoder(self, name: str):
+        if self.late is None:
+            raise FailedPrecondition(
+                f"collection {name!r} has a late-interaction stage but this retrieval service has no "
+                "late-interaction model loaded (RETRIEVAL_LATE_INTERACTION_MODEL_DIR)"
+            )
+        return self.late.encoder
 
     def _check_model(self, name: str, schema: CollectionSchema) -> None:
         model_guard.check(name, schema.metadata, self.identity, sparse=schema.sparse)
@@ -326,6 +381,8 @@ class DocumentStore:
 
         dense_query = self._dense_query(query)
         sparse_query = self._sparse_query(query) if mode == "hybrid" else None
+        if schema.late_dimension and fusion_options.late_interaction is not False:
+            return self._retrieve_late(name, query, limit, query_filter, dense_query, sparse_query, fusion_options), mode
         if sparse_query is None:  # dense, or hybrid with nothing lexical to match
             hits = self._query(name, "query_dense", [Nearest(DENSE, dense_query, limit, query_filter)])[0]
             return [_candidate(h, dense=h.score) for h in hits], mode
@@ -360,6 +417,38 @@ class DocumentStore:
             for pid, score in top
         ], mode
 
+    def _retrieve_late(self, name, query, limit, query_filter, dense_query, sparse_query, options) -> list[Candidate]:
+        """First-stage lists and their union rescored by MaxSim, in one engine batch; then the
+        lists are fused here (weighted z-score; RRF with ``weighted_rrf``/``rrf``)."""
+        encoder = self._late_encoder(name)
+        start = time.perf_counter()
+        with tracing.span("embed.late_query", **{"embedding.model": encoder.name}):
+            tokens = encoder.embed_queries([query])[0].tolist()
+        metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="late_query").observe(time.perf_counter() - start)
+        k = max(limit, options.late_candidates or self.late.candidates)
+        lists = [Nearest(DENSE, dense_query, k, query_filter, with_payload=False)]
+        if sparse_query is not None:
+            lists.append(Nearest(SPARSE, sparse_query, k, query_filter, with_payload=False))
+        rescore = Rescore(tuple(lists), LATE, tokens, k * len(lists), with_payload=False)
+        *first, late_hits = self._query(name, "query_late", [*lists, rescore])
+        w = self.late.weight
+        base = [options.dense_weight, 1.0 - options.dense_weight][: len(first)]
+        weights = [b / sum(base) * (1.0 - w) for b in base] + [w]
+        rankings = [[(h.id, h.score) for h in hits] for hits in (*first, late_hits)]
+        with tracing.span("fusion", **{"fusion.method": options.method, "fusion.lists": len(rankings)}):
+            if options.method in ("weighted_rrf", "rrf"):
+                fused = fusion.weighted_rrf(rankings, weights, k=options.rrf_k)
+            else:
+                fused = fusion.weighted_zscore(rankings, weights)
+        top = fused[:limit]
+        payloads = dict(self._engine("retrieve", name, self.backend.retrieve, [pid for pid, _ in top])) if top else {}
+        dense_scores = {h.id: h.score for h in first[0]}
+        sparse_scores = {h.id: h.score for h in first[1]} if len(first) > 1 else {}
+        return [
+            _candidate(Hit(pid, score, payloads.get(pid, {})), dense=dense_scores.get(pid), sparse=sparse_scores.get(pid))
+            for pid, score in top
+        ]
+
     def _dense_query(self, query: str) -> list[float]:
         start = time.perf_counter()
         with tracing.span("embed.query", **{"embedding.model": self.embedder.name,
@@ -382,9 +471,11 @@ class DocumentStore:
 _FIRST_PASSAGE = Filter(must=(Match("passage", 0),))
 
 
-def _describe(q: Nearest | Fused) -> str:
+def _describe(q: Nearest | Fused | Rescore) -> str:
     if isinstance(q, Nearest):
         return f"{q.using}:{q.limit}"
+    if isinstance(q, Rescore):
+        return f"{q.using}({'+'.join(_describe(p) for p in q.prefetch)}):{q.limit}"
     return f"{q.method}({'+'.join(_describe(p) for p in q.prefetch)}):{q.limit}"
 
 

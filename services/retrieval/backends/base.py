@@ -125,6 +125,7 @@ class Rescore:
     using: str
     vector: Sequence[Sequence[float]]
     limit: int
+    with_payload: bool = True
 
 
 @dataclass(frozen=True)

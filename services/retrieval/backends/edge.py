@@ -711,7 +711,7 @@ def _late_params(schema: CollectionSchema) -> qe.EdgeVectorParams:
 def _request(q: Nearest | Fused | Rescore, params: qe.SearchParams | None) -> qe.QueryRequest:
     if isinstance(q, Rescore):
         return qe.QueryRequest(limit=q.limit, prefetches=[_prefetch(p, params) for p in q.prefetch],
-                               query=qe.Query.Nearest(_rows(q.vector), using=q.using), with_payload=True)
+                               query=qe.Query.Nearest(_rows(q.vector), using=q.using), with_payload=q.with_payload)
     if isinstance(q, Nearest):
         return qe.QueryRequest(limit=q.limit, query=_nearest(q), filter=_filter(q.filter) if q.filter else None,
                                params=params, with_payload=q.with_payload)

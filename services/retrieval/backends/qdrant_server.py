@@ -274,7 +274,7 @@ def _request(q: Nearest | Fused | Rescore, params) -> models.QueryRequest:
     if isinstance(q, Rescore):
         rows = q.vector if isinstance(q.vector, list) else [list(map(float, row)) for row in q.vector]
         return models.QueryRequest(prefetch=[_prefetch(p, params) for p in q.prefetch], query=rows, using=q.using,
-                                   limit=q.limit, with_payload=True)
+                                   limit=q.limit, with_payload=q.with_payload)
     if isinstance(q, Nearest):
         return models.QueryRequest(query=_vector(q.vector), using=q.using, limit=q.limit,
                                    filter=_filter(q.filter) if q.filter else None, params=params,
