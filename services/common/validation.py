@@ -18,7 +18,13 @@ from services.common.errors import InvalidArgument
 MAX_QUERY_CHARS = 2048
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
+#: Candidates the gateway reranks (RerankOptions.candidates; unset: GATEWAY_DEFAULT_CANDIDATES).
 MAX_CANDIDATES = 200
+#: Candidates one Retrieve returns (RetrieveRequest.limit, 0 = the default). Larger than
+#: MAX_CANDIDATES: the gateway asks for offset + top_k + 1 when that exceeds the rerank depth,
+#: and internal callers (eval, reindex checks) read deeper lists.
+DEFAULT_RETRIEVE_LIMIT = 50
+MAX_RETRIEVE_LIMIT = 1000
 MAX_BATCH_DOCUMENTS = 1000
 MAX_ID_BYTES = 256
 MAX_TITLE_CHARS = 1_000
@@ -142,6 +148,13 @@ def unit_interval(value: float, field: str) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise InvalidArgument(field, f"must be between 0 and 1, got {value}")
     return value
+
+
+def retrieve_limit(value: int, field: str = "limit") -> int:
+    """A Retrieve's candidate count: 0 means DEFAULT_RETRIEVE_LIMIT."""
+    if value == 0:
+        return DEFAULT_RETRIEVE_LIMIT
+    return bounded_int(value, field, 1, MAX_RETRIEVE_LIMIT)
 
 
 def fusion_options(options: common_pb2.FusionOptions, field: str = "fusion") -> common_pb2.FusionOptions:

@@ -147,7 +147,7 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
         name = validation.collection_name(request.collection)
         query = validation.query_text(request.query)
-        limit = validation.bounded_int(request.limit or 50, "limit", 1, MAX_PREFETCH)
+        limit = validation.retrieve_limit(request.limit)
         if request.mode not in MODES:
             raise InvalidArgument("mode", f"unknown retrieval mode {request.mode}")
         qfilter = to_filter(request.filter)
