@@ -16,11 +16,11 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.common import api_names
 from services.common.security import bearer_interceptors
 
 DEFAULT_TARGET = "localhost:50051"
-MODES = {"dense": common_pb2.RETRIEVAL_MODE_DENSE, "sparse": common_pb2.RETRIEVAL_MODE_SPARSE,
-         "hybrid": common_pb2.RETRIEVAL_MODE_HYBRID, "default": common_pb2.RETRIEVAL_MODE_UNSPECIFIED}
+MODES = api_names.CLI_RETRIEVAL_MODES
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytrec_eval
 
+from services.common import api_names
+
 __all__ = ["MODES", "Mode", "compute_metrics", "parse_modes", "percentile", "register"]
 
 DEFAULT_TARGET = "localhost:50051"
@@ -209,21 +211,19 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
 
 
 def search_request(mode: Mode, collection: str, query: str, top_k: int, args: argparse.Namespace):
-    from services.cli.client import MODES as RETRIEVAL_MODES  # searchctl's one name -> enum map
-
-    _, common_pb2, pb, _ = _grpc()
-    request = pb.SearchRequest(collection=collection, query=query, top_k=top_k, mode=RETRIEVAL_MODES[mode.retrieval])
+    pb = _grpc()[2]
+    request = pb.SearchRequest(collection=collection, query=query, top_k=top_k, mode=api_names.RETRIEVAL_MODE_ENUM[mode.retrieval])
     request.rerank.enabled = mode.rerank
     if mode.rerank:
         if getattr(args, "candidates", None):
             request.rerank.candidates = args.candidates
         if getattr(args, "combination", None):
-            request.rerank.combination = pb.ScoreCombination.Value("SCORE_COMBINATION_" + args.combination.upper())
+            request.rerank.combination = api_names.SCORE_COMBINATION_ENUM[args.combination]
         if getattr(args, "rerank_weight", None) is not None:
             request.rerank.rerank_weight = args.rerank_weight
     if mode.retrieval == "hybrid":
         if getattr(args, "fusion", None):
-            request.fusion.method = common_pb2.FusionMethod.Value("FUSION_METHOD_" + args.fusion.upper())
+            request.fusion.method = api_names.FUSION_METHOD_ENUM[args.fusion]
         if getattr(args, "dense_weight", None) is not None:
             request.fusion.dense_weight = args.dense_weight
         if getattr(args, "rrf_k", None):
@@ -348,10 +348,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
     p.add_argument("--split", default="test", help="qrels split (default %(default)s)")
     p.add_argument("--max-queries", type=int, default=0, help="evaluate only the first N judged queries")
-    p.add_argument("--combination", choices=["rerank_only", "weighted_zscore", "weighted_rrf"],
+    p.add_argument("--combination", choices=list(api_names.SCORE_COMBINATION_ENUM),
                    help="rerank score combination (default: the gateway's)")
     p.add_argument("--rerank-weight", type=float, help="weight of the rerank score, 0..1 (default: the gateway's)")
-    p.add_argument("--fusion", choices=["rrf", "dbsf", "weighted_zscore", "weighted_rrf"],
+    p.add_argument("--fusion", choices=list(api_names.FUSION_METHOD_ENUM),
                    help="hybrid fusion method (default: the retrieval service's)")
     p.add_argument("--dense-weight", type=float, help="hybrid: weight of the dense ranking, 0..1")
     p.add_argument("--rrf-k", type=int, default=0, help="hybrid: RRF constant k")

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from search.v1 import common_pb2, retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
-from services.common import metrics, validation
+from services.common import api_names, metrics, validation
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
@@ -27,48 +27,21 @@ from services.retrieval.store import CollectionDescription, DocumentIn, Document
 
 log = logging.getLogger(__name__)
 
-MODES = {
-    common_pb2.RETRIEVAL_MODE_UNSPECIFIED: "hybrid",
-    common_pb2.RETRIEVAL_MODE_DENSE: "dense",
-    common_pb2.RETRIEVAL_MODE_SPARSE: "sparse",
-    common_pb2.RETRIEVAL_MODE_HYBRID: "hybrid",
-}
-MODE_ENUM = {"dense": common_pb2.RETRIEVAL_MODE_DENSE, "sparse": common_pb2.RETRIEVAL_MODE_SPARSE, "hybrid": common_pb2.RETRIEVAL_MODE_HYBRID}
-FUSIONS = {
-    common_pb2.FUSION_METHOD_RRF: "rrf",
-    common_pb2.FUSION_METHOD_DBSF: "dbsf",
-    common_pb2.FUSION_METHOD_WEIGHTED_ZSCORE: "weighted_zscore",
-    common_pb2.FUSION_METHOD_WEIGHTED_RRF: "weighted_rrf",
-}
-FIELD_TYPES = {
-    common_pb2.FIELD_TYPE_KEYWORD: "keyword",
-    common_pb2.FIELD_TYPE_INTEGER: "integer",
-    common_pb2.FIELD_TYPE_FLOAT: "float",
-    common_pb2.FIELD_TYPE_BOOL: "bool",
-}
-FIELD_TYPE_ENUM = {v: k for k, v in FIELD_TYPES.items()}
 DEFAULT_FUSION = Fusion()
-MAX_PREFETCH = 1000
 
 
 def fusion_options(options: common_pb2.FusionOptions) -> Fusion:
-    method = FUSIONS.get(options.method, DEFAULT_FUSION.method) if options.method else DEFAULT_FUSION.method
-    if options.method and options.method not in FUSIONS:
-        raise InvalidArgument("fusion.method", f"unknown fusion method {options.method}")
-    weight = options.dense_weight if options.HasField("dense_weight") else DEFAULT_FUSION.dense_weight
-    if not 0.0 <= weight <= 1.0:
-        raise InvalidArgument("fusion.dense_weight", f"must be between 0 and 1, got {weight}")
-    rrf_k = options.rrf_k if options.HasField("rrf_k") else DEFAULT_FUSION.rrf_k
-    validation.bounded_int(rrf_k, "fusion.rrf_k", 1, 1000)
-    prefetch = options.prefetch_limit if options.HasField("prefetch_limit") else DEFAULT_FUSION.prefetch_limit
-    validation.bounded_int(prefetch, "fusion.prefetch_limit", 1, MAX_PREFETCH)
-    late = options.late_interaction if options.HasField("late_interaction") else None
-    late_candidates = None
-    if options.HasField("late_interaction_candidates"):
-        late_candidates = validation.bounded_int(options.late_interaction_candidates, "fusion.late_interaction_candidates",
-                                                 1, MAX_PREFETCH)
-    return Fusion(method=method, dense_weight=weight, rrf_k=rrf_k, prefetch_limit=prefetch, late_interaction=late,
-                  late_candidates=late_candidates)
+    """The store's Fusion for validated ``options`` (services/common/validation.py checks them)."""
+    validation.fusion_options(options)
+    return Fusion(
+        method=api_names.FUSION_METHODS.get(options.method, DEFAULT_FUSION.method),
+        dense_weight=options.dense_weight if options.HasField("dense_weight") else DEFAULT_FUSION.dense_weight,
+        rrf_k=options.rrf_k if options.HasField("rrf_k") else DEFAULT_FUSION.rrf_k,
+        prefetch_limit=options.prefetch_limit if options.HasField("prefetch_limit") else DEFAULT_FUSION.prefetch_limit,
+        late_interaction=options.late_interaction if options.HasField("late_interaction") else None,
+        late_candidates=(options.late_interaction_candidates
+                         if options.HasField("late_interaction_candidates") else None),
+    )
 
 
 def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteraction | None:
@@ -108,7 +81,7 @@ def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
         dense_dimension=desc.dense_dimension,
         sparse_enabled=desc.sparse_enabled,
         filter_fields=[
-            common_pb2.FilterField(key=key, type=FIELD_TYPE_ENUM[kind]) for key, kind in sorted(desc.filter_fields.items())
+            common_pb2.FilterField(key=key, type=api_names.FIELD_TYPE_ENUM[kind]) for key, kind in sorted(desc.filter_fields.items())
         ],
         late_interaction_model=desc.late_interaction_model,
         late_interaction_dimension=desc.late_interaction_dimension,
@@ -118,7 +91,7 @@ def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
 def filter_fields(fields) -> dict[str, str]:
     """Declared filter fields -> ``{key: type name}``, validated as the gateway validates them."""
     validation.filter_fields(fields)
-    return {f.key: FIELD_TYPES[f.type] for f in fields}
+    return {f.key: api_names.FIELD_TYPES[f.type] for f in fields}
 
 
 def _struct(payload: dict) -> struct_pb2.Struct:
@@ -148,14 +121,13 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
         name = validation.collection_name(request.collection)
         query = validation.query_text(request.query)
         limit = validation.retrieve_limit(request.limit)
-        if request.mode not in MODES:
-            raise InvalidArgument("mode", f"unknown retrieval mode {request.mode}")
+        mode = api_names.RETRIEVAL_MODES[validation.retrieval_mode(request.mode)]
         qfilter = to_filter(request.filter)
         fusion = fusion_options(request.fusion)
-        if MODES[request.mode] != "sparse" and hasattr(self.store.embedder, "prefetch"):
+        if mode != "sparse" and hasattr(self.store.embedder, "prefetch"):
             await self.store.embedder.prefetch(query)  # on the loop: the worker thread then finds the vector
-        collection, (candidates, mode) = await self._run(
-            self.read, name, self.store.retrieve, query, limit, qfilter, MODES[request.mode], fusion)
+        collection, (candidates, used) = await self._run(
+            self.read, name, self.store.retrieve, query, limit, qfilter, mode, fusion)
         return pb.RetrieveResponse(
             collection=collection,
             candidates=[
@@ -170,7 +142,7 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
                 )
                 for c in candidates
             ],
-            mode=MODE_ENUM[mode],
+            mode=api_names.RETRIEVAL_MODE_ENUM[used],
         )
 
     async def Upsert(self, request, context):

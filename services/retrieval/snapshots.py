@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from search.v1 import common_pb2
-from services.common import validation
+from services.common import api_names, validation
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.retrieval.backends.base import Backend, CollectionSchema, PointIn, SparseVector
 
@@ -28,15 +28,12 @@ FORMAT = "search-platform-snapshot/1"
 MAGIC = b"SPSNAP1\n"
 POINTS_PER_MESSAGE = 128
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_FIELD_TYPES = {"keyword": common_pb2.FIELD_TYPE_KEYWORD, "integer": common_pb2.FIELD_TYPE_INTEGER,
-                "float": common_pb2.FIELD_TYPE_FLOAT, "bool": common_pb2.FIELD_TYPE_BOOL}
-_FIELD_NAMES = {v: k for k, v in _FIELD_TYPES.items()}
 
 
 def header(schema: CollectionSchema, count: int, engine: str, method: str) -> common_pb2.SnapshotHeader:
     return common_pb2.SnapshotHeader(
         format=FORMAT, collection=schema.name, dense_dimension=schema.dense_dimension, sparse=schema.sparse,
-        filter_fields=[common_pb2.FilterField(key=k, type=_FIELD_TYPES[t]) for k, t in sorted(schema.filter_fields.items())],
+        filter_fields=[common_pb2.FilterField(key=k, type=api_names.FIELD_TYPE_ENUM[t]) for k, t in sorted(schema.filter_fields.items())],
         metadata_json=json.dumps(schema.metadata, sort_keys=True), point_count=count, engine=engine, method=method,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         late_dimension=int(getattr(schema, "late_dimension", 0) or 0),
@@ -63,7 +60,7 @@ def schema_from(head: common_pb2.SnapshotHeader, name: str) -> CollectionSchema:
             raise FailedPrecondition("the snapshot has late-interaction vectors; this service cannot store them")
         late = {"late_dimension": head.late_dimension, "late_quantization": head.late_quantization or "int8"}
     return CollectionSchema(name=name, dense_dimension=head.dense_dimension, sparse=head.sparse,
-                            filter_fields={f.key: _FIELD_NAMES[f.type] for f in head.filter_fields}, metadata=metadata,
+                            filter_fields={f.key: api_names.FIELD_TYPES[f.type] for f in head.filter_fields}, metadata=metadata,
                             **late)
 
 

@@ -5,7 +5,8 @@ import pytest
 from search.v1 import common_pb2 as c
 from services.common.errors import InvalidArgument
 from services.retrieval.backends import base
-from services.retrieval.filters import MAX_FILTER_DEPTH, to_filter
+from services.common.validation import MAX_FILTER_DEPTH
+from services.retrieval.filters import to_filter
 
 
 def field(**kw):
