@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from services.retrieval.fusion import zscores
+from services.common.api_names import SCORE_COMBINATIONS
+from services.common.scores import zscores
 
 __all__ = ["METHODS", "combine_scores"]
 
-METHODS = ("rerank_only", "weighted_zscore", "weighted_rrf")
+METHODS = tuple(SCORE_COMBINATIONS.values())
 
 
 def combine_scores(

@@ -19,6 +19,8 @@ import math
 from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
+from services.common.scores import zscores
+
 __all__ = ["MISSING_RULES", "weighted_rrf", "weighted_zscore", "zscores"]
 
 K = TypeVar("K", bound=Hashable)
@@ -80,18 +82,6 @@ def weighted_rrf(
         for rank, (key, _) in enumerate(_dedup(ranking), 1):
             fused[key] += w / (k + rank)
     return _sorted(fused, order)
-
-
-def zscores(scores: Sequence[float]) -> list[float]:
-    """``(s - mean) / std`` with the population std; all zeros when std is 0 (or 1 item)."""
-    n = len(scores)
-    if n == 0:
-        return []
-    mean = math.fsum(scores) / n
-    std = math.sqrt(math.fsum((s - mean) ** 2 for s in scores) / n)
-    if std <= 1e-12 * max(1.0, abs(mean)):
-        return [0.0] * n
-    return [(s - mean) / std for s in scores]
 
 
 def weighted_zscore(
