@@ -32,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics, tracing
-from services.common.errors import ErrorMappingInterceptor
+from services.common.status import ErrorMappingInterceptor
 from services.common.security import (
     InternalTokenInterceptor,
     SecurityConfig,

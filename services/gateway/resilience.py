@@ -27,7 +27,8 @@ import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from services.common import metrics
-from services.common.errors import ResourceExhausted, ServiceError, to_rpc_status
+from services.common.errors import ResourceExhausted, ServiceError, Unavailable
+from services.common.status import error_status
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,8 @@ async def call_with_retries(
     return await retrying(resumed)
 
 
-class CircuitOpen(ServiceError):
+class CircuitOpen(Unavailable):
     """The breaker refuses the call without trying it."""
-
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 class CircuitBreaker:
@@ -290,7 +289,7 @@ class InFlightLimitInterceptor(grpc.aio.ServerInterceptor):
             try:
                 limiter.acquire()
             except ResourceExhausted as exc:  # this runs outside ErrorMappingInterceptor: abort here
-                await context.abort_with_status(to_rpc_status(exc.code, exc.message))
+                await context.abort_with_status(error_status(exc))
             try:
                 return await behavior(request, context)
             finally:

@@ -413,7 +413,7 @@ class Service:
 
 async def _platform_server(provider, interceptors=None):
     """A grpc.aio server with the interceptor chain of services/common/server.py."""
-    from services.common.errors import ErrorMappingInterceptor
+    from services.common.status import ErrorMappingInterceptor
 
     service = Service()
     chain = interceptors if interceptors is not None else [*tracing.server_interceptors(tracer_provider=provider), ErrorMappingInterceptor()]
