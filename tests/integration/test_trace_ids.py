@@ -4,6 +4,7 @@ every log line of a request carry the request's trace id, the same in every serv
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import pytest
@@ -39,6 +40,13 @@ def test_a_not_found_carries_the_trace_id_and_both_services_log_it(fresh_stack):
     trace_id = dict(error.trailing_metadata())["x-trace-id"]
     assert len(trace_id) == 32
     # The access log (DEBUG) of each service has the request's line with that id.
+    # The line is written after the response is sent: give it a moment to reach the log file.
     for name, method in (("gateway", "search.v1.SearchService/Search"), ("retrieval", "search.v1.RetrievalService/Retrieve")):
-        lines = [l for l in _lines(fresh_stack.log_text(name)) if l.get("message") == "rpc finished" and l.get("method") == method]
-        assert any(l.get("trace_id") == trace_id and l.get("code") == "NOT_FOUND" for l in lines), (name, lines[-3:])
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [l for l in _lines(fresh_stack.log_text(name)) if l.get("message") == "rpc finished" and l.get("method") == method]
+            found = any(l.get("trace_id") == trace_id and l.get("code") == "NOT_FOUND" for l in lines)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert found, (name, lines[-3:])
