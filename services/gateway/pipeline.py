@@ -176,7 +176,8 @@ class SearchPipeline:
         """The reranker's answer, or the DegradedReason why there is none."""
         if not self.breaker.allow():
             return pb.DEGRADED_REASON_RERANKER_CIRCUIT_OPEN
-        request = rerank_service_pb2.RerankRequest(query=query, passages=[rerank_text(c.title, c.text) for c in candidates])
+        request = rerank_service_pb2.RerankRequest(query=query, passages=[rerank_text(c.title, c.text) for c in candidates],
+                                                   ids=[c.id for c in candidates])
         try:
             reranked = await self.reranker.call("Rerank", request, budget, self.rerank_timeout_s, idempotent=True)
         except ServiceError as exc:

@@ -137,7 +137,13 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         top_k = request.top_k
         if top_k < 0:
             raise InvalidArgument("top_k", f"must be >= 0 (0 returns every passage), got {top_k}")
-        scores = await self.reranker.score(query, passages)
+        ids = list(request.ids)  # optional: part of the score cache's key (services/reranker/score_cache.py)
+        if ids and len(ids) != len(passages):
+            raise InvalidArgument("ids", f"give one id per passage ({len(passages)}) or none, got {len(ids)}")
+        for i, doc_id in enumerate(ids):
+            if len(doc_id.encode("utf-8", "surrogatepass")) > validation.MAX_ID_BYTES:
+                raise InvalidArgument(f"ids[{i}]", f"is longer than {validation.MAX_ID_BYTES} bytes")
+        scores = await self.reranker.score(query, passages, ids)
         order = np.argsort(-scores, kind="stable")
         if top_k:
             order = order[:top_k]

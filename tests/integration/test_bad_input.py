@@ -94,6 +94,13 @@ def test_reranker_rejects_bad_requests(stack):
         expect(grpc.StatusCode.INVALID_ARGUMENT, rstub.Rerank, rerank_service_pb2.RerankRequest(query="", passages=["p"]), contains="query")
         reply = rstub.Rerank(rerank_service_pb2.RerankRequest(query="q", passages=["a", "b", "c"], top_k=2), timeout=30)
         assert len(reply.results) == 2 and {r.index for r in reply.results} <= {0, 1, 2}
+        expect(grpc.StatusCode.INVALID_ARGUMENT, rstub.Rerank,
+               rerank_service_pb2.RerankRequest(query="q", passages=["a", "b"], ids=["d1"]), contains="ids")
+        expect(grpc.StatusCode.INVALID_ARGUMENT, rstub.Rerank,
+               rerank_service_pb2.RerankRequest(query="q", passages=["a"], ids=["x" * 257]), contains="ids[0]")
+        with_ids = rstub.Rerank(rerank_service_pb2.RerankRequest(query="q", passages=["a", "b", "c"], ids=["d1", "d2", "d3"]),
+                                timeout=30)
+        assert sorted(r.index for r in with_ids.results) == [0, 1, 2]
 
 
 def test_servers_stay_up_after_bad_input(stack):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esearch/v1/rerank_service.proto\x12\tsearch.v1\"?\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08passages\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\",\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\"I\n\x0eRerankResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.search.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t2N\n\rRerankService\x12=\n\x06Rerank\x12\x18.search.v1.RerankRequest\x1a\x19.search.v1.RerankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esearch/v1/rerank_service.proto\x12\tsearch.v1\"L\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08passages\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0b\n\x03ids\x18\x04 \x03(\t\",\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\"I\n\x0eRerankResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.search.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t2N\n\rRerankService\x12=\n\x06Rerank\x12\x18.search.v1.RerankRequest\x1a\x19.search.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'search.v1.rerank_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RERANKREQUEST']._serialized_start=45
-  _globals['_RERANKREQUEST']._serialized_end=108
-  _globals['_RERANKRESULT']._serialized_start=110
-  _globals['_RERANKRESULT']._serialized_end=154
-  _globals['_RERANKRESPONSE']._serialized_start=156
-  _globals['_RERANKRESPONSE']._serialized_end=229
-  _globals['_RERANKSERVICE']._serialized_start=231
-  _globals['_RERANKSERVICE']._serialized_end=309
+  _globals['_RERANKREQUEST']._serialized_end=121
+  _globals['_RERANKRESULT']._serialized_start=123
+  _globals['_RERANKRESULT']._serialized_end=167
+  _globals['_RERANKRESPONSE']._serialized_start=169
+  _globals['_RERANKRESPONSE']._serialized_end=242
+  _globals['_RERANKSERVICE']._serialized_start=244
+  _globals['_RERANKSERVICE']._serialized_end=322
 # @@protoc_insertion_point(module_scope)

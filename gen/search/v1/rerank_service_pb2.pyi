@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RerankRequest(_message.Message):
-    __slots__ = ("query", "passages", "top_k")
+    __slots__ = ("query", "passages", "top_k", "ids")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     PASSAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
     query: str
     passages: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
-    def __init__(self, query: _Optional[str] = ..., passages: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, query: _Optional[str] = ..., passages: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RerankResult(_message.Message):
     __slots__ = ("index", "score")
