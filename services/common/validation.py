@@ -138,6 +138,18 @@ def ids(values: Sequence[str], field: str = "ids") -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def rerank_passages(values: Sequence[str], field: str = "passages") -> list[str]:
+    """A Rerank's passages: 1..MAX_RERANK_PASSAGES, each at most MAX_PASSAGE_CHARS."""
+    if not values:
+        raise InvalidArgument(field, "give at least one passage")
+    if len(values) > MAX_RERANK_PASSAGES:
+        raise InvalidArgument(field, f"{len(values)} passages; the limit is {MAX_RERANK_PASSAGES}")
+    for i, passage in enumerate(values):
+        if len(passage) > MAX_PASSAGE_CHARS:
+            raise InvalidArgument(f"{field}[{i}]", f"is {len(passage)} characters; the limit is {MAX_PASSAGE_CHARS}")
+    return list(values)
+
+
 def retrieval_mode(value: int, field: str = "mode") -> int:
     if value not in RETRIEVAL_MODES:
         raise InvalidArgument(field, f"unknown retrieval mode {value}; use DENSE, SPARSE, HYBRID or leave it unset")
