@@ -47,7 +47,8 @@ def rerank_all(address: str, requests, workers: int):
 @pytest.mark.parametrize("batching", ["dynamic", "none"])
 def test_concurrent_requests_share_batches_and_get_their_own_scores(fresh_stack, batching):
     fresh_stack.env_overrides["reranker"] = {
-        "RERANKER_BATCHING": batching, "RERANKER_MAX_WAIT_MS": "20", "ORT_INTRA_OP_THREADS": "1"}
+        "RERANKER_BATCHING": batching, "RERANKER_MAX_WAIT_MS": "20", "ORT_INTRA_OP_THREADS": "1",
+        "RERANKER_SCORE_CACHE_SIZE": "0"}  # repeated requests: scored, not served from the cache
     fresh_stack.start("reranker")
     address, port = fresh_stack.address("reranker"), fresh_stack.metrics_ports["reranker"]
 
