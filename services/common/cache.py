@@ -13,14 +13,57 @@ store immutable values or copies). Lookups and insertions take one lock; no I/O 
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from services.common import metrics
 
-__all__ = ["BoundedCache"]
+__all__ = ["IF_VERSION_HEADER", "NOT_MODIFIED_HEADER", "VERSION_HEADER", "BoundedCache", "model_identity",
+           "normalise_query"]
+
+# The conditional Retrieve between the gateway's Search-result cache and retrieval (gRPC metadata;
+# services/retrieval/versions.py and version_check.py, services/gateway/result_cache.py).
+#: Request metadata: the version of the answer the caller holds ("" when it holds none but wants the version).
+IF_VERSION_HEADER = "x-if-collection-version"
+#: Trailing metadata of Retrieve: the collection's version when the query started.
+VERSION_HEADER = "x-collection-version"
+#: Trailing metadata of Retrieve: "1" when the caller's version is current (no candidates were computed).
+NOT_MODIFIED_HEADER = "x-collection-not-modified"
+
+
+def normalise_query(text: str) -> str:
+    """A query as cache keys see it: NFC, whitespace runs collapsed to one space, ends stripped
+    (the models' tokenizers split on whitespace, so these texts tokenize alike)."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def model_identity(model: Any) -> str:
+    """What decides a model's output for a text: its name, its weights' digest when its directory
+    is known, its token limit and its query prefix (an embedder wrapper's ``encoder`` is read)."""
+    encoder = getattr(model, "encoder", model)
+    parts = [str(getattr(model, "name", type(model).__name__))]
+    model_dir = getattr(encoder, "model_dir", None)
+    if model_dir is not None:
+        parts.append(_file_digest(Path(model_dir) / "model.onnx"))
+    parts.append(str(getattr(encoder, "max_length", "")))
+    parts.append(str(getattr(encoder, "query_prefix", "")))
+    return "|".join(parts)
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:16]
+    except OSError:
+        return "?"
 
 V = TypeVar("V")
 

@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search.v1 import search_service_pb2 as pb
-from services.common.cache import BoundedCache
-from services.retrieval.query_cache import normalise_query
-from services.retrieval.versions import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
+from services.common.cache import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER, BoundedCache, normalise_query
 
 __all__ = ["CachedSearch", "SearchResultCache", "answered_from_cache", "retrieve_options"]
 

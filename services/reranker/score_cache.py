@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common.cache import BoundedCache
-from services.retrieval.query_cache import model_identity, normalise_query
+from services.common.cache import BoundedCache, model_identity, normalise_query
 
 __all__ = ["CachedReranker"]
 

@@ -27,15 +27,12 @@ bge-small-en's 384 dimensions and a short query, so the default bound of 10000 e
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import unicodedata
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.common.cache import BoundedCache
+from services.common.cache import BoundedCache, model_identity, normalise_query
 
 __all__ = ["CachedQueryEmbedder", "model_identity", "normalise_query"]
 
@@ -43,35 +40,6 @@ CACHE_NAME = "query_embedding"
 
 #: Query vectors this request already has (normalised text -> vector), see the module docstring.
 _prefetched: contextvars.ContextVar[dict[str, np.ndarray] | None] = contextvars.ContextVar("prefetched_queries", default=None)
-
-
-def normalise_query(text: str) -> str:
-    """NFC, whitespace runs collapsed to one space, ends stripped."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
-
-
-def model_identity(embedder: Any) -> str:
-    """What decides a query's vector: the model (name, and its weights' digest when the model
-    directory is known), the token limit and the query prefix."""
-    encoder = getattr(embedder, "encoder", embedder)
-    parts = [str(getattr(embedder, "name", type(embedder).__name__))]
-    model_dir = getattr(encoder, "model_dir", None)
-    if model_dir is not None:
-        parts.append(_file_digest(Path(model_dir) / "model.onnx"))
-    parts.append(str(getattr(encoder, "max_length", "")))
-    parts.append(str(getattr(encoder, "query_prefix", "")))
-    return "|".join(parts)
-
-
-def _file_digest(path: Path) -> str:
-    try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()[:16]
-    except OSError:
-        return "?"
 
 
 class CachedQueryEmbedder:

@@ -28,15 +28,10 @@ import threading
 import uuid
 from typing import Any
 
+from services.common.cache import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
+
 __all__ = ["IF_VERSION_HEADER", "NOT_MODIFIED_HEADER", "VERSION_HEADER", "LocalVersions", "MetadataVersions",
            "VersionedBackend"]
-
-#: Request metadata: the version of the answer the caller holds ("" when it holds none but wants the version).
-IF_VERSION_HEADER = "x-if-collection-version"
-#: Trailing metadata of Retrieve: the collection's version when the query started.
-VERSION_HEADER = "x-collection-version"
-#: Trailing metadata of Retrieve: "1" when the caller's version is current (no candidates were computed).
-NOT_MODIFIED_HEADER = "x-collection-not-modified"
 #: Key in a Qdrant server collection's metadata.
 METADATA_KEY = "search_platform_write_version"
 
