@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from services.common import models
+    from services.cli import model_fetch as models
 
     hf = {}
     for item in args.hf or []:
@@ -43,7 +43,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _fp16(args: argparse.Namespace) -> int:
-    from services.common import models
+    from services.cli import model_fetch as models
 
     root = Path(args.models_dir) if args.models_dir else models.default_models_dir()
     if args.name not in models.MODELS:

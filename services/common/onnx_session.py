@@ -254,7 +254,7 @@ def select_providers(
     elif choice == "tensorrt":
         if TENSORRT in have:
             if trt_cache_dir is None:
-                from services.common.models import default_models_dir
+                from services.common.model_dir import default_models_dir
 
                 trt_cache_dir = default_models_dir() / "trt-cache"
             options: dict[str, Any] = {
@@ -463,10 +463,19 @@ def load_tokenizer(
     return tokenizer
 
 
+def model_input_names(session: ort.InferenceSession, model_name: str) -> list[str]:
+    """The session's input names, all of which must be BERT_INPUTS (what encodings_to_inputs feeds)."""
+    names = [i.name for i in session.get_inputs()]
+    unsupported = set(names) - set(BERT_INPUTS)
+    if unsupported:
+        raise ValueError(f"{model_name}: unsupported model inputs {sorted(unsupported)}")
+    return names
+
+
 def encodings_to_inputs(
     encodings: Sequence[Encoding],
     pad_id: int = 0,
-    input_names: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids"),
+    input_names: Sequence[str] = BERT_INPUTS,
 ) -> dict[str, np.ndarray]:
     """Stack encodings into int64 ONNX inputs, right-padded to the longest in the batch.
 

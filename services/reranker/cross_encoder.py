@@ -11,22 +11,27 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Encoding
 
-from services.common.models import resolve_model_dir
+from services.common.model_dir import CROSS_ENCODER, model_dir as find_model_dir, resolve_model_dir
 from services.common.onnx_session import (
     TrtProfile,
     create_session,
     encodings_to_inputs,
     load_tokenizer,
+    model_input_names,
     run_with_io_binding,
 )
 
 __all__ = ["CrossEncoder"]
 
-_KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
+
+
+if TYPE_CHECKING:
+    from services.reranker.config import RerankerConfig
 
 
 class CrossEncoder:
@@ -54,6 +59,19 @@ class CrossEncoder:
         batch_size: pairs per inference call in :meth:`score`.
         pad_id: padding token id used by :meth:`build_inputs`.
     """
+
+    @classmethod
+    def from_config(cls, cfg: RerankerConfig, intra_op_threads: int) -> CrossEncoder:
+        """The cross-encoder the reranker settings describe (RERANKER_*, ORT_*)."""
+        return cls(
+            find_model_dir(cfg.model_dir, CROSS_ENCODER),
+            max_length=cfg.max_length,
+            batch_size=cfg.max_batch_pairs,
+            provider=cfg.provider,
+            intra_op_threads=intra_op_threads,
+            graph_optimization=cfg.graph_optimization,
+            spin=cfg.allow_spinning,
+        )
 
     def __init__(
         self,
@@ -88,10 +106,7 @@ class CrossEncoder:
         pad_id = self._tokenizer.token_to_id("[PAD]")
         self.pad_id: int = 0 if pad_id is None else int(pad_id)
 
-        self._input_names = [i.name for i in self._session.get_inputs()]
-        unsupported = set(self._input_names) - _KNOWN_INPUTS
-        if unsupported:
-            raise ValueError(f"{self.name}: unsupported model inputs {sorted(unsupported)}")
+        self._input_names = model_input_names(self._session, self.name)
         output = self._session.get_outputs()[0]
         self._output_name: str = output.name
         last = output.shape[-1] if output.shape else 1

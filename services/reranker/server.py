@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import grpc
 import numpy as np
@@ -67,7 +66,6 @@ class RerankerService:
         pb_grpc.add_RerankServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
-        from services.common.models import default_models_dir, resolve_model_dir
         from services.common.onnx_session import available_cpus, batching_for, cpu_layout
         from services.reranker.cross_encoder import CrossEncoder
 
@@ -75,19 +73,7 @@ class RerankerService:
         loop = asyncio.get_running_loop()
         cpus = available_cpus()
         workers, threads = cpu_layout(cfg.inference_workers, cfg.intra_op_threads, cpus)
-        encoder = await loop.run_in_executor(
-            self.tokenize_executor,
-            partial(
-                CrossEncoder,
-                resolve_model_dir(cfg.model_dir or default_models_dir() / "ms-marco-MiniLM-L-12-v2"),
-                max_length=cfg.max_length,
-                batch_size=cfg.max_batch_pairs,
-                provider=cfg.provider,
-                intra_op_threads=threads,
-                graph_optimization=cfg.graph_optimization,
-                spin=cfg.allow_spinning,
-            ),
-        )
+        encoder = await loop.run_in_executor(self.tokenize_executor, CrossEncoder.from_config, cfg, threads)
         metrics.RERANK_PROVIDER_INFO.info({"provider": encoder.provider, "model": encoder.name})
         workers, prefetch, max_tokens = batching_for(encoder.provider, workers, cfg.inference_workers, cfg.max_batch_tokens)
         self.inference_executor = ThreadPoolExecutor(max_workers=workers + prefetch, thread_name_prefix="inference")

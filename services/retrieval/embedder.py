@@ -10,23 +10,27 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Encoding
 
-from services.common.models import resolve_model_dir
+from services.common.model_dir import BI_ENCODER, model_dir as find_model_dir, resolve_model_dir
 from services.common.onnx_session import (
     TrtProfile,
     create_session,
     encodings_to_inputs,
     load_tokenizer,
+    model_input_names,
     run_with_io_binding,
 )
+
+if TYPE_CHECKING:
+    from services.retrieval.config import RetrievalConfig
 
 __all__ = ["BGE_QUERY_PREFIX", "BiEncoder"]
 
 BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
-_KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
 class BiEncoder:
@@ -49,6 +53,19 @@ class BiEncoder:
         provider: ORT execution provider in use (e.g. ``"CPUExecutionProvider"``).
         max_length: token limit per text (longer texts are truncated).
     """
+
+    @classmethod
+    def from_config(cls, cfg: RetrievalConfig, intra_op_threads: int) -> BiEncoder:
+        """The bi-encoder the retrieval settings describe (EMBEDDER_*, ORT_*, RETRIEVAL_MODEL_DIR)."""
+        return cls(
+            find_model_dir(cfg.model_dir, BI_ENCODER),
+            max_length=cfg.max_length,
+            batch_size=cfg.batch_size,
+            provider=cfg.provider,
+            intra_op_threads=intra_op_threads,
+            graph_optimization=cfg.graph_optimization,
+            spin=cfg.allow_spinning,
+        )
 
     def __init__(
         self,
@@ -88,11 +105,7 @@ class BiEncoder:
             trt_profile=TrtProfile(max_batch=batch_size, max_length=self.max_length),
         )
 
-        inputs = self._session.get_inputs()
-        self._input_names = [i.name for i in inputs]
-        unsupported = set(self._input_names) - _KNOWN_INPUTS
-        if unsupported:
-            raise ValueError(f"{self.name}: unsupported model inputs {sorted(unsupported)}")
+        self._input_names = model_input_names(self._session, self.name)
         output = self._session.get_outputs()[0]
         self._output_name: str = output.name
         self._output_rank = len(output.shape)

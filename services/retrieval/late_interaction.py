@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.models import resolve_model_dir
+from services.common.model_dir import resolve_model_dir
 from services.common.onnx_session import create_session, encodings_to_inputs, load_tokenizer, run_with_io_binding
 from services.retrieval.sparse import ENGLISH_STOP_WORDS
 

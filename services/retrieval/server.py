@@ -46,7 +46,7 @@ def fusion_options(options: common_pb2.FusionOptions) -> Fusion:
 
 def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteraction | None:
     """The late-interaction stage the settings ask for, or None (model 'off' or absent)."""
-    from services.common.models import default_models_dir
+    from services.common.model_dir import LATE_INTERACTION, default_models_dir
     from services.retrieval.late_interaction import PRUNE_MODES, LateInteractionEncoder
 
     if cfg.late_interaction_model_dir == "off":
@@ -58,7 +58,7 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
         raise SystemExit(f"RETRIEVAL_LATE_INTERACTION_PRUNE must be one of {PRUNE_MODES}, got {cfg.late_interaction_prune!r}")
     if not 0.0 <= cfg.late_interaction_weight <= 1.0:
         raise SystemExit(f"RETRIEVAL_LATE_INTERACTION_WEIGHT must be between 0 and 1, got {cfg.late_interaction_weight}")
-    model_dir = cfg.late_interaction_model_dir or default_models_dir() / "answerai-colbert-small-v1"
+    model_dir = cfg.late_interaction_model_dir or default_models_dir() / LATE_INTERACTION
     if not (Path(model_dir) / "model.onnx").is_file():
         if cfg.late_interaction_model_dir or cfg.late_interaction_default:
             raise SystemExit(f"late-interaction model not found in {model_dir}; run `searchctl models fetch` "
@@ -205,29 +205,15 @@ class RetrievalService:
         return f"{collection}@{self._backend.version(collection)}"
 
     async def start(self) -> None:
-        from services.common.models import default_models_dir, resolve_model_dir
         from services.common.onnx_session import available_cpus, batching_for, cpu_layout
         from services.retrieval.batched_embedder import BatchedEmbedder
         from services.retrieval.embedder import BiEncoder
         from services.retrieval.sparse import Bm25SparseEncoder
 
         cfg = self.config
-        model_dir = resolve_model_dir(cfg.model_dir or default_models_dir() / "bge-small-en")
         loop = asyncio.get_running_loop()
         workers, threads = cpu_layout(cfg.inference_workers, cfg.intra_op_threads, available_cpus())
-        encoder = await loop.run_in_executor(
-            self.executor,
-            partial(
-                BiEncoder,
-                model_dir,
-                max_length=cfg.max_length,
-                batch_size=cfg.batch_size,
-                provider=cfg.provider,
-                intra_op_threads=threads,
-                graph_optimization=cfg.graph_optimization,
-                spin=cfg.allow_spinning,
-            ),
-        )
+        encoder = await loop.run_in_executor(self.executor, BiEncoder.from_config, cfg, threads)
         # Queries and upserts share one dynamic batcher (services/retrieval/batched_embedder.py).
         workers, prefetch, max_tokens = batching_for(encoder.provider, workers, cfg.inference_workers, cfg.max_batch_tokens)
         embedder = BatchedEmbedder(
@@ -268,7 +254,7 @@ class RetrievalService:
 
         if cfg.long_documents not in LONG_DOCUMENT_MODES:
             raise SystemExit(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
-        splitter = PassageSplitter(model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
+        splitter = PassageSplitter(encoder.model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
         late = await loop.run_in_executor(self.executor, partial(late_interaction_stage, cfg, threads))
         store = DocumentStore(
             self._backend, CachedQueryEmbedder(embedder, cfg.query_cache_size), Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length),

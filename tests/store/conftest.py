@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.models import default_models_dir
+from services.common.model_dir import default_models_dir
 from services.retrieval.backends.edge import EdgeBackend
 from services.retrieval.backends.qdrant_server import QdrantServerBackend
 from services.retrieval.embedder import BiEncoder

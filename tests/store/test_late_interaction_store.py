@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.errors import FailedPrecondition
-from services.common.models import default_models_dir
+from services.common.model_dir import default_models_dir
 from services.retrieval.store import DocumentIn, Fusion, LateInteraction
 from tests.store.conftest import make_store
 from tests.store.test_contract import DOCS, FIELDS

@@ -11,7 +11,7 @@ import pytest
 from services.cli import bench_scale
 from services.cli.bench import DEFAULT_DATASET
 from services.cli.main import build_parser
-from services.common.models import default_models_dir
+from services.common.model_dir import default_models_dir
 
 
 def test_recall_counts_the_overlap_of_the_top_k():

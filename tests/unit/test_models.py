@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common import models
-from services.common.models import (
+from services.cli import model_fetch as models
+from services.cli.model_fetch import (
     MODELS,
     ChecksumMismatchError,
     ModelFetchError,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.models import default_models_dir
+from services.common.model_dir import default_models_dir
 from services.common.onnx_session import (
     CPU,
     CUDA,
