@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests import processes
+from tests.processes import free_port, wait_serving  # noqa: F401 - tests import them from here too
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -38,28 +37,6 @@ def require_models() -> None:
     for name in ("bge-small-en", "ms-marco-MiniLM-L-12-v2"):
         if not (models_dir() / name / "model.onnx").exists():
             pytest.skip(f"model {name} not in {models_dir()}; run `searchctl models fetch` (make test does)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_serving(address: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"server at {address} exited with {proc.returncode}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{address} not SERVING after {timeout} s")
 
 
 @dataclass
@@ -128,11 +105,19 @@ class Stack:
         child.kill_group()  # reaps it; anything it left behind goes too
         return child.proc.returncode
 
-    def start_all(self) -> None:
-        for name in SERVICES:
-            self.start(name, wait=False)
-        for name in SERVICES:
-            wait_serving(self.address(name), proc=self.procs[name])
+    def start_all(self, credentials: grpc.ChannelCredentials | None = None) -> None:
+        """Start every service and wait until each is SERVING (checked over TLS with
+        ``credentials``); on failure print each one's log tail, stop them all and re-raise."""
+        try:
+            for name in SERVICES:
+                self.start(name, wait=False)
+            for name in SERVICES:
+                wait_serving(self.address(name), proc=self.procs[name], credentials=credentials)
+        except Exception:
+            for name in SERVICES:
+                print(f"--- {name} log ---\n{self.log_text(name)[-3000:]}")
+            self.stop_all()
+            raise
 
     def stop_all(self, timeout: float = 30.0) -> None:
         """SIGTERM to every service at once, then wait for them together (at most ``timeout``)."""
@@ -166,13 +151,7 @@ def stack(tmp_path_factory) -> Stack:
     """One stack for the session's read-mostly tests (each test uses its own collection)."""
     require_models()
     s = Stack(tmp_path_factory.mktemp("stack"))
-    try:
-        s.start_all()
-    except Exception:
-        for name in SERVICES:
-            print(f"--- {name} log ---\n{s.log_text(name)[-3000:]}")
-        s.stop_all()
-        raise
+    s.start_all()
     yield s
     s.stop_all()
 

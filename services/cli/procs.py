@@ -43,14 +43,17 @@ def wait_serving(
     *,
     watch: Mapping[str, subprocess.Popen] | None = None,
     stop: threading.Event | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> bool:
-    """Block until ``address`` reports SERVING (True) or ``stop`` is set (False).
+    """Block until ``address`` reports SERVING (True) or ``stop`` is set (False); over TLS
+    when ``credentials`` are given. The one health wait of `searchctl up`, bench and the tests.
 
     Raises RuntimeError when ``proc`` or one of the ``watch`` children exits (with the tail of
     ``log``), TimeoutError when ``timeout`` passes.
     """
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    channel = grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if stop is not None and stop.is_set():

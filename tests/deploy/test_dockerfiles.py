@@ -11,10 +11,8 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli", reason="Python 3.10 needs tomli to read pyproject.toml")
 
 from .support import GRPC_PORTS, METRICS_PORTS, REPO, xds_tool
+from tests.processes import free_port, wait_serving
 
 DOCKERFILES = {
     "gateway": REPO / "services" / "gateway" / "Dockerfile",
@@ -279,12 +278,6 @@ def healthcheck_argv(variant: str) -> list[str]:
     return [sys.executable, *argv[1:]]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_healthcheck(variant: str, port: int) -> int:
     env = dict(os.environ)
     env[f"{service_of(variant).upper()}_PORT"] = str(port)
@@ -294,28 +287,15 @@ def run_healthcheck(variant: str, port: int) -> int:
 @pytest.fixture(scope="module")
 def serving_gateway():
     """A real gateway process (it needs no models); its health turns SERVING on start."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     port = free_port()
     env = dict(os.environ, GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_METRICS_PORT="0", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "gateway"], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"gateway exited: {proc.stdout.read().decode(errors='replace')}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError("gateway not SERVING")
-                time.sleep(0.2)
+        try:
+            wait_serving(f"127.0.0.1:{port}", timeout=60, proc=proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {proc.stdout.read().decode(errors='replace')}") from None
         yield port
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -19,7 +19,7 @@ from search.v1 import (
     search_service_pb2 as pb,
     search_service_pb2_grpc as pb_grpc,
 )
-from tests.conftest import REPO, SERVICES, Stack, require_models
+from tests.conftest import REPO, Stack, require_models
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +34,7 @@ def secured(tmp_path_factory):
     internal = {"INTERNAL_TOKEN": TOKEN}
     s = Stack(tmp_path_factory.mktemp("ops-secure"), env_overrides={
         "retrieval": internal, "reranker": internal, "gateway": {**internal, "GATEWAY_API_KEYS": KEY}})
-    try:
-        s.start_all()
-    except Exception:
-        for name in SERVICES:
-            print(f"--- {name} log ---\n{s.log_text(name)[-3000:]}")
-        s.stop_all()
-        raise
+    s.start_all()
     yield s
     s.stop_all()
 

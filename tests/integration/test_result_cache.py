@@ -18,7 +18,7 @@ import pytest
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests import processes
-from tests.conftest import free_port, wait_serving
+from tests.processes import free_port, wait_serving
 
 pytestmark = pytest.mark.integration
 

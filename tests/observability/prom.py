@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,17 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.processes import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "observability" / "alerts.yml"
 
 #: Scrape job name per service: the convention alerts.yml and the dashboard rely on.
 JOBS = {"gateway": "search-gateway", "retrieval": "search-retrieval", "reranker": "search-reranker"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prometheus_binary() -> str:

@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from tests.conftest import SERVICES, Stack, require_models
+from tests.conftest import Stack, require_models
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +56,7 @@ def start_stack(tmp, overrides: dict[str, dict[str, str]] | None = None) -> Stac
     for name, values in (overrides or {}).items():
         env.setdefault(name, {}).update(values)
     stack = Stack(tmp, env_overrides=env)
-    try:
-        stack.start_all()
-    except Exception:
-        for name in SERVICES:
-            print(f"--- {name} log ---\n{stack.log_text(name)[-3000:]}")
-        stack.stop_all()
-        raise
+    stack.start_all()
     return stack
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -17,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from search.v1 import rerank_service_pb2, rerank_service_pb2_grpc, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from tests.conftest import REPO, SERVICES, Stack, require_models
+from tests.conftest import REPO, Stack, require_models
 from tests.resilience.certs import ScratchCA
 from tests.resilience.conftest import CORPUS, FAST_RERANKER, figures, metric_value, scrape
 
@@ -43,22 +42,6 @@ class Pki:
             private_key=client.key.read_bytes() if client else None,
             certificate_chain=client.cert.read_bytes() if client else None,
         )
-
-
-def wait_serving_tls(address: str, credentials, proc, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.secure_channel(address, credentials) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server at {address} exited with {proc.returncode}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{address} not SERVING over TLS after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -87,17 +70,7 @@ def stack(tmp_path_factory, pki):
         "GATEWAY_API_KEYS": ENV_KEY,
     }
     s = Stack(tmp, env_overrides={"retrieval": mtls_server, "reranker": {**mtls_server, **FAST_RERANKER}, "gateway": gateway})
-    try:
-        for name in SERVICES:
-            s.start(name, wait=False)
-        client = pki.channel_credentials(client=pki.caller)
-        for name in SERVICES:
-            wait_serving_tls(s.address(name), client, s.procs[name])
-    except Exception:
-        for name in SERVICES:
-            print(f"--- {name} log ---\n{s.log_text(name)[-3000:]}")
-        s.stop_all()
-        raise
+    s.start_all(credentials=pki.channel_credentials(client=pki.caller))
     yield s
     s.stop_all()
 

@@ -5,7 +5,6 @@ the edge service does not require it; health and reflection stay open."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import grpc
 import pytest
@@ -16,6 +15,7 @@ from search.v1 import rerank_service_pb2 as pb, rerank_service_pb2_grpc as pb_gr
 from services.common.security import SecurityConfig
 from services.common.server import Endpoint, run
 from services.gateway import clients
+from tests.processes import free_port
 
 TOKEN = "internal-3b8e61c0d2f4a975"
 
@@ -46,12 +46,6 @@ class FakeService:
 
     async def stop(self) -> None:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
