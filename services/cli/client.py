@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 from google.protobuf import json_format
 from tqdm import tqdm
 
@@ -22,6 +23,23 @@ from services.common.security import bearer_interceptors
 DEFAULT_TARGET = "localhost:50051"
 MODES = api_names.CLI_RETRIEVAL_MODES
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def transient(exc: BaseException) -> bool:
+    """A failure worth retrying: the service was unreachable, overloaded or too slow."""
+    return isinstance(exc, grpc.RpcError) and exc.code() in RETRYABLE
+
+
+def retry_policy(attempts: int = 5, before_sleep=None) -> dict:
+    """searchctl's one retry policy (tenacity keyword arguments): transient failures only,
+    ``attempts`` tries, waits doubling from 0.5 s to at most 8 s, the last error re-raised."""
+    return {
+        "stop": stop_after_attempt(attempts),
+        "wait": wait_exponential(multiplier=0.5, max=8.0),
+        "retry": retry_if_exception(transient),
+        "reraise": True,
+        "before_sleep": before_sleep,
+    }
 
 
 API_KEY_ENV = "SEARCHCTL_API_KEY"
@@ -71,13 +89,9 @@ async def ensure_collection(stub: pb_grpc.SearchServiceStub, name: str, create: 
 async def upsert_with_retry(stub, collection: str, batch: list[dict], attempts: int = 5, timeout: float = 120.0) -> int:
     """Upserts are idempotent on id, so a batch is safe to retry after a transient failure."""
     request = pb.UpsertRequest(collection=collection, documents=[to_document(d) for d in batch])
-    for attempt in range(attempts):
-        try:
+    async for attempt in AsyncRetrying(**retry_policy(attempts)):
+        with attempt:
             return (await stub.Upsert(request, timeout=timeout)).upserted
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in RETRYABLE or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
     raise AssertionError("unreachable")
 
 

@@ -138,18 +138,14 @@ def _grpc():
     return grpc, common_pb2, search_service_pb2, search_service_pb2_grpc
 
 
-RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
-
-
 def _call(fn, request, timeout: float, attempts: int = 5):
-    grpc = _grpc()[0]
-    for attempt in range(attempts):
-        try:
+    from tenacity import Retrying
+
+    from services.cli.client import retry_policy
+
+    for attempt in Retrying(**retry_policy(attempts)):
+        with attempt:
             return fn(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code().name not in RETRYABLE or attempt == attempts - 1:
-                raise
-            time.sleep(min(0.5 * 2**attempt, 8.0))
     raise AssertionError("unreachable")
 
 

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import grpc
+from tenacity import Retrying
 from tqdm import tqdm
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from services.cli.client import RETRYABLE, batched, open_channel, to_document
+from services.cli.client import batched, open_channel, retry_policy, to_document
 
 FALLBACK_DIR = Path(".data/ingest-checkpoints")
 ATTEMPTS = 5
@@ -105,38 +105,39 @@ def run(source: Path, corpus_docs: Callable[[], Iterator[dict]], collection: str
     resumed = checkpoint.documents_done
     bar = tqdm(total=total, initial=resumed, unit="doc", desc=f"ingest {collection}", disable=not progress, smoothing=0.1)
     started = time.perf_counter()
+
+    def stream_once() -> None:
+        """One Ingest stream from the checkpoint on; a lost stream is retried (resumed) by tenacity."""
+        base = checkpoint.documents_done // batch_size  # batches are counted from the start of the input
+        acked: set[int] = set()
+        sizes: dict[int, int] = {}
+
+        def docs() -> Iterator[dict]:
+            for n, doc in enumerate(corpus_docs()):
+                if n >= checkpoint.documents_done:
+                    yield doc
+
+        def on_ack(sequence: int, upserted: int) -> None:
+            acked.add(sequence)
+            sizes[sequence] = upserted
+            bar.update(upserted)
+            advanced = False
+            while checkpoint.documents_done // batch_size in acked:
+                seq = checkpoint.documents_done // batch_size
+                acked.discard(seq)
+                checkpoint.documents_done += sizes.pop(seq)
+                advanced = True
+            if advanced:
+                checkpoint.save(path)
+
+        asyncio.run(stream_ingest(docs(), collection, target, batch_size, on_ack, api_key, first_sequence=base))
+
+    def resuming(state) -> None:
+        bar.write(f"stream interrupted ({state.outcome.exception().code().name}); "
+                  f"resuming after document {checkpoint.documents_done}")
+
     try:
-        for attempt in range(ATTEMPTS):
-            base = checkpoint.documents_done // batch_size  # batches are counted from the start of the input
-            acked: set[int] = set()
-            sizes: dict[int, int] = {}
-
-            def docs() -> Iterator[dict]:
-                for n, doc in enumerate(corpus_docs()):
-                    if n >= checkpoint.documents_done:
-                        yield doc
-
-            def on_ack(sequence: int, upserted: int) -> None:
-                acked.add(sequence)
-                sizes[sequence] = upserted
-                bar.update(upserted)
-                advanced = False
-                while checkpoint.documents_done // batch_size in acked:
-                    seq = checkpoint.documents_done // batch_size
-                    acked.discard(seq)
-                    checkpoint.documents_done += sizes.pop(seq)
-                    advanced = True
-                if advanced:
-                    checkpoint.save(path)
-
-            try:
-                asyncio.run(stream_ingest(docs(), collection, target, batch_size, on_ack, api_key, first_sequence=base))
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
-                    raise
-                bar.write(f"stream interrupted ({exc.code().name}); resuming after document {checkpoint.documents_done}")
-                time.sleep(min(0.5 * 2**attempt, 8.0))
+        Retrying(**retry_policy(ATTEMPTS, before_sleep=resuming))(stream_once)
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
