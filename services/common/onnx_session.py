@@ -463,6 +463,12 @@ def load_tokenizer(
     return tokenizer
 
 
+def runtime_options(cfg: Any) -> dict[str, Any]:
+    """A model constructor's ONNX Runtime keywords from a service config (ORT_PROVIDER,
+    *_GRAPH_OPTIMIZATION, ORT_ALLOW_SPINNING): the part every ``from_config`` shares."""
+    return {"provider": cfg.provider, "graph_optimization": cfg.graph_optimization, "spin": cfg.allow_spinning}
+
+
 def model_input_names(session: ort.InferenceSession, model_name: str) -> list[str]:
     """The session's input names, all of which must be BERT_INPUTS (what encodings_to_inputs feeds)."""
     names = [i.name for i in session.get_inputs()]

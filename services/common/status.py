@@ -103,6 +103,23 @@ class _Malformed:
         self.reason = reason
 
 
+def _tolerant(deserialize):
+    """The handler's deserializer, returning a :class:`_Malformed` instead of raising: gRPC
+    would turn the exception into UNKNOWN, and a malformed body is the caller's mistake."""
+
+    def tolerant(raw: bytes) -> Any:
+        try:
+            return deserialize(raw) if deserialize is not None else raw
+        except Exception as exc:  # noqa: BLE001 - DecodeError, bad UTF-8, recursion limit
+            return _Malformed(f"{exc}")
+
+    return tolerant
+
+
+def _malformed(method: str, request: _Malformed) -> ServiceError:
+    return MalformedRequest(f"the request body is not a valid message for {method}: {request.reason}")
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Maps :class:`ServiceError` to its status and any other exception to INTERNAL."""
 
@@ -114,41 +131,20 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         behavior: Behavior = handler.unary_unary
         method = handler_call_details.method
-        deserialize = handler.request_deserializer
-
-        def tolerant_deserialize(raw: bytes) -> Any:
-            # gRPC turns a deserializer's exception into UNKNOWN; a malformed body is the
-            # caller's mistake, so it becomes a value that `guarded` answers INVALID_ARGUMENT.
-            try:
-                return deserialize(raw) if deserialize is not None else raw
-            except Exception as exc:  # noqa: BLE001 - DecodeError, bad UTF-8, recursion limit
-                return _Malformed(f"{exc}")
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Malformed):
-                await context.abort_with_status(
-                    to_rpc_status(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"the request body is not a valid message for {method}: {request.reason}",
-                    )
-                )
             try:
+                if isinstance(request, _Malformed):
+                    raise _malformed(method, request)
                 return await behavior(request, context)
-            except ServiceError as exc:
-                await context.abort_with_status(error_status(exc))
             except grpc.aio.AbortError:
                 raise
-            except Exception:  # noqa: BLE001 - the last line of defence for a server
-                from services.common import tracing
-
-                trace_id = tracing.current_trace_id()
-                log.exception("unhandled error", extra={"method": method})
-                suffix = f" (trace id {trace_id})" if trace_id else ""
-                await context.abort_with_status(to_rpc_status(grpc.StatusCode.INTERNAL, f"internal error in {method}{suffix}"))
+            except Exception as exc:  # noqa: BLE001 - the last line of defence for a server
+                await _abort(context, method, exc)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=tolerant_deserialize,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -172,24 +168,13 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
 def _guard_stream(handler, method: str):
     """The same mapping for streaming handlers (responses streamed: async generators), and the
     same answer to a malformed request message: INVALID_ARGUMENT, never UNKNOWN."""
-    deserialize = handler.request_deserializer
-
-    def tolerant(raw: bytes) -> Any:
-        try:
-            return deserialize(raw) if deserialize is not None else raw
-        except Exception as exc:  # noqa: BLE001 - DecodeError, bad UTF-8, recursion limit
-            return _Malformed(f"{exc}")
-
-    def malformed(request: _Malformed) -> ServiceError:
-        return MalformedRequest(f"the request body is not a valid message for {method}: {request.reason}")
-
     async def checked(requests):
         async for request in requests:
             if isinstance(request, _Malformed):
-                raise malformed(request)
+                raise _malformed(method, request)
             yield request
 
-    kw = {"request_deserializer": tolerant, "response_serializer": handler.response_serializer}
+    kw = {"request_deserializer": _tolerant(handler.request_deserializer), "response_serializer": handler.response_serializer}
     if handler.stream_unary is not None:
         behavior = handler.stream_unary
 
@@ -208,7 +193,7 @@ def _guard_stream(handler, method: str):
     async def guarded_stream(request_or_requests, context):
         try:
             if unary_stream and isinstance(request_or_requests, _Malformed):
-                raise malformed(request_or_requests)
+                raise _malformed(method, request_or_requests)
             async for reply in behavior(request_or_requests if unary_stream else checked(request_or_requests), context):
                 yield reply
         except grpc.aio.AbortError:

@@ -72,11 +72,13 @@ def bounded_int(value: int, field: str, low: int, high: int) -> int:
     return value
 
 
+def defaulted_int(value: int, field: str, default: int, high: int) -> int:
+    """A count where 0 means ``default``; negative or over ``high`` is an error."""
+    return default if value == 0 else bounded_int(value, field, 1, high)
+
+
 def top_k(value: int, field: str = "top_k") -> int:
-    """0 means the default; negative or over the limit is an error."""
-    if value == 0:
-        return DEFAULT_TOP_K
-    return bounded_int(value, field, 1, MAX_TOP_K)
+    return defaulted_int(value, field, DEFAULT_TOP_K, MAX_TOP_K)
 
 
 def documents(docs: Sequence[common_pb2.Document], field: str = "documents") -> list[dict]:
@@ -163,10 +165,7 @@ def unit_interval(value: float, field: str) -> float:
 
 
 def retrieve_limit(value: int, field: str = "limit") -> int:
-    """A Retrieve's candidate count: 0 means DEFAULT_RETRIEVE_LIMIT."""
-    if value == 0:
-        return DEFAULT_RETRIEVE_LIMIT
-    return bounded_int(value, field, 1, MAX_RETRIEVE_LIMIT)
+    return defaulted_int(value, field, DEFAULT_RETRIEVE_LIMIT, MAX_RETRIEVE_LIMIT)
 
 
 def fusion_options(options: common_pb2.FusionOptions, field: str = "fusion") -> common_pb2.FusionOptions:

@@ -23,6 +23,7 @@ from services.common.onnx_session import (
     encodings_to_inputs,
     load_tokenizer,
     model_input_names,
+    runtime_options,
     run_with_io_binding,
 )
 
@@ -63,15 +64,8 @@ class CrossEncoder:
     @classmethod
     def from_config(cls, cfg: RerankerConfig, intra_op_threads: int) -> CrossEncoder:
         """The cross-encoder the reranker settings describe (RERANKER_*, ORT_*)."""
-        return cls(
-            find_model_dir(cfg.model_dir, CROSS_ENCODER),
-            max_length=cfg.max_length,
-            batch_size=cfg.max_batch_pairs,
-            provider=cfg.provider,
-            intra_op_threads=intra_op_threads,
-            graph_optimization=cfg.graph_optimization,
-            spin=cfg.allow_spinning,
-        )
+        return cls(find_model_dir(cfg.model_dir, CROSS_ENCODER), max_length=cfg.max_length,
+                   batch_size=cfg.max_batch_pairs, intra_op_threads=intra_op_threads, **runtime_options(cfg))
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from services.common.onnx_session import (
     encodings_to_inputs,
     load_tokenizer,
     model_input_names,
+    runtime_options,
     run_with_io_binding,
 )
 
@@ -57,15 +58,8 @@ class BiEncoder:
     @classmethod
     def from_config(cls, cfg: RetrievalConfig, intra_op_threads: int) -> BiEncoder:
         """The bi-encoder the retrieval settings describe (EMBEDDER_*, ORT_*, RETRIEVAL_MODEL_DIR)."""
-        return cls(
-            find_model_dir(cfg.model_dir, BI_ENCODER),
-            max_length=cfg.max_length,
-            batch_size=cfg.batch_size,
-            provider=cfg.provider,
-            intra_op_threads=intra_op_threads,
-            graph_optimization=cfg.graph_optimization,
-            spin=cfg.allow_spinning,
-        )
+        return cls(find_model_dir(cfg.model_dir, BI_ENCODER), max_length=cfg.max_length, batch_size=cfg.batch_size,
+                   intra_op_threads=intra_op_threads, **runtime_options(cfg))
 
     def __init__(
         self,
