@@ -1,4 +1,5 @@
-"""ONNX Runtime session factory and tokenizer loading shared by both encoders.
+"""ONNX Runtime sessions for the encoders: provider choice, session options, I/O binding and
+the model inputs (hardware probing: hardware.py; tokenizers: tokenization.py).
 
 Provider names accepted everywhere (``ORT_PROVIDER``): ``auto``, ``cpu``, ``cuda``,
 ``tensorrt``.
@@ -20,20 +21,31 @@ back from ``session.get_providers()[0]``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding
+
+# Split out of this module; imported here for callers that still use these names (bench.py).
+from services.common.hardware import (  # noqa: F401
+    CPU,
+    CPU_BATCH_TOKENS,
+    CUDA,
+    GPU_BATCH_TOKENS,
+    GPU_PROVIDERS,
+    TENSORRT,
+    available_cpus,
+    batching_for,
+    cpu_layout,
+    cuda_device_present,
+)
+from services.common.tokenization import load_tokenizer  # noqa: F401
 
 __all__ = [
     "CPU",
@@ -57,10 +69,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-GPU_PROVIDERS = frozenset({CUDA, TENSORRT})
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 
 #: An ORT provider entry: a name, or (name, options).
@@ -108,106 +116,6 @@ GRAPH_OPTIMIZATIONS = tuple(_GRAPH_OPT_LEVELS)
 
 def _provider_name(spec: ProviderSpec) -> str:
     return spec if isinstance(spec, str) else spec[0]
-
-
-@lru_cache(maxsize=1)
-def cuda_device_present() -> bool:
-    """True when an NVIDIA GPU is visible to this process.
-
-    Checks ``/proc/driver/nvidia/gpus`` (present when the kernel driver sees a GPU,
-    also inside containers run with the NVIDIA toolkit), then ``nvidia-smi -L``.
-    The result is cached for the life of the process.
-    """
-    gpus = Path("/proc/driver/nvidia/gpus")
-    try:
-        if gpus.is_dir() and any(gpus.iterdir()):
-            return True
-    except OSError:
-        pass
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return False
-    try:
-        proc = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0 and any(
-        line.startswith("GPU ") for line in proc.stdout.splitlines()
-    )
-
-
-def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota.
-
-    ``os.cpu_count()`` reports the node's cores even in a container limited to two
-    (Kubernetes ``resources.limits.cpu``); sizing thread pools from it oversubscribes the
-    quota and the kernel throttles the pod. cgroup v2 (``cpu.max``) and v1
-    (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) quotas are honoured, rounded up.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    root = Path(cgroup_root)
-    quota = None
-    try:
-        fields = (root / "cpu.max").read_text().split()
-        if len(fields) == 2 and fields[0] != "max":
-            quota = float(fields[0]) / float(fields[1])
-    except (OSError, ValueError):
-        try:
-            q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-            period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-            if q > 0 and period > 0:
-                quota = q / period
-        except (OSError, ValueError):
-            pass
-    if quota is not None and quota > 0:
-        cpus = min(cpus, max(1, int(-(-quota // 1))))
-    return max(1, cpus)
-
-
-def cpu_layout(workers: int, intra_op_threads: int, cpus: int) -> tuple[int, int]:
-    """How to spend ``cpus`` on inference: ``(batches run at once, ORT threads per batch)``.
-
-    0 means "choose". Both chosen: one batch per CPU, each on one thread. Measured on
-    the shipped int8 encoders with sequences of 128-256 tokens, a batch on one thread
-    costs 10-25 % less CPU per item than the same work split across threads inside
-    ONNX Runtime (and small batches cost less per item than large ones), so parallel
-    single-threaded batches are the faster layout on a CPU. One value given: the other
-    fills the CPUs. Both given: used as is.
-    """
-    if workers < 0 or intra_op_threads < 0:
-        raise ValueError("inference workers and intra-op threads must be >= 0 (0 = choose)")
-    cpus = max(1, cpus)
-    if workers and intra_op_threads:
-        return workers, intra_op_threads
-    if workers:
-        return workers, max(1, cpus // workers)
-    if intra_op_threads:
-        return max(1, cpus // intra_op_threads), intra_op_threads
-    return cpus, 1
-
-
-#: Padded tokens per batch when not configured. CPU: one full-length (256-token) sequence
-#: per batch; measured interleaved on both models, the cost per item grows with the batch
-#: (batch 2 costs ~1.15x per item, batch 8 ~1.4x; docs/BENCHMARKS.md), and a sequence
-#: longer than the bound still runs alone. GPU: large batches.
-CPU_BATCH_TOKENS = 256
-GPU_BATCH_TOKENS = 16384
-
-
-def batching_for(provider: str, workers: int, workers_setting: int, max_batch_tokens: int) -> tuple[int, int, int]:
-    """``(workers, prefetch, max_batch_tokens)`` for a session running on ``provider``.
-
-    On a GPU one batch runs at a time (unless ``workers_setting`` says otherwise) with one
-    whole batch queued behind it, and batches are large; on a CPU the ``workers`` chosen
-    by :func:`cpu_layout` run small batches side by side. ``max_batch_tokens`` 0 = default.
-    """
-    gpu = provider in GPU_PROVIDERS
-    if gpu:
-        return (workers_setting or 1), 1, (max_batch_tokens or GPU_BATCH_TOKENS)
-    return workers, 0, (max_batch_tokens or CPU_BATCH_TOKENS)
 
 
 def select_providers(
@@ -405,62 +313,6 @@ def run_with_io_binding(
     binding.bind_output(output_name, device)
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()[0]
-
-
-def _model_max_positions(model_dir: Path) -> int | None:
-    for name in ("config.json", "vectrix_config.json"):
-        try:
-            cfg = json.loads((model_dir / name).read_text())
-        except (OSError, ValueError):
-            continue
-        for key in ("max_position_embeddings", "max_length"):
-            value = cfg.get(key)
-            if isinstance(value, int) and value > 0:
-                return value
-    return None
-
-
-def load_tokenizer(
-    model_dir: str | os.PathLike[str],
-    max_length: int,
-    *,
-    padding: bool = True,
-    truncation_strategy: str = "longest_first",
-) -> Tokenizer:
-    """Load ``tokenizer.json`` with dynamic padding and truncation at ``max_length``.
-
-    The shipped tokenizer files pad to a fixed 512 tokens; that padding is removed and,
-    when ``padding`` is true, replaced by padding to the longest sequence of each
-    ``encode_batch`` call. ``truncation_strategy`` is ``longest_first``, ``only_first``
-    or ``only_second`` (``only_second`` keeps a cross-encoder's query intact; note that
-    it raises if the first sequence alone exceeds ``max_length``).
-    ``max_length`` is capped to the model's position-embedding size when known.
-    """
-    model_dir = Path(model_dir)
-    if max_length < 8:
-        raise ValueError(f"max_length must be >= 8, got {max_length}")
-    limit = _model_max_positions(model_dir)
-    if limit is not None and max_length > limit:
-        logger.warning(
-            "max_length %d exceeds the model's %d positions; using %d",
-            max_length, limit, limit,
-            extra={"model_dir": str(model_dir)},
-        )  # fmt: skip
-        max_length = limit
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    previous = tokenizer.padding or {}
-    pad_token = previous.get("pad_token") or "[PAD]"
-    pad_id = tokenizer.token_to_id(pad_token)
-    if pad_id is None:
-        pad_id = int(previous.get("pad_id", 0))
-    tokenizer.no_padding()
-    if padding:
-        tokenizer.enable_padding(
-            pad_id=pad_id, pad_type_id=int(previous.get("pad_type_id", 0)), pad_token=pad_token
-        )
-    tokenizer.no_truncation()
-    tokenizer.enable_truncation(max_length, strategy=truncation_strategy)
-    return tokenizer
 
 
 def runtime_options(cfg: Any) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class RerankerService:
         pb_grpc.add_RerankServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
-        from services.common.onnx_session import available_cpus, batching_for, cpu_layout
+        from services.common.hardware import available_cpus, batching_for, cpu_layout
         from services.reranker.cross_encoder import CrossEncoder
 
         cfg = self.config

@@ -20,11 +20,11 @@ from services.common.onnx_session import (
     TrtProfile,
     create_session,
     encodings_to_inputs,
-    load_tokenizer,
     model_input_names,
     runtime_options,
     run_with_io_binding,
 )
+from services.common.tokenization import load_tokenizer
 
 if TYPE_CHECKING:
     from services.retrieval.config import RetrievalConfig

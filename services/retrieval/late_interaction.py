@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from services.common.model_dir import resolve_model_dir
-from services.common.onnx_session import create_session, encodings_to_inputs, load_tokenizer, run_with_io_binding
+from services.common.onnx_session import create_session, encodings_to_inputs, run_with_io_binding
+from services.common.tokenization import load_tokenizer
 from services.retrieval.sparse import ENGLISH_STOP_WORDS
 
 __all__ = ["LateInteractionEncoder", "maxsim"]

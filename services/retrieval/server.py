@@ -205,7 +205,7 @@ class RetrievalService:
         return f"{collection}@{self._backend.version(collection)}"
 
     async def start(self) -> None:
-        from services.common.onnx_session import available_cpus, batching_for, cpu_layout
+        from services.common.hardware import available_cpus, batching_for, cpu_layout
         from services.retrieval.batched_embedder import BatchedEmbedder
         from services.retrieval.embedder import BiEncoder
         from services.retrieval.sparse import Bm25SparseEncoder

@@ -319,7 +319,7 @@ def test_encodings_to_inputs() -> None:
 
 # ------------------------------------------------------------------ CPU layout and batch sizing
 
-from services.common.onnx_session import (  # noqa: E402
+from services.common.hardware import (  # noqa: E402
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
     available_cpus,
