@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,12 @@ PRUNE_MODES = ("none", "punctuation", "stopwords")
 
 class LateInteractionEncoder:
     """Token vectors for queries and documents. Thread-safe like ``BiEncoder``."""
+
+    @classmethod
+    def from_config(cls, cfg: Any, model_dir: str | os.PathLike[str], intra_op_threads: int) -> LateInteractionEncoder:
+        """The encoder the RETRIEVAL_LATE_INTERACTION_* settings describe, from ``model_dir``."""
+        return cls(model_dir, max_length=cfg.late_interaction_max_length, prune=cfg.late_interaction_prune,
+                   provider=cfg.provider, intra_op_threads=intra_op_threads)
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ from google.protobuf import json_format, struct_pb2
 
 from search.v1 import common_pb2, retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
 from services.common import api_names, metrics, validation
-from services.common.errors import InvalidArgument, ServiceError, Unavailable
+from services.common.errors import ServiceError, Unavailable
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
@@ -65,8 +65,7 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
                              "or set RETRIEVAL_LATE_INTERACTION_MODEL_DIR=off")
         log.info("no late-interaction model in %s: collections without the stage only", model_dir)
         return None
-    encoder = LateInteractionEncoder(model_dir, max_length=cfg.late_interaction_max_length,
-                                     prune=cfg.late_interaction_prune, provider=cfg.provider, intra_op_threads=threads)
+    encoder = LateInteractionEncoder.from_config(cfg, model_dir, threads)
     encoder.embed_queries(["warmup"])
     return LateInteraction(encoder, candidates=cfg.late_interaction_candidates, weight=cfg.late_interaction_weight,
                            quantization=cfg.late_interaction_quantization, default_on=cfg.late_interaction_default)
