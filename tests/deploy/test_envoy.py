@@ -18,7 +18,13 @@ from .support import GRPC_PORTS, REPO, by_kind, config_default, render, require_
 
 ENVOY_YAML = REPO / "deploy" / "envoy" / "envoy.yaml"
 VALIDATOR = REPO / "scripts" / "validate_envoy.py"
-SEARCH_METHODS = {"Search", "Upsert", "Delete", "CreateCollection", "DescribeCollection"}
+SEARCH_METHODS = {
+    "Search", "Upsert", "Delete", "CreateCollection", "DescribeCollection", "ListCollections", "DeleteCollection",
+    "GetDocuments", "CreateAlias", "SwitchAlias", "DeleteAlias", "ListAliases", "Ingest", "Reindex", "ExportSnapshot",
+    "RestoreSnapshot",
+}
+#: Streams that run as long as their work: no overall route timeout, never retried.
+LONG_STREAMS = {"Ingest", "Reindex", "ExportSnapshot", "RestoreSnapshot"}
 
 
 def run_validator(*args: str | Path) -> subprocess.CompletedProcess:
@@ -141,6 +147,10 @@ def test_route_timeouts_cover_the_gateway_deadlines(bootstrap):
         assert seconds(write["timeout"]) > config_default("gateway", "write_timeout_seconds")
     for method in SEARCH_METHODS:
         assert "timeout" in route_for(bootstrap, method)["route"], method
+    for method in LONG_STREAMS:  # a 30 s route timeout would cut a reindex or a bulk ingest
+        route = route_for(bootstrap, method)
+        assert route["match"].get("path") == f"/search.v1.SearchService/{method}", method
+        assert seconds(route["route"]["timeout"]) == 0 and "retry_policy" not in route["route"], method
 
 
 def test_retries_on_unavailable_are_bounded(bootstrap):
