@@ -67,8 +67,12 @@ def pct(values, q):
 async def test_reranker_sheds_past_its_queue_and_served_requests_keep_their_latency(stack):
     address = stack.address("reranker")
     await rerank_load(address, 2, 1.0)  # warm
-    baseline = await rerank_load(address, QUEUE_PAIRS // PAIRS_PER_REQUEST, 4.0)
-    overload = await rerank_load(address, 4 * QUEUE_PAIRS // PAIRS_PER_REQUEST, 4.0)
+    # Baseline and overload alternate in short rounds, so a change in what else the machine
+    # is running (the CPU's speed drifts too) weighs on both alike instead of on one of them.
+    baseline, overload = [], []
+    for _ in range(3):
+        baseline += await rerank_load(address, QUEUE_PAIRS // PAIRS_PER_REQUEST, 1.5)
+        overload += await rerank_load(address, 4 * QUEUE_PAIRS // PAIRS_PER_REQUEST, 1.5)
     base_ok = [t for code, t in baseline if code == "OK"]
     served = [t for code, t in overload if code == "OK"]
     shed = [t for code, t in overload if code == "RESOURCE_EXHAUSTED"]
