@@ -33,7 +33,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 BATCH_PAIRS_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 #: Padded tokens per reranker batch (pairs x padded length): 32 pairs x 256 tokens = 8192; up to 32k+.
 BATCH_TOKENS_BUCKETS: tuple[float, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 12288, 16384, 24576, 32768, 65536)
-#: Candidates the gateway got back from retrieval (GATEWAY_DEFAULT_CANDIDATES is 50).
+#: Candidates the gateway got back from retrieval (GATEWAY_DEFAULT_CANDIDATES by default).
 CANDIDATES_BUCKETS: tuple[float, ...] = (0, 1, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000)
 
 # --------------------------------------------------------------------------- RED, every service

@@ -21,7 +21,7 @@ from search.v1 import (
     retrieval_service_pb2,
     search_service_pb2 as pb,
 )
-from services.common import metrics, tracing, validation
+from services.common import api_names, metrics, tracing, validation
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError
 from services.gateway import combine, paging
 from services.gateway.clients import ANSWER_RESERVE_S, Budget, Downstream
@@ -32,11 +32,8 @@ log = logging.getLogger(__name__)
 
 #: The longest deadline honoured; a caller's longer (or absent) deadline is cut to this.
 MAX_DEADLINE_S = 3600.0
-COMBINATIONS = {
-    pb.SCORE_COMBINATION_RERANK_ONLY: "rerank_only",
-    pb.SCORE_COMBINATION_WEIGHTED_ZSCORE: "weighted_zscore",
-    pb.SCORE_COMBINATION_WEIGHTED_RRF: "weighted_rrf",
-}
+#: Score combination enum -> the name combine.py uses (one map, services/common/api_names.py).
+COMBINATIONS = api_names.SCORE_COMBINATIONS
 #: Reranker outcomes that say it is unhealthy (they count toward opening the breaker).
 #: RESOURCE_EXHAUSTED (shed, answered at once) and the caller's own mistakes do not.
 BREAKER_FAILURES = frozenset(
@@ -55,17 +52,21 @@ BREAKER_FAILURES = frozenset(
 
 @dataclass(frozen=True)
 class RerankDefaults:
-    """Defaults chosen by measurement on SciFact train queries (docs/QUALITY.md)."""
+    """What a Search reranks when the request does not say. No defaults here: their one home
+    is the gateway's settings (GATEWAY_DEFAULT_CANDIDATES, GATEWAY_SCORE_COMBINATION,
+    GATEWAY_RERANK_WEIGHT in services/gateway/config.py), chosen on SciFact train (docs/QUALITY.md)."""
 
-    candidates: int = 10
-    combination: str = "weighted_zscore"
-    rerank_weight: float = 0.4
+    candidates: int
+    combination: str
+    rerank_weight: float
 
     def __post_init__(self) -> None:
         if self.combination not in COMBINATIONS.values():
             raise ValueError(f"score combination must be one of {sorted(COMBINATIONS.values())}, got {self.combination!r}")
-        if not 0.0 <= self.rerank_weight <= 1.0:
-            raise ValueError(f"rerank weight must be between 0 and 1, got {self.rerank_weight}")
+        try:
+            validation.unit_interval(self.rerank_weight, "GATEWAY_RERANK_WEIGHT")
+        except ServiceError as exc:  # a setting, not a request: a start-up error
+            raise ValueError(exc.message) from exc
 
 
 def budget_for(
