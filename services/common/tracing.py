@@ -21,7 +21,7 @@ adds gRPC services not to trace (health checks and reflection are never traced).
 What a caller and an operator get, whether or not tracing is on and whatever is sampled:
 
 * every unary RPC answers with the trace id in trailing metadata (``x-trace-id``) and,
-  on error, in a ``google.rpc.RequestInfo`` detail (``request_id``; see errors.py);
+  on error, in a ``google.rpc.RequestInfo`` detail (``request_id``; see status.py);
 * every log line written inside a request carries ``trace_id`` and ``span_id`` (logs.py);
 * a call to another service carries ``traceparent``, so its answer and logs share the id.
 
@@ -306,7 +306,7 @@ class TraceIdServerInterceptor(grpc.aio.ServerInterceptor):
     :func:`services.common.errors.to_rpc_status` adds the trace id there itself.
 
     OpenTelemetry's aio servicer-context wrapper sees ``abort()`` and ``set_code()`` but
-    not ``abort_with_status()`` (how errors.py answers), so the final code is copied onto
+    not ``abort_with_status()`` (how status.py answers), so the final code is copied onto
     the span here: ``rpc.grpc.status_code``, and an ERROR status for server faults.
     Unary-unary methods only; excluded services (health, reflection) pass untouched.
     """
@@ -360,7 +360,7 @@ class TraceIdOnlyServerInterceptor(grpc.aio.ServerInterceptor):
 
     For each unary call (health and reflection excepted) it continues the caller's
     ``traceparent`` (or draws a new random 128-bit trace id), makes a non-recording span with
-    a fresh span id current for the handler, so log lines (logs.py), error details (errors.py)
+    a fresh span id current for the handler, so log lines (logs.py), error details (status.py)
     and :func:`outgoing_metadata` see the ids, and sets ``x-trace-id`` in the trailing metadata.
     Nothing is recorded; the cost is a dict lookup, two random numbers and a context switch.
     """
