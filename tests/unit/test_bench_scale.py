@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from services.cli import bench_scale
+from services.cli.bench import scale as bench_scale
 from services.cli.bench import DEFAULT_DATASET
 from services.cli.main import build_parser
 from services.common.model_dir import default_models_dir

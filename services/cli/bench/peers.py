@@ -11,7 +11,7 @@
   queries, next to :func:`service_ndcg` of our own Search (search only) on the same queries.
 * :func:`zipf_queries`: queries drawn with a Zipf distribution over the query set (a realistic
   repeat rate), and :func:`cache_lookups` to read every service's cache hit counts.
-* :func:`distinct_queries` (from bench_profile): no query text ever repeats (no cache hits).
+* :func:`distinct_queries` (from services/cli/bench/profile.py): no query text ever repeats (no cache hits).
 
 Document vectors for the peer are embedded once with the service's bi-encoder (same model,
 same max length) and kept in ``--data-dir`` (``peer-doc-vectors.npy``).
@@ -19,6 +19,7 @@ same max length) and kept in ``--data-dir`` (``peer-doc-vectors.npy``).
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import time
@@ -27,9 +28,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
-from services.cli.bench_profile import distinct_queries, metric_value
+from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.cli.beir import load_qrels, load_queries
+from services.cli.bench.harness import (
+    _bi_encoder,
+    _cross_encoder,
+    _rerank_config,
+    _retrieval_config,
+    _scrape,
+    measure_limit_cpu,
+)
+from services.cli.bench.profile import cpu_seconds, distinct_queries, metric_value
+from services.cli.evaluate import compute_metrics
 
 __all__ = ["cache_lookups", "distinct_queries", "lancedb_peer", "raw_query_limit", "raw_rerank_limit", "service_ndcg",
            "zipf_queries"]
@@ -37,7 +50,6 @@ __all__ = ["cache_lookups", "distinct_queries", "lancedb_peer", "raw_query_limit
 
 def raw_query_limit(queries: Sequence[str], n: int = 512, workers: int = 2) -> dict[str, float]:
     """Queries/s of the raw bi-encoder: ``one_at_a_time`` and ``batch16`` (with CPU ms per query)."""
-    from services.cli.bench import _bi_encoder, _retrieval_config, measure_limit_cpu
 
     encoder = _bi_encoder(_retrieval_config(), 1)
     encodings = encoder.tokenize_queries(list(queries[:n]))
@@ -50,7 +62,6 @@ def raw_rerank_limit(queries: Sequence[str], passages: Sequence[str], pairs: int
                      seed: int = 7) -> dict[str, float]:
     """Pairs/s of the raw cross-encoder on (query, passage) pairs, one pair per batch, one
     single-threaded batch per core: the reranker's limit (its CPU default layout)."""
-    from services.cli.bench import _cross_encoder, _rerank_config, measure_limit_cpu
 
     rng = random.Random(seed)
     encoder = _cross_encoder(_rerank_config(), 1)
@@ -70,7 +81,6 @@ def zipf_queries(queries: Sequence[str], n: int, s: float = 1.0, seed: int = 7) 
 
 def cache_lookups(metrics_urls: Mapping[str, str]) -> dict[str, dict[str, float]]:
     """``{cache: {"hit": n, "miss": n}}`` summed over the services' /metrics."""
-    from services.cli.bench import _scrape
 
     out: dict[str, dict[str, float]] = {}
     for url in metrics_urls.values():
@@ -97,8 +107,6 @@ def hit_rates(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Map
 
 
 def _test_queries(dataset: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    from services.cli.beir import load_qrels, load_queries
-
     qrels = load_qrels(dataset, "test")
     queries = load_queries(dataset)
     return {q: queries[q] for q in qrels if q in queries}, qrels
@@ -106,10 +114,7 @@ def _test_queries(dataset: Path) -> tuple[dict[str, str], dict[str, dict[str, in
 
 def service_ndcg(address: str, collection: str, dataset: Path, mode: int) -> float:
     """NDCG@10 of our Search, search only, in retrieval ``mode``, on the SciFact test queries."""
-    import grpc
 
-    from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-    from services.cli.evaluate import compute_metrics
 
     queries, qrels = _test_queries(dataset)
     run: dict[str, dict[str, float]] = {}
@@ -148,7 +153,6 @@ def lancedb_peer(docs: Sequence[Mapping[str, Any]], queries: Sequence[str], data
 
     None (with a message) when lancedb is not installed.
     """
-    import os
 
     os.environ.setdefault("LANCE_LOG", "error")  # its deprecation warnings, one per query
     os.environ.setdefault("RUST_LOG", "error")
@@ -158,8 +162,6 @@ def lancedb_peer(docs: Sequence[Mapping[str, Any]], queries: Sequence[str], data
     except ImportError:
         print("peer skipped: lancedb is not installed (pip install -e '.[bench]')")
         return None
-    from services.cli.bench import _bi_encoder, _retrieval_config
-    from services.cli.evaluate import compute_metrics
 
     conf = _retrieval_config()
     vectors = _doc_vectors(_bi_encoder(conf, 2), docs, cache_dir)
@@ -228,8 +230,6 @@ class StepCounters:
         self.urls = {name: procs.metrics_url(name) for name in self.NAMES}
 
     def __enter__(self) -> StepCounters:
-        from services.cli.bench_profile import cpu_seconds
-
         self.cpu = {n: cpu_seconds(u) for n, u in self.urls.items()}
         self.caches = cache_lookups(self.urls)
         return self
@@ -238,8 +238,6 @@ class StepCounters:
         return None
 
     def finish(self, served: int) -> dict[str, Any]:
-        from services.cli.bench_profile import cpu_seconds
-
         served = max(served, 1)
         cpu = {n: (cpu_seconds(u) - self.cpu[n]) / served * 1000.0 for n, u in self.urls.items()}
         return {"cpu_ms_per_query": cpu, "cache_hit_rates": hit_rates(self.caches, cache_lookups(self.urls))}

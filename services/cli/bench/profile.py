@@ -1,6 +1,6 @@
 """`searchctl bench profile`: where the CPU goes, per process, while Search runs under load.
 
-Starts the three services (services/cli/bench.py ``Stack``, SciFact ingested or reused from
+Starts the three services (services/cli/bench/harness.py ``Stack``, SciFact ingested or reused from
 ``--data-dir``) and, for each first-stage mode asked for (``--retrieval-modes dense,hybrid``),
 offers search-only Searches (no reranking) open-loop at a fixed ``--rate`` for ``--seconds``
 while
@@ -32,8 +32,29 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from search.v1 import search_service_pb2_grpc as pb_grpc
+from services.cli.bench.harness import (
+    E2EMode,
+    Profiler,
+    Stack,
+    _grpc_options,
+    _print_machine,
+    _scrape,
+    _search_request,
+    _skip,
+    _write_json,
+    load_corpus,
+    machine_info,
+    open_loop,
+    process_cpu_seconds,
+)
 
 __all__ = ["LAYERS", "classify_stack", "layer_shares", "metric_value", "register"]
 
@@ -99,7 +120,6 @@ def leaf_functions(lines: Iterable[str], top: int = 15) -> list[tuple[str, int]]
 
 def metric_value(exposition: str, name: str, labels: Mapping[str, str] | None = None) -> float:
     """Sum of the samples called ``name`` (with these labels) in a /metrics text; 0 when absent."""
-    from prometheus_client.parser import text_string_to_metric_families
 
     total = 0.0
     for family in text_string_to_metric_families(exposition):
@@ -110,14 +130,10 @@ def metric_value(exposition: str, name: str, labels: Mapping[str, str] | None = 
 
 
 def cpu_seconds(url: str) -> float:
-    from services.cli.bench import _scrape
-
     return metric_value(_scrape(url), "process_cpu_seconds_total")
 
 
 def _pyspy() -> str | None:
-    from services.cli.bench import Profiler
-
     return Profiler(None).exe
 
 
@@ -149,7 +165,6 @@ def _print_profile(name: str, path: Path, cpu_s: float, rate: int) -> dict[str, 
 def profile_mode(stack, queries: Sequence[str], retrieval: str, rate: float, seconds: float, outdir: Path | None,
                  sample_rate: int = 100) -> dict[str, Any]:
     """One fixed-rate search-only step with CPU counters (and py-spy) on every process."""
-    from services.cli.bench import E2EMode, open_loop, process_cpu_seconds
 
     mode = E2EMode("search", 0, retrieval)
     p = stack.procs
@@ -204,8 +219,6 @@ def distinct_queries(queries: Sequence[str], start: int, n: int) -> list[str]:
 
 
 def _bench_profile(args: argparse.Namespace) -> int:
-    from services.cli.bench import Stack, _skip, _write_json, load_corpus, machine_info, _print_machine
-
     corpus = load_corpus(Path(args.dataset), max_docs=args.docs)
     if corpus is None:
         return _skip("profile", Path(args.dataset))
@@ -257,9 +270,7 @@ class _Sink:
 def _otlp_sink() -> tuple[_Sink, int]:
     """An OTLP/gRPC trace receiver in this process that counts spans and drops them (for the
     cost of tracing with an exporter, without a collector's own cost on the machine)."""
-    from concurrent.futures import ThreadPoolExecutor
 
-    import grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
     sink = _Sink()
@@ -278,11 +289,6 @@ def _otlp_sink() -> tuple[_Sink, int]:
 
 
 async def _warm(stack, queries: Sequence[str], retrieval: str) -> None:
-    import grpc
-
-    from search.v1 import search_service_pb2_grpc as pb_grpc
-    from services.cli.bench import E2EMode, _grpc_options, _search_request
-
     async with grpc.aio.insecure_channel(stack.procs.address("gateway"), options=_grpc_options()) as channel:
         stub = pb_grpc.SearchServiceStub(channel)
         for q in queries:

@@ -12,7 +12,6 @@ baseline), the latter only up to the first size where a query's p50 passes
 ``--local-stop-ms`` (1 s).
 
 Per collection size N:
-
 * store-only upsert rate (batches of ``--batch-size`` points, vectors precomputed);
 * Retrieve-equivalent query latency p50/p95 for dense, sparse and hybrid, unloaded
   (sequential) and with ``--clients`` closed-loop client threads (QPS too), both exact
@@ -55,13 +54,21 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from services.cli.bench.harness import _bi_encoder, _retrieval_config, load_corpus, machine_info
+from services.retrieval import fusion
+from services.retrieval.backends.base import DENSE, SPARSE, CollectionSchema, Fused, Nearest, PointIn, SparseVector
+from services.retrieval.sparse import Bm25SparseEncoder, term_id
+from services.retrieval.store import point_id
 
 MODES = ("dense", "sparse", "hybrid", "hybrid_batch")
 CONCURRENT_MODES = ("dense", "sparse", "hybrid")
@@ -145,9 +152,6 @@ class RealData:
 
 
 def load_real(dataset: Path, cache_dir: Path, max_docs: int, n_queries: int, seed: int) -> RealData:
-    from services.cli.bench import _bi_encoder, _retrieval_config, load_corpus
-    from services.retrieval.sparse import Bm25SparseEncoder, term_id
-
     corpus = load_corpus(dataset, max_docs=max_docs)
     if corpus is None:
         raise FileNotFoundError(f"no BEIR dataset at {dataset} (corpus.jsonl + queries.jsonl)")
@@ -246,8 +250,6 @@ class SyntheticCorpus:
 
     def batch(self, start: int, count: int) -> list:
         """Points ``start .. start+count-1`` (the same points for the same seed, whatever the batching)."""
-        from services.retrieval.backends.base import PointIn, SparseVector
-        from services.retrieval.store import point_id
 
         rng = np.random.default_rng([self.seed, start, count])
         z = rng.standard_normal((count, self.dim), dtype=np.float32)
@@ -294,9 +296,6 @@ class SyntheticCorpus:
 
 
 def real_points(real: RealData) -> list:
-    from services.retrieval.backends.base import PointIn, SparseVector
-    from services.retrieval.store import point_id
-
     return [PointIn(id=point_id(doc_id), dense=vec.tolist(),
                     sparse=SparseVector(tuple(sv.indices), tuple(sv.values)) if sv.indices else None,
                     payload={"doc_id": doc_id, "passage": 0, "title": title, "text": text, "payload": {}})
@@ -308,7 +307,6 @@ def real_points(real: RealData) -> list:
 
 def make_queries(real: RealData) -> dict[str, list]:
     """Per mode, the backend calls ``DocumentStore`` makes for each query (top 100, prefetch 100)."""
-    from services.retrieval.backends.base import DENSE, SPARSE, Fused, Nearest, SparseVector
 
     out: dict[str, list] = {m: [] for m in MODES}
     for vec, sv in zip(real.query_dense, real.query_sparse):
@@ -325,7 +323,6 @@ def run_query(backend, name: str, mode: str, calls: list) -> list[str]:
     """One Retrieve-equivalent store query; the ids of its result, best first."""
     hits = backend.query(name, calls)
     if mode == "hybrid_batch":  # the default fusion (weighted z-score, dense 0.6) runs in the service
-        from services.retrieval import fusion
 
         rankings = [[(h.id, h.score) for h in hits[0]], [(h.id, h.score) for h in hits[1]]]
         return [pid for pid, _ in fusion.weighted_zscore(rankings, [0.6, 0.4])[:LIMIT]]
@@ -432,7 +429,6 @@ def edge_backend(path: Path, force_index: bool = False):
     """``EdgeBackend`` as the service opens it; ``force_index`` indexes every segment (small corpora)."""
     import qdrant_edge as qe
 
-    from services.retrieval.backends.base import DENSE, SPARSE
     from services.retrieval.backends.edge import EdgeBackend
 
     if not force_index:
@@ -452,8 +448,6 @@ def edge_backend(path: Path, force_index: bool = False):
 
 
 def local_backend(path: Path, in_memory: bool = False):
-    import warnings
-
     from qdrant_client import QdrantClient
 
     from services.retrieval.backends.qdrant_server import QdrantServerBackend
@@ -463,8 +457,6 @@ def local_backend(path: Path, in_memory: bool = False):
 
 
 def _schema(dim: int):
-    from services.retrieval.backends.base import CollectionSchema
-
     return CollectionSchema(name=COLLECTION, dense_dimension=dim, sparse=True,
                             metadata={"dense_model": "bge-small-en", "long_documents": "truncate"})
 
@@ -684,8 +676,6 @@ def _label(n: int) -> str:
 
 
 def bench_scale(args: argparse.Namespace) -> int:
-    from services.cli.bench import machine_info
-
     sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
     args.efs = [int(s) for s in str(args.efs).split(",") if s.strip()]
     started = time.perf_counter()
@@ -696,7 +686,6 @@ def bench_scale(args: argparse.Namespace) -> int:
         return 0
     import qdrant_client
     import qdrant_edge  # noqa: F401  (version below)
-    from importlib.metadata import version
 
     synth = SyntheticCorpus(real, args.seed)
     queries = make_queries(real)

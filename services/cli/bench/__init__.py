@@ -1,0 +1,116 @@
+"""`searchctl bench rerank|embed|e2e|profile|frontier|scale`: what the services cost on top of the models.
+
+Every benchmark starts its own servers on free loopback ports (services/cli/procs.py),
+uses realistic text from a BEIR dataset (SciFact by default:
+``../shared/datasets/scifact``; skipped with a message when absent), prints figures and
+ratios measured in the same run, and can write them as JSON. None of them asserts a time.
+
+* :mod:`~services.cli.bench.harness`: what the benchmarks share: machine line, datasets,
+  JSON output, the process stack (services with SciFact ingested), open-loop load and rate
+  search, percentiles, raw-model limits, the py-spy profiler, the frontier plot.
+* :mod:`~services.cli.bench.rerank`: the reranker against raw ONNX Runtime, with and
+  without cross-request batching.
+* :mod:`~services.cli.bench.embed`: ``searchctl ingest`` documents/s against raw batched
+  embedding.
+* :mod:`~services.cli.bench.e2e`: open-loop load against the gateway; the highest arrival
+  rate under the p95 objective (with :mod:`~services.cli.bench.peers`: raw limits, caches,
+  the LanceDB peer).
+* :mod:`~services.cli.bench.profile`: CPU per query per process and py-spy layers.
+* :mod:`~services.cli.bench.frontier`: NDCG@10 against Search p50 for rerank depths and
+  reranker max lengths; a PNG plot of the frontier.
+* :mod:`~services.cli.bench.scale`: the store alone at 10k-1M points.
+
+Machine-dependent: read the figures together with the machine line each bench prints
+(CPU model, cores, load average).
+
+Each benchmark module registers its own subcommand; :func:`register` adds ``bench`` and
+them, in this order. The names below are re-exported for the tests and scripts that import
+them from ``services.cli.bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from services.cli.bench import e2e, embed, frontier, peers, profile, rerank, scale
+from services.cli.bench.e2e import (  # noqa: F401  (re-exported)
+    SEARCH_METHOD,
+    gateway_time_sums,
+    measure_overhead,
+    paired_overhead_ms,
+    server_side_overhead_ms,
+)
+from services.cli.bench.harness import (  # noqa: F401  (re-exported)
+    BENCH_COLLECTION,
+    DEFAULT_DATASET,
+    REPO,
+    RETRIEVAL_MODES,
+    SLO_MS,
+    Corpus,
+    E2EMode,
+    Profiler,
+    RawLayout,
+    Stack,
+    StepResult,
+    _bi_encoder,
+    _cross_encoder,
+    _grpc_options,
+    _print_machine,
+    _rerank_config,
+    _retrieval_config,
+    _scrape,
+    _search_request,
+    _skip,
+    _write_json,
+    latency_summary,
+    load_corpus,
+    machine_info,
+    measure_layout,
+    measure_limit_cpu,
+    next_rate,
+    open_loop,
+    ort_op_profile,
+    pareto,
+    parse_e2e_modes,
+    plot_frontier,
+    process_cpu_seconds,
+    raw_layouts,
+    show_rates,
+    summarize_collapsed,
+    summarize_ort_profile,
+    sustained,
+    sweep_layouts,
+)
+from services.cli.bench.rerank import RERANK_ROW_KEYS, rerank_row, validate_rerank_report
+
+#: The old module names (services/cli/bench_scale.py, bench_profile.py, bench_peers.py).
+bench_scale, bench_profile, bench_peers = scale, profile, peers
+
+__all__ = [
+    "RERANK_ROW_KEYS",
+    "Corpus",
+    "StepResult",
+    "latency_summary",
+    "load_corpus",
+    "machine_info",
+    "rerank_row",
+    "register",
+    "sustained",
+    "validate_rerank_report",
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: reranker and embedder against the raw model, end-to-end load, quality/latency frontier",
+        description="Benchmarks that start their own servers on free loopback ports and print figures and ratios "
+        "measured in the same run (docs/BENCHMARKS.md).",
+    )
+    bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    rerank.register(bsub)
+    embed.register(bsub)
+    e2e.register(bsub)
+    profile.register(bsub, str(DEFAULT_DATASET))  # where the CPU goes per process (issue 13)
+    frontier.register(bsub)
+    scale.register(bsub, str(DEFAULT_DATASET))  # the store alone at 10k-1M points
