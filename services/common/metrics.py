@@ -23,6 +23,8 @@ import grpc
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram, Info
 
+from services.common.interceptors import with_unary
+
 #: One DEBUG line per finished RPC (method, code, duration; trace_id when tracing is on):
 #: LOG_LEVEL=DEBUG turns it on. Disabled, it costs one level check per request.
 access_log = logging.getLogger("search.rpc")
@@ -417,11 +419,7 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
                         "rpc finished", extra={"method": method, "code": code, "duration_ms": round(elapsed * 1000, 3)}
                     )
 
-        return grpc.unary_unary_rpc_method_handler(
-            recorded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_unary(handler, recorded)
 
 
 @asynccontextmanager

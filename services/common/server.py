@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics, tracing
+from services.common.interceptors import with_unary
 from services.common.status import ErrorMappingInterceptor
 from services.common.security import (
     InternalTokenInterceptor,
@@ -113,9 +114,7 @@ class UnaryCallTracker(grpc.aio.ServerInterceptor):
                 if self.in_flight == 0:
                     self._idle.set()
 
-        return grpc.unary_unary_rpc_method_handler(
-            tracked, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return with_unary(handler, tracked)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from services.common.errors import (
     ServiceError,
     Unavailable,
 )
+from services.common.interceptors import with_unary
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - the last line of defence for a server
                 await _abort(context, method, exc)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+        return with_unary(handler, guarded, _tolerant(handler.request_deserializer))
 
 
 #: Streaming methods are mapped too when they are the platform's own (async generators);

@@ -67,6 +67,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry import context as otel_context, trace
 
+from services.common.interceptors import with_unary
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -334,11 +336,7 @@ class TraceIdServerInterceptor(grpc.aio.ServerInterceptor):
                 if span.is_recording():
                     _record_code(span, context.code())
 
-        return grpc.unary_unary_rpc_method_handler(
-            with_trace_id,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_unary(handler, with_trace_id)
 
 
 def _parse_traceparent(value: str) -> tuple[int, int] | None:
@@ -399,11 +397,7 @@ class TraceIdOnlyServerInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 otel_context.detach(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            with_trace_id,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_unary(handler, with_trace_id)
 
 
 def _record_code(span: Any, code: Any) -> None:

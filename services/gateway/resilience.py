@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from services.common import metrics
 from services.common.errors import ResourceExhausted, ServiceError, Unavailable
+from services.common.interceptors import with_unary
 from services.common.status import error_status
 
 log = logging.getLogger(__name__)
@@ -295,8 +296,4 @@ class InFlightLimitInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 limiter.release()
 
-        return grpc.unary_unary_rpc_method_handler(
-            limited,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_unary(handler, limited)

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from services.common.interceptors import with_unary
 from services.retrieval.versions import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,7 @@ class ConditionalRetrieveInterceptor(grpc.aio.ServerInterceptor):
                 _add_trailers(context, (VERSION_HEADER, version))
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
-            conditional, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return with_unary(handler, conditional)
 
     def _version(self, name: str) -> str:
         try:

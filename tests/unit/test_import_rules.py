@@ -16,6 +16,7 @@ GRPC_ROOTS = {"grpc", "grpc_health", "grpc_status", "grpc_reflection"}
 #: (stores, backends, models, batching, validation, errors, fusion...) is domain code and
 #: raises services.common.errors; services/common/status.py maps those to status codes.
 TRANSPORT = {
+    "common/interceptors.py",  # the scaffold every server interceptor shares
     "common/metrics.py",  # server interceptor (access log, RPC metrics)
     "common/security.py",  # TLS credentials, token and API-key interceptors
     "common/server.py",  # the one server bootstrap
