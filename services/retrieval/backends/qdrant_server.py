@@ -104,9 +104,11 @@ class QdrantServerBackend:
                 self._call("create_payload_index", self.client.create_payload_index, schema.name, key, _INDEX_TYPES[kind])
 
     def schema(self, name: str) -> CollectionSchema:
-        if not self._call("collection_exists", self.client.collection_exists, name):
-            raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
-        info = self._call("get_collection", self.client.get_collection, name)
+        # One request (every Retrieve reads the schema): a missing collection is a 404.
+        try:
+            info = self._call("get_collection", self.client.get_collection, name)
+        except NotFound as exc:
+            raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection") from exc
         raw = (info.config.metadata or {}).get(_SCHEMA_KEY)
         if raw is None:  # created by an earlier version (flat metadata) or by hand: read what Qdrant knows
             dense = info.config.params.vectors
