@@ -94,8 +94,6 @@ def reindex(
         if not late:
             models.pop("late_interaction", None)
         metadata.update(dense_model=store.embedder.name, models=models)
-        if late:
-            metadata["late_interaction_model"] = store.late.encoder.name
     new_schema = CollectionSchema(
         name=target, dense_dimension=store.embedder.dimension if recompute else schema.dense_dimension,
         sparse=schema.sparse, filter_fields=dict(schema.filter_fields), metadata=metadata,

@@ -216,8 +216,7 @@ class DocumentStore:
             models.pop("late_interaction", None)
         schema = CollectionSchema(
             name=name, dense_dimension=self.embedder.dimension, sparse=sparse, filter_fields=dict(filter_fields),
-            metadata={"dense_model": self.embedder.name, "long_documents": self.long_documents, "models": models,
-                      **({"late_interaction_model": self.late.encoder.name} if late else {})},
+            metadata={"dense_model": self.embedder.name, "long_documents": self.long_documents, "models": models},
             late_dimension=self.late.encoder.dimension if late else 0,
             late_quantization=self.late.quantization if late else "int8",
         )
@@ -237,7 +236,8 @@ class DocumentStore:
             dense_dimension=schema.dense_dimension,
             sparse_enabled=schema.sparse,
             filter_fields=dict(schema.filter_fields),
-            late_interaction_model=str(schema.metadata.get("late_interaction_model", "")) if schema.late_dimension else "",
+            late_interaction_model=str(model_guard.recorded(schema.metadata).get("late_interaction", {}).get("name", ""))
+            if schema.late_dimension else "",
             late_interaction_dimension=schema.late_dimension,
         )
 
