@@ -29,7 +29,7 @@ from services.common.onnx_session import create_session, encodings_to_inputs, ru
 from services.common.tokenization import load_tokenizer
 from services.retrieval.sparse import ENGLISH_STOP_WORDS
 
-__all__ = ["LateInteractionEncoder", "maxsim"]
+__all__ = ["LateInteractionEncoder", "LazyEncoder", "maxsim"]
 
 _PUNCTUATION = re.compile(r"^\W+$")
 PRUNE_MODES = ("none", "punctuation", "stopwords")
@@ -117,6 +117,31 @@ class LateInteractionEncoder:
 
     def __repr__(self) -> str:
         return f"LateInteractionEncoder(name={self.name!r}, dimension={self.dimension}, prune={self.prune!r})"
+
+
+class LazyEncoder:
+    """A :class:`LateInteractionEncoder` loaded on first use: the stage is off by default, so a
+    retrieval service whose collections do not use it pays no start-up time or memory for it.
+    ``name`` and ``model_dir`` (what the model guard records) are known without loading."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], load) -> None:
+        self.model_dir: Path = resolve_model_dir(model_dir)
+        self.name = self.model_dir.name
+        self._load = load
+        self._encoder: LateInteractionEncoder | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> LateInteractionEncoder:
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    encoder = self._load()
+                    encoder.embed_queries(["warmup"])
+                    self._encoder = encoder
+        return self._encoder
+
+    def __getattr__(self, attribute: str):  # dimension, embed_queries, embed_documents, ...
+        return getattr(self.get(), attribute)
 
 
 def maxsim(query: np.ndarray, document: np.ndarray) -> float:

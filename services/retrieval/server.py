@@ -47,7 +47,7 @@ def fusion_options(options: common_pb2.FusionOptions) -> Fusion:
 def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteraction | None:
     """The late-interaction stage the settings ask for, or None (model 'off' or absent)."""
     from services.common.model_dir import LATE_INTERACTION, default_models_dir
-    from services.retrieval.late_interaction import PRUNE_MODES, LateInteractionEncoder
+    from services.retrieval.late_interaction import PRUNE_MODES, LateInteractionEncoder, LazyEncoder
 
     if cfg.late_interaction_model_dir == "off":
         return None
@@ -65,10 +65,19 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
                              "or set RETRIEVAL_LATE_INTERACTION_MODEL_DIR=off")
         log.info("no late-interaction model in %s: collections without the stage only", model_dir)
         return None
-    encoder = LateInteractionEncoder.from_config(cfg, model_dir, threads)
-    encoder.embed_queries(["warmup"])
+    encoder = LazyEncoder(model_dir, partial(LateInteractionEncoder.from_config, cfg, model_dir, threads))
     return LateInteraction(encoder, candidates=cfg.late_interaction_candidates, weight=cfg.late_interaction_weight,
                            quantization=cfg.late_interaction_quantization, default_on=cfg.late_interaction_default)
+
+
+def _uses_late_interaction(backend) -> bool:
+    for name in backend.list_collections():
+        try:
+            if backend.schema(name).late_dimension:
+                return True
+        except ServiceError:  # deleted meanwhile, or unreadable: its own calls will say so
+            continue
+    return False
 
 
 def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
@@ -254,7 +263,9 @@ class RetrievalService:
         if cfg.long_documents not in LONG_DOCUMENT_MODES:
             raise SystemExit(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
         splitter = PassageSplitter(encoder.model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
-        late = await loop.run_in_executor(self.executor, partial(late_interaction_stage, cfg, threads))
+        late = late_interaction_stage(cfg, threads)
+        if late is not None and await loop.run_in_executor(self.executor, _uses_late_interaction, self._backend):
+            await loop.run_in_executor(self.executor, late.encoder.get)  # a collection uses it: load before SERVING
         store = DocumentStore(
             self._backend, CachedQueryEmbedder(embedder, cfg.query_cache_size), Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length),
             splitter=splitter, long_documents=cfg.long_documents, late=late,

@@ -209,3 +209,22 @@ def test_store_figures_reach_metrics(stack, stub, collection):
     assert f'search_retrieval_store_points{{collection="{collection}"}} {float(len(DOCS))}' in text
     assert f'search_retrieval_store_segments{{collection="{collection}"}}' in text
     assert 'search_retrieval_qdrant_seconds_count{operation="query_hybrid"}' in text
+
+
+def test_a_collection_with_late_interaction_through_the_gateway(stub):
+    """CreateCollection(late_interaction) through the gateway: the retrieval service loads the
+    ColBERT model on first use, reports it, and hybrid Search fuses the MaxSim stage."""
+    name = f"li{uuid.uuid4().hex[:10]}"
+    created = stub.CreateCollection(pb.CreateCollectionRequest(name=name, late_interaction=True), timeout=120)
+    assert created.collection.late_interaction_model == "answerai-colbert-small-v1"
+    assert created.collection.late_interaction_dimension == 384
+    stub.Upsert(pb.UpsertRequest(collection=name, documents=[document(*d) for d in DOCS]), timeout=120)
+    request = pb.SearchRequest(collection=name, query="why does the sea level go up and down every day?", top_k=3)
+    request.rerank.enabled = False
+    with_stage = stub.Search(request, timeout=60)
+    request.fusion.late_interaction = False
+    without = stub.Search(request, timeout=60)
+    assert with_stage.results[0].id == "tides" and without.results[0].id == "tides"
+    assert [r.score for r in with_stage.results] != [r.score for r in without.results]
+    plain = stub.CreateCollection(pb.CreateCollectionRequest(name=f"{name}p"), timeout=30)
+    assert plain.collection.late_interaction_model == "" and plain.collection.late_interaction_dimension == 0
