@@ -144,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "a sample of searches, and print the settings that switch retrieval over. The API key of the "
                        "target comes from $QDRANT_API_KEY.")
     p.add_argument("--collection", required=True, help="the collection or alias to move")
-    p.add_argument("--to", required=True, help="the Qdrant URL (http(s)://host:6333), or local:PATH (qdrant-client local mode)")
+    p.add_argument("--to", required=True, help="the Qdrant URL (http(s)://host:6333), or local:PATH: qdrant-client's local mode, the stand-in for a server the tests use (nothing serves from it)")
     p.add_argument("--name", help="name on the target (default: the source collection's)")
     p.add_argument("--shards", type=int, default=1, help="shards of the new collection (default %(default)s)")
     p.add_argument("--replication-factor", type=int, default=1, help="replicas of each shard (default %(default)s)")
