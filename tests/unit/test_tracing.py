@@ -213,7 +213,7 @@ async def test_a_client_supplied_traceparent_is_continued(traced):
         await ch.unary_unary("/demo.v1.Echo/Say")(
             b"x", timeout=5, metadata=(("traceparent", f"00-{trace_id}-{parent_id}-01"),)
         )
-    (server,) = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    (server,) = [s for s in await finished(exporter) if s.kind == trace.SpanKind.SERVER]
     assert format(server.context.trace_id, "032x") == trace_id
     assert format(server.parent.span_id, "016x") == parent_id
     assert echo.seen_trace_ids == [trace_id]
@@ -223,7 +223,7 @@ async def test_without_traceparent_the_server_starts_a_new_trace(traced):
     address, _, exporter, echo = traced
     async with grpc.aio.insecure_channel(address) as ch:
         await ch.unary_unary("/demo.v1.Echo/Say")(b"x", timeout=5)
-    (server,) = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    (server,) = [s for s in await finished(exporter) if s.kind == trace.SpanKind.SERVER]
     assert server.parent is None
     assert echo.seen_trace_ids == [format(server.context.trace_id, "032x")]
 
@@ -236,7 +236,7 @@ async def test_status_codes_on_the_spans(traced, code, server_status):
     async with grpc.aio.insecure_channel(address, interceptors=tracing.client_interceptors(tracer_provider=provider)) as ch:
         with pytest.raises(grpc.aio.AioRpcError):
             await ch.unary_unary("/demo.v1.Echo/Fail")(code.encode(), timeout=5)
-    spans = {s.kind: s for s in exporter.get_finished_spans()}
+    spans = {s.kind: s for s in await finished(exporter)}
     assert set(spans) == {trace.SpanKind.CLIENT, trace.SpanKind.SERVER}
     assert spans[trace.SpanKind.CLIENT].status.status_code == trace.StatusCode.ERROR
     assert spans[trace.SpanKind.SERVER].status.status_code == trace.StatusCode[server_status]
@@ -411,6 +411,17 @@ class Service:
         raise Unavailable("qdrant is down")
 
 
+async def finished(exporter, kind=trace.SpanKind.SERVER, count: int = 1, timeout_s: float = 5.0) -> list:
+    """The exporter's finished spans once ``count`` of ``kind`` are among them. A server span ends
+    in the interceptor after the status has gone out, so the client can see the error first."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        spans = list(exporter.get_finished_spans())
+        if sum(s.kind == kind for s in spans) >= count or asyncio.get_running_loop().time() > deadline:
+            return spans
+        await asyncio.sleep(0.01)
+
+
 async def _platform_server(provider, interceptors=None):
     """A grpc.aio server with the interceptor chain of services/common/server.py."""
     from services.common.status import ErrorMappingInterceptor
@@ -483,7 +494,7 @@ async def test_an_error_carries_the_trace_id_and_its_code_is_on_the_server_span(
             await ch.unary_unary(f"/demo.v1.Platform/{method}")(b"x", timeout=5)
     error = caught.value
     assert error.code() == code
-    (server,) = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    (server,) = [s for s in await finished(exporter) if s.kind == trace.SpanKind.SERVER]
     trace_id = format(server.context.trace_id, "032x")
     assert dict(error.trailing_metadata())[tracing.TRACE_ID_METADATA_KEY] == trace_id
     if method != "PlainAbort":  # a bare abort() has no rich status; the metadata still has the id
@@ -618,7 +629,7 @@ async def test_log_lines_in_an_aio_handler_carry_the_trace_and_span_ids(platform
     address, exporter = platform
     async with grpc.aio.insecure_channel(address) as ch:
         await ch.unary_unary("/demo.v1.Platform/Ok")(b"abc", timeout=5)
-    (server,) = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    (server,) = [s for s in await finished(exporter) if s.kind == trace.SpanKind.SERVER]
     (line,) = [line for line in json_lines() if line["message"] == "handling"]
     assert line["trace_id"] == format(server.context.trace_id, "032x")
     assert line["span_id"] == format(server.context.span_id, "016x")
