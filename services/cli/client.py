@@ -199,7 +199,10 @@ async def search(target: str, request: pb.SearchRequest, timeout: float, api_key
 
 def _search_cmd(args: argparse.Namespace) -> int:
     request = pb.SearchRequest(collection=args.collection, query=args.query, top_k=args.top_k, mode=MODES[args.mode])
-    request.rerank.enabled = not args.no_rerank
+    if args.no_rerank:
+        request.rerank.policy = pb.RERANK_POLICY_NEVER
+    elif args.rerank != "default":
+        request.rerank.policy = api_names.RERANK_POLICY_ENUM[args.rerank]
     if args.candidates:
         request.rerank.candidates = args.candidates
     try:
@@ -210,6 +213,10 @@ def _search_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))
         return 0
+    decision = response.rerank_decision
+    how = f"reranked {decision.depth}" if response.reranked else "first stage"
+    print(f"({how}: policy {pb.RerankPolicy.Name(decision.policy).removeprefix('RERANK_POLICY_').lower()}, "
+          f"{pb.RerankReason.Name(decision.reason).removeprefix('RERANK_REASON_').lower()})")
     if response.degraded:
         print(f"(degraded: {pb.DegradedReason.Name(response.degraded_reason)})")
     for rank, r in enumerate(response.results, 1):
@@ -241,8 +248,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--collection", required=True)
     s.add_argument("--top-k", type=int, default=10)
     s.add_argument("--mode", choices=sorted(MODES), default="default")
-    s.add_argument("--candidates", type=int, default=0, help="candidates to rerank (default: server's)")
-    s.add_argument("--no-rerank", action="store_true", help="skip the cross-encoder")
+    s.add_argument("--candidates", type=int, default=0,
+                   help="candidates to rerank; with --rerank auto the deepest it may go (default: server's)")
+    s.add_argument("--rerank", choices=["default", *api_names.RERANK_POLICY_ENUM], default="default",
+                   help="when to rerank: always, auto (only an uncertain first stage) or never "
+                        "(default: the server's GATEWAY_RERANK_POLICY)")
+    s.add_argument("--no-rerank", action="store_true", help="skip the cross-encoder (as --rerank never)")
     s.add_argument("--json", action="store_true", help="print the response as JSON")
     s.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default %(default)s)")
     s.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")

@@ -34,9 +34,12 @@ def _collections(args: argparse.Namespace) -> int:
         aliases: dict[str, list[str]] = {}
         for a in reply.aliases:
             aliases.setdefault(a.collection, []).append(a.alias)
-        print(f"{'collection':<32} {'documents':>10} {'points':>10}  model            aliases")
+        print(f"{'collection':<32} {'documents':>10} {'points':>10}  model            fusion  aliases")
         for c in reply.collections:
-            print(f"{c.name:<32} {c.document_count:>10} {c.point_count:>10}  {c.dense_model:<16} {', '.join(aliases.get(c.name, []))}")
+            # The dense weight of hybrid fusion; * = measured on the collection (calibrated).
+            fusion = f"{c.fusion_dense_weight:.2f}{'*' if c.HasField('fusion_calibration') else ' '}"
+            print(f"{c.name:<32} {c.document_count:>10} {c.point_count:>10}  {c.dense_model:<16} {fusion:<6}  "
+                  f"{', '.join(aliases.get(c.name, []))}")
 
     async def delete(stub):
         await stub.DeleteCollection(pb.DeleteCollectionRequest(name=args.name), timeout=args.timeout)

@@ -103,11 +103,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 class Mode:
     name: str
     retrieval: str  # dense | sparse | hybrid
-    rerank: bool
+    #: The rerank policy: "never" (no suffix), "always" ("+rerank") or "auto" ("+auto": the cascade).
+    rerank: str
 
 
 RETRIEVALS = ("dense", "sparse", "hybrid")
-MODES = tuple(f"{r}{s}" for s in ("", "+rerank") for r in RETRIEVALS)
+POLICY_SUFFIXES = {"": "never", "rerank": "always", "auto": "auto"}
+MODES = tuple(f"{r}{'+' + s if s else ''}" for s in POLICY_SUFFIXES for r in RETRIEVALS)
 
 
 def parse_modes(spec: str) -> list[Mode]:
@@ -118,10 +120,10 @@ def parse_modes(spec: str) -> list[Mode]:
         if not name:
             continue
         retrieval, _, suffix = name.partition("+")
-        if retrieval not in RETRIEVALS or suffix not in ("", "rerank"):
+        if retrieval not in RETRIEVALS or suffix not in POLICY_SUFFIXES:
             raise ValueError(f"unknown mode {raw.strip()!r}; choose from {', '.join(MODES)}")
         if name not in [m.name for m in out]:
-            out.append(Mode(name, retrieval, bool(suffix)))
+            out.append(Mode(name, retrieval, POLICY_SUFFIXES[suffix]))
     if not out:
         raise ValueError("no modes given")
     return out
@@ -206,11 +208,34 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
     return written
 
 
+def wait_for_calibration(stub, collection: str, timeout_s: float = 120.0, first_s: float = 15.0, out=sys.stderr) -> None:
+    """Wait until retrieval has measured the collection's fusion weight at its current size (it
+    does so in the background after writes, and hybrid results depend on it). A collection that
+    shows no measurement within ``first_s`` is taken as one that is not measured (too small, or
+    RETRIEVAL_FUSION_CALIBRATION off)."""
+    pb = _grpc()[2]
+    start = time.monotonic()
+    while True:
+        info = stub.DescribeCollection(pb.DescribeCollectionRequest(name=collection), timeout=30).collection
+        measured = info.fusion_calibration.documents if info.HasField("fusion_calibration") else 0
+        waited = time.monotonic() - start
+        if 2 * measured > info.document_count or not info.sparse_enabled or (not measured and waited > first_s):
+            how = (f"measured at {measured} documents: self-retrieval dense {info.fusion_calibration.dense_recall:.3f}, "
+                   f"sparse {info.fusion_calibration.sparse_recall:.3f}" if measured else "not measured")
+            print(f"fusion: dense weight {info.fusion_dense_weight:.3f} ({how})", file=out)
+            return
+        if waited > timeout_s:
+            print(f"warning: {collection!r} was last measured at {measured} of {info.document_count} documents; "
+                  f"evaluating with dense weight {info.fusion_dense_weight:.3f}", file=out)
+            return
+        time.sleep(0.5)
+
+
 def search_request(mode: Mode, collection: str, query: str, top_k: int, args: argparse.Namespace):
     pb = _grpc()[2]
     request = pb.SearchRequest(collection=collection, query=query, top_k=top_k, mode=api_names.RETRIEVAL_MODE_ENUM[mode.retrieval])
-    request.rerank.enabled = mode.rerank
-    if mode.rerank:
+    request.rerank.policy = api_names.RERANK_POLICY_ENUM[mode.rerank]
+    if mode.rerank != "never":
         if getattr(args, "candidates", None):
             request.rerank.candidates = args.candidates
         if getattr(args, "combination", None):
@@ -305,6 +330,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         stub = pb_grpc.SearchServiceStub(channel)
         if not args.no_ingest:
             ensure_ingested(stub, args.collection, beir.corpus_path(dataset), args.batch_size, args.reingest)
+        wait_for_calibration(stub, args.collection)
         for mode in modes:
             run, latencies, degraded = run_mode(stub, mode, args.collection, chosen, args.top_k, args, args.timeout)
             metrics = compute_metrics(run, qrels_used)

@@ -36,3 +36,9 @@ RETRIEVAL_MODE_ENUM = _inverse(_names(common_pb2.RetrievalMode, "RETRIEVAL_MODE_
 RETRIEVAL_MODES = {**_inverse(RETRIEVAL_MODE_ENUM), common_pb2.RETRIEVAL_MODE_UNSPECIFIED: "hybrid"}
 #: searchctl's ``--mode`` choices: the modes plus ``default`` (leave it to the service).
 CLI_RETRIEVAL_MODES = {**RETRIEVAL_MODE_ENUM, "default": common_pb2.RETRIEVAL_MODE_UNSPECIFIED}
+
+#: Rerank policies (UNSPECIFIED: the gateway's default, GATEWAY_RERANK_POLICY) and the reasons a
+#: Search reports for its reranking decision.
+RERANK_POLICIES = _names(search_service_pb2.RerankPolicy, "RERANK_POLICY_")
+RERANK_POLICY_ENUM = _inverse(RERANK_POLICIES)
+RERANK_REASON_ENUM = _inverse(_names(search_service_pb2.RerankReason, "RERANK_REASON_"))

@@ -203,6 +203,12 @@ GATEWAY_CANDIDATES = Histogram(
     "Candidates returned by retrieval for one Search request.",
     buckets=CANDIDATES_BUCKETS,
 )
+GATEWAY_RERANK_DECISIONS = Counter(
+    "search_gateway_rerank_decisions",
+    "Search requests by the reranking stage's decision: the policy applied and the reason "
+    "(always, never, auto_uncertain = reranked by the auto policy, auto_confident = not reranked, no_candidates).",
+    ["policy", "reason"],
+)
 GATEWAY_DEGRADED = Counter(
     "search_gateway_degraded_responses",
     "Search responses served without reranking (retrieval order), by DegradedReason name.",
@@ -289,6 +295,7 @@ ALL_METRICS: tuple[Any, ...] = (
     RETRIEVAL_EMBED_INFERENCE_SECONDS,
     RETRIEVAL_EMBED_REJECTED_REQUESTS,
     GATEWAY_CANDIDATES,
+    GATEWAY_RERANK_DECISIONS,
     GATEWAY_DEGRADED,
     GATEWAY_DOWNSTREAM_DURATION,
     GATEWAY_DOWNSTREAM_ERRORS,

@@ -16,9 +16,24 @@ class GatewayConfig:
     log_level: str = setting("INFO", "LOG_LEVEL", "log level")
     retrieval_addr: str = setting("localhost:50052", "RETRIEVAL_ADDR", "retrieval service address (dns:/// for per-request balancing)")
     reranker_addr: str = setting("localhost:50053", "RERANKER_ADDR", "reranker service address")
+    rerank_policy: str = setting(
+        "auto", "GATEWAY_RERANK_POLICY",
+        "when a Search is reranked if the request does not say: always, auto (only queries whose first stage is "
+        "uncertain, GATEWAY_AUTO_RERANK_*) or never; chosen on SciFact train for a CPU reranker (docs/QUALITY.md); "
+        "always suits a GPU",
+    )
+    auto_rerank_depth: int = setting(
+        5, "GATEWAY_AUTO_RERANK_DEPTH",
+        "candidates the auto policy reranks when it reranks (a request's rerank.candidates caps it)",
+    )
+    auto_rerank_max_gap: float = setting(
+        0.2, "GATEWAY_AUTO_RERANK_MAX_GAP",
+        "the auto policy reranks a query when its first-stage leader is at most this many standard deviations of "
+        "the top GATEWAY_AUTO_RERANK_DEPTH scores ahead of the second (docs/QUALITY.md)",
+    )
     default_candidates: int = setting(
         10, "GATEWAY_DEFAULT_CANDIDATES",
-        "first-stage candidates reranked when a request does not say (chosen on SciFact train, docs/QUALITY.md)",
+        "first-stage candidates the always policy reranks when a request does not say (chosen on SciFact train, docs/QUALITY.md)",
     )
     score_combination: str = setting(
         "weighted_zscore", "GATEWAY_SCORE_COMBINATION",

@@ -23,7 +23,7 @@ from search.v1 import (
 )
 from services.common import api_names, metrics, tracing, validation
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError
-from services.gateway import combine, paging
+from services.gateway import cascade, combine, paging
 from services.gateway.clients import ANSWER_RESERVE_S, Budget, Downstream
 from services.gateway import result_cache
 from services.gateway.resilience import CircuitBreaker
@@ -91,6 +91,7 @@ class SearchPipeline:
         reranker: Downstream,
         *,
         defaults: RerankDefaults,
+        cascade_settings: cascade.CascadeSettings,
         retrieval_timeout_s: float,
         rerank_timeout_s: float,
         breaker: CircuitBreaker | None = None,
@@ -98,21 +99,34 @@ class SearchPipeline:
         self.retrieval = retrieval
         self.reranker = reranker
         self.defaults = defaults
+        self.cascade = cascade_settings
         self.retrieval_timeout_s = retrieval_timeout_s
         self.rerank_timeout_s = rerank_timeout_s
         self.breaker = breaker or CircuitBreaker("reranker")
 
-    def _options(self, request: pb.SearchRequest) -> tuple[bool, int, str, float]:
+    def _options(self, request: pb.SearchRequest) -> tuple[str, int, str, float]:
+        """(policy, candidates, combination, weight): with ``auto`` the candidates are the deepest
+        the policy may rerank (the request's cap, else GATEWAY_AUTO_RERANK_DEPTH)."""
         opts = request.rerank
-        enabled = opts.enabled if opts.HasField("enabled") else True
-        candidates = opts.candidates if opts.HasField("candidates") else self.defaults.candidates
+        if opts.policy and opts.policy not in api_names.RERANK_POLICIES:
+            raise InvalidArgument("rerank.policy", f"unknown rerank policy {opts.policy}; one of "
+                                  f"{', '.join(sorted(api_names.RERANK_POLICY_ENUM))} (or unset for the server default)")
+        policy = api_names.RERANK_POLICIES.get(opts.policy, self.cascade.policy)
+        if opts.HasField("enabled") and not opts.enabled:
+            if opts.policy and policy != "never":
+                raise InvalidArgument("rerank.enabled", f"enabled=false contradicts policy {policy}; send one of them")
+            policy = "never"
+        if opts.HasField("candidates"):
+            candidates = opts.candidates
+        else:
+            candidates = self.cascade.auto_depth if policy == "auto" else self.defaults.candidates
         validation.bounded_int(candidates, "rerank.candidates", 1, validation.MAX_CANDIDATES)
         if opts.combination and opts.combination not in COMBINATIONS:
             raise InvalidArgument("rerank.combination", f"unknown score combination {opts.combination}")
         combination = COMBINATIONS.get(opts.combination, self.defaults.combination)
         weight = opts.rerank_weight if opts.HasField("rerank_weight") else self.defaults.rerank_weight
         validation.unit_interval(weight, "rerank.rerank_weight")
-        return enabled, candidates, combination, weight
+        return policy, candidates, combination, weight
 
     async def search(self, request: pb.SearchRequest, budget: Budget) -> pb.SearchResponse:
         collection = validation.collection_name(request.collection)
@@ -123,8 +137,8 @@ class SearchPipeline:
         validation.retrieval_mode(request.mode)
         validation.fusion_options(request.fusion)
         validation.payload_filter(request.filter)
-        enabled, candidates, combination, weight = self._options(request)
-        limit = max(depth + 1, candidates) if enabled else depth + 1  # one more: is there a next page?
+        policy, candidates, combination, weight = self._options(request)
+        limit = max(depth + 1, candidates) if policy != "never" else depth + 1  # one more: is there a next page?
 
         retrieved = await self.retrieval.call(
             "Retrieve",
@@ -141,15 +155,20 @@ class SearchPipeline:
             return pb.SearchResponse()
         found = list(retrieved.candidates)
         metrics.GATEWAY_CANDIDATES.observe(len(found))
+        decision = cascade.decide(policy, candidates, [c.score for c in found], self.cascade)
+        metrics.GATEWAY_RERANK_DECISIONS.labels(policy=decision.policy, reason=decision.reason).inc()
         tracing.set_attributes(**{"search.collection": collection, "search.top_k": top_k, "search.candidates": len(found),
-                                  "search.rerank": enabled, "search.rerank_candidates": candidates if enabled else None})
-        response = pb.SearchResponse(mode=retrieved.mode, collection=retrieved.collection or collection)
+                                  "search.rerank": decision.depth > 0, "search.rerank_policy": decision.policy,
+                                  "search.rerank_reason": decision.reason, "search.rerank_signal": decision.signal,
+                                  "search.rerank_candidates": decision.depth or None})
+        response = pb.SearchResponse(mode=retrieved.mode, collection=retrieved.collection or collection,
+                                     rerank_decision=_decision(decision))
         more = len(found) > depth
-        if not enabled or not found:
+        if not decision.depth:
             response.results.extend(_result(c, c.score) for c in found[:depth])
             return _page(request, response, page, top_k, more)
 
-        to_rerank = found[:candidates]
+        to_rerank = found[:decision.depth]
         reranked = await self._rerank(query, to_rerank, budget)
         if isinstance(reranked, int):  # a DegradedReason
             self._degrade(response, reranked)
@@ -204,6 +223,11 @@ class SearchPipeline:
         tracing.set_attributes(**{"search.degraded_reason": pb.DegradedReason.Name(reason)})
         response.degraded = True
         response.degraded_reason = reason
+
+
+def _decision(decision: cascade.Decision) -> pb.RerankDecision:
+    return pb.RerankDecision(policy=api_names.RERANK_POLICY_ENUM[decision.policy], depth=decision.depth,
+                             reason=api_names.RERANK_REASON_ENUM[decision.reason], signal=decision.signal)
 
 
 def _degraded_reason(exc: ServiceError) -> int:

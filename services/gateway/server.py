@@ -18,6 +18,7 @@ from services.common.security import (
 from services.gateway import clients
 from services.gateway.collections import CollectionsMixin
 from services.gateway.config import GatewayConfig
+from services.gateway.cascade import CascadeSettings
 from services.gateway.pipeline import Budget, RerankDefaults, SearchPipeline, budget_for
 from services.gateway.result_cache import SearchResultCache
 from services.gateway.resilience import (
@@ -62,6 +63,7 @@ class SearchServicer(CollectionsMixin, pb_grpc.SearchServiceServicer):
                 combination=config.score_combination,
                 rerank_weight=config.rerank_weight,
             ),
+            cascade_settings=CascadeSettings(config.rerank_policy, config.auto_rerank_depth, config.auto_rerank_max_gap),
             retrieval_timeout_s=config.retrieval_timeout_seconds,
             rerank_timeout_s=config.rerank_timeout_seconds,
             breaker=self.breaker,

@@ -85,6 +85,17 @@ class RetrievalConfig:
         "none", "RETRIEVAL_LATE_INTERACTION_PRUNE", "document tokens not stored: none, punctuation or stopwords",
     )
     late_interaction_max_length: int = setting(256, "RETRIEVAL_LATE_INTERACTION_MAX_LENGTH", "tokens per passage the late-interaction model reads")
+    fusion_calibration: bool = setting(
+        True, "RETRIEVAL_FUSION_CALIBRATION",
+        "measure each collection's dense and sparse lists on its own documents (once it has "
+        "RETRIEVAL_FUSION_CALIBRATION_SAMPLE of them and again each time it doubles, off the request path) and fuse "
+        "them with the weight that gives, unless a request sets one (docs/QUALITY.md)",
+    )
+    fusion_calibration_sample: int = setting(
+        256, "RETRIEVAL_FUSION_CALIBRATION_SAMPLE",
+        "documents the fusion check samples (each one a query embedding and two engine queries), and the size from "
+        "which a collection is measured",
+    )
     query_cache_size: int = setting(
         10000, "RETRIEVAL_QUERY_CACHE_SIZE",
         "query embeddings kept, keyed by (model identity, normalised text); LRU, about 1.6 KiB each (0 turns the cache off)",

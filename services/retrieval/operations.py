@@ -66,6 +66,7 @@ class OperationsMixin:
 
     store: Any
     executor: Any
+    calibrator: Any
     _run: Callable
 
     # -- names and writes ----------------------------------------------------------------
@@ -165,11 +166,12 @@ class OperationsMixin:
         source = validation.collection_name(request.source, "source")
         if request.target:
             validation.collection_name(request.target, "target")
-        store, aliases, gate = self.store, self.aliases, self.gate
+        store, aliases, gate, calibrator = self.store, self.aliases, self.gate, self.calibrator
 
         def produce(emit, cancelled):
             reindexing.reindex(store, aliases, gate, source, request.target, request.reembed,
-                               progress=emit, cancelled=cancelled)
+                               progress=emit, cancelled=cancelled,
+                               calibrate=partial(calibrator.calibrate_if_due, force=True) if calibrator else None)
 
         async for p in stream_from_thread(self.executor, produce):
             yield pb.RetrievalServiceReindexResponse(

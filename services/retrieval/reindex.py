@@ -22,10 +22,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from services.common import validation
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from services.retrieval import model_guard
+from services.retrieval import calibration, model_guard
 from services.retrieval.aliases import Aliases, WriteGate, chunks
 from services.retrieval.backends.base import CollectionSchema, Filter, MatchAny, PointIn, SparseVector
 from services.retrieval.store import DocumentStore, _index_text
@@ -67,6 +68,7 @@ def reindex(
     reembed: bool = False,
     progress: Callable[[Progress], None] = lambda p: None,
     cancelled: threading.Event | None = None,
+    calibrate: Callable[[str], Any] | None = None,
 ) -> Progress:
     backend = store.backend
     validation.collection_name(source, "source")
@@ -94,6 +96,7 @@ def reindex(
         if not late:
             models.pop("late_interaction", None)
         metadata.update(dense_model=store.embedder.name, models=models)
+        metadata.pop(calibration.METADATA_KEY, None)  # other vectors: measured again below
     new_schema = CollectionSchema(
         name=target, dense_dimension=store.embedder.dimension if recompute else schema.dense_dimension,
         sparse=schema.sparse, filter_fields=dict(schema.filter_fields), metadata=metadata,
@@ -119,6 +122,8 @@ def reindex(
                 progress(state)
             if offset is None:
                 break
+        if recompute and calibrate is not None:  # before the switch: searches never see it unmeasured
+            calibrate(target)
         state = replace(state, phase=CATCHING_UP)
         progress(state)
         for _ in range(MAX_ROUNDS):  # 2. what was written meanwhile, while writes still flow

@@ -18,12 +18,15 @@ from services.common.errors import ServiceError, Unavailable
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
+from services.retrieval.calibration import FusionCalibrator
 from services.retrieval.filters import to_filter
 from services.retrieval.query_cache import CachedQueryEmbedder
 from services.retrieval.version_check import ConditionalRetrieveInterceptor
 from services.retrieval.versions import VersionedBackend
 from services.retrieval.operations import OperationsMixin
-from services.retrieval.store import CollectionDescription, DocumentIn, DocumentStore, Fusion, LateInteraction
+from services.retrieval.store import (
+    DEFAULT_DENSE_WEIGHT, CollectionDescription, DocumentIn, DocumentStore, Fusion, LateInteraction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def fusion_options(options: common_pb2.FusionOptions) -> Fusion:
     validation.fusion_options(options)
     return Fusion(
         method=api_names.FUSION_METHODS.get(options.method, DEFAULT_FUSION.method),
-        dense_weight=options.dense_weight if options.HasField("dense_weight") else DEFAULT_FUSION.dense_weight,
+        dense_weight=options.dense_weight if options.HasField("dense_weight") else None,
         rrf_k=options.rrf_k if options.HasField("rrf_k") else DEFAULT_FUSION.rrf_k,
         prefetch_limit=options.prefetch_limit if options.HasField("prefetch_limit") else DEFAULT_FUSION.prefetch_limit,
         late_interaction=options.late_interaction if options.HasField("late_interaction") else None,
@@ -93,6 +96,12 @@ def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
         ],
         late_interaction_model=desc.late_interaction_model,
         late_interaction_dimension=desc.late_interaction_dimension,
+        fusion_dense_weight=desc.calibration.dense_weight if desc.calibration else DEFAULT_DENSE_WEIGHT,
+        fusion_calibration=common_pb2.FusionCalibration(
+            dense_recall=desc.calibration.dense_recall, sparse_recall=desc.calibration.sparse_recall,
+            sample=desc.calibration.sample, documents=desc.calibration.documents,
+            dense_weight=desc.calibration.dense_weight, measured_at=desc.calibration.measured_at,
+        ) if desc.calibration else None,
     )
 
 
@@ -112,6 +121,8 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
     def __init__(self, executor: ThreadPoolExecutor) -> None:
         self._store: DocumentStore | None = None
         self.executor = executor
+        #: Measures collections' fusion weight after writes (None: RETRIEVAL_FUSION_CALIBRATION off).
+        self.calibrator: FusionCalibrator | None = None
 
     @property
     def store(self) -> DocumentStore:
@@ -157,6 +168,8 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
         name = validation.collection_name(request.collection)
         docs = [DocumentIn(**d) for d in validation.documents(request.documents)]
         written = await self._run(self.write, name, [d.id for d in docs], self.store.upsert, docs)
+        if self.calibrator is not None:
+            self.calibrator.note_writes(self.resolve(name), written)
         return pb.RetrievalServiceUpsertResponse(upserted=written)
 
     async def Delete(self, request, context):
@@ -274,6 +287,9 @@ class RetrievalService:
         # full sequence length allocates what the largest documents need.
         await embedder.aembed_documents(["warmup " * encoder.max_length] * max(workers, min(cfg.batch_size, 8)))
         await embedder.aembed_queries(["warmup"])
+        if cfg.fusion_calibration:
+            self.servicer.calibrator = FusionCalibrator(store, embedder.embed_queries, DEFAULT_DENSE_WEIGHT,
+                                                        cfg.fusion_calibration_sample)
         self.servicer._store = store
         if cfg.store_stats_seconds > 0:
             self._stats_task = asyncio.create_task(self._export_store_stats(store, cfg.store_stats_seconds))
@@ -315,6 +331,8 @@ class RetrievalService:
     async def stop(self) -> None:
         if self._stats_task is not None:
             self._stats_task.cancel()
+        if self.servicer.calibrator is not None:  # a measurement in progress needs the embedder and store
+            await asyncio.get_running_loop().run_in_executor(None, self.servicer.calibrator.close)
         # Store calls still running (their RPCs were cancelled when the grace period ran out)
         # finish first, while the embedder can still serve them and before Qdrant's client is
         # closed under them; the wait runs off the loop, which those calls need for embedding.

@@ -29,7 +29,8 @@ import numpy as np
 
 from services.common import metrics, tracing
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.retrieval import fusion, model_guard
+from services.retrieval import calibration, fusion, model_guard
+from services.retrieval.calibration import Calibration
 from services.retrieval.backends.base import (
     DENSE,
     FIELD_TYPES,
@@ -54,6 +55,9 @@ from services.retrieval.passages import Passage, PassageSplitter
 log = logging.getLogger(__name__)
 
 POINT_NAMESPACE = uuid.UUID("6f0c1f7e-3b7a-4f57-9a53-5f0e1c2d9a10")
+#: Dense weight of hybrid fusion where neither the request nor the collection's calibration
+#: sets one: z-score fusion at 0.6, chosen on SciFact train (docs/QUALITY.md).
+DEFAULT_DENSE_WEIGHT = 0.6
 
 
 class Embedder(Protocol):
@@ -111,6 +115,8 @@ class CollectionDescription:
     filter_fields: dict[str, str]
     late_interaction_model: str = ""
     late_interaction_dimension: int = 0
+    #: The collection's own fusion measurement (services/retrieval/calibration.py), if any.
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,8 @@ class Fusion:
 
     # Chosen on SciFact train queries (docs/QUALITY.md): z-score fusion, dense weight 0.6.
     method: str = "weighted_zscore"  # rrf | dbsf | weighted_zscore | weighted_rrf
-    dense_weight: float = 0.6
+    #: None: the collection's calibrated weight (services/retrieval/calibration.py), else DEFAULT_DENSE_WEIGHT.
+    dense_weight: float | None = None
     rrf_k: int = 60
     prefetch_limit: int = 100
     #: Late interaction on collections that have it: None = the store's default (on).
@@ -239,6 +246,7 @@ class DocumentStore:
             late_interaction_model=str(model_guard.recorded(schema.metadata).get("late_interaction", {}).get("name", ""))
             if schema.late_dimension else "",
             late_interaction_dimension=schema.late_dimension,
+            calibration=Calibration.from_metadata(schema.metadata.get(calibration.METADATA_KEY)),
         )
 
     def delete_collection(self, name: str) -> None:
@@ -373,14 +381,14 @@ class DocumentStore:
                 raise InvalidArgument("mode", f"collection {name!r} has no sparse vectors; use dense")
             mode = "dense"
         if mode == "sparse":
-            sparse_query = self._sparse_query(query)
+            sparse_query = self.sparse_query(query)
             if sparse_query is None:  # only stop words: nothing lexical to match
                 return [], mode
             hits = self._query(name, "query_sparse", [Nearest(SPARSE, sparse_query, limit, query_filter)])[0]
             return [_candidate(h, sparse=h.score) for h in hits], mode
 
         dense_query = self._dense_query(query)
-        sparse_query = self._sparse_query(query) if mode == "hybrid" else None
+        sparse_query = self.sparse_query(query) if mode == "hybrid" else None
         if schema.late_dimension and fusion_options.late_interaction is not False:
             return self._retrieve_late(name, query, limit, query_filter, dense_query, sparse_query, fusion_options), mode
         if sparse_query is None:  # dense, or hybrid with nothing lexical to match
@@ -403,7 +411,8 @@ class DocumentStore:
         dense_scores = {h.id: h.score for h in dense_hits}
         sparse_scores = {h.id: h.score for h in sparse_hits}
         rankings = [[(h.id, h.score) for h in dense_hits], [(h.id, h.score) for h in sparse_hits]]
-        weights = [fusion_options.dense_weight, 1.0 - fusion_options.dense_weight]
+        dense_weight = _dense_weight(schema, fusion_options)
+        weights = [dense_weight, 1.0 - dense_weight]
         with tracing.span("fusion", **{"fusion.method": fusion_options.method, "fusion.candidates": len(by_id)}):
             if fusion_options.method == "weighted_rrf":
                 fused = fusion.weighted_rrf(rankings, weights, k=fusion_options.rrf_k)
@@ -432,7 +441,8 @@ class DocumentStore:
         rescore = Rescore(tuple(lists), LATE, tokens, k * len(lists), with_payload=False)
         *first, late_hits = self._query(name, "query_late", [*lists, rescore])
         w = self.late.weight
-        base = [options.dense_weight, 1.0 - options.dense_weight][: len(first)]
+        dense_weight = _dense_weight(self._schema(name), options)
+        base = [dense_weight, 1.0 - dense_weight][: len(first)]
         weights = [b / sum(base) * (1.0 - w) for b in base] + [w]
         rankings = [[(h.id, h.score) for h in hits] for hits in (*first, late_hits)]
         with tracing.span("fusion", **{"fusion.method": options.method, "fusion.lists": len(rankings)}):
@@ -457,7 +467,12 @@ class DocumentStore:
         metrics.RETRIEVAL_EMBEDDING_SECONDS.labels(kind="query").observe(time.perf_counter() - start)
         return vector.tolist()
 
-    def _sparse_query(self, query: str) -> SparseVector | None:
+    @staticmethod
+    def index_text(title: str, text: str) -> str:
+        """The text a passage is indexed (and its self-retrieval check is cut) from."""
+        return _index_text(title, text)
+
+    def sparse_query(self, query: str) -> SparseVector | None:
         encoded = self.sparse_encoder.encode_query(query)
         if not encoded.indices:
             return None
@@ -477,6 +492,14 @@ def _describe(q: Nearest | Fused | Rescore) -> str:
     if isinstance(q, Rescore):
         return f"{q.using}({'+'.join(_describe(p) for p in q.prefetch)}):{q.limit}"
     return f"{q.method}({'+'.join(_describe(p) for p in q.prefetch)}):{q.limit}"
+
+
+def _dense_weight(schema: CollectionSchema, options: Fusion) -> float:
+    """The request's dense weight, else the collection's calibrated one, else the default."""
+    if options.dense_weight is not None:
+        return options.dense_weight
+    measured = Calibration.from_metadata(schema.metadata.get(calibration.METADATA_KEY))
+    return measured.dense_weight if measured is not None else DEFAULT_DENSE_WEIGHT
 
 
 def _splits(schema: CollectionSchema) -> bool:

@@ -35,7 +35,7 @@ __all__ = ["IF_VERSION_HEADER", "NOT_MODIFIED_HEADER", "VERSION_HEADER", "LocalV
 #: Key in a Qdrant server collection's metadata.
 METADATA_KEY = "search_platform_write_version"
 
-_WRITES = ("create_collection", "delete_collection", "upsert", "delete_ids", "delete_where")
+_WRITES = ("create_collection", "delete_collection", "update_metadata", "upsert", "delete_ids", "delete_where")
 
 
 class LocalVersions:

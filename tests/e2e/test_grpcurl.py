@@ -72,12 +72,14 @@ def test_search_with_json_body(stack, grpcurl):
     }
     out = run(grpcurl, "-d", json.dumps(upsert), stack.gateway, "search.v1.SearchService/Upsert").stdout
     assert json.loads(out)["upserted"] == 2
-    body = {"collection": name, "query": "what temperature should water be for tea", "top_k": 1}
+    body = {"collection": name, "query": "what temperature should water be for tea", "top_k": 1,
+            "rerank": {"policy": "RERANK_POLICY_ALWAYS"}}
     out = run(grpcurl, "-d", json.dumps(body), stack.gateway, "search.v1.SearchService/Search").stdout
     response = json.loads(out)
     assert response["results"][0]["id"] == "tea"
     assert response["results"][0]["payload"] == {"kind": "food"}
     assert response["reranked"] is True
+    assert response["rerank_decision"]["reason"] == "RERANK_REASON_ALWAYS"
 
 
 def test_bad_request_status_is_visible_to_grpcurl(stack, grpcurl):

@@ -206,7 +206,8 @@ def test_up_with_api_keys_guards_the_internal_services(tmp_path: Path):
             assert reply.upserted == 1
             after = search.DescribeCollection(pb.DescribeCollectionRequest(name="docs"), timeout=30, metadata=key)
             assert after.collection.document_count == before + 1
-            found = search.Search(pb.SearchRequest(collection="docs", query="how do glaciers shape valleys", top_k=3),
+            found = search.Search(pb.SearchRequest(collection="docs", query="how do glaciers shape valleys", top_k=3,
+                                                          rerank=pb.RerankOptions(policy=pb.RERANK_POLICY_ALWAYS)),
                                   timeout=60, metadata=key)
             assert found.results[0].id == "friend" and found.reranked, found
 

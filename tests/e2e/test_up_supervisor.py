@@ -35,7 +35,8 @@ def test_a_killed_reranker_is_restarted_while_searches_keep_succeeding(tmp_path:
                 while not stop.is_set():
                     n += 1  # a new query each time: no cache answers in place of the reranker
                     try:
-                        reply = stub.Search(pb.SearchRequest(collection="docs", query=f"how do I run the tests ({n})", top_k=3),
+                        reply = stub.Search(pb.SearchRequest(collection="docs", query=f"how do I run the tests ({n})", top_k=3,
+                                                                         rerank=pb.RerankOptions(policy=pb.RERANK_POLICY_ALWAYS)),
                                             timeout=10)
                         answers.append((time.monotonic(), reply.degraded, reply.reranked, len(reply.results)))
                     except grpc.RpcError as exc:

@@ -55,6 +55,8 @@ def stub(stack):
 
 
 def search(stub, collection, query, **kw) -> pb.SearchResponse:
+    """A Search that always reranks (the tests of the reranking path; the policies: test_rerank_policy.py)."""
+    kw.setdefault("rerank", pb.RerankOptions(policy=pb.RERANK_POLICY_ALWAYS))
     return stub.Search(pb.SearchRequest(collection=collection, query=query, **kw), timeout=60)
 
 
@@ -184,6 +186,7 @@ def test_split_mode_indexes_the_end_of_long_documents(fresh_stack):
 def test_results_beyond_the_rerank_depth_follow_in_first_stage_order(stub, collection):
     request = pb.SearchRequest(collection=collection, query="science", top_k=5)
     request.rerank.candidates = 2
+    request.rerank.policy = pb.RERANK_POLICY_ALWAYS
     response = stub.Search(request, timeout=60)
     assert len(response.results) == 5
     assert [r.HasField("rerank_score") for r in response.results] == [True, True, False, False, False]

@@ -52,7 +52,8 @@ def searched(stack):
             ),
             timeout=60,
         )
-        response = stub.Search(pb.SearchRequest(collection=name, query="sea level and the moon", top_k=2), timeout=60)
+        response = stub.Search(pb.SearchRequest(collection=name, query="sea level and the moon", top_k=2,
+                                                      rerank=pb.RerankOptions(policy=pb.RERANK_POLICY_ALWAYS)), timeout=60)
     assert response.reranked and response.results[0].id == "tides"
     return name
 

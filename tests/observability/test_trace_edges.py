@@ -203,7 +203,7 @@ def log_lines(stack: Stack, service: str) -> list[dict]:
 def test_a_search_is_one_trace_across_the_three_services(stub, collection, receiver, traced_stack):
     client_trace, client_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     request = pb.SearchRequest(collection=collection, query=QUERY, top_k=3)
-    request.rerank.enabled = True
+    request.rerank.policy = pb.RERANK_POLICY_ALWAYS
     response, call = stub.Search.with_call(
         request, timeout=60, metadata=(("traceparent", f"00-{client_trace}-{client_span}-01"),)
     )
@@ -290,6 +290,7 @@ def test_a_search_is_one_trace_across_the_three_services(stub, collection, recei
 
 def test_without_traceparent_the_gateway_starts_the_trace_and_returns_its_id(stub, collection, receiver):
     request = pb.SearchRequest(collection=collection, query="bread yeast", top_k=2)
+    request.rerank.policy = pb.RERANK_POLICY_ALWAYS
     _, call = stub.Search.with_call(request, timeout=60)
     trace_id = trailing(call)["x-trace-id"]
     assert len(trace_id) == 32 and int(trace_id, 16)

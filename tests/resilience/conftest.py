@@ -73,6 +73,7 @@ def make_collection(stack: Stack, docs=CORPUS) -> str:
 def search_request(collection: str, i: int, candidates: int = 8, top_k: int = 5) -> pb.SearchRequest:
     request = pb.SearchRequest(collection=collection, query=QUERIES[i % len(QUERIES)], top_k=top_k)
     request.rerank.candidates = candidates
+    request.rerank.policy = pb.RERANK_POLICY_ALWAYS  # these tests drive the reranker hop
     return request
 
 

@@ -92,7 +92,8 @@ def collection(stack, pki):
 def search(stack, pki, collection, metadata=None):
     with grpc.secure_channel(stack.gateway, pki.channel_credentials()) as channel:
         return pb_grpc.SearchServiceStub(channel).Search(
-            pb.SearchRequest(collection=collection, query="why does the sea rise and fall", top_k=3), timeout=30,
+            pb.SearchRequest(collection=collection, query="why does the sea rise and fall", top_k=3,
+                             rerank=pb.RerankOptions(policy=pb.RERANK_POLICY_ALWAYS)), timeout=30,
             metadata=metadata,
         )
 

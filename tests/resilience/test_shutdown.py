@@ -69,6 +69,7 @@ def long_call(name: str, channel: grpc.aio.Channel, collection: str, i: int):
     stub = pb_grpc.SearchServiceStub(channel)
     request = pb.SearchRequest(collection=collection, query=f"fox river leaves {i}", top_k=5)
     request.rerank.candidates = 24
+    request.rerank.policy = pb.RERANK_POLICY_ALWAYS
     return stub.Search(request, timeout=60)
 
 

@@ -170,9 +170,10 @@ def test_percentile():
 
 
 def test_parse_modes():
-    modes = parse_modes("dense, hybrid+rerank,dense,SPARSE")
+    modes = parse_modes("dense, hybrid+rerank,dense,SPARSE,hybrid+auto")
     assert [(m.name, m.retrieval, m.rerank) for m in modes] == [
-        ("dense", "dense", False), ("hybrid+rerank", "hybrid", True), ("sparse", "sparse", False)]
+        ("dense", "dense", "never"), ("hybrid+rerank", "hybrid", "always"), ("sparse", "sparse", "never"),
+        ("hybrid+auto", "hybrid", "auto")]
     for bad in ("bm25", "dense+cross", "", ","):
         with pytest.raises(ValueError):
             parse_modes(bad)
@@ -210,12 +211,14 @@ def test_search_requests_per_mode():
 
     args = argparse.Namespace(candidates=30, combination="weighted_rrf", rerank_weight=0.7,
                               fusion="weighted_zscore", dense_weight=0.6, rrf_k=0)
-    dense, hybrid_rr = parse_modes("dense,hybrid+rerank")
+    dense, hybrid_rr, hybrid_auto = parse_modes("dense,hybrid+rerank,hybrid+auto")
     r = search_request(dense, "c", "q", 100, args)
-    assert (r.mode, r.rerank.enabled, r.rerank.HasField("candidates"), r.top_k) == (common_pb2.RETRIEVAL_MODE_DENSE, False, False, 100)
+    assert (r.mode, r.rerank.policy, r.rerank.HasField("candidates"), r.top_k) == (
+        common_pb2.RETRIEVAL_MODE_DENSE, pb.RERANK_POLICY_NEVER, False, 100)
     assert not r.HasField("fusion")
+    assert search_request(hybrid_auto, "c", "q", 100, args).rerank.policy == pb.RERANK_POLICY_AUTO
     r = search_request(hybrid_rr, "c", "q", 100, args)
-    assert (r.mode, r.rerank.enabled, r.rerank.candidates) == (common_pb2.RETRIEVAL_MODE_HYBRID, True, 30)
+    assert (r.mode, r.rerank.policy, r.rerank.candidates) == (common_pb2.RETRIEVAL_MODE_HYBRID, pb.RERANK_POLICY_ALWAYS, 30)
     assert r.rerank.combination == pb.SCORE_COMBINATION_WEIGHTED_RRF
     assert r.rerank.rerank_weight == pytest.approx(0.7)
     assert r.fusion.method == common_pb2.FUSION_METHOD_WEIGHTED_ZSCORE and r.fusion.dense_weight == pytest.approx(0.6)

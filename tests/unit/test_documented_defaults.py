@@ -49,7 +49,7 @@ NUMBER_CLAIM = re.compile(r"\d+\.\.\d+|\bdefault \d|\bat most \d|\bmax \d", re.I
 LIMIT_ROWS = {
     "query (Search, Retrieve, Rerank)": [f"1..{v.MAX_QUERY_CHARS} characters"],
     "`top_k` (Search)": [f"1..{v.MAX_TOP_K} (0 = {v.DEFAULT_TOP_K})"],
-    "`rerank.candidates`": [f"1..{v.MAX_CANDIDATES} (unset = `GATEWAY_DEFAULT_CANDIDATES`)"],
+    "`rerank.candidates`": [f"1..{v.MAX_CANDIDATES} (unset = `GATEWAY_DEFAULT_CANDIDATES`"],
     "`fusion`": [f"`rrf_k` 1..{v.MAX_RRF_K}", f"`prefetch_limit` 1..{v.MAX_PREFETCH_LIMIT}"],
     "`filter`": [
         f"at most {v.MAX_FILTER_CONDITIONS} conditions, {v.MAX_FILTER_DEPTH} levels",

@@ -153,7 +153,7 @@ class FilterField(_message.Message):
     def __init__(self, key: _Optional[str] = ..., type: _Optional[_Union[FieldType, str]] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "document_count", "point_count", "dense_model", "dense_dimension", "sparse_enabled", "filter_fields", "late_interaction_model", "late_interaction_dimension")
+    __slots__ = ("name", "document_count", "point_count", "dense_model", "dense_dimension", "sparse_enabled", "filter_fields", "late_interaction_model", "late_interaction_dimension", "fusion_dense_weight", "fusion_calibration")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     POINT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,8 @@ class CollectionInfo(_message.Message):
     FILTER_FIELDS_FIELD_NUMBER: _ClassVar[int]
     LATE_INTERACTION_MODEL_FIELD_NUMBER: _ClassVar[int]
     LATE_INTERACTION_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    FUSION_DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FUSION_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     document_count: int
     point_count: int
@@ -172,7 +174,25 @@ class CollectionInfo(_message.Message):
     filter_fields: _containers.RepeatedCompositeFieldContainer[FilterField]
     late_interaction_model: str
     late_interaction_dimension: int
-    def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., point_count: _Optional[int] = ..., dense_model: _Optional[str] = ..., dense_dimension: _Optional[int] = ..., sparse_enabled: _Optional[bool] = ..., filter_fields: _Optional[_Iterable[_Union[FilterField, _Mapping]]] = ..., late_interaction_model: _Optional[str] = ..., late_interaction_dimension: _Optional[int] = ...) -> None: ...
+    fusion_dense_weight: float
+    fusion_calibration: FusionCalibration
+    def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., point_count: _Optional[int] = ..., dense_model: _Optional[str] = ..., dense_dimension: _Optional[int] = ..., sparse_enabled: _Optional[bool] = ..., filter_fields: _Optional[_Iterable[_Union[FilterField, _Mapping]]] = ..., late_interaction_model: _Optional[str] = ..., late_interaction_dimension: _Optional[int] = ..., fusion_dense_weight: _Optional[float] = ..., fusion_calibration: _Optional[_Union[FusionCalibration, _Mapping]] = ...) -> None: ...
+
+class FusionCalibration(_message.Message):
+    __slots__ = ("dense_recall", "sparse_recall", "sample", "documents", "dense_weight", "measured_at")
+    DENSE_RECALL_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_RECALL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_AT_FIELD_NUMBER: _ClassVar[int]
+    dense_recall: float
+    sparse_recall: float
+    sample: int
+    documents: int
+    dense_weight: float
+    measured_at: float
+    def __init__(self, dense_recall: _Optional[float] = ..., sparse_recall: _Optional[float] = ..., sample: _Optional[int] = ..., documents: _Optional[int] = ..., dense_weight: _Optional[float] = ..., measured_at: _Optional[float] = ...) -> None: ...
 
 class Alias(_message.Message):
     __slots__ = ("alias", "collection")

@@ -16,6 +16,13 @@ class ScoreCombination(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCORE_COMBINATION_WEIGHTED_ZSCORE: _ClassVar[ScoreCombination]
     SCORE_COMBINATION_WEIGHTED_RRF: _ClassVar[ScoreCombination]
 
+class RerankPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RERANK_POLICY_UNSPECIFIED: _ClassVar[RerankPolicy]
+    RERANK_POLICY_ALWAYS: _ClassVar[RerankPolicy]
+    RERANK_POLICY_AUTO: _ClassVar[RerankPolicy]
+    RERANK_POLICY_NEVER: _ClassVar[RerankPolicy]
+
 class DegradedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DEGRADED_REASON_UNSPECIFIED: _ClassVar[DegradedReason]
@@ -23,27 +30,48 @@ class DegradedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEGRADED_REASON_RERANKER_TIMEOUT: _ClassVar[DegradedReason]
     DEGRADED_REASON_RERANKER_CIRCUIT_OPEN: _ClassVar[DegradedReason]
     DEGRADED_REASON_RERANKER_OVERLOADED: _ClassVar[DegradedReason]
+
+class RerankReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RERANK_REASON_UNSPECIFIED: _ClassVar[RerankReason]
+    RERANK_REASON_ALWAYS: _ClassVar[RerankReason]
+    RERANK_REASON_NEVER: _ClassVar[RerankReason]
+    RERANK_REASON_AUTO_UNCERTAIN: _ClassVar[RerankReason]
+    RERANK_REASON_AUTO_CONFIDENT: _ClassVar[RerankReason]
+    RERANK_REASON_NO_CANDIDATES: _ClassVar[RerankReason]
 SCORE_COMBINATION_UNSPECIFIED: ScoreCombination
 SCORE_COMBINATION_RERANK_ONLY: ScoreCombination
 SCORE_COMBINATION_WEIGHTED_ZSCORE: ScoreCombination
 SCORE_COMBINATION_WEIGHTED_RRF: ScoreCombination
+RERANK_POLICY_UNSPECIFIED: RerankPolicy
+RERANK_POLICY_ALWAYS: RerankPolicy
+RERANK_POLICY_AUTO: RerankPolicy
+RERANK_POLICY_NEVER: RerankPolicy
 DEGRADED_REASON_UNSPECIFIED: DegradedReason
 DEGRADED_REASON_RERANKER_ERROR: DegradedReason
 DEGRADED_REASON_RERANKER_TIMEOUT: DegradedReason
 DEGRADED_REASON_RERANKER_CIRCUIT_OPEN: DegradedReason
 DEGRADED_REASON_RERANKER_OVERLOADED: DegradedReason
+RERANK_REASON_UNSPECIFIED: RerankReason
+RERANK_REASON_ALWAYS: RerankReason
+RERANK_REASON_NEVER: RerankReason
+RERANK_REASON_AUTO_UNCERTAIN: RerankReason
+RERANK_REASON_AUTO_CONFIDENT: RerankReason
+RERANK_REASON_NO_CANDIDATES: RerankReason
 
 class RerankOptions(_message.Message):
-    __slots__ = ("enabled", "candidates", "combination", "rerank_weight")
+    __slots__ = ("enabled", "candidates", "combination", "rerank_weight", "policy")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     COMBINATION_FIELD_NUMBER: _ClassVar[int]
     RERANK_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     candidates: int
     combination: ScoreCombination
     rerank_weight: float
-    def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., combination: _Optional[_Union[ScoreCombination, str]] = ..., rerank_weight: _Optional[float] = ...) -> None: ...
+    policy: RerankPolicy
+    def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., combination: _Optional[_Union[ScoreCombination, str]] = ..., rerank_weight: _Optional[float] = ..., policy: _Optional[_Union[RerankPolicy, str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("collection", "query", "top_k", "filter", "rerank", "mode", "fusion", "offset", "page_token")
@@ -86,7 +114,7 @@ class SearchResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "degraded", "degraded_reason", "reranked", "mode", "next_page_token", "collection")
+    __slots__ = ("results", "degraded", "degraded_reason", "reranked", "mode", "next_page_token", "collection", "rerank_decision")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +122,7 @@ class SearchResponse(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DECISION_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     degraded: bool
     degraded_reason: DegradedReason
@@ -101,7 +130,20 @@ class SearchResponse(_message.Message):
     mode: _common_pb2.RetrievalMode
     next_page_token: str
     collection: str
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[_Union[DegradedReason, str]] = ..., reranked: _Optional[bool] = ..., mode: _Optional[_Union[_common_pb2.RetrievalMode, str]] = ..., next_page_token: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
+    rerank_decision: RerankDecision
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[_Union[DegradedReason, str]] = ..., reranked: _Optional[bool] = ..., mode: _Optional[_Union[_common_pb2.RetrievalMode, str]] = ..., next_page_token: _Optional[str] = ..., collection: _Optional[str] = ..., rerank_decision: _Optional[_Union[RerankDecision, _Mapping]] = ...) -> None: ...
+
+class RerankDecision(_message.Message):
+    __slots__ = ("policy", "depth", "reason", "signal")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    policy: RerankPolicy
+    depth: int
+    reason: RerankReason
+    signal: float
+    def __init__(self, policy: _Optional[_Union[RerankPolicy, str]] = ..., depth: _Optional[int] = ..., reason: _Optional[_Union[RerankReason, str]] = ..., signal: _Optional[float] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "documents")

@@ -188,6 +188,10 @@ class Backend(Protocol):
 
     def delete_collection(self, name: str) -> None: ...
 
+    def update_metadata(self, name: str, updates: dict[str, Any]) -> None:
+        """Merge ``updates`` into the collection's schema metadata, durably; every reader of
+        :meth:`schema` (any replica) sees the new values afterwards."""
+
     def upsert(self, name: str, points: Sequence[PointIn]) -> None:
         """Write ``points`` (replacing any with the same id); durable when it returns."""
 

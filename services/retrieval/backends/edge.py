@@ -30,6 +30,7 @@ Two facts of qdrant-edge-py 0.9.0 shape this module (measured, docs/BENCHMARKS.m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -141,6 +142,17 @@ class _Collection:
         #: Points written since the last optimization (what triggers the next one).
         self.written_since_optimize = 0
         self.last_write = 0.0
+
+
+def _write_schema(path: Path, schema: CollectionSchema) -> None:
+    with open(path, "w") as fh:
+        fh.write(json.dumps({
+            "layout_version": LAYOUT_VERSION, "name": schema.name, "dense_dimension": schema.dense_dimension,
+            "sparse": schema.sparse, "filter_fields": schema.filter_fields, "metadata": schema.metadata,
+            "late_dimension": schema.late_dimension, "late_quantization": schema.late_quantization,
+        }, indent=2, sort_keys=True))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _cpus() -> int:
@@ -291,11 +303,7 @@ class EdgeBackend:
                     shard.update(qe.UpdateOperation.create_field_index(key, _INDEX_TYPES[kind]))
                 shard.flush()
                 shard.close()
-                (staging / SCHEMA_FILE).write_text(json.dumps({
-                    "layout_version": LAYOUT_VERSION, "name": schema.name, "dense_dimension": schema.dense_dimension,
-                    "sparse": schema.sparse, "filter_fields": schema.filter_fields, "metadata": schema.metadata,
-                    "late_dimension": schema.late_dimension, "late_quantization": schema.late_quantization,
-                }, indent=2, sort_keys=True))
+                _write_schema(staging / SCHEMA_FILE, schema)
                 os.replace(staging, directory)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -304,6 +312,18 @@ class EdgeBackend:
 
     def schema(self, name: str) -> CollectionSchema:
         return self._get(name).schema
+
+    def update_metadata(self, name: str, updates: dict[str, Any]) -> None:
+        collection = self._get(name)
+        with collection.writes:
+            schema = dataclasses.replace(collection.schema, metadata={**collection.schema.metadata, **updates})
+            staging = collection.path / f".{SCHEMA_FILE}.{uuid.uuid4().hex[:8]}"
+            try:
+                _write_schema(staging, schema)
+                os.replace(staging, collection.path / SCHEMA_FILE)  # atomic: the old schema or the new one
+            finally:
+                staging.unlink(missing_ok=True)
+            collection.schema = schema
 
     def delete_collection(self, name: str) -> None:
         collection = self._get(name)

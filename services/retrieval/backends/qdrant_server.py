@@ -92,10 +92,7 @@ class QdrantServerBackend:
             shard_number=self.shard_number,
             replication_factor=self.replication_factor,
             write_consistency_factor=self.write_consistency_factor,
-            metadata={_SCHEMA_KEY: {"dense_dimension": schema.dense_dimension, "sparse": schema.sparse,
-                                    "filter_fields": schema.filter_fields, "metadata": schema.metadata,
-                                    "late_dimension": schema.late_dimension,
-                                    "late_quantization": schema.late_quantization}},
+            metadata={_SCHEMA_KEY: _schema_record(schema)},
         )
         if not self._local:
             indexes = {"doc_id": "keyword", "passage": "integer"}
@@ -121,6 +118,13 @@ class QdrantServerBackend:
                                 filter_fields=dict(raw.get("filter_fields", {})), metadata=dict(raw.get("metadata", {})),
                                 late_dimension=int(raw.get("late_dimension", 0)),
                                 late_quantization=str(raw.get("late_quantization", "int8")))
+
+    def update_metadata(self, name: str, updates: dict[str, Any]) -> None:
+        schema = self.schema(name)
+        record = _schema_record(schema)
+        record["metadata"] = {**schema.metadata, **updates}
+        # Qdrant merges the top-level metadata keys it is sent: only the schema record changes.
+        self._call("update_collection", self.client.update_collection, name, metadata={_SCHEMA_KEY: record})
 
     def delete_collection(self, name: str) -> None:
         self.schema(name)
@@ -313,3 +317,10 @@ def _condition(c):
     if isinstance(c, Range):
         return models.FieldCondition(key=c.key, range=models.Range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))
     raise TypeError(f"unknown filter condition {c!r}")
+
+
+def _schema_record(schema: CollectionSchema) -> dict[str, Any]:
+    """What the collection's metadata keeps of its schema (under ``_SCHEMA_KEY``)."""
+    return {"dense_dimension": schema.dense_dimension, "sparse": schema.sparse, "filter_fields": schema.filter_fields,
+            "metadata": schema.metadata, "late_dimension": schema.late_dimension,
+            "late_quantization": schema.late_quantization}
