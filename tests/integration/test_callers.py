@@ -344,3 +344,55 @@ def test_the_callers_file_reloads_under_load_without_a_failed_call(stub, stack, 
     text = scrape(stack, "gateway")
     assert metric_value(text, "search_gateway_callers_reloads_total", outcome="ok") >= 3
     assert metric_value(text, "search_gateway_callers_reloads_total", outcome="error") >= 1
+
+
+def test_arbitrary_messages_from_limited_callers_never_fail_internally(stack, collections):
+    """The fuzz suite's messages (tests/resilience/test_fuzz.py) for every SearchService method,
+    sent by a caller limited to team-* and by a search-only caller: the caller checks (scopes,
+    names, aliases, answers) add PERMISSION_DENIED, never INTERNAL or UNKNOWN."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from tests.resilience import test_fuzz as fuzz
+
+    allowed = fuzz.ALLOWED | {grpc.StatusCode.PERMISSION_DENIED}
+    seen: dict[str, int] = {}
+    with grpc.insecure_channel(stack.gateway) as channel:
+        for service, method, request_cls, _ in fuzz.RPCS:
+            if service != "SearchService":
+                continue
+            client_streams, server_streams = fuzz.STREAMING[(service, method)]
+            path = f"/search.v1.{service}/{method}"
+            # Names the limited caller reaches, and ones it does not (aliases of both kinds too).
+            target = st.sampled_from([collections["team"], collections["other"], collections["to-team"],
+                                      collections["team-to-other"], f"team-new-{uuid.uuid4().hex[:6]}"])
+            base = fuzz.base_request(method, request_cls, collections["team"])
+
+            @settings(max_examples=12, deadline=None, database=None,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+            @given(who=st.sampled_from(["team", "reader"]), name=target, data=st.data())
+            def prop(who, name, data):
+                message = data.draw(st.one_of(
+                    fuzz.message_strategy(request_cls.DESCRIPTOR, name),
+                    fuzz.message_strategy(request_cls.DESCRIPTOR, name, one_field=True).map(lambda m: fuzz.merged(base, m))))
+                body, md = message.SerializeToString(), auth(who)
+                try:
+                    if client_streams and server_streams:
+                        list(channel.stream_stream(path)(iter([body]), timeout=60, metadata=md))
+                    elif client_streams:
+                        channel.stream_unary(path)(iter([body]), timeout=60, metadata=md)
+                    elif server_streams:
+                        list(channel.unary_stream(path)(body, timeout=60, metadata=md))
+                    else:
+                        channel.unary_unary(path)(body, timeout=60, metadata=md)
+                    status = grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    status, details = exc.code(), exc.details()
+                    assert status in allowed, f"{method} by {who}: {status.name}: {details}"
+                seen[status.name] = seen.get(status.name, 0) + 1
+
+            prop()
+    assert seen.get("PERMISSION_DENIED", 0) > 0 and sum(seen.values()) >= 16 * 6
+    assert stack.procs["gateway"].poll() is None
+    assert "unhandled error" not in stack.log_text("gateway")
+    print(f"\nFIGURES limited callers fuzzed: {dict(sorted(seen.items()))}")
