@@ -396,3 +396,27 @@ def test_arbitrary_messages_from_limited_callers_never_fail_internally(stack, co
     assert stack.procs["gateway"].poll() is None
     assert "unhandled error" not in stack.log_text("gateway")
     print(f"\nFIGURES limited callers fuzzed: {dict(sorted(seen.items()))}")
+
+
+def test_searchctl_keys_create_adds_a_caller_the_gateway_takes_without_a_restart(stub, stack, collections):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    run = subprocess.run([sys.executable, "-m", "services.cli", "keys", "create", "--file", str(stack.keys_file),
+                          "--name", "fresh", "--scopes", "search", "--collections", "team-*"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    key = run.stdout.strip()
+    assert run.stdout == key + "\n" and len(key) >= 40  # the key, alone on stdout
+    assert f'keys = ["{key}"]' in stack.keys_file.read_text()
+    fresh = (("authorization", f"Bearer {key}"),)
+    search = lambda name: code(lambda: stub.Search(pb.SearchRequest(collection=name, query="sea"), timeout=30,  # noqa: E731
+                                                   metadata=fresh))[0]
+    assert wait_until(lambda: search(collections["team"]) == grpc.StatusCode.OK)
+    assert search(collections["other"]) == grpc.StatusCode.PERMISSION_DENIED
+    again = subprocess.run([sys.executable, "-m", "services.cli", "keys", "create", "--file", str(stack.keys_file),
+                            "--name", "fresh", "--scopes", "search"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert again.returncode == 2 and "caller 'fresh' is defined twice" in again.stderr and not again.stdout
+    assert key not in stack.log_text("gateway")
