@@ -420,3 +420,20 @@ def test_searchctl_keys_create_adds_a_caller_the_gateway_takes_without_a_restart
                             "--name", "fresh", "--scopes", "search"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert again.returncode == 2 and "caller 'fresh' is defined twice" in again.stderr and not again.stdout
     assert key not in stack.log_text("gateway")
+
+
+def test_a_bad_line_in_the_callers_file_stops_the_gateway_naming_the_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    bad = tmp_path / "callers.toml"
+    bad.write_text(CALLERS.replace('scopes = ["search", "write"]', 'scopes = ["search", "writes"]'))
+    env = {**os.environ, "GATEWAY_PORT": "0", "GATEWAY_METRICS_PORT": "0", "GATEWAY_API_KEYS_FILE": str(bad)}
+    run = subprocess.run([sys.executable, "-m", "services.cli", "serve", "gateway"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, (run.returncode, run.stderr[-1500:])
+    assert f"GATEWAY_API_KEYS_FILE={bad} line 7: caller 'writer': unknown scope 'writes'" in run.stderr
+    assert KEYS["writer"] not in run.stderr
