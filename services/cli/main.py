@@ -19,7 +19,7 @@ SERVICES = {
 COMMAND_MODULES = (
     "services.cli.up", "services.cli.client", "services.cli.collections_cmd", "services.cli.snapshot_cmd",
     "services.cli.migrate", "services.cli.models_cmd", "services.cli.store_cmd", "services.cli.evaluate",
-    "services.cli.bench",
+    "services.cli.bench", "services.cli.keys_cmd",
 )
 
 

@@ -12,7 +12,9 @@ the background by a non-interactive shell inherits SIGINT ignored, and Python ke
 Retrieval and reranker listen on loopback only. When the gateway requires API keys
 (``GATEWAY_API_KEYS_FILE`` / ``GATEWAY_API_KEYS``), they also require an internal token the
 gateway sends (``INTERNAL_TOKEN``, generated for the run unless one is configured), and the
-demo loader calls the gateway with one of the configured keys.
+demo loader calls the gateway with a configured key whose caller has the search, write and
+admin scopes on the demo collection (``$SEARCHCTL_API_KEY`` when it is one); without such a
+caller the demo is not loaded, and the ready line says why.
 """
 
 from __future__ import annotations
@@ -115,27 +117,61 @@ def _grace_seconds(env: dict[str, str]) -> float:
     return max(cfg.load(_load(SERVICES[name][0]), None, env).grace_seconds for name in START_ORDER)
 
 
-def _api_keys(env: dict[str, str]) -> list[str]:
-    from services.common.security import load_api_keys
+def _callers(env: dict[str, str]):
+    """The gateway's callers as it will load them from ``env`` (a bad file: ConfigError, one line, exit 2)."""
+    from services.gateway.callers import load
     from services.gateway.config import GatewayConfig
 
     gateway = cfg.load(GatewayConfig, None, env)
-    return load_api_keys(gateway.api_keys_file, gateway.api_keys)  # ConfigError: one line, exit 2
+    return load(gateway.api_keys_file, gateway.api_keys)
 
 
-def _client_key(keys: list[str]) -> tuple[str | None, str | None]:
-    """The key `searchctl up` uses for its own calls, and a line for the user (or None)."""
+#: What loading the demo takes: create the collection (admin), write it (write), look at it (search).
+DEMO_SCOPES = ("search", "write", "admin")
+
+
+def _demo_keys(env: dict[str, str], book, collection: str) -> list[str]:
+    """The configured keys whose caller may load the demo into ``collection``, in file order."""
+    from services.gateway.config import GatewayConfig
+
+    gateway = cfg.load(GatewayConfig, None, env)
+    keys = []
+    for caller in book.callers:
+        if all(caller.may(s) for s in DEMO_SCOPES) and caller.reaches(collection):
+            keys += _keys_of(gateway, caller.name)
+    return keys
+
+
+def _keys_of(gateway, name: str) -> list[str]:
+    from services.gateway.callers import LEGACY, parse_inline, read_file
+
+    parts = ([read_file(gateway.api_keys_file)] if gateway.api_keys_file else []) + (
+        [parse_inline(gateway.api_keys)] if gateway.api_keys and gateway.api_keys.strip() else [])
+    found = []
+    for part in parts:
+        if name == LEGACY:
+            found += part.legacy_keys
+        found += [key for key, caller in part.keys if caller.name == name]
+    return found
+
+
+def _client_key(book, demo_keys: list[str]) -> tuple[str | None, str | None]:
+    """The key `searchctl up` uses for its own calls (the demo), and a line for the user (or None)."""
     from services.cli.client import API_KEY_ENV
-    from services.common.security import ApiKeyChecker
 
-    if not keys:
+    if not book.enabled:
         return None, None
     mine = os.environ.get(API_KEY_ENV)
-    if mine and ApiKeyChecker(keys).valid(mine):
-        return mine, None
+    known = bool(mine) and book.by_key(mine) is not None
+    if not demo_keys:
+        note = ("no configured caller may load the demo (it needs scopes search, write and admin on the collection): "
+                "the demo is not loaded")
+        return None, note if known or not mine else f"{API_KEY_ENV} is not one of the gateway's keys; {note}"
+    if known:
+        return (mine if mine in demo_keys else demo_keys[0]), None
     if mine:
-        return keys[0], f"{API_KEY_ENV} is set but is not one of the gateway's keys: searchctl search will be refused"
-    return keys[0], f"the gateway requires API keys: export {API_KEY_ENV}=<one of the configured keys> for searchctl search"
+        return demo_keys[0], f"{API_KEY_ENV} is set but is not one of the gateway's keys: searchctl search will be refused"
+    return demo_keys[0], f"the gateway requires API keys: export {API_KEY_ENV}=<a configured key> for searchctl search"
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -154,13 +190,15 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
     ports = {"gateway": args.gateway_port, "retrieval": args.retrieval_port, "reranker": args.reranker_port}
     env["RETRIEVAL_ADDR"] = f"{LOOPBACK}:{ports['retrieval']}"
     env["RERANKER_ADDR"] = f"{LOOPBACK}:{ports['reranker']}"
-    keys = _api_keys(env)
+    book = _callers(env)
+    keys = book.enabled
     token_note = None
     if keys and not (env.get("INTERNAL_TOKEN") or env.get("INTERNAL_TOKEN_FILE")):
         env["INTERNAL_TOKEN"] = secrets.token_urlsafe(32)
         token_note = "API keys are on: retrieval and reranker require an internal token (generated for this run; the gateway sends it)"
     load_security(env)  # a bad TLS_* or INTERNAL_TOKEN* setting: one line now, not three dying services
-    api_key, key_note = _client_key(keys)
+    api_key, key_note = _client_key(book, _demo_keys(env, book, args.collection) if keys else [])
+    no_demo = args.no_demo or (keys and api_key is None)
     stop_timeout = args.stop_timeout if args.stop_timeout is not None else _grace_seconds(env) + STOP_MARGIN_S
 
     procs: dict[str, subprocess.Popen] = {}
@@ -183,7 +221,7 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
         if not signals.requested.is_set():
             if token_note:
                 _say(token_note)
-            if not args.no_demo:
+            if not no_demo:
                 loaded = _demo(target, args.collection, api_key, signals.requested)
                 if loaded:
                     _say(loaded)
@@ -249,7 +287,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(SIGINT or SIGTERM): the services get SIGTERM at once and are killed if they still run after the "
         "stop timeout; a second Ctrl-C kills them at once. With GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS set, "
         "retrieval and reranker require an internal token (INTERNAL_TOKEN, generated unless set) that the gateway "
-        "sends, and the demo is loaded with one of the keys.",
+        "sends, and the demo is loaded with a key whose caller has the search, write and admin scopes.",
     )
     p.add_argument("--data-dir", default=".data/qdrant", help="embedded Qdrant path unless QDRANT_PATH is set (default %(default)s)")
     p.add_argument("--collection", default="docs", help="demo collection (default %(default)s)")

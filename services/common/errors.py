@@ -44,7 +44,20 @@ class FailedPrecondition(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
-    pass
+    """Shed or over a quota; ``retry_after_s`` (when known) is when a retry may succeed, sent to
+    the caller as a ``google.rpc.RetryInfo`` detail."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(ServiceError):
+    """No credential, or one that names no configured caller."""
+
+
+class PermissionDenied(ServiceError):
+    """A known caller asked for something its scopes or collections do not cover."""
 
 
 class Unavailable(ServiceError):

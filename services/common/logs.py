@@ -1,9 +1,11 @@
-"""Structured JSON logs: one object per line on stderr, with the trace id of the request."""
+"""Structured JSON logs: one object per line on stderr, with the trace id of the request, and on
+the gateway the name of the caller it serves."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from typing import TextIO
 
 from opentelemetry import trace
@@ -11,9 +13,14 @@ from pythonjsonlogger.json import JsonFormatter
 
 _RESERVED = ("asctime", "levelname", "name", "message")
 
+#: The caller a request is served for (set by the gateway's caller interceptor, services/gateway/
+#: guard.py, for the request's task): every log line written while serving it carries ``caller``.
+CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
+
 
 class _TraceContextFilter(logging.Filter):
-    """Adds ``trace_id`` and ``span_id`` (and ``service``) to every record so a request's lines can be found.
+    """Adds ``trace_id`` and ``span_id`` (and ``service``, and ``caller`` inside a gateway request) to
+    every record so a request's lines can be found.
 
     The ids come from the OpenTelemetry context current where the record is made: inside
     a grpc.aio handler (the server span is current in the handler's task) and in the
@@ -27,6 +34,9 @@ class _TraceContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
+        caller = CALLER.get()
+        if caller is not None and not hasattr(record, "caller"):
+            record.caller = caller
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             record.trace_id = format(context.trace_id, "032x")

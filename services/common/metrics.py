@@ -25,8 +25,8 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 from services.common.interceptors import with_unary
 
-#: One DEBUG line per finished RPC (method, code, duration; trace_id when tracing is on):
-#: LOG_LEVEL=DEBUG turns it on. Disabled, it costs one level check per request.
+#: One DEBUG line per finished RPC (method, code, duration; trace_id when tracing is on, and on the
+#: gateway the caller): LOG_LEVEL=DEBUG turns it on. Disabled, it costs one level check per request.
 access_log = logging.getLogger("search.rpc")
 
 #: Latency buckets (seconds): 1 ms to 10 s, roughly 1-2.5-5 per decade.
@@ -238,7 +238,32 @@ GATEWAY_CIRCUIT_OPEN = Gauge(
 )
 GATEWAY_REJECTED_REQUESTS = Counter(
     "search_gateway_rejected_requests",
-    "Requests refused with RESOURCE_EXHAUSTED because GATEWAY_MAX_IN_FLIGHT requests were in flight.",
+    "Requests refused with RESOURCE_EXHAUSTED because GATEWAY_MAX_IN_FLIGHT requests were in flight "
+    "(and their caller was at or over its fair share).",
+)
+# Callers (services/gateway/callers.py): `caller` is a configured caller's name or "other", so the
+# label set is bounded by the callers file.
+GATEWAY_CALLER_REQUESTS = Counter(
+    "search_gateway_caller_requests",
+    "SearchService calls (unary and streamed) by caller, full method name and final gRPC status code name.",
+    ["caller", "method", "code"],
+)
+GATEWAY_CALLER_SHED = Counter(
+    "search_gateway_caller_shed",
+    "Calls refused with RESOURCE_EXHAUSTED by caller: reason=rate_limit (over its quota) or fair_share "
+    "(at the in-flight cap and at or over its share).",
+    ["caller", "reason"],
+)
+GATEWAY_CALLER_IN_FLIGHT = Gauge(
+    "search_gateway_caller_in_flight_requests",
+    "Unary SearchService calls in flight per caller (what the fair share of GATEWAY_MAX_IN_FLIGHT counts).",
+    ["caller"],
+)
+GATEWAY_CALLERS_RELOADS = Counter(
+    "search_gateway_callers_reloads",
+    "Reloads of GATEWAY_API_KEYS_FILE (SIGHUP or a change seen): outcome=ok (in force) or error (rejected, the "
+    "rules in force stay).",
+    ["outcome"],
 )
 
 # --------------------------------------------------------------------------- caches (services/common/cache.py)
@@ -302,6 +327,10 @@ ALL_METRICS: tuple[Any, ...] = (
     GATEWAY_RETRIES,
     GATEWAY_CIRCUIT_OPEN,
     GATEWAY_REJECTED_REQUESTS,
+    GATEWAY_CALLER_REQUESTS,
+    GATEWAY_CALLER_SHED,
+    GATEWAY_CALLER_IN_FLIGHT,
+    GATEWAY_CALLERS_RELOADS,
     CACHE_LOOKUPS,
     CACHE_EVICTIONS,
     CACHE_ENTRIES,
@@ -364,8 +393,9 @@ def _code_name(code: Any) -> str:
     return grpc.StatusCode.UNKNOWN.name
 
 
-def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
-    """The status the client will see, as a name (OK, INVALID_ARGUMENT, ...)."""
+def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    """The status the client will see, as a name (OK, INVALID_ARGUMENT, ...), once the handler
+    returned (``error`` None) or raised ``error``."""
     if error is None or isinstance(error, grpc.aio.AbortError):
         # abort() and set_code() both record the code on the context; None means OK.
         code = context.code()
@@ -419,7 +449,7 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
                 elapsed = time.perf_counter() - start
                 duration.observe(elapsed)
                 in_flight.dec()
-                code = _final_code(context, error)
+                code = final_code(context, error)
                 requests.labels(service=service, method=method, code=code).inc()
                 if access_log.isEnabledFor(logging.DEBUG):
                     access_log.debug(

@@ -15,10 +15,11 @@ Nothing set means plaintext, as before (a mesh or a private network may provide 
 A half-configured pair (a certificate without its key, a client CA without a server
 certificate) is refused at start-up with the variable named: security never silently off.
 
-API keys (:class:`ApiKeyInterceptor`): callers send ``authorization: Bearer <key>``; keys
-are compared as SHA-256 digests with :func:`hmac.compare_digest` against every configured
-key (no early exit), so timing reveals neither a key nor which key matched. Health and
-reflection stay reachable without a key (probes, grpcurl ``list``).
+Bearer credentials (:class:`ApiKeyChecker`, :class:`ApiKeyInterceptor`): ``authorization:
+Bearer <key>``, compared as SHA-256 digests with :func:`hmac.compare_digest` against every
+accepted key (no early exit), so timing reveals neither a key nor which key matched. Health and
+reflection stay reachable without one (probes, grpcurl ``list``). The gateway's callers (named
+keys with scopes, quotas, certificate identities) are services/gateway/callers.py and guard.py.
 
 Internal token (:class:`InternalTokenInterceptor`): API keys guard the gateway only; without
 more, anyone who reaches retrieval's or the reranker's port bypasses them. With
@@ -206,27 +207,6 @@ def parse_api_keys(lines: Iterable[str]) -> list[str]:
         key = line.strip()
         if key and not key.startswith("#"):
             keys.append(key)
-    return keys
-
-
-def load_api_keys(keys_file: str | None, inline: str | None) -> list[str]:
-    """Keys from ``keys_file`` (one per line) and ``inline`` (comma-separated). [] = auth off.
-
-    A configured file that is missing or holds no key is an error: a typo in the path must
-    not turn authentication off.
-    """
-    keys: list[str] = []
-    if keys_file:
-        try:
-            text = Path(keys_file).read_text()
-        except OSError as exc:
-            raise ConfigError(f"GATEWAY_API_KEYS_FILE={keys_file}: cannot read: {exc.strerror or exc}") from exc
-        from_file = parse_api_keys(text.splitlines())
-        if not from_file:
-            raise ConfigError(f"GATEWAY_API_KEYS_FILE={keys_file} holds no key (one per line; # starts a comment)")
-        keys.extend(from_file)
-    if inline:
-        keys.extend(parse_api_keys(inline.split(",")))
     return keys
 
 

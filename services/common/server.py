@@ -14,8 +14,10 @@ Transport security comes from the environment for every service alike
 ``TLS_CLIENT_CA_FILE`` for mTLS). With ``INTERNAL_TOKEN`` set, every service that is not the
 platform's edge (``edge = True``: the gateway, which checks API keys instead and sends the
 token downstream) refuses calls without it. A service may add its own interceptors (the
-gateway's API-key check and in-flight cap) by defining ``interceptors()``; they run after
-tracing and metrics (so rejections are counted) and before error mapping.
+gateway's caller check: keys, scopes, quotas, the fairly shared in-flight cap) by defining
+``interceptors()``; they run after tracing and metrics (so rejections are counted) and before
+error mapping. A service that defines ``reload()`` has it called on SIGHUP (the gateway
+reloads its callers file); without one, SIGHUP is left as it was.
 """
 
 from __future__ import annotations
@@ -142,9 +144,12 @@ async def run(
     """
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # first, replacing inherited dispositions (SIG_IGN too)
+    handlers = {signal.SIGTERM: stop.set, signal.SIGINT: stop.set}
+    if getattr(service, "reload", None) is not None:
+        handlers[signal.SIGHUP] = service.reload
+    for sig, handler in handlers.items():  # first, replacing inherited dispositions (SIG_IGN too)
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or not POSIX
             pass
 

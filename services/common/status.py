@@ -26,8 +26,10 @@ from services.common.errors import (
     InvalidArgument,
     MalformedRequest,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     ServiceError,
+    Unauthenticated,
     Unavailable,
 )
 from services.common.interceptors import with_unary
@@ -42,6 +44,8 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ServiceError: grpc.StatusCode.INTERNAL,
@@ -57,10 +61,15 @@ def status_code(exc: ServiceError) -> grpc.StatusCode:
 
 
 def error_details(exc: ServiceError) -> list[Any]:
-    """The rich-status details of ``exc``: the field violation of an InvalidArgument."""
+    """The rich-status details of ``exc``: the field violation of an InvalidArgument, the retry
+    advice of a ResourceExhausted that knows when to retry (``google.rpc.RetryInfo``)."""
     if isinstance(exc, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)
         return [error_details_pb2.BadRequest(field_violations=[violation])]
+    if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(max(1_000_000, int(exc.retry_after_s * 1e9)))  # at least 1 ms
+        return [info]
     return []
 
 
@@ -141,7 +150,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the last line of defence for a server
-                await _abort(context, method, exc)
+                await abort_with_error(context, method, exc)
 
         return with_unary(handler, guarded, _tolerant(handler.request_deserializer))
 
@@ -151,7 +160,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 STREAMS_GUARDED = ("/search.v1.",)
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+async def abort_with_error(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    """End the call with ``exc``'s status (INTERNAL, logged with its traceback, when it is not a
+    :class:`ServiceError`); raises ``grpc.aio.AbortError``. For interceptors outside this one."""
     if isinstance(exc, ServiceError):
         await context.abort_with_status(error_status(exc))
     from services.common import tracing
@@ -181,7 +192,7 @@ def _guard_stream(handler, method: str):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped like a unary call's
-                await _abort(context, method, exc)
+                await abort_with_error(context, method, exc)
 
         return grpc.stream_unary_rpc_method_handler(guarded_unary, **kw)
     unary_stream = handler.unary_stream is not None
@@ -196,7 +207,7 @@ def _guard_stream(handler, method: str):
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped like a unary call's
-            await _abort(context, method, exc)
+            await abort_with_error(context, method, exc)
 
     make = grpc.unary_stream_rpc_method_handler if unary_stream else grpc.stream_stream_rpc_method_handler
     return make(guarded_stream, **kw)

@@ -7,7 +7,8 @@ downstream client), ``config`` and ``_budget``.
 Ingest: each message is one batch. A reader task takes the next batch only when fewer than
 ``GATEWAY_INGEST_WINDOW`` are being written, so when the store is slow the stream is not
 read, gRPC's flow-control window fills and the client's writes wait: memory stays bounded by
-the window. A batch is acknowledged (its ``sequence`` echoed) once retrieval has written it,
+the window. A stream into a collection that does not exist creates it, for a caller with the
+``admin`` scope only (access.py). A batch is acknowledged (its ``sequence`` echoed) once retrieval has written it,
 which is when it is durable (in the write-ahead log). Acknowledgements come in completion
 order; a client resuming from a checkpoint keeps the highest sequence below which every
 batch was acknowledged.
@@ -27,6 +28,7 @@ import grpc
 from search.v1 import retrieval_service_pb2 as rpb, search_service_pb2 as pb
 from services.common import validation
 from services.common.errors import InvalidArgument, NotFound
+from services.gateway import access
 from services.gateway.clients import Budget, downstream_error
 
 _END = object()
@@ -159,7 +161,7 @@ class CollectionsMixin:
                                       budget, self.config.retrieval_timeout_seconds, idempotent=True)
             return
         except NotFound:
-            pass
+            access.require_admin_to_create(collection)  # creating a collection is an admin call
         try:
             await self.retrieval.call("CreateCollection", rpb.RetrievalServiceCreateCollectionRequest(name=collection, sparse=True),
                                       budget, self.config.write_timeout_seconds)

@@ -46,7 +46,12 @@ class GatewayConfig:
     write_timeout_seconds: float = setting(60.0, "GATEWAY_WRITE_TIMEOUT_SECONDS", "longest wait for one forwarded Upsert/Delete batch")
     upsert_batch_size: int = setting(64, "GATEWAY_UPSERT_BATCH_SIZE", "documents per batch forwarded to retrieval")
     answer_reserve_seconds: float = setting(0.05, "GATEWAY_ANSWER_RESERVE_SECONDS", "part of every deadline kept back to build and send the answer")
-    max_in_flight: int = setting(128, "GATEWAY_MAX_IN_FLIGHT", "SearchService calls served at once; past it RESOURCE_EXHAUSTED at once (0 = no cap)")
+    max_in_flight: int = setting(
+        128, "GATEWAY_MAX_IN_FLIGHT",
+        "unary SearchService calls served at once, shared fairly among callers: at the cap a caller under its share "
+        "(the cap over the callers with calls in flight) is still served, one at or over it gets RESOURCE_EXHAUSTED "
+        "at once (0 = no cap)",
+    )
     retry_max_attempts: int = setting(3, "GATEWAY_RETRY_MAX_ATTEMPTS", "attempts of an idempotent downstream call on UNAVAILABLE/RESOURCE_EXHAUSTED (1 = no retry)")
     retry_initial_backoff_seconds: float = setting(0.05, "GATEWAY_RETRY_INITIAL_BACKOFF_SECONDS", "first retry backoff; doubles per attempt, plus jitter")
     retry_max_backoff_seconds: float = setting(1.0, "GATEWAY_RETRY_MAX_BACKOFF_SECONDS", "longest retry backoff")
@@ -54,8 +59,26 @@ class GatewayConfig:
     retry_budget_min_per_second: float = setting(1.0, "GATEWAY_RETRY_BUDGET_MIN_PER_SECOND", "retries per second allowed regardless of traffic, per downstream")
     breaker_failures: int = setting(5, "GATEWAY_BREAKER_FAILURES", "consecutive reranker failures (error, timeout) that open its circuit breaker")
     breaker_cooldown_seconds: float = setting(5.0, "GATEWAY_BREAKER_COOLDOWN_SECONDS", "how long an open breaker degrades without calling the reranker before one probe call")
-    api_keys_file: str | None = setting(None, "GATEWAY_API_KEYS_FILE", "file of accepted API keys, one per line (# comments); set (or GATEWAY_API_KEYS): callers need 'authorization: Bearer <key>'")
-    api_keys: str | None = setting(None, "GATEWAY_API_KEYS", "accepted API keys, comma-separated (added to GATEWAY_API_KEYS_FILE's)")
+    api_keys_file: str | None = setting(
+        None, "GATEWAY_API_KEYS_FILE",
+        "callers file: TOML [[caller]] entries (name, scopes search/write/admin, collections, keys, mTLS identities, "
+        "quotas), or the old one key per line (every scope); set (or GATEWAY_API_KEYS): callers need "
+        "'authorization: Bearer <key>' or a configured certificate identity; reloaded on change and on SIGHUP",
+    )
+    api_keys: str | None = setting(
+        None, "GATEWAY_API_KEYS",
+        "callers inline, added to GATEWAY_API_KEYS_FILE's: comma-separated keys (every scope), or the callers file's TOML text",
+    )
+    api_keys_reload_seconds: float = setting(
+        5.0, "GATEWAY_API_KEYS_RELOAD_SECONDS",
+        "how often GATEWAY_API_KEYS_FILE is checked for a change to reload (0: only on SIGHUP); a file that does not "
+        "load keeps the rules in force and logs an error",
+    )
+    trust_forwarded_client_cert: bool = setting(
+        False, "GATEWAY_TRUST_FORWARDED_CLIENT_CERT",
+        "identify callers without a key by the URI SAN in the x-forwarded-client-cert header a mesh sidecar sets "
+        "(Istio); only when every request reaches the gateway through that sidecar (STRICT mTLS)",
+    )
     result_cache_size: int = setting(
         2000, "GATEWAY_RESULT_CACHE_SIZE",
         "Search responses kept, keyed by the whole normalised request and served only while retrieval reports the collection's write version unchanged; LRU, also bounded by GATEWAY_RESULT_CACHE_MB (0 turns the cache off)",

@@ -7,8 +7,9 @@
   stopped by the attempt limit, by the request's deadline and by the retry budget.
 - :class:`CircuitBreaker`: after consecutive failures a downstream is not called at all
   for a cool-down; then one probe call decides whether it closes again.
-- :class:`InFlightLimiter` / :class:`InFlightLimitInterceptor`: a cap on concurrent requests;
-  past it a call is refused at once with RESOURCE_EXHAUSTED instead of queueing.
+
+The cap on concurrent requests (``GATEWAY_MAX_IN_FLIGHT``), shared fairly among callers, is in
+admission.py with the callers' quotas, applied by guard.py.
 
 All take an injectable clock so their logic is unit-tested without sleeping.
 """
@@ -19,17 +20,15 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from services.common import metrics
-from services.common.errors import ResourceExhausted, ServiceError, Unavailable
-from services.common.interceptors import with_unary
-from services.common.status import error_status
+from services.common.errors import ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -245,55 +244,3 @@ class CircuitBreaker:
             "circuit open",
             extra={"target": self.name, "consecutive_failures": self._failures, "cooldown_s": self.cooldown_s},
         )
-
-
-class InFlightLimiter:
-    """At most ``limit`` requests at once (0 = unlimited); the next is refused, not queued."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 0:
-            raise ValueError("limit must be >= 0")
-        self.limit = limit
-        self.in_flight = 0
-        self.rejected = 0
-
-    def acquire(self) -> None:
-        if self.limit and self.in_flight >= self.limit:
-            self.rejected += 1
-            metrics.GATEWAY_REJECTED_REQUESTS.inc()
-            raise ResourceExhausted(
-                f"gateway overloaded: {self.in_flight} requests in flight, the limit is {self.limit} "
-                "(GATEWAY_MAX_IN_FLIGHT); retry with backoff"
-            )
-        self.in_flight += 1
-
-    def release(self) -> None:
-        self.in_flight -= 1
-
-
-class InFlightLimitInterceptor(grpc.aio.ServerInterceptor):
-    """Applies an :class:`InFlightLimiter` to the unary methods of ``services`` (health and
-    reflection are never limited, so probes still answer under overload)."""
-
-    def __init__(self, limiter: InFlightLimiter, services: Sequence[str]) -> None:
-        self.limiter = limiter
-        self.prefixes = tuple(f"/{s}/" for s in services)
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or not (handler_call_details.method or "").startswith(self.prefixes):
-            return handler
-        behavior = handler.unary_unary
-        limiter = self.limiter
-
-        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                limiter.acquire()
-            except ResourceExhausted as exc:  # this runs outside ErrorMappingInterceptor: abort here
-                await context.abort_with_status(error_status(exc))
-            try:
-                return await behavior(request, context)
-            finally:
-                limiter.release()
-
-        return with_unary(handler, limited)

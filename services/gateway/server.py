@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
 
 from search.v1 import retrieval_service_pb2 as rpb, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.common import validation
-from services.common.security import (
-    ApiKeyInterceptor,
-    SecurityConfig,
-    load_api_keys,
-    load_security,
-    resolve_internal_token,
-)
+from services.common import metrics
+from services.common.security import SecurityConfig, load_security, resolve_internal_token
 from services.gateway import clients
+from services.gateway.access import AliasDirectory
+from services.gateway.admission import FairShare, RateLimits
+from services.gateway.callers import CallerBook, CallersSource, announce
 from services.gateway.collections import CollectionsMixin
 from services.gateway.config import GatewayConfig
 from services.gateway.cascade import CascadeSettings
+from services.gateway.guard import CallerInterceptor
 from services.gateway.pipeline import Budget, RerankDefaults, SearchPipeline, budget_for
 from services.gateway.result_cache import SearchResultCache
-from services.gateway.resilience import (
-    CircuitBreaker,
-    InFlightLimiter,
-    InFlightLimitInterceptor,
-    RetryBudget,
-    RetryPolicy,
-)
+from services.gateway.resilience import CircuitBreaker, RetryBudget, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -151,42 +145,66 @@ class GatewayService:
     def __init__(self, config: GatewayConfig, security: SecurityConfig | None = None) -> None:
         self.config = config
         self.security = security if security is not None else load_security()
-        # Read at construction: a missing or empty key file stops start-up (never auth silently off).
-        self.api_keys = load_api_keys(config.api_keys_file, config.api_keys)
-        self.limiter = InFlightLimiter(config.max_in_flight)
+        # Read at construction: a bad or missing callers file stops start-up (never auth silently off).
+        self.callers = CallersSource(config.api_keys_file, config.api_keys)
+        self.callers.listeners.append(self._reloaded)
+        self.limits = RateLimits()
+        self.share = FairShare(config.max_in_flight)
+        self.aliases = AliasDirectory(self._fetch_aliases)
         self.servicer: SearchServicer | None = None
+        self._watch: asyncio.Task | None = None
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Auth first (an unauthenticated call takes no in-flight slot), then the in-flight cap."""
-        chain: list[grpc.aio.ServerInterceptor] = []
-        if self.api_keys:
-            chain.append(ApiKeyInterceptor(self.api_keys))
-        chain.append(InFlightLimitInterceptor(self.limiter, self.grpc_service_names))
-        return chain
+        """Who is calling, may they, may they now (services/gateway/guard.py): one interceptor."""
+        return [CallerInterceptor(self.callers, self.limits, self.share, self.aliases, self.grpc_service_names,
+                                  peer_identity=self.security.server_mtls,
+                                  trust_forwarded=self.config.trust_forwarded_client_cert)]
 
     def register(self, server: grpc.aio.Server) -> None:
         self.servicer = SearchServicer(self.config, self.security)
         pb_grpc.add_SearchServiceServicer_to_server(self.servicer, server)
 
+    async def _fetch_aliases(self) -> dict[str, str]:
+        timeout = self.config.retrieval_timeout_seconds
+        reply = await self.servicer.retrieval.call("ListAliases", rpb.RetrievalServiceListAliasesRequest(),
+                                                   Budget(timeout), timeout, idempotent=True)
+        return {a.alias: a.collection for a in reply.aliases}
+
+    def _reloaded(self, book: CallerBook | None) -> None:
+        metrics.GATEWAY_CALLERS_RELOADS.labels(outcome="ok" if book is not None else "error").inc()
+        if book is not None:
+            self.limits.update(book)
+
+    def reload(self) -> None:
+        """SIGHUP: load GATEWAY_API_KEYS_FILE again (a bad file keeps the rules in force)."""
+        self.callers.reload()
+
     async def start(self) -> None:
-        if self.api_keys and not resolve_internal_token(self.security) and not self.security.client_cert_file:
+        book = self.callers.book
+        if book.enabled and not resolve_internal_token(self.security) and not self.security.client_cert_file:
             log.warning(
                 "API keys are required here, but retrieval and reranker get no credential from the gateway "
                 "(neither INTERNAL_TOKEN nor TLS_CLIENT_CERT_FILE is set): whoever reaches their ports bypasses "
                 "the keys unless the network closes them (docs/RELIABILITY.md, Security)"
             )
+        announce(book)
+        if self.config.api_keys_file and self.config.api_keys_reload_seconds > 0:
+            self._watch = asyncio.ensure_future(self.callers.watch(self.config.api_keys_reload_seconds))
         log.info(
             "gateway ready",
             extra={
                 "retrieval": self.config.retrieval_addr,
                 "reranker": self.config.reranker_addr,
-                "api_keys": len(self.api_keys),
+                "callers": len(book.callers),
+                "api_keys": book.key_count,
                 "max_in_flight": self.config.max_in_flight,
                 **self.security.describe(),
             },
         )
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.servicer is not None:
             await self.servicer.retrieval.close()
             await self.servicer.reranker.close()

@@ -47,7 +47,8 @@ def pod_specs(docs: list[dict]):
 
 # --------------------------------------------------------------------------- rendering
 @pytest.mark.parametrize(
-    "path", ["base", "overlays/dev", "overlays/prod", "overlays/mesh", "prometheus-adapter", "examples/dev-models-volume"]
+    "path", ["base", "overlays/dev", "overlays/prod", "overlays/mesh", "prometheus-adapter", "examples/dev-models-volume",
+             "examples/mesh-callers"]
 )
 def test_kustomization_renders(path):
     docs = kustomize(K8S / path)
@@ -595,3 +596,40 @@ def test_qdrant_cluster_helm_values():
     assert dev_image == f"qdrant/qdrant:{values['image']['tag']}-unprivileged"
     # Enough replicas for the replication factor retrieval asks for.
     assert values["replicaCount"] >= int(env["QDRANT_REPLICATION_FACTOR"]["value"])
+
+
+# --------------------------------------------------------------------------- named callers
+def test_callers_component():
+    """k8s/components/callers (rendered through k8s/examples/mesh-callers): the callers file from a
+    Secret, mesh identities trusted from the sidecar, mesh callers admitted to the gateway only."""
+    from services.gateway import callers
+
+    docs = kustomize(K8S / "examples" / "mesh-callers")
+    assert_restricted(docs)
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (pip install -e '.[dev]')")
+    for d in docs:
+        if (d["apiVersion"], d["kind"]) not in KNOWN_CRDS:
+            kv.validate(d, K8S_VERSIONS[0], strict=True)
+    gateway = one(docs, "Deployment", "gateway")
+    spec = gateway["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["callers"]["secret"]["secretName"] == "gateway-callers"
+    c = container(gateway)
+    assert {"name": "callers", "mountPath": "/etc/search/callers", "readOnly": True} in c["volumeMounts"]
+    env = env_of(c)
+    assert env["GATEWAY_API_KEYS_FILE"]["value"] == "/etc/search/callers/callers.toml"
+    assert env["GATEWAY_TRUST_FORWARDED_CLIENT_CERT"]["value"] == "true"
+    assert {n for n in env if not n.startswith("OTEL_")} <= known_env_names("gateway")
+    for service in ("retrieval", "reranker"):
+        assert "callers" not in {v["name"] for v in one(docs, "Deployment", service)["spec"]["template"]["spec"]["volumes"]}
+    # The gateway is STRICT mTLS there: the forwarded identity comes from its own sidecar.
+    assert one(docs, "PeerAuthentication", "gateway")["spec"]["mtls"]["mode"] == "STRICT"
+    net = Net(docs)
+    caller_ns = {"kubernetes.io/metadata.name": "web", "search.platform/caller": "true"}
+    assert net.can({"app": "frontend"}, "gateway", 50051, src_ns=caller_ns)
+    assert not net.can({"app": "frontend"}, "gateway", 50051, src_ns={"kubernetes.io/metadata.name": "elsewhere"})
+    assert not net.can({"app": "frontend"}, "retrieval", 50052, src_ns=caller_ns)
+    # The example file the docs point to loads, with every caller named by a mesh identity.
+    example = (K8S / "components" / "callers" / "callers.example.toml").read_text()
+    parsed = callers.parse(example, "callers.example.toml")
+    assert len(parsed.identities) == len(parsed.callers) == 3

@@ -63,7 +63,9 @@ class ScratchCA:
         self.pem = directory / f"{name}.crt"
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, stem: str, *, server: bool = True, client: bool = False, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Pair:
+    def issue(self, stem: str, *, server: bool = True, client: bool = False, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+              uris: tuple[str, ...] = ()) -> Pair:
+        """A certificate for ``stem``; ``uris`` become URI SANs (e.g. a SPIFFE id: a workload identity)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
@@ -73,6 +75,7 @@ class ScratchCA:
                 sans.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
                 sans.append(x509.DNSName(host))
+        sans += [x509.UniformResourceIdentifier(uri) for uri in uris]
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(stem))

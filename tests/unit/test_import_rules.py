@@ -24,6 +24,7 @@ TRANSPORT = {
     "common/tracing.py",  # tracing interceptors, trace context on calls
     "gateway/clients.py",
     "gateway/collections.py",
+    "gateway/guard.py",  # the caller interceptor (the rules: callers.py, access.py, admission.py)
     "gateway/pipeline.py",
     "gateway/resilience.py",
     "gateway/server.py",

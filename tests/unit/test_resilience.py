@@ -12,7 +12,6 @@ from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceEx
 from services.gateway.clients import Budget, downstream_error
 from services.gateway.resilience import (
     CircuitBreaker,
-    InFlightLimiter,
     RetryBudget,
     RetryPolicy,
     call_with_retries,
@@ -287,31 +286,6 @@ def test_breaker_neutral_outcome_frees_the_probe():
     breaker.neutral()  # e.g. the probe was shed (overloaded): no verdict
     assert breaker.state == CircuitBreaker.HALF_OPEN
     assert breaker.allow()
-
-
-# --- in-flight cap ------------------------------------------------------------------------
-
-
-def test_in_flight_limiter_refuses_past_the_cap():
-    limiter = InFlightLimiter(2)
-    limiter.acquire()
-    limiter.acquire()
-    with pytest.raises(ResourceExhausted, match="limit is 2"):
-        limiter.acquire()
-    limiter.release()
-    limiter.acquire()
-    assert limiter.rejected == 1 and limiter.in_flight == 2
-    before = sample("search_gateway_rejected_requests_total")
-    with pytest.raises(ResourceExhausted):
-        limiter.acquire()
-    assert sample("search_gateway_rejected_requests_total") - before == 1
-
-
-def test_in_flight_limiter_zero_is_unlimited():
-    limiter = InFlightLimiter(0)
-    for _ in range(1000):
-        limiter.acquire()
-    assert limiter.in_flight == 1000
 
 
 # --- deadline budget ----------------------------------------------------------------------

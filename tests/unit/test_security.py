@@ -9,7 +9,7 @@ import pytest
 
 from services.common import security
 from services.common.config import ConfigError
-from services.common.security import ApiKeyChecker, SecurityConfig, load_api_keys, load_security, resolve_internal_token
+from services.common.security import ApiKeyChecker, SecurityConfig, load_security, resolve_internal_token
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +64,6 @@ def test_credentials_from_real_files(pki):
     assert sc.describe() == {"server_transport": "mtls", "channel_transport": "mtls"}
     assert isinstance(security.server_credentials(sc), grpc.ServerCredentials)
     assert isinstance(security.channel_credentials(sc), grpc.ChannelCredentials)
-
-
-def test_api_keys_from_file_and_env(tmp_path):
-    keys_file = tmp_path / "keys"
-    keys_file.write_text("# team search\nalpha-key\n\n  beta-key  \n")
-    assert load_api_keys(str(keys_file), "gamma, delta,,") == ["alpha-key", "beta-key", "gamma", "delta"]
-    assert load_api_keys(None, None) == []
-
-
-def test_a_missing_or_empty_key_file_stops_start_up(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
-        load_api_keys(str(tmp_path / "nope"), None)
-    empty = tmp_path / "empty"
-    empty.write_text("# nothing yet\n\n")
-    with pytest.raises(ConfigError, match="holds no key"):
-        load_api_keys(str(empty), None)
 
 
 @pytest.mark.parametrize(

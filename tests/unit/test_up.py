@@ -76,13 +76,44 @@ def test_searchctl_takes_an_ignored_sigint_back():
         signal.signal(signal.SIGINT, before)
 
 
+CALLERS = """
+[[caller]]
+name = "reader"
+scopes = ["search"]
+keys = ["reader-key-0123456789"]
+
+[[caller]]
+name = "owner"
+scopes = ["search", "write", "admin"]
+collections = ["docs*"]
+keys = ["owner-key-0123456789"]
+"""
+
+
 def test_up_uses_a_configured_key_for_its_own_calls(monkeypatch):
+    from services.gateway.callers import EMPTY, load
+
     monkeypatch.delenv("SEARCHCTL_API_KEY", raising=False)
-    assert _client_key([]) == (None, None)
-    key, note = _client_key(["first-key", "second-key"])
+    assert _client_key(EMPTY, []) == (None, None)
+    legacy = load(None, "first-key,second-key")
+    key, note = _client_key(legacy, ["first-key", "second-key"])
     assert key == "first-key" and "export SEARCHCTL_API_KEY=" in note
     monkeypatch.setenv("SEARCHCTL_API_KEY", "second-key")
-    assert _client_key(["first-key", "second-key"]) == ("second-key", None)
+    assert _client_key(legacy, ["first-key", "second-key"]) == ("second-key", None)
     monkeypatch.setenv("SEARCHCTL_API_KEY", "typo")
-    key, note = _client_key(["first-key"])
+    key, note = _client_key(legacy, ["first-key"])
     assert key == "first-key" and "not one of the gateway's keys" in note
+
+
+def test_up_loads_the_demo_with_a_caller_that_has_the_scopes_for_it(monkeypatch):
+    from services.cli.up import _callers, _demo_keys
+
+    monkeypatch.delenv("SEARCHCTL_API_KEY", raising=False)
+    env = {"GATEWAY_API_KEYS": CALLERS}
+    book = _callers(env)
+    assert _demo_keys(env, book, "docs") == ["owner-key-0123456789"]  # the reader may not write
+    assert _demo_keys(env, book, "elsewhere") == []  # the owner is limited to docs*
+    monkeypatch.setenv("SEARCHCTL_API_KEY", "reader-key-0123456789")
+    assert _client_key(book, ["owner-key-0123456789"]) == ("owner-key-0123456789", None)  # the reader's key works for search
+    key, note = _client_key(book, [])
+    assert key is None and "the demo is not loaded" in note

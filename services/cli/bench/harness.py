@@ -412,8 +412,10 @@ def _open_procs_env() -> dict[str, str]:
 class Stack:
     """The three services on loopback with SciFact ingested (reused from ``--data-dir``)."""
 
-    def __init__(self, args: argparse.Namespace, corpus: Corpus, gateway_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, args: argparse.Namespace, corpus: Corpus, gateway_env: Mapping[str, str] | None = None,
+                 api_key: str | None = None) -> None:
         self._tmp = None
+        self.api_key = api_key  # a key of a caller with search, write and admin when gateway_env sets callers
         if args.data_dir:
             workdir = Path(args.data_dir)
         else:
@@ -443,7 +445,8 @@ class Stack:
         with grpc.insecure_channel(self.procs.address("gateway"), options=_grpc_options()) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             try:
-                count = stub.DescribeCollection(pb.DescribeCollectionRequest(name=self.collection), timeout=30).collection.document_count
+                count = stub.DescribeCollection(pb.DescribeCollectionRequest(name=self.collection), timeout=30,
+                                                metadata=self.metadata).collection.document_count
             except grpc.RpcError:
                 count = 0
         if count >= len(self.corpus.docs):
@@ -452,8 +455,13 @@ class Stack:
 
         start = time.perf_counter()
         written = asyncio.run(ingest(self.corpus.docs, self.collection, self.procs.address("gateway"),
-                                     batch_size=64, concurrency=2, total=len(self.corpus.docs), progress=False))
+                                     batch_size=64, concurrency=2, total=len(self.corpus.docs), progress=False,
+                                     api_key=self.api_key))
         print(f"ingested {written} documents in {time.perf_counter() - start:.0f} s")
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else None
 
     def restart_reranker(self, overrides: Mapping[str, str]) -> None:
         self.procs.start("reranker", overrides)
