@@ -176,7 +176,7 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
             )
         return int(info.document_count)
 
-    from services.cli.client import to_document
+    from services.cli.ingest_input import to_document
     from services.common import validation
     from services.common.errors import InvalidArgument
 
