@@ -147,3 +147,14 @@ async def test_an_unexpected_error_is_reported_as_internal_in_the_stream_too():
             replies.append(reply)
     assert replies[-1].error.code == grpc.StatusCode.INTERNAL.value[0]
     assert replies[-1].error.message.startswith("internal error in /search.v1.SearchService/Ingest")
+
+
+def test_a_refusal_of_a_slice_names_the_document_by_its_index_in_the_whole_batch():
+    from services.gateway.collections import _shifted
+
+    refused = InvalidArgument("documents[3].text", "document 'x' has neither text nor title; give it at least one")
+    refused.downstream_code = grpc.StatusCode.INVALID_ARGUMENT
+    shifted = _shifted(refused, 64)
+    assert (shifted.field, shifted.description) == ("documents[67].text", refused.description)
+    assert shifted.downstream_code == grpc.StatusCode.INVALID_ARGUMENT
+    assert _shifted(refused, 0) is refused and _shifted(InvalidArgument("collection", "bad"), 64).field == "collection"
