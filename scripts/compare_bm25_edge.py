@@ -3,7 +3,7 @@
 
 In-process, on Qdrant Edge (``qdrant_edge``) shards in a temporary directory, for SciFact
 and Cranfield. Every method ranks the same index text (``title + "\\n" + text``, as
-``services/retrieval/store.py::_index_text``) and stores the service's payload layout:
+``services/common/validation.py::document_text``) and stores the service's payload layout:
 
 * ``project_sparse``: ``services.retrieval.sparse.Bm25SparseEncoder`` (the shipped k1/b/avg
   from ``services/retrieval/config.py``) into a sparse vector with ``Modifier.Idf``,
@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "gen"))
 import qdrant_edge as qe  # noqa: E402
 
 from services.cli.beir import iter_corpus, load_qrels, load_queries  # noqa: E402
+from services.common.validation import document_text  # noqa: E402
 from services.cli.evaluate import compute_metrics, percentile  # noqa: E402
 from services.retrieval.config import RetrievalConfig  # noqa: E402
 from services.retrieval.sparse import ENGLISH_STOP_WORDS, MAX_TOKEN_LENGTH, Bm25SparseEncoder  # noqa: E402
@@ -72,8 +73,8 @@ def log(msg: str) -> None:
 
 
 def index_text(doc: dict) -> str:
-    """services/retrieval/store.py::_index_text."""
-    return f"{doc['title']}\n{doc['text']}" if doc["title"] else doc["text"]
+    """The text the retrieval service indexes (services/common/validation.py::document_text)."""
+    return document_text(doc["title"], doc["text"])
 
 
 # --------------------------------------------------------------------------- data

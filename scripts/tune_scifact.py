@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "gen"))
 
 from services.cli.beir import iter_corpus, load_qrels, load_queries  # noqa: E402
+from services.common.validation import document_text  # noqa: E402
 from services.cli.evaluate import compute_metrics  # noqa: E402
 from services.gateway.combine import combine_scores  # noqa: E402
 from services.retrieval import sparse as sparse_mod  # noqa: E402
@@ -61,8 +62,8 @@ def log(msg: str) -> None:
 
 
 def index_text(doc: dict) -> str:
-    """The text the retrieval service indexes (services/retrieval/store.py::_index_text)."""
-    return f"{doc['title']}\n{doc['text']}" if doc["title"] else doc["text"]
+    """The text the retrieval service indexes (services/common/validation.py::document_text)."""
+    return document_text(doc["title"], doc["text"])
 
 
 def _key(*parts: object) -> str:

@@ -1,4 +1,5 @@
-"""Client commands: `searchctl ingest` and `searchctl search`, through the gateway over gRPC."""
+"""searchctl's client side of the gateway: channels, the one retry policy, unary ingest
+(``--unary``, `searchctl up`'s demo, benchmarks) and `searchctl search`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import asyncio
 import itertools
 import os
 import sys
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -17,8 +17,9 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.cli.ingest_input import Batch
 from services.common import api_names
-from services.common.security import bearer_interceptors
+from services.common.security import BearerToken, bearer_interceptors
 
 DEFAULT_TARGET = "localhost:50051"
 MODES = api_names.CLI_RETRIEVAL_MODES
@@ -46,24 +47,33 @@ API_KEY_ENV = "SEARCHCTL_API_KEY"
 CA_FILE_ENV = "SEARCHCTL_CA_FILE"
 
 
-def open_channel(target: str, api_key: str | None = None, ca_file: str | None = None) -> grpc.aio.Channel:
-    """A channel to the gateway; ``api_key`` (default $SEARCHCTL_API_KEY) is sent as a bearer
-    token, ``ca_file`` (default $SEARCHCTL_CA_FILE) turns TLS on and verifies the gateway."""
+def _channel_settings(api_key: str | None, ca_file: str | None) -> tuple[str | None, bytes | None, list]:
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     ca_file = ca_file if ca_file is not None else os.environ.get(CA_FILE_ENV) or None
     options = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
+    return api_key, Path(ca_file).read_bytes() if ca_file else None, options
+
+
+def open_channel(target: str, api_key: str | None = None, ca_file: str | None = None) -> grpc.aio.Channel:
+    """A channel to the gateway; ``api_key`` (default $SEARCHCTL_API_KEY) is sent as a bearer
+    token, ``ca_file`` (default $SEARCHCTL_CA_FILE) turns TLS on and verifies the gateway."""
+    api_key, ca, options = _channel_settings(api_key, ca_file)
     interceptors = bearer_interceptors(api_key) if api_key else None  # unary and streaming calls
-    if ca_file:
-        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+    if ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
         return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
-def to_document(doc: dict) -> common_pb2.Document:
-    message = common_pb2.Document(id=str(doc["id"]), title=doc.get("title") or "", text=doc.get("text") or "")
-    if doc.get("payload"):
-        json_format.ParseDict(doc["payload"], message.payload)
-    return message
+def open_blocking_channel(target: str, api_key: str | None = None,
+                          ca_file: str | None = None) -> tuple[grpc.Channel, tuple[tuple[str, str], ...]]:
+    """The same channel on grpc's blocking API, and the metadata its calls carry (the bearer
+    token). The streamed ingest uses it (services/cli/ingest_stream.py says why)."""
+    api_key, ca, options = _channel_settings(api_key, ca_file)
+    metadata = (BearerToken(api_key).entry,) if api_key else ()
+    if ca:
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options), metadata
+    return grpc.insecure_channel(target, options=options), metadata
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -86,13 +96,24 @@ async def ensure_collection(stub: pb_grpc.SearchServiceStub, name: str, create: 
     return await stub.DescribeCollection(pb.DescribeCollectionRequest(name=name), timeout=30)
 
 
-async def upsert_with_retry(stub, collection: str, batch: list[dict], attempts: int = 5, timeout: float = 120.0) -> int:
+async def upsert_with_retry(stub, collection: str, documents: Sequence[common_pb2.Document], attempts: int = 5,
+                            timeout: float = 120.0) -> int:
     """Upserts are idempotent on id, so a batch is safe to retry after a transient failure."""
-    request = pb.UpsertRequest(collection=collection, documents=[to_document(d) for d in batch])
+    request = pb.UpsertRequest(collection=collection, documents=documents)
     async for attempt in AsyncRetrying(**retry_policy(attempts)):
         with attempt:
             return (await stub.Upsert(request, timeout=timeout)).upserted
     raise AssertionError("unreachable")
+
+
+class BatchFailed(Exception):
+    """A batch of a unary ingest failed (after retries): the error, and the batch."""
+
+    def __init__(self, error: BaseException, batch: Batch) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.batch = batch
+        self.written = 0  # documents written by the ingest before it stopped
 
 
 async def ingest(
@@ -105,11 +126,30 @@ async def ingest(
     progress: bool = True,
     api_key: str | None = None,
 ) -> int:
-    """Stream ``documents`` into ``collection``: batched, bounded concurrency, idempotent.
+    """Upsert ``documents`` (dicts: id, title, text, payload) into ``collection``: batched,
+    bounded concurrency, idempotent. Raises the first failure (a grpc.aio.AioRpcError).
 
     Re-running after an interruption ends with exactly the documents given: a document
     written twice replaces itself (its point id derives from its id).
     """
+    batches = (Batch.of(chunk, 1 + n * batch_size) for n, chunk in enumerate(batched(documents, batch_size)))
+    try:
+        return await ingest_batches(batches, collection, target, concurrency, total, progress, api_key)
+    except BatchFailed as exc:
+        raise exc.error from None
+
+
+async def ingest_batches(
+    batches: Iterable[Batch],
+    collection: str,
+    target: str = DEFAULT_TARGET,
+    concurrency: int = 2,
+    total: int | None = None,
+    progress: bool = True,
+    api_key: str | None = None,
+) -> int:
+    """Upsert ``batches`` with at most ``concurrency`` in flight; raises :class:`BatchFailed`
+    (the first failure, and its batch) once the batches in flight have ended."""
     async with open_channel(target, api_key) as channel:
         stub = pb_grpc.SearchServiceStub(channel)
         await ensure_collection(stub, collection)
@@ -117,21 +157,21 @@ async def ingest(
         slots = asyncio.Semaphore(concurrency)
         written = 0
         pending: set[asyncio.Task] = set()
-        errors: list[BaseException] = []  # a failed batch must fail the ingest, never vanish
+        errors: list[BatchFailed] = []  # a failed batch must fail the ingest, never vanish
 
-        async def send(batch: list[dict]) -> None:
+        async def send(batch: Batch) -> None:
             nonlocal written
             try:
-                count = await upsert_with_retry(stub, collection, batch)
+                count = await upsert_with_retry(stub, collection, batch.documents)
                 written += count  # after the await: `written += await ...` would lose concurrent updates
-                bar.update(len(batch))
+                bar.update(len(batch.lines))
             except Exception as exc:  # noqa: BLE001 - re-raised by the loop below
-                errors.append(exc)
+                errors.append(BatchFailed(exc, batch))
             finally:
                 slots.release()
 
         try:
-            for batch in batched(documents, batch_size):
+            for batch in batches:
                 await slots.acquire()
                 if errors:
                     break
@@ -141,55 +181,13 @@ async def ingest(
             if pending:
                 await asyncio.gather(*pending)
             if errors:
+                errors[0].written = written
                 raise errors[0]
         finally:
             for task in pending:
                 task.cancel()
             bar.close()
         return written
-
-
-def _ingest_cmd(args: argparse.Namespace) -> int:
-    from services.cli import beir
-
-    path = Path(args.path)
-    if not path.exists():
-        print(f"searchctl ingest: {path} does not exist", file=sys.stderr)
-        return 2
-    corpus = path / "corpus.jsonl" if path.is_dir() else path
-    if not corpus.exists():
-        print(f"searchctl ingest: {path} is a folder without corpus.jsonl (BEIR layout expected)", file=sys.stderr)
-        return 2
-    total = beir.count_corpus(corpus)
-    start = time.perf_counter()
-    resumed = 0
-    try:
-        if args.unary:
-            written = asyncio.run(
-                ingest(beir.iter_corpus(corpus), args.collection, args.target, args.batch_size, args.concurrency, total)
-            )
-        else:
-            from services.cli import ingest_stream
-
-            written, resumed, _ = ingest_stream.run(
-                corpus, lambda: beir.iter_corpus(corpus), args.collection, args.target, args.batch_size, total,
-                Path(args.checkpoint) if args.checkpoint else None, args.restart)
-    except grpc.aio.AioRpcError as exc:
-        print(f"searchctl ingest: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        if not args.unary:
-            print("searchctl ingest: what was acknowledged is durable; run the same command again to resume", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not fit: one line
-        if type(exc).__name__ != "CheckpointMismatch":
-            raise
-        print(f"searchctl ingest: {exc}", file=sys.stderr)
-        return 2
-    elapsed = time.perf_counter() - start
-    how = "unary Upserts" if args.unary else "one stream"
-    since = f"; resumed after {resumed} already acknowledged" if resumed else ""
-    print(f"ingested {written} documents into {args.collection!r} in {elapsed:.1f} s "
-          f"({written / max(elapsed, 1e-9):.1f} docs/s, {how}{since})")
-    return 0
 
 
 async def search(target: str, request: pb.SearchRequest, timeout: float, api_key: str | None = None) -> pb.SearchResponse:
@@ -227,22 +225,6 @@ def _search_cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ingest", help="load a JSONL file or BEIR folder into a collection (streamed, resumable)",
-                       description="Stream documents ({id|_id, title, text, payload}) through the gateway in batches on one "
-                       "Ingest stream; each batch is acknowledged once durable, and a checkpoint file beside the input "
-                       "(<input>.<collection>.ingest-checkpoint) records what was acknowledged: after an interruption the "
-                       "same command resumes there. Prints the rate. Idempotent: re-running ends with exactly the file's documents.")
-    p.add_argument("path", help="a JSONL file or a BEIR folder holding corpus.jsonl")
-    p.add_argument("--collection", required=True)
-    p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="documents per Upsert (default %(default)s)")
-    p.add_argument("--concurrency", type=int, default=2, help="Upserts in flight with --unary (default %(default)s)")
-    p.add_argument("--unary", action="store_true", help="unary Upsert batches instead of the stream (no checkpoint)")
-    p.add_argument("--checkpoint", help="checkpoint file (default: beside the input, or under .data/ingest-checkpoints/)")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and ingest from the beginning")
-    _connection_help(p)
-    p.set_defaults(func=_ingest_cmd)
-
     s = sub.add_parser("search", help="search a collection", description="Search through the gateway.")
     s.add_argument("query")
     s.add_argument("--collection", required=True)

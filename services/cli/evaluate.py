@@ -155,7 +155,7 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
     """Create ``collection`` if missing and ingest ``corpus`` if it is empty; return its document count."""
     from services.cli import beir
 
-    grpc, common_pb2, pb, _ = _grpc()
+    grpc, _, pb, _ = _grpc()
     try:
         info = stub.DescribeCollection(pb.DescribeCollectionRequest(name=collection), timeout=30).collection
     except grpc.RpcError as exc:
@@ -178,7 +178,9 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
             )
         return int(info.document_count)
 
-    from google.protobuf import json_format
+    from services.cli.ingest_input import to_document
+    from services.common import validation
+    from services.common.errors import InvalidArgument
 
     start, written, batch = time.perf_counter(), 0, []
 
@@ -190,21 +192,21 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
             rate = written / max(time.perf_counter() - start, 1e-9)
             print(f"\ringested {written}/{total} documents ({rate:.0f} docs/s)", end="", file=out, flush=True)
 
-    skipped = 0
+    skipped: list[str] = []
     for doc in beir.iter_corpus(corpus):
-        if not (doc["text"].strip() or doc["title"].strip()):
-            skipped += 1  # nothing to index; the API rejects empty text
+        message = to_document(doc)
+        try:
+            validation.document(message)  # the API's rule: an id, and a title or a text
+        except InvalidArgument as exc:
+            skipped.append(exc.message)
             continue
-        message = common_pb2.Document(id=doc["id"], title=doc["title"], text=doc["text"].strip() and doc["text"] or doc["title"])
-        if doc.get("payload"):
-            json_format.ParseDict(doc["payload"], message.payload)
         batch.append(message)
         if len(batch) >= batch_size:
             flush()
     flush()
     print(file=out)
     if skipped:
-        print(f"warning: skipped {skipped} documents without text", file=out)
+        print(f"warning: skipped {len(skipped)} documents the API refuses (first: {skipped[0]})", file=out)
     return written
 
 

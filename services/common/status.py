@@ -160,17 +160,25 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 STREAMS_GUARDED = ("/search.v1.",)
 
 
+def public_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a call of ``method`` failing with ``exc`` answers with (a
+    stream that announces its end before it ends says the same, services/gateway/ingest.py)."""
+    if isinstance(exc, ServiceError):
+        return status_code(exc), exc.message
+    from services.common import tracing
+
+    trace_id = tracing.current_trace_id()
+    suffix = f" (trace id {trace_id})" if trace_id else ""
+    return grpc.StatusCode.INTERNAL, f"internal error in {method}{suffix}"
+
+
 async def abort_with_error(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     """End the call with ``exc``'s status (INTERNAL, logged with its traceback, when it is not a
     :class:`ServiceError`); raises ``grpc.aio.AbortError``. For interceptors outside this one."""
     if isinstance(exc, ServiceError):
         await context.abort_with_status(error_status(exc))
-    from services.common import tracing
-
-    trace_id = tracing.current_trace_id()
     log.error("unhandled error", extra={"method": method}, exc_info=exc)
-    suffix = f" (trace id {trace_id})" if trace_id else ""
-    await context.abort_with_status(to_rpc_status(grpc.StatusCode.INTERNAL, f"internal error in {method}{suffix}"))
+    await context.abort_with_status(to_rpc_status(*public_status(exc, method)))
 
 
 def _guard_stream(handler, method: str):

@@ -91,26 +91,41 @@ def documents(docs: Sequence[common_pb2.Document], field: str = "documents") -> 
     out = []
     for i, doc in enumerate(docs):
         where = f"{field}[{i}]"
-        if not doc.id:
-            raise InvalidArgument(f"{where}.id", "is required")
-        if len(doc.id.encode()) > MAX_ID_BYTES:
-            raise InvalidArgument(f"{where}.id", f"is longer than {MAX_ID_BYTES} bytes")
+        out.append(document(doc, where))
         if doc.id in seen:
             raise InvalidArgument(f"{where}.id", f"duplicate id {doc.id!r} in one batch")
         seen.add(doc.id)
-        if not doc.text.strip():
-            raise InvalidArgument(f"{where}.text", f"document {doc.id!r} has no text")
-        if len(doc.text) > MAX_TEXT_CHARS:
-            raise InvalidArgument(f"{where}.text", f"is {len(doc.text)} characters; the limit is {MAX_TEXT_CHARS}")
-        if len(doc.title) > MAX_TITLE_CHARS:
-            raise InvalidArgument(f"{where}.title", f"is longer than {MAX_TITLE_CHARS} characters")
-        if doc.payload.ByteSize() > MAX_PAYLOAD_BYTES:
-            raise InvalidArgument(f"{where}.payload", f"is {doc.payload.ByteSize()} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-        payload_values(doc.payload, f"{where}.payload")
-        out.append(
-            {"id": doc.id, "title": doc.title, "text": doc.text, "payload": json_format.MessageToDict(doc.payload)}
-        )
     return out
+
+
+def document(doc: common_pb2.Document, where: str = "document") -> dict:
+    """One document, as plain dict (id, title, text, payload); ``where`` prefixes the field named.
+
+    A document is its title and its text: it needs an id and at least one of the two (a
+    bibliographic record often has a title and no body). What the models and BM25 read of it
+    is :func:`document_text`; what is stored and returned is the title and the text as given.
+    """
+    if not doc.id:
+        raise InvalidArgument(f"{where}.id", "is required")
+    if len(doc.id.encode()) > MAX_ID_BYTES:
+        raise InvalidArgument(f"{where}.id", f"is longer than {MAX_ID_BYTES} bytes")
+    if not (doc.text.strip() or doc.title.strip()):
+        raise InvalidArgument(f"{where}.text", f"document {doc.id!r} has neither text nor title; give it at least one")
+    if len(doc.text) > MAX_TEXT_CHARS:
+        raise InvalidArgument(f"{where}.text", f"is {len(doc.text)} characters; the limit is {MAX_TEXT_CHARS}")
+    if len(doc.title) > MAX_TITLE_CHARS:
+        raise InvalidArgument(f"{where}.title", f"is longer than {MAX_TITLE_CHARS} characters")
+    if doc.payload.ByteSize() > MAX_PAYLOAD_BYTES:
+        raise InvalidArgument(f"{where}.payload", f"is {doc.payload.ByteSize()} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    payload_values(doc.payload, f"{where}.payload")
+    return {"id": doc.id, "title": doc.title, "text": doc.text, "payload": json_format.MessageToDict(doc.payload)}
+
+
+def document_text(title: str, text: str) -> str:
+    """What the bi-encoder, BM25, the late-interaction model and the cross-encoder read of a
+    document (or of one passage of it): the title, then the text on the next line; either
+    alone when the other is empty."""
+    return f"{title}\n{text}" if title and text else title or text
 
 
 def payload_values(payload: struct_pb2.Struct, field: str = "payload") -> None:

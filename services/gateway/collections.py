@@ -4,14 +4,9 @@ streamed ingest, reindex and snapshots. Validated here, done by the retrieval se
 Mixed into :class:`services.gateway.server.SearchServicer`, which provides ``retrieval`` (the
 downstream client), ``config`` and ``_budget``.
 
-Ingest: each message is one batch. A reader task takes the next batch only when fewer than
-``GATEWAY_INGEST_WINDOW`` are being written, so when the store is slow the stream is not
-read, gRPC's flow-control window fills and the client's writes wait: memory stays bounded by
-the window. A stream into a collection that does not exist creates it, for a caller with the
-``admin`` scope only (access.py). A batch is acknowledged (its ``sequence`` echoed) once retrieval has written it,
-which is when it is durable (in the write-ahead log). Acknowledgements come in completion
-order; a client resuming from a checkpoint keeps the highest sequence below which every
-batch was acknowledged.
+Ingest: services/gateway/ingest.py (each message one batch, acknowledged once durable). A
+stream into a collection that does not exist creates it, for a caller with the ``admin`` scope
+only (access.py).
 
 Streams to and from retrieval (reindex progress, snapshots) are relayed message by message,
 bounded by the caller's deadline (none: no bound).
@@ -19,7 +14,7 @@ bounded by the caller's deadline (none: no bound).
 
 from __future__ import annotations
 
-import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,8 +25,20 @@ from services.common import validation
 from services.common.errors import InvalidArgument, NotFound
 from services.gateway import access
 from services.gateway.clients import Budget, downstream_error
+from services.gateway.ingest import IngestStream
 
-_END = object()
+INGEST_METHOD = f"/{pb.DESCRIPTOR.services_by_name['SearchService'].full_name}/Ingest"
+_DOCUMENT_FIELD = re.compile(r"^documents\[(\d+)\]")
+
+
+def _shifted(exc: InvalidArgument, offset: int) -> InvalidArgument:
+    """``exc`` with its ``documents[i]`` field renumbered ``documents[i + offset]``."""
+    match = _DOCUMENT_FIELD.match(exc.field)
+    if not match or not offset:
+        return exc
+    shifted = InvalidArgument(f"documents[{int(match.group(1)) + offset}]{exc.field[match.end():]}", exc.description)
+    shifted.downstream_code = exc.downstream_code
+    return shifted
 
 
 def _as(message: Any, cls: type) -> Any:
@@ -94,65 +101,13 @@ class CollectionsMixin:
     # -- streams ----------------------------------------------------------------------
 
     async def Ingest(self, request_iterator, context) -> AsyncIterator[pb.IngestResponse]:
-        window = max(1, self.config.ingest_window)
-        slots = asyncio.Semaphore(window)
-        acks: asyncio.Queue = asyncio.Queue()
-        writing: set[asyncio.Task] = set()
-        state = {"collection": "", "total": 0}
+        # The stream's protocol, and how it ends when it fails: services/gateway/ingest.py.
+        stream = IngestStream(self._ensure_collection, self._ingest_batch, self.config.ingest_window, INGEST_METHOD)
+        async for reply in stream.run(request_iterator):
+            yield reply
 
-        async def write(collection: str, sequence: int, docs: list) -> None:
-            try:
-                written = await self._upsert_batches(collection, docs)
-                state["total"] += written
-                acks.put_nowait(pb.IngestResponse(sequence=sequence, upserted=written, total_upserted=state["total"]))
-            except Exception as exc:  # noqa: BLE001 - ends the stream with this error
-                acks.put_nowait(exc)
-            finally:
-                slots.release()
-
-        async def read() -> None:
-            try:
-                async for message in request_iterator:
-                    await slots.acquire()  # flow control: no room, no read
-                    collection = self._ingest_collection(message, state["collection"])
-                    validation.documents(message.documents)
-                    if not state["collection"]:
-                        await self._ensure_collection(collection)
-                        state["collection"] = collection
-                    task = asyncio.ensure_future(write(collection, message.sequence, list(message.documents)))
-                    writing.add(task)
-                    task.add_done_callback(writing.discard)
-                if writing:
-                    await asyncio.gather(*writing)
-                acks.put_nowait(_END)
-            except Exception as exc:  # noqa: BLE001 - ends the stream with this error
-                # The batches already being written finish and are acknowledged first: a client
-                # resuming after the error skips exactly what is durable.
-                if writing:
-                    await asyncio.gather(*writing, return_exceptions=True)
-                acks.put_nowait(exc)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while True:
-                item = await acks.get()
-                if item is _END:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            reader.cancel()
-            for task in list(writing):
-                task.cancel()
-
-    @staticmethod
-    def _ingest_collection(message: pb.IngestRequest, current: str) -> str:
-        if not current:
-            return validation.collection_name(message.collection)
-        if message.collection and message.collection != current:
-            raise InvalidArgument("collection", f"this stream writes {current!r}; one stream, one collection")
-        return current
+    async def _ingest_batch(self, collection: str, docs: list) -> int:
+        return await self._upsert_batches(collection, docs, Budget(self.config.write_timeout_seconds * 4))
 
     async def _ensure_collection(self, collection: str) -> None:
         budget = Budget(self.config.write_timeout_seconds)
@@ -169,14 +124,18 @@ class CollectionsMixin:
             if getattr(exc, "downstream_code", None) != grpc.StatusCode.ALREADY_EXISTS:
                 raise
 
-    async def _upsert_batches(self, collection: str, docs: list) -> int:
-        budget = Budget(self.config.write_timeout_seconds * 4)
+    async def _upsert_batches(self, collection: str, docs: list, budget: Budget) -> int:
+        """Write validated ``docs`` to retrieval in GATEWAY_UPSERT_BATCH_SIZE slices; a refusal
+        names the document by its index in ``docs``, not in the slice."""
         size = self.config.upsert_batch_size
         written = 0
         for start in range(0, len(docs), size):
-            reply = await self.retrieval.call(  # idempotent (point ids derive from document ids): retried
-                "Upsert", rpb.RetrievalServiceUpsertRequest(collection=collection, documents=docs[start : start + size]),
-                budget, self.config.write_timeout_seconds, idempotent=True)
+            try:
+                reply = await self.retrieval.call(  # idempotent (point ids derive from document ids): retried
+                    "Upsert", rpb.RetrievalServiceUpsertRequest(collection=collection, documents=docs[start : start + size]),
+                    budget, self.config.write_timeout_seconds, idempotent=True)
+            except InvalidArgument as exc:
+                raise _shifted(exc, start) from exc
             written += reply.upserted
         return written
 

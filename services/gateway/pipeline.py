@@ -80,8 +80,7 @@ def budget_for(
 def rerank_text(title: str, text: str) -> str:
     """The passage the cross-encoder reads; cut to the reranker's limit (it truncates to
     RERANKER_MAX_LENGTH tokens anyway, far fewer than this many characters)."""
-    passage = f"{title}\n{text}" if title else text
-    return passage[: validation.MAX_PASSAGE_CHARS]
+    return validation.document_text(title, text)[: validation.MAX_PASSAGE_CHARS]
 
 
 class SearchPipeline:

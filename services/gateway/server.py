@@ -76,19 +76,7 @@ class SearchServicer(CollectionsMixin, pb_grpc.SearchServiceServicer):
         collection = validation.collection_name(request.collection)
         validation.documents(request.documents)  # the whole request is valid before anything is written
         budget = self._budget(context, self.config.write_timeout_seconds * 4)
-        size = self.config.upsert_batch_size
-        docs = list(request.documents)
-        written = 0
-        for start in range(0, len(docs), size):
-            # Idempotent (the point id derives from the document id): safe to retry.
-            reply = await self.retrieval.call(
-                "Upsert",
-                rpb.RetrievalServiceUpsertRequest(collection=collection, documents=docs[start : start + size]),
-                budget,
-                self.config.write_timeout_seconds,
-                idempotent=True,
-            )
-            written += reply.upserted
+        written = await self._upsert_batches(collection, list(request.documents), budget)
         return pb.UpsertResponse(upserted=written)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:

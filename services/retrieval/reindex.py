@@ -29,7 +29,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, 
 from services.retrieval import calibration, model_guard
 from services.retrieval.aliases import Aliases, WriteGate, chunks
 from services.retrieval.backends.base import CollectionSchema, Filter, MatchAny, PointIn, SparseVector
-from services.retrieval.store import DocumentStore, _index_text
+from services.retrieval.store import DocumentStore
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _points(store: DocumentStore, page, recompute: bool, sparse: bool) -> list[P
             late = {"late": vectors["late"]} if vectors.get("late") is not None else {}
             out.append(PointIn(id=pid, dense=vectors["dense"], sparse=vectors.get("sparse"), payload=payload, **late))
         return out
-    texts = [_index_text(str(p.get("title", "")), str(p.get("text", ""))) for _, p, _ in page]
+    texts = [validation.document_text(str(p.get("title", "")), str(p.get("text", ""))) for _, p, _ in page]
     dense = store.embedder.embed_documents(texts)
     encoded = store.sparse_encoder.encode_documents(texts) if sparse else [None] * len(texts)
     late_vectors: list = [None] * len(texts)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.common import metrics, tracing
+from services.common import metrics, tracing, validation
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval import calibration, fusion, model_guard
 from services.retrieval.calibration import Calibration
@@ -264,7 +264,7 @@ class DocumentStore:
         for doc in documents:
             passages = self.splitter.split(doc.text) if split and self.splitter else [Passage(0, doc.text)]
             units.extend((doc, passage) for passage in passages)
-        texts = [_index_text(doc.title, passage.text) for doc, passage in units]
+        texts = [validation.document_text(doc.title, passage.text) for doc, passage in units]
         start = time.perf_counter()
         with tracing.span("embed.documents", **{"batch.size": len(texts), "embedding.model": self.embedder.name}):
             dense = self.embedder.embed_documents(texts)
@@ -523,10 +523,6 @@ def _join_passages(texts: list[str]) -> str:
         overlap = next((n for n in range(min(len(text), len(nxt)), 0, -1) if text.endswith(nxt[:n])), 0)
         text += nxt[overlap:]
     return text
-
-
-def _index_text(title: str, text: str) -> str:
-    return f"{title}\n{text}" if title else text
 
 
 def _candidate(hit: Hit, score: float | None = None, dense=None, sparse=None) -> Candidate:

@@ -74,10 +74,11 @@ def test_oversize_batch_writes_nothing(stub, empty_collection):
     assert info.document_count == 0
 
 
-def test_document_without_text_rejects_whole_batch(stub, empty_collection):
-    docs = [common_pb2.Document(id="good", text="fine text"), common_pb2.Document(id="empty", title="no text")]
-    err = expect(grpc.StatusCode.INVALID_ARGUMENT, stub.Upsert, pb.UpsertRequest(collection=empty_collection, documents=docs), contains="documents[1].text")
-    assert "'empty'" in err.details()
+def test_document_with_neither_title_nor_text_rejects_whole_batch(stub, empty_collection):
+    docs = [common_pb2.Document(id="good", text="fine text"), common_pb2.Document(id="titled", title="a title alone"),
+            common_pb2.Document(id="empty", title="  ")]
+    err = expect(grpc.StatusCode.INVALID_ARGUMENT, stub.Upsert, pb.UpsertRequest(collection=empty_collection, documents=docs), contains="documents[2].text")
+    assert "'empty' has neither text nor title" in err.details()
     info = stub.DescribeCollection(pb.DescribeCollectionRequest(name=empty_collection), timeout=30).collection
     assert info.document_count == 0, "a rejected batch must write nothing"
 

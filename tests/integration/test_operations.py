@@ -4,6 +4,7 @@ reindex with searches running through the alias."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -126,18 +127,65 @@ def test_streamed_ingest_acknowledges_each_durable_batch(stub):
     assert sum(a.upserted for a in acks) == len(docs) and max(a.total_upserted for a in acks) == len(docs)
     assert stub.DescribeCollection(pb.DescribeCollectionRequest(name=name), timeout=30).collection.document_count == len(docs)
 
-    # A bad batch ends the stream with the field named; what was acknowledged before stays.
+    # A bad batch ends the stream with the field named, in the stream (the last message) and as
+    # the status; what was acknowledged before stays.
     good = pb.IngestRequest(collection=name, documents=[document("late", "Late", "A late document.", {})], sequence=1)
     bad = pb.IngestRequest(documents=[common_pb2.Document(id="x", text="")], sequence=2)
     seen = []
     with pytest.raises(grpc.RpcError) as err:
         for ack in stub.Ingest(iter([good, bad]), timeout=60):
-            seen.append(ack.sequence)
+            seen.append(ack)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "documents[0].text" in err.value.details()
-    assert seen == [1]  # the batch in flight when the bad one came was finished and acknowledged
+    assert [a.sequence for a in seen[:-1]] == [1]  # the batch in flight when the bad one came was acknowledged
+    error = seen[-1].error
+    assert (error.code, error.sequence, error.field) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], 2, "documents[0].text")
+    assert error.message == err.value.details() and seen[-1].upserted == 0
     assert stub.GetDocuments(pb.GetDocumentsRequest(collection=name, ids=["late"]), timeout=30).documents
     code, details = code_of(lambda: list(stub.Ingest(iter([pb.IngestRequest(documents=docs[:1])]), timeout=30)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "collection" in details
+
+
+@pytest.mark.parametrize("reads_the_error", [True, False], ids=["stops-on-the-error", "writes-to-the-end"])
+async def test_a_refused_stream_ends_with_its_status_for_an_async_client_still_writing(stack, reads_the_error):
+    """grpc.aio clients were told INTERNAL ("Internal error from Core") when the gateway ended a
+    refused stream while they still wrote (issue 24). The gateway now says why in the stream, then
+    reads on until the client half-closes, and only then ends the call: a client that stops on
+    the error, and one that knows nothing of it and writes to its end, both get the status."""
+    text = "A long passage about rivers, glaciers and the sea. " * 600  # batches of ~120 KB: writes queue
+    name = f"t{uuid.uuid4().hex[:12]}"
+    outcomes = []
+    async with grpc.aio.insecure_channel(stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        for bad_sequence in (0, 0, 0, 1, 1):
+            batches = [pb.IngestRequest(collection=name, sequence=s, documents=[
+                common_pb2.Document(id=f"{s}-{i}", text="" if (s, i) == (bad_sequence, 2) else text) for i in range(4)])
+                for s in range(40)]
+            call = stub.Ingest()
+            stop = asyncio.Event()
+
+            async def send(call=call, batches=batches, stop=stop):
+                for message in batches:
+                    if stop.is_set():
+                        break
+                    await call.write(message)
+                await call.done_writing()
+
+            sender = asyncio.ensure_future(send())
+            replies = []
+            try:
+                async for reply in call:
+                    replies.append(reply)
+                    if reply.HasField("error") and reads_the_error:
+                        stop.set()
+                await sender
+                outcomes.append(("OK", ""))
+            except grpc.aio.AioRpcError as exc:
+                sender.cancel()
+                outcomes.append((exc.code().name, exc.details()))
+            assert replies and replies[-1].error.sequence == bad_sequence
+            assert sorted(r.sequence for r in replies[:-1]) == list(range(bad_sequence))
+    assert {code for code, _ in outcomes} == {"INVALID_ARGUMENT"}, outcomes
+    assert all(details.startswith("documents[2].text:") for _, details in outcomes), outcomes
 
 
 def test_snapshot_restores_into_a_new_collection_with_identical_results(stub):

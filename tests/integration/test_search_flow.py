@@ -231,3 +231,29 @@ def test_a_collection_with_late_interaction_through_the_gateway(stub):
     assert [r.score for r in with_stage.results] != [r.score for r in without.results]
     plain = stub.CreateCollection(pb.CreateCollectionRequest(name=f"{name}p"), timeout=30)
     assert plain.collection.late_interaction_model == "" and plain.collection.late_interaction_dimension == 0
+
+
+def test_a_title_only_document_through_every_hop(stub, stack):
+    """A document with a title and no text is accepted by the gateway and by retrieval, indexed
+    and reranked by its title, and returned as stored (its text empty)."""
+    from search.v1 import retrieval_service_pb2, retrieval_service_pb2_grpc
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
+    title = "Ocean tides: why the sea level rises and falls twice a day with the pull of the Moon"
+    docs = [document(*d) for d in DOCS if d[0] != "tides"] + [common_pb2.Document(id="tide-record", title=title)]
+    assert stub.Upsert(pb.UpsertRequest(collection=name, documents=docs), timeout=60).upserted == len(docs)
+    with grpc.insecure_channel(stack.address("retrieval")) as channel:
+        retrieval = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
+        reply = retrieval.Upsert(retrieval_service_pb2.RetrievalServiceUpsertRequest(
+            collection=name, documents=[common_pb2.Document(id="glacier-record", title="Glaciers carve valleys")]), timeout=60)
+        assert reply.upserted == 1
+    assert stub.DescribeCollection(pb.DescribeCollectionRequest(name=name), timeout=30).collection.document_count == len(docs) + 1
+    [stored] = stub.GetDocuments(pb.GetDocumentsRequest(collection=name, ids=["tide-record"]), timeout=30).documents
+    assert (stored.title, stored.text) == (title, "")
+    for mode in (common_pb2.RETRIEVAL_MODE_DENSE, common_pb2.RETRIEVAL_MODE_SPARSE, common_pb2.RETRIEVAL_MODE_HYBRID):
+        reply = search(stub, name, "what makes the sea level go up and down", top_k=3, mode=mode)
+        assert reply.reranked and not reply.degraded
+        first = reply.results[0]
+        assert (first.id, first.title, first.text) == ("tide-record", title, ""), mode
+        assert first.HasField("rerank_score")

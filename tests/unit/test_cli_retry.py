@@ -8,6 +8,7 @@ import asyncio
 import grpc
 import pytest
 
+from search.v1 import common_pb2
 from services.cli import client
 from services.cli.evaluate import _call
 
@@ -30,14 +31,14 @@ class FlakyUpsert:
 
 def test_transient_failures_are_retried_until_success():
     stub = FlakyUpsert([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
-    assert asyncio.run(client.upsert_with_retry(stub, "c", [{"id": "a", "text": "x"}])) == 1
+    assert asyncio.run(client.upsert_with_retry(stub, "c", [common_pb2.Document(id="a", text="x")])) == 1
     assert stub.calls == 3
 
 
 def test_other_failures_and_the_last_attempt_are_raised():
     stub = FlakyUpsert([grpc.StatusCode.INVALID_ARGUMENT])
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        asyncio.run(client.upsert_with_retry(stub, "c", [{"id": "a", "text": "x"}]))
+        asyncio.run(client.upsert_with_retry(stub, "c", [common_pb2.Document(id="a", text="x")]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and stub.calls == 1
 
     calls = []

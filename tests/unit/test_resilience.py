@@ -500,3 +500,4 @@ def test_rerank_passage_is_cut_to_the_rerankers_limit():
 
     assert len(rerank_text("T", "x" * (v.MAX_TEXT_CHARS))) == v.MAX_PASSAGE_CHARS
     assert rerank_text("T", "body") == "T\nbody" and rerank_text("", "body") == "body"
+    assert rerank_text("T", "") == "T"  # a title-only document: the cross-encoder reads its title

@@ -40,6 +40,28 @@ def test_documents_reports_the_first_bad_one_by_index():
     assert info.value.field == "documents[1].text"
 
 
+def test_a_document_is_its_title_and_its_text():
+    """Either alone is a document; neither (blank counts as absent) is refused, naming the field."""
+    both, title_only, text_only = (common_pb2.Document(id="a", title="T", text="body"),
+                                   common_pb2.Document(id="b", title="Only a title"),
+                                   common_pb2.Document(id="c", text="only a body"))
+    assert [d["text"] for d in v.documents([both, title_only, text_only])] == ["body", "", "only a body"]
+    for empty in (common_pb2.Document(id="x"), common_pb2.Document(id="x", title=" ", text="\n\t")):
+        with pytest.raises(InvalidArgument) as info:
+            v.documents([both, empty])
+        assert info.value.field == "documents[1].text"
+        assert "'x' has neither text nor title" in info.value.message
+    with pytest.raises(InvalidArgument) as info:
+        v.document(common_pb2.Document(id="x"))
+    assert info.value.field == "document.text"
+
+
+def test_document_text_is_what_the_models_read():
+    assert v.document_text("Title", "Body") == "Title\nBody"
+    assert v.document_text("Title", "") == "Title"
+    assert v.document_text("", "Body") == "Body"
+
+
 def test_documents_rejects_duplicates_and_oversize_payload():
     with pytest.raises(InvalidArgument, match="duplicate"):
         v.documents([common_pb2.Document(id="a", text="x"), common_pb2.Document(id="a", text="y")])

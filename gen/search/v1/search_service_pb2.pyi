@@ -306,14 +306,28 @@ class IngestRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
-    __slots__ = ("sequence", "upserted", "total_upserted")
+    __slots__ = ("sequence", "upserted", "total_upserted", "error")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     UPSERTED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     upserted: int
     total_upserted: int
-    def __init__(self, sequence: _Optional[int] = ..., upserted: _Optional[int] = ..., total_upserted: _Optional[int] = ...) -> None: ...
+    error: IngestError
+    def __init__(self, sequence: _Optional[int] = ..., upserted: _Optional[int] = ..., total_upserted: _Optional[int] = ..., error: _Optional[_Union[IngestError, _Mapping]] = ...) -> None: ...
+
+class IngestError(_message.Message):
+    __slots__ = ("code", "message", "field", "sequence")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    field: str
+    sequence: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class ReindexRequest(_message.Message):
     __slots__ = ("source", "target", "reembed")

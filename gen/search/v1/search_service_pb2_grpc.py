@@ -210,7 +210,9 @@ class SearchServiceServicer:
     def Ingest(self, request_iterator, context):
         """Streams documents in batches; each batch is acknowledged once it is durable. The
         server reads the next batch only when it has room (GATEWAY_INGEST_WINDOW batches in
-        flight), so a slow store slows the sender through gRPC flow control.
+        flight), so a slow store slows the sender through gRPC flow control. A stream that
+        fails (a refused batch, a service away) ends with a last message carrying the error
+        (IngestError), then, once the client has stopped writing, with that status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
