@@ -219,9 +219,12 @@ def feature_table(rows, depth: int = 10) -> dict:
     return out
 
 
-def policy_outcome(rows, depth: int, max_gap: float) -> dict[str, float]:
-    """NDCG@10 of the auto policy (rerank at ``depth`` when zgap_1_2_at<depth> <= max_gap) and
-    its cost: the share of queries reranked and the pairs per query."""
+def policy_outcome(rows, depth: int, max_gap: float, weak: bool = False) -> dict[str, float]:
+    """NDCG@10 of the auto policy (rerank at ``depth`` when zgap_1_2_at<depth> <= max_gap; every
+    query at depth 10, as ``always``, when the collection's check found a weak list) and its
+    cost: the share of queries reranked and the pairs per query."""
+    if weak:
+        return {"ndcg": _col(rows, "ndcg_rerank10"), "share": 1.0, "pairs": 10.0}
     gap = _col(rows, f"zgap_1_2_at{depth}")
     chosen = gap <= max_gap
     ndcg = np.where(chosen, _col(rows, f"ndcg_rerank{depth}"), _col(rows, "ndcg_hybrid"))
@@ -248,18 +251,25 @@ def choose_policy(grid: list[dict], max_pairs: float) -> dict:
     return max(feasible, key=lambda r: (r["ndcg@10"], -r["pairs_per_query"]))
 
 
-def analyze(table: dict, max_pairs: float) -> dict:
+def analyze(table: dict, max_pairs: float, calibrated: Path | None = None) -> dict:
     out: dict = {"by_collection": {}}
     train = table["variants"]["scifact:full"]["splits"]["train"]["rows"]
     out["policy_grid_scifact_train"] = policy_grid(train)
     chosen = choose_policy(out["policy_grid_scifact_train"], max_pairs)
     out["chosen_policy"] = {"depth": chosen["depth"], "max_gap": chosen["max_gap"], "max_pairs_per_query": max_pairs,
                             "on_scifact_train": chosen}
+    weak_lists: dict[str, bool] = {}
+    if calibrated is not None:
+        from services.retrieval.calibration import Calibration, one_list_weak
+
+        for key, row in json.loads(calibrated.read_text())["variants"].items():
+            weak_lists[key] = one_list_weak(Calibration.from_metadata(row["calibration"]))
+    out["one_list_weak"] = weak_lists
     for key, variant in table["variants"].items():
         for split, data in variant["splits"].items():
             rows = data["rows"]
             hybrid, always10 = _col(rows, "ndcg_hybrid"), _col(rows, "ndcg_rerank10")
-            auto = policy_outcome(rows, chosen["depth"], chosen["max_gap"])
+            auto = policy_outcome(rows, chosen["depth"], chosen["max_gap"], weak_lists.get(key, False))
             out["by_collection"][f"{key}/{split}"] = {
                 "queries": len(rows),
                 "ndcg@10": {r: round(float(_col(rows, f"ndcg_{r}").mean()), 4)
@@ -296,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.analyze:
         table = json.loads(args.out.read_text())
-        table["analysis"] = analyze(table, args.max_pairs)
+        table["analysis"] = analyze(table, args.max_pairs, args.calibrated)
         args.out.write_text(json.dumps(table) + "\n")
         print(json.dumps({k: v for k, v in table["analysis"].items() if k != "policy_grid_scifact_train"}, indent=1))
         return 0

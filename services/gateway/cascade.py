@@ -13,8 +13,12 @@ Policies (``RerankOptions.policy``, default GATEWAY_RERANK_POLICY):
 
 * ``always``: rerank the top ``candidates`` of every query;
 * ``never``: the first-stage ranking;
-* ``auto``: rerank ``GATEWAY_AUTO_RERANK_DEPTH`` candidates (capped by the request's
-  ``candidates``) when the gap is at most ``GATEWAY_AUTO_RERANK_MAX_GAP``, else nothing.
+* ``auto``: on a collection whose fusion check found one of its lists weak (retrieval reports
+  it with every Retrieve, services/retrieval/calibration.py), rerank as ``always`` does: there the
+  first stage is weaker and the cross-encoder measurably repairs it (+0.006 to +0.017 NDCG@10 at
+  depth 10 on SciFact train with one list weakened, docs/QUALITY.md). Elsewhere rerank
+  ``GATEWAY_AUTO_RERANK_DEPTH`` candidates (capped by the request's ``candidates``) when the gap
+  is at most ``GATEWAY_AUTO_RERANK_MAX_GAP``, else nothing.
 
 The thresholds come from settings (services/gateway/config.py); their values were chosen on
 SciFact train (scripts/study_cascade.py).
@@ -34,8 +38,8 @@ __all__ = ["POLICIES", "CascadeSettings", "Decision", "decide", "first_stage_gap
 POLICIES = ("always", "auto", "never")
 
 #: Reasons a decision reports (the proto's RerankReason, by name).
-ALWAYS, NEVER, AUTO_UNCERTAIN, AUTO_CONFIDENT, NO_CANDIDATES = (
-    "always", "never", "auto_uncertain", "auto_confident", "no_candidates")
+ALWAYS, NEVER, AUTO_UNCERTAIN, AUTO_CONFIDENT, NO_CANDIDATES, AUTO_WEAK_LIST = (
+    "always", "never", "auto_uncertain", "auto_confident", "no_candidates", "auto_weak_list")
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,13 @@ def first_stage_gap(scores: Sequence[float], depth: int) -> float:
     return lead / std
 
 
-def decide(policy: str, candidates: int, scores: Sequence[float], settings: CascadeSettings) -> Decision:
+def decide(policy: str, candidates: int, scores: Sequence[float], settings: CascadeSettings,
+           one_list_weak: bool = False, always_depth: int | None = None) -> Decision:
     """The decision for a query whose first stage returned ``scores`` (best first).
 
     ``policy`` is the request's (or the setting's) name; ``candidates`` the request's depth
-    (``always``) or cap (``auto``).
+    (``always``) or cap (``auto``); ``one_list_weak`` what retrieval reported of the collection;
+    ``always_depth`` what ``always`` would rerank for this request (default: ``candidates``).
     """
     if policy not in POLICIES:
         raise InvalidArgument("rerank.policy", f"unknown rerank policy {policy!r}")
@@ -93,6 +99,8 @@ def decide(policy: str, candidates: int, scores: Sequence[float], settings: Casc
         return Decision(policy, 0, NEVER)
     if policy == "always":
         return Decision(policy, min(candidates, len(scores)), ALWAYS)
+    if one_list_weak:
+        return Decision(policy, min(always_depth or candidates, len(scores)), AUTO_WEAK_LIST)
     depth = min(settings.auto_depth, candidates, len(scores))
     gap = first_stage_gap(scores, depth)
     signal = gap if math.isfinite(gap) else 0.0

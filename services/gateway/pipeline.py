@@ -137,7 +137,11 @@ class SearchPipeline:
         validation.fusion_options(request.fusion)
         validation.payload_filter(request.filter)
         policy, candidates, combination, weight = self._options(request)
-        limit = max(depth + 1, candidates) if policy != "never" else depth + 1  # one more: is there a next page?
+        limit = depth + 1  # one more: is there a next page?
+        if policy == "always":
+            limit = max(limit, candidates)
+        elif policy == "auto":  # a collection with a weak list is reranked as with always
+            limit = max(limit, candidates, request.rerank.candidates or self.defaults.candidates)
 
         retrieved = await self.retrieval.call(
             "Retrieve",
@@ -154,7 +158,8 @@ class SearchPipeline:
             return pb.SearchResponse()
         found = list(retrieved.candidates)
         metrics.GATEWAY_CANDIDATES.observe(len(found))
-        decision = cascade.decide(policy, candidates, [c.score for c in found], self.cascade)
+        decision = cascade.decide(policy, candidates, [c.score for c in found], self.cascade, retrieved.one_list_weak,
+                                  always_depth=request.rerank.candidates or self.defaults.candidates)
         metrics.GATEWAY_RERANK_DECISIONS.labels(policy=decision.policy, reason=decision.reason).inc()
         tracing.set_attributes(**{"search.collection": collection, "search.top_k": top_k, "search.candidates": len(found),
                                   "search.rerank": decision.depth > 0, "search.rerank_policy": decision.policy,

@@ -52,7 +52,7 @@ from services.retrieval.backends.base import DENSE, PASSAGE, SPARSE, Filter, Mat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Calibration", "FusionCalibrator", "METADATA_KEY", "dense_weight_for", "pseudo_query"]
+__all__ = ["Calibration", "FusionCalibrator", "METADATA_KEY", "dense_weight_for", "one_list_weak", "pseudo_query"]
 
 #: Key of the measurement in a collection's metadata.
 METADATA_KEY = "fusion_calibration"
@@ -98,16 +98,30 @@ class Calibration:
             return None
 
 
+def _log_rho(dense_recall: float, sparse_recall: float) -> float:
+    """ln of how much better dense self-retrieves than sparse, relative to the reference."""
+    eps = 1e-3  # a list that found nothing is very weak, not infinitely so
+    return math.log((max(dense_recall, eps) / REFERENCE_DENSE) / (max(sparse_recall, eps) / REFERENCE_SPARSE))
+
+
+def one_list_weak(calibration: Calibration | None) -> bool:
+    """Whether the check found one list weak (outside the dead zone): the fused first stage of
+    such a collection is less to be trusted, and the gateway's auto policy reranks it
+    (services/gateway/cascade.py)."""
+    if calibration is None or (calibration.dense_recall <= 0 and calibration.sparse_recall <= 0):
+        return False
+    return abs(_log_rho(calibration.dense_recall, calibration.sparse_recall)) > math.log(DEAD_ZONE)
+
+
 def dense_weight_for(dense_recall: float, sparse_recall: float, default: float) -> float:
     """The dense list's fusion weight for these self-retrieval recalls (module docstring)."""
     if dense_recall <= 0 and sparse_recall <= 0:
         return default
-    eps = 1e-3  # a list that found nothing is very weak, not infinitely so
-    rho = (max(dense_recall, eps) / REFERENCE_DENSE) / (max(sparse_recall, eps) / REFERENCE_SPARSE)
-    shift = abs(math.log(rho)) - math.log(DEAD_ZONE)
+    log_rho = _log_rho(dense_recall, sparse_recall)
+    shift = abs(log_rho) - math.log(DEAD_ZONE)
     if shift <= 0:
         return default
-    logit = math.log(default / (1.0 - default)) + math.copysign(SLOPE * shift, math.log(rho))
+    logit = math.log(default / (1.0 - default)) + math.copysign(SLOPE * shift, log_rho)
     low, high = WEIGHT_BOUNDS
     return round(min(high, max(low, 1.0 / (1.0 + math.exp(-logit)))), 4)
 

@@ -25,7 +25,7 @@ from services.retrieval.version_check import ConditionalRetrieveInterceptor
 from services.retrieval.versions import VersionedBackend
 from services.retrieval.operations import OperationsMixin
 from services.retrieval.store import (
-    DEFAULT_DENSE_WEIGHT, CollectionDescription, DocumentIn, DocumentStore, Fusion, LateInteraction,
+    DEFAULT_DENSE_WEIGHT, CollectionDescription, DocumentIn, DocumentStore, FirstStageSignals, Fusion, LateInteraction,
 )
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,11 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
         fusion = fusion_options(request.fusion)
         if mode != "sparse" and hasattr(self.store.embedder, "prefetch"):
             await self.store.embedder.prefetch(query)  # on the loop: the worker thread then finds the vector
+        signals = FirstStageSignals()
         collection, (candidates, used) = await self._run(
-            self.read, name, self.store.retrieve, query, limit, qfilter, mode, fusion)
+            self.read, name, self.store.retrieve, query, limit, qfilter, mode, fusion, signals)
         return pb.RetrieveResponse(
+            one_list_weak=signals.one_list_weak,
             collection=collection,
             candidates=[
                 pb.Candidate(

@@ -119,6 +119,14 @@ class CollectionDescription:
     calibration: Calibration | None = None
 
 
+@dataclass
+class FirstStageSignals:
+    """What a Retrieve learns about its collection's first stage besides the candidates."""
+
+    #: The collection's fusion check found one of its lists weak (calibration.one_list_weak).
+    one_list_weak: bool = False
+
+
 @dataclass(frozen=True)
 class Fusion:
     """How hybrid retrieval fuses the dense and sparse rankings."""
@@ -365,11 +373,16 @@ class DocumentStore:
         query_filter: Filter | None = None,
         mode: str = "hybrid",
         fusion_options: Fusion = Fusion(),
+        signals: FirstStageSignals | None = None,
     ) -> tuple[list[Candidate], str]:
-        """Candidates for ``query``, best first, and the mode actually used."""
+        """Candidates for ``query``, best first, and the mode actually used; ``signals``, when
+        given, receives what the collection knows of its first stage (no extra engine call)."""
         tracing.set_attributes(**{"retrieval.collection": name, "retrieval.limit": limit, "retrieval.mode": mode})
         schema = self._schema(name)
         self._check_model(name, schema)
+        if signals is not None:
+            signals.one_list_weak = calibration.one_list_weak(
+                Calibration.from_metadata(schema.metadata.get(calibration.METADATA_KEY)))
         if _splits(schema):  # several passages of one document may rank: fetch more, keep each document's best
             candidates, used = self._retrieve(name, schema, query, min(limit * 3, 1000), query_filter, mode, fusion_options)
             return _best_per_document(candidates)[:limit], used
@@ -470,7 +483,7 @@ class DocumentStore:
     @staticmethod
     def index_text(title: str, text: str) -> str:
         """The text a passage is indexed (and its self-retrieval check is cut) from."""
-        return _index_text(title, text)
+        return validation.document_text(title, text)
 
     def sparse_query(self, query: str) -> SparseVector | None:
         encoded = self.sparse_encoder.encode_query(query)

@@ -5,12 +5,13 @@ over the default, precise refusals, and a dead reranker degrading whatever the p
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 
 import grpc
 import pytest
 
-from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests.integration.test_search_flow import DOCS, collection, document, stub  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -85,3 +86,35 @@ def test_a_dead_reranker_degrades_the_auto_path(fresh_stack):
         down = search(stub, "c", "volcanoes and lava")  # another query: not served from the result cache
         assert down.degraded and not down.reranked and down.results
         assert down.rerank_decision.reason == pb.RERANK_REASON_AUTO_UNCERTAIN and down.rerank_decision.depth == AUTO_DEPTH
+
+
+def test_auto_reranks_every_query_of_a_collection_with_a_weak_list(fresh_stack):
+    """Each document: 280 words of the same boilerplate, then words of its own. The bi-encoder
+    reads the first 256 tokens only (all alike), BM25 reads everything: the fusion check finds
+    the dense list weak, retrieval says so, and auto reranks as always does."""
+    import random
+
+    fresh_stack.env_overrides["retrieval"] = {"RETRIEVAL_FUSION_CALIBRATION_SAMPLE": "64"}
+    fresh_stack.start_all()
+    rng = random.Random(5)
+    boilerplate = " ".join(["the committee reviewed the quarterly figures and approved the minutes of the previous session"] * 20)
+    syllables = ("zor", "vel", "quim", "brak", "lund", "tesh", "ap", "ix", "on", "ul", "ed", "ry", "am", "os", "kin", "dra")
+    vocabulary = [a + b + c for a in syllables for b in syllables for c in syllables]
+    docs = [common_pb2.Document(id=f"d{i}", title="Minutes", text=f"{boilerplate} {' '.join(rng.choices(vocabulary, k=300))}")
+            for i in range(80)]
+    with grpc.insecure_channel(fresh_stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="weak"), timeout=30)
+        stub.Upsert(pb.UpsertRequest(collection="weak", documents=docs), timeout=300)
+        deadline = time.monotonic() + 180
+        while not (info := stub.DescribeCollection(pb.DescribeCollectionRequest(name="weak"), timeout=30).collection).HasField(
+                "fusion_calibration"):
+            assert time.monotonic() < deadline, "the collection was not measured"
+            time.sleep(0.5)
+        cal = info.fusion_calibration
+        assert cal.dense_recall < cal.sparse_recall and info.fusion_dense_weight < 0.6, cal  # dense found weak
+        for query in (" ".join(rng.choices(vocabulary, k=3)) for _ in range(3)):
+            reply = search(stub, "weak", query)
+            d = reply.rerank_decision
+            assert (d.policy, d.reason, d.depth) == (pb.RERANK_POLICY_AUTO, pb.RERANK_REASON_AUTO_WEAK_LIST, 10), d
+            assert reply.reranked

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
+from search.v1 import search_service_pb2 as bench_pb
 from services.cli import bench
 from services.cli.bench import (
     RERANK_ROW_KEYS,
     StepResult,
     latency_summary,
     next_rate,
-    pareto,
     parse_e2e_modes,
     rerank_row,
     summarize_collapsed,
@@ -138,14 +138,6 @@ def test_paired_overhead_cancels_the_spread_between_queries():
         bench.paired_overhead_ms(search, retrieve[:-1], rerank)
 
 
-def test_pareto_keeps_points_no_faster_point_beats():
-    points = [
-        {"p50_ms": 30, "ndcg@10": 0.60}, {"p50_ms": 300, "ndcg@10": 0.70}, {"p50_ms": 400, "ndcg@10": 0.65},
-        {"p50_ms": 900, "ndcg@10": 0.72}, {"p50_ms": 50, "ndcg@10": 0.58},
-    ]
-    assert [(p["p50_ms"], p["ndcg@10"]) for p in pareto(points)] == [(30, 0.60), (300, 0.70), (900, 0.72)]
-
-
 def test_collapsed_profile_summary_ignores_idle_threads():
     lines = [
         "process 1;MainThread;_run_once (asyncio/base_events.py:1);select (selectors.py:468) 500",
@@ -177,12 +169,36 @@ def test_ort_profile_summary_sums_kernel_time_by_operator():
 
 def test_plot_frontier_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    points = [{"max_length": 0, "depth": 0, "p50_ms": 30.0, "ndcg@10": 0.66}]
-    points += [{"max_length": L, "depth": d, "p50_ms": 30.0 + d * L / 10, "ndcg@10": 0.66 + d / 1000 + L / 10000}
-               for L in (128, 256) for d in (10, 20)]
+    from services.cli.bench.frontier import plot_frontier
+
+    points = [{"config": c, "policy": c.split("@")[0], "ndcg@10": 0.70 + i / 1000, "load": {"qps": 100.0 / (i + 1), "p95_ms": 10.0 * (i + 1)}}
+              for i, c in enumerate(["never", "auto", "always@5", "always@10"])]
     out = tmp_path / "f.png"
-    bench.plot_frontier(points, out, "test")
+    plot_frontier({"a": points, "b": points}, out, "test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_configurations_summary_and_pareto():
+    from services.cli.bench.frontier import Config, pareto, parse_configs, summarize
+
+    configs = parse_configs("never,auto,always", "5,10")
+    assert [c.label for c in configs] == ["never", "auto", "always@5", "always@10"]
+    with pytest.raises(ValueError):
+        parse_configs("sometimes", "5")
+    request = Config("always", 5).request("c", "q")
+    assert (request.rerank.policy, request.rerank.candidates) == (bench_pb.RERANK_POLICY_ALWAYS, 5)
+    assert Config("auto").request("c", "q").rerank.policy == bench_pb.RERANK_POLICY_AUTO
+    assert not Config("never").request("c", "q").rerank.HasField("candidates")
+    per = {"never": {"q1": 0.5, "q2": 0.7}, "auto": {"q1": 0.6, "q2": 0.7}, "always@10": {"q1": 0.6, "q2": 0.8}}
+    qps = {"never": 100.0, "auto": 50.0, "always@10": 2.0}
+    points = [{"config": c, "policy": c.split("@")[0], "ndcg@10": sum(v.values()) / 2, "per_query": v, "load": {"qps": qps[c]}}
+              for c, v in per.items()]
+    lines = summarize(points)
+    assert "vs always@10: NDCG@10 -0.1000" in lines[0] and "QPS x50.0" in lines[0]
+    assert "vs always@10: NDCG@10 -0.0500 (SE 0.0500), QPS x25.0" in lines[1] and "vs never: NDCG@10 +0.0500" in lines[1]
+    assert [p["config"] for p in pareto(points)] == ["never", "auto", "always@10"]
+    points[1]["ndcg@10"] = 0.5  # auto no better than the faster never: off the frontier
+    assert [p["config"] for p in pareto(points)] == ["never", "always@10"]
 
 
 def test_bench_skips_clearly_without_the_dataset(tmp_path):

@@ -56,3 +56,20 @@ def test_calibration_round_trips_through_metadata_and_ignores_other_checks():
     assert Calibration.from_metadata({**c.to_metadata(), "check_version": cal.CHECK_VERSION + 1}) is None
     assert Calibration.from_metadata({"dense_weight": 0.7}) is None
     assert Calibration.from_metadata(None) is None
+
+
+def test_one_list_weak_is_outside_the_dead_zone():
+    from services.retrieval.calibration import one_list_weak
+
+    def measured(dense, sparse):
+        return Calibration(dense_weight_for(dense, sparse, DEFAULT), dense, sparse, 256, 1000, 0.0)
+
+    assert not one_list_weak(None)
+    assert not one_list_weak(measured(cal.REFERENCE_DENSE, cal.REFERENCE_SPARSE))
+    assert not one_list_weak(measured(0.615, 0.995))  # Cranfield: inside the dead zone
+    assert one_list_weak(measured(0.79, 0.455)) and one_list_weak(measured(0.335, 0.995))
+    # Weak exactly where the weight leaves the default.
+    for dense in (0.2, 0.4, 0.5, 0.6, 0.79, 0.9):
+        for sparse in (0.3, 0.5, 0.7, 0.9, 1.0):
+            m = measured(dense, sparse)
+            assert one_list_weak(m) == (m.dense_weight != DEFAULT), (dense, sparse)

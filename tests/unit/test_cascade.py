@@ -57,3 +57,13 @@ def test_unknown_policy_and_bad_settings_are_refused():
     for bad in (dict(policy="sometimes"), dict(auto_depth=0), dict(auto_max_gap=-1.0), dict(auto_max_gap=math.nan)):
         with pytest.raises(ValueError):
             CascadeSettings(**{"policy": "auto", "auto_depth": 10, "auto_max_gap": 0.5, **bad})
+
+
+def test_auto_reranks_a_collection_with_a_weak_list_as_always_would():
+    far = [5.0, 1.0, 0.9, 0.8, 0.7]  # a confident first stage: auto alone would not rerank it
+    assert decide("auto", 5, far, AUTO).depth == 0
+    weak = decide("auto", 5, far, AUTO, one_list_weak=True, always_depth=10)
+    assert (weak.depth, weak.reason) == (5, "auto_weak_list")  # 10 asked, 5 candidates
+    assert decide("auto", 5, far * 3, AUTO, one_list_weak=True, always_depth=10).depth == 10
+    assert decide("never", 5, far, AUTO, one_list_weak=True).depth == 0
+    assert decide("always", 3, far, AUTO, one_list_weak=True).reason == "always"

@@ -198,6 +198,15 @@ def requests_total(service: str, method: str, code: str) -> float:
     return sample("search_grpc_server_requests_total", service=service, method=f"demo.v1.Echo/{method}", code=code)
 
 
+async def recorded(read, expected: float, timeout_s: float = 5.0) -> float:
+    """``read()`` once it equals ``expected`` (or at the deadline). The server's interceptor
+    records a call after its status has gone out, so the client can see the answer first."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (value := read()) != expected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    return value
+
+
 async def call(channel, method: str, timeout: float | None = 5.0) -> grpc.StatusCode:
     try:
         await channel.unary_unary(f"/demo.v1.Echo/{method}")(b"x", timeout=timeout)
@@ -220,7 +229,7 @@ async def test_interceptor_counts_each_call_once_with_the_status_the_client_sees
     service, channel, _ = server
     seen = await call(channel, method)
     assert seen.name == code
-    assert requests_total(service, method, code) == 1
+    assert await recorded(lambda: requests_total(service, method, code), 1) == 1
     # No other code was recorded for this method.
     for other in grpc.StatusCode:
         if other.name != code:

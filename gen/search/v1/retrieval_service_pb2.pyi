@@ -43,14 +43,16 @@ class Candidate(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dense_score: _Optional[float] = ..., sparse_score: _Optional[float] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("candidates", "mode", "collection")
+    __slots__ = ("candidates", "mode", "collection", "one_list_weak")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ONE_LIST_WEAK_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     mode: _common_pb2.RetrievalMode
     collection: str
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., mode: _Optional[_Union[_common_pb2.RetrievalMode, str]] = ..., collection: _Optional[str] = ...) -> None: ...
+    one_list_weak: bool
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., mode: _Optional[_Union[_common_pb2.RetrievalMode, str]] = ..., collection: _Optional[str] = ..., one_list_weak: _Optional[bool] = ...) -> None: ...
 
 class RetrievalServiceUpsertRequest(_message.Message):
     __slots__ = ("collection", "documents")

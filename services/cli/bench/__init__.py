@@ -16,8 +16,8 @@ ratios measured in the same run, and can write them as JSON. None of them assert
   rate under the p95 objective (with :mod:`~services.cli.bench.peers`: raw limits, caches,
   the LanceDB peer).
 * :mod:`~services.cli.bench.profile`: CPU per query per process and py-spy layers.
-* :mod:`~services.cli.bench.frontier`: NDCG@10 against Search p50 for rerank depths and
-  reranker max lengths; a PNG plot of the frontier.
+* :mod:`~services.cli.bench.frontier`: NDCG@10 against sustained QPS and p95 for the rerank
+  policies (never, auto, always at each depth); a PNG plot of the frontier.
 * :mod:`~services.cli.bench.scale`: the store alone at 10k-1M points.
 * :mod:`~services.cli.bench.fairness`: a caller at 10x its quota and one flooding the in-flight
   cap beside a steady caller: its success rate and p95 against unloaded.
@@ -72,9 +72,7 @@ from services.cli.bench.harness import (  # noqa: F401  (re-exported)
     next_rate,
     open_loop,
     ort_op_profile,
-    pareto,
     parse_e2e_modes,
-    plot_frontier,
     process_cpu_seconds,
     raw_layouts,
     show_rates,

@@ -413,8 +413,9 @@ class Stack:
     """The three services on loopback with SciFact ingested (reused from ``--data-dir``)."""
 
     def __init__(self, args: argparse.Namespace, corpus: Corpus, gateway_env: Mapping[str, str] | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, env: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self._tmp = None
+        self.env = {name: dict(values) for name, values in (env or {}).items()}  # per service, e.g. caches off
         self.api_key = api_key  # a key of a caller with search, write and admin when gateway_env sets callers
         if args.data_dir:
             workdir = Path(args.data_dir)
@@ -428,9 +429,9 @@ class Stack:
 
     def __enter__(self) -> Stack:
         p = self.procs
-        p.start("retrieval", wait=False)
-        p.start("reranker", wait=False)
-        p.start("gateway", self.gateway_env, wait=False)
+        p.start("retrieval", self.env.get("retrieval"), wait=False)
+        p.start("reranker", self.env.get("reranker"), wait=False)
+        p.start("gateway", {**self.env.get("gateway", {}), **self.gateway_env}, wait=False)
         for name in ("retrieval", "reranker", "gateway"):
             p.wait(name)
         self.ensure_ingested()
@@ -464,7 +465,7 @@ class Stack:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else None
 
     def restart_reranker(self, overrides: Mapping[str, str]) -> None:
-        self.procs.start("reranker", overrides)
+        self.procs.start("reranker", {**self.env.get("reranker", {}), **overrides})
 
 
 # --------------------------------------------------------------------------- Search requests and open-loop load
@@ -501,7 +502,8 @@ def parse_e2e_modes(spec: str, retrieval: str = "default") -> list[E2EMode]:
 
 def _search_request(collection: str, query: str, mode: E2EMode, top_k: int = 10):
     request = pb.SearchRequest(collection=collection, query=query, top_k=top_k, mode=_retrieval_mode(mode))
-    request.rerank.enabled = bool(mode.candidates)
+    # rerankN means every query reranked at depth N (the always policy), search means never.
+    request.rerank.policy = pb.RERANK_POLICY_ALWAYS if mode.candidates else pb.RERANK_POLICY_NEVER
     if mode.candidates:
         request.rerank.candidates = mode.candidates
     return request
@@ -549,49 +551,3 @@ async def open_loop(address: str, collection: str, queries: Sequence[str], mode:
     ok = len(latencies)
     span = max(last_done - t0, n / rate) if ok else n / rate
     return StepResult(rate, n / rate, n, ok, dict(errors), degraded, ok / span, latencies)
-
-
-# --------------------------------------------------------------------------- plotting (the frontier)
-
-
-def pareto(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Points not dominated by a faster-or-equal point with a higher NDCG@10, fastest first."""
-    out = []
-    best = -math.inf
-    for p in sorted(points, key=lambda p: (p["p50_ms"], -p["ndcg@10"])):
-        if p["ndcg@10"] > best:
-            out.append(p)
-            best = p["ndcg@10"]
-    return out
-
-
-def plot_frontier(points: Sequence[Mapping[str, Any]], path: Path, subtitle: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for length in sorted({p["max_length"] for p in points if p["depth"]}):
-        series = sorted((p for p in points if p["max_length"] == length and p["depth"]), key=lambda p: p["depth"])
-        ax.plot([p["p50_ms"] for p in series], [p["ndcg@10"] for p in series], marker="o", label=f"rerank, max_length {length}")
-        for p in series:
-            ax.annotate(str(p["depth"]), (p["p50_ms"], p["ndcg@10"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    for p in points:
-        if not p["depth"]:
-            ax.scatter([p["p50_ms"]], [p["ndcg@10"]], marker="s", color="black", zorder=3, label="no rerank (hybrid retrieval)")
-    front = pareto(points)
-    ax.plot([p["p50_ms"] for p in front], [p["ndcg@10"] for p in front], linestyle=":", color="grey", label="Pareto frontier")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("Search p50 latency, ms (log scale; sequential requests)")
-    ax.set_ylabel("NDCG@10")
-    ax.set_title("Quality vs latency: rerank depth (labels) and max length", fontsize=11)
-    fig.text(0.5, 0.005, subtitle, ha="center", fontsize=7, color="grey")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
