@@ -29,7 +29,7 @@ def recorded_gate() -> dict:
 def test_gate_block_is_well_formed():
     gate = recorded_gate()
     assert gate["dataset"] == "cranfield" and gate["tolerance"] <= 0.01
-    assert set(gate["modes"]) == {"dense", "sparse", "hybrid", "dense+rerank", "hybrid+rerank"}
+    assert set(gate["modes"]) == {"dense", "sparse", "hybrid", "dense+rerank", "hybrid+rerank", "hybrid+auto"}
 
 
 # Ingest + 5 modes x 225 queries take a few minutes on a quiet 2-core machine, and about
@@ -57,6 +57,11 @@ def test_cranfield_quality_gate(tmp_path):
     finally:
         stack.stop_all()
     measured = json.loads(out.read_text())
+    # A degraded answer is the first stage: a mode that reranks must have reranked every query,
+    # or its figure measures the machine's load, not the ranking (the env block above gives the
+    # reranker all the time it needs).
+    degraded = {mode: measured[mode].get("degraded", 0) for mode in gate["modes"] if measured[mode].get("degraded")}
+    assert not degraded, f"degraded (not reranked) responses: {degraded}"
     failures = []
     for mode, recorded in gate["modes"].items():
         for metric, value in recorded.items():
