@@ -35,7 +35,7 @@ def metric_names(expr: str) -> set[str]:
         following = text[match.end():].lstrip()[:1]
         if following == "(":  # a function or aggregation
             continue
-        if token in {"and", "or", "unless", "bool", "offset"}:
+        if token in {"and", "or", "unless", "bool", "offset", "group_left", "group_right"}:
             continue
         names.add(token)
     return names
@@ -44,6 +44,9 @@ def metric_names(expr: str) -> set[str]:
 def test_metric_name_extraction():
     expr = 'histogram_quantile(0.99, sum by (service, le) (rate(search_x_bucket{method!~"a|b", code="OK"}[5m]))) / up'
     assert metric_names(expr) == {"search_x_bucket", "up"}
+    # group_left without a label list is a modifier, not a series
+    ratio = "sum by (a) (rate(x_total[5m])) / ignoring(a) group_left sum(rate(x_total[5m]))"
+    assert metric_names(ratio) == {"x_total"}
 
 
 def test_datasource_variable(dashboard):
