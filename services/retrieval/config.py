@@ -22,10 +22,32 @@ class RetrievalConfig:
         "points written to an embedded collection before it is optimized in the background (a child process "
         "optimizes a copy of the shard, then it is swapped in; HNSW past the engine's indexing threshold); 0 = never",
     )
+    edge_optimize_quiet_seconds: float = setting(
+        30.0, "EDGE_OPTIMIZE_QUIET_SECONDS",
+        "how long writes must pause before a due background optimization starts (during a long ingest it starts "
+        "anyway once the new points equal the old; a collection found unoptimized at start waits this long too)",
+    )
+    edge_min_free_disk_mb: int = setting(
+        256, "EDGE_MIN_FREE_DISK_MB",
+        "writes to the embedded engine are refused (RESOURCE_EXHAUSTED, naming the path and the free space) while "
+        "less than this is free, and a background optimization starts only when its copy leaves this much free "
+        "(the engine writes through memory maps: a full disk would kill the process); 0 disables the check",
+    )
+    edge_dense_storage: str = setting(
+        "memory", "EDGE_DENSE_STORAGE",
+        "where embedded collections keep dense vectors: memory (originals in RAM) or disk-int8 (originals on disk, "
+        "int8 copies in RAM searched first and the best candidates rescored with the originals); applied at the "
+        "next optimization",
+    )
+    edge_segments: int = setting(0, "EDGE_SEGMENTS", "segments an optimized embedded collection is cut into (0 = the engine's choice: one per CPU)")
+    edge_max_indexing_threads: int = setting(0, "EDGE_MAX_INDEXING_THREADS", "threads one HNSW build uses (0 = the engine's choice: the CPUs)")
+    edge_indexing_threshold_kb: int = setting(0, "EDGE_INDEXING_THRESHOLD_KB", "segments with more KB of dense vectors than this get an HNSW graph, smaller ones are searched exactly (0 = the engine's default)")
+    edge_hnsw_m: int = setting(16, "EDGE_HNSW_M", "HNSW links per point of embedded collections")
+    edge_hnsw_ef_construct: int = setting(100, "EDGE_HNSW_EF_CONSTRUCT", "HNSW build breadth of embedded collections")
     edge_optimize_on_start: bool = setting(
         False, "EDGE_OPTIMIZE_ON_START",
-        "merge segments and build HNSW graphs of the embedded collections at start, before reporting SERVING "
-        "(blocks the process while it runs; `searchctl store optimize` does it offline)",
+        "optimize the embedded collections at start, before reporting SERVING (each in a child process on a copy, "
+        "as in the background; start-up waits for it; `searchctl store optimize` does it offline)",
     )
     store_stats_seconds: float = setting(10.0, "RETRIEVAL_STORE_STATS_SECONDS", "how often the store's own figures (points, segments, indexed vectors) are refreshed on /metrics (0 disables)")
     hnsw_ef: int = setting(

@@ -17,6 +17,7 @@ from services.common import api_names, metrics, validation
 from services.common.errors import ServiceError, Unavailable
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
+from services.retrieval.backends.edge_tuning import ShardTuning
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
 from services.retrieval.filters import to_filter
 from services.retrieval.query_cache import CachedQueryEmbedder
@@ -68,6 +69,17 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
     encoder = LazyEncoder(model_dir, partial(LateInteractionEncoder.from_config, cfg, model_dir, threads))
     return LateInteraction(encoder, candidates=cfg.late_interaction_candidates, weight=cfg.late_interaction_weight,
                            quantization=cfg.late_interaction_quantization, default_on=cfg.late_interaction_default)
+
+
+def edge_tuning(cfg: RetrievalConfig) -> ShardTuning:
+    """How embedded shards are stored and indexed (the EDGE_* settings)."""
+    try:
+        return ShardTuning(indexing_threshold_kb=cfg.edge_indexing_threshold_kb,
+                           max_indexing_threads=cfg.edge_max_indexing_threads, segments=cfg.edge_segments,
+                           dense_storage=cfg.edge_dense_storage, hnsw_m=cfg.edge_hnsw_m,
+                           ef_construct=cfg.edge_hnsw_ef_construct)
+    except ValueError as exc:
+        raise SystemExit(f"EDGE_DENSE_STORAGE: {exc}") from exc
 
 
 def _uses_late_interaction(backend) -> bool:
@@ -246,6 +258,9 @@ class RetrievalService:
             search_threads=cfg.edge_search_threads,
             optimize_on_start=cfg.edge_optimize_on_start,
             optimize_after_points=cfg.edge_optimize_after_points,
+            optimize_quiet_s=cfg.edge_optimize_quiet_seconds,
+            min_free_disk_mb=cfg.edge_min_free_disk_mb,
+            tuning=edge_tuning(cfg),
         )
         if not cfg.qdrant_url and (legacy := legacy_collections(cfg.qdrant_path)):
             log.error(

@@ -10,13 +10,8 @@ import numpy as np
 import pytest
 
 from services.retrieval.backends import base
-from services.retrieval.backends.edge import (
-    OPTIMIZING_DIR,
-    REPLACED_DIR,
-    SHARD_DIR,
-    EdgeBackend,
-    _finish_interrupted_swap,
-)
+from services.retrieval.backends.edge import EdgeBackend
+from services.retrieval.backends.edge_build import OPTIMIZING_DIR, REPLACED_DIR, SHARD_DIR, finish_interrupted_swap
 
 DIM = 384
 N = 7000  # past the engine's indexing threshold (about 6,500 vectors of 384 floats per segment)
@@ -108,6 +103,32 @@ def test_an_interrupted_swap_is_finished_at_start(tmp_path, present, expected_so
     for name in present:
         (tmp_path / name).mkdir()
         (tmp_path / name / "origin").write_text(name)
-    _finish_interrupted_swap(tmp_path)
+    finish_interrupted_swap(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [SHARD_DIR]
     assert (tmp_path / SHARD_DIR / "origin").read_text() == expected_source
+
+
+def test_a_late_interaction_collection_is_optimized_in_the_background(tmp_path):
+    """The child loads the copy with the collection's own shard config (the late-interaction
+    multivector included), so the swapped-in shard still answers MaxSim rescoring."""
+    rng = np.random.default_rng(11)
+    backend = EdgeBackend(tmp_path, search_threads=1)
+    backend.create_collection(base.CollectionSchema("li", 8, True, late_dimension=4))
+    written = []
+    for i in range(300):
+        tokens = rng.standard_normal((3, 4)).astype(np.float32)
+        dense = rng.standard_normal(8).astype(np.float32)
+        written.append(base.PointIn(id=f"00000000-0000-0000-0000-{i:012d}", dense=dense.tolist(),
+                                    sparse=base.SparseVector((i % 7 + 1,), (1.0,)), payload={"doc_id": str(i)},
+                                    late=tokens.tolist()))
+    backend.upsert("li", written)
+    query = base.Rescore((base.Nearest(base.DENSE, written[0].dense, 20),), base.LATE, written[0].late, 5)
+    before = backend.query("li", [query])[0]
+    try:
+        result = backend.optimize_in_background("li")
+        assert result["points"] == 300
+        after = backend.query("li", [query])[0]
+        assert [h.id for h in after] == [h.id for h in before]
+        assert backend.count("li") == 300
+    finally:
+        backend.close()

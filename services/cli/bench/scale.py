@@ -427,24 +427,13 @@ def ingest_loop(backend, name: str, batches: list[list], written: list[str]):
 
 def edge_backend(path: Path, force_index: bool = False):
     """``EdgeBackend`` as the service opens it; ``force_index`` indexes every segment (small corpora)."""
-    import qdrant_edge as qe
-
     from services.retrieval.backends.edge import EdgeBackend
+    from services.retrieval.backends.edge_tuning import ShardTuning
 
     if not force_index:
         return EdgeBackend(path)
-
-    class IndexedEdge(EdgeBackend):
-        def _config(self, schema):  # the service's config plus a 1 KB indexing / full-scan threshold
-            return qe.EdgeConfig(
-                vectors={DENSE: qe.EdgeVectorParams(size=schema.dense_dimension, distance=qe.Distance.Cosine)},
-                sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if schema.sparse else None,
-                max_search_threads=self._threads(len(self._collections)),
-                hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=1),
-                optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
-            )
-
-    return IndexedEdge(path)
+    # The service's config with a 1 KB indexing and full-scan threshold.
+    return EdgeBackend(path, tuning=ShardTuning(indexing_threshold_kb=1, full_scan_threshold_kb=1))
 
 
 def local_backend(path: Path, in_memory: bool = False):

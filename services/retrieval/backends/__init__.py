@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.retrieval.backends.base import Backend
+from services.retrieval.backends.edge_tuning import ShardTuning
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class BackendSettings:
     search_threads: int = 0
     optimize_on_start: bool = False
     optimize_after_points: int = 20_000
+    optimize_quiet_s: float = 30.0
+    min_free_disk_mb: int = 256
+    tuning: ShardTuning = ShardTuning()
 
 
 def open_backend(settings: BackendSettings) -> Backend:
@@ -37,4 +41,6 @@ def open_backend(settings: BackendSettings) -> Backend:
 
     return EdgeBackend(settings.path, search_threads=settings.search_threads, hnsw_ef=settings.hnsw_ef,
                        optimize_on_start=settings.optimize_on_start,
-                       optimize_after_points=settings.optimize_after_points)
+                       optimize_after_points=settings.optimize_after_points,
+                       optimize_quiet_s=settings.optimize_quiet_s, min_free_disk_mb=settings.min_free_disk_mb,
+                       tuning=settings.tuning)
