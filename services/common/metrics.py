@@ -157,7 +157,7 @@ RETRIEVAL_STORE_INDEXED_VECTORS = Gauge(
 )
 RETRIEVAL_STORE_OPTIMIZING = Gauge(
     "search_retrieval_store_optimizing",
-    "1 while the embedded engine merges segments and builds HNSW graphs (only at start, EDGE_OPTIMIZE_ON_START).",
+    "1 while an embedded collection is optimized (segments merged, HNSW graphs built) in a child process on a copy of its shard, until the copy is swapped in.",
 )
 RETRIEVAL_STORE_FLUSHES = Counter(
     "search_retrieval_store_flushes",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import setting
+from services.retrieval.backends.edge_tuning import ShardTuning
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ class RetrievalConfig:
     )
     edge_dense_storage: str = setting(
         "memory", "EDGE_DENSE_STORAGE",
-        "where embedded collections keep dense vectors: memory (originals in RAM) or disk-int8 (originals on disk, "
-        "int8 copies in RAM searched first and the best candidates rescored with the originals); applied at the "
-        "next optimization",
+        "where embedded collections keep dense vectors: memory (originals in RAM), int8 (originals in RAM plus int8 "
+        "copies, which the HNSW build and searches use first, the best candidates rescored with the originals) or "
+        "disk-int8 (the same, originals on disk); applied at the next optimization",
     )
     edge_segments: int = setting(0, "EDGE_SEGMENTS", "segments an optimized embedded collection is cut into (0 = the engine's choice: one per CPU)")
     edge_max_indexing_threads: int = setting(0, "EDGE_MAX_INDEXING_THREADS", "threads one HNSW build uses (0 = the engine's choice: the CPUs)")
@@ -111,3 +112,10 @@ class RetrievalConfig:
         10000, "RETRIEVAL_QUERY_CACHE_SIZE",
         "query embeddings kept, keyed by (model identity, normalised text); LRU, about 1.6 KiB each (0 turns the cache off)",
     )
+
+    def shard_tuning(self) -> ShardTuning:
+        """How embedded shards are stored and indexed (the EDGE_* settings)."""
+        return ShardTuning(indexing_threshold_kb=self.edge_indexing_threshold_kb,
+                           max_indexing_threads=self.edge_max_indexing_threads, segments=self.edge_segments,
+                           dense_storage=self.edge_dense_storage, hnsw_m=self.edge_hnsw_m,
+                           ef_construct=self.edge_hnsw_ef_construct)

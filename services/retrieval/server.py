@@ -17,7 +17,6 @@ from services.common import api_names, metrics, validation
 from services.common.errors import ServiceError, Unavailable
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
-from services.retrieval.backends.edge_tuning import ShardTuning
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
 from services.retrieval.filters import to_filter
 from services.retrieval.query_cache import CachedQueryEmbedder
@@ -71,13 +70,10 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
                            quantization=cfg.late_interaction_quantization, default_on=cfg.late_interaction_default)
 
 
-def edge_tuning(cfg: RetrievalConfig) -> ShardTuning:
-    """How embedded shards are stored and indexed (the EDGE_* settings)."""
+def shard_tuning(cfg: RetrievalConfig):
+    """The EDGE_* settings of embedded shards; a bad EDGE_DENSE_STORAGE stops the start with its name."""
     try:
-        return ShardTuning(indexing_threshold_kb=cfg.edge_indexing_threshold_kb,
-                           max_indexing_threads=cfg.edge_max_indexing_threads, segments=cfg.edge_segments,
-                           dense_storage=cfg.edge_dense_storage, hnsw_m=cfg.edge_hnsw_m,
-                           ef_construct=cfg.edge_hnsw_ef_construct)
+        return cfg.shard_tuning()
     except ValueError as exc:
         raise SystemExit(f"EDGE_DENSE_STORAGE: {exc}") from exc
 
@@ -260,7 +256,7 @@ class RetrievalService:
             optimize_after_points=cfg.edge_optimize_after_points,
             optimize_quiet_s=cfg.edge_optimize_quiet_seconds,
             min_free_disk_mb=cfg.edge_min_free_disk_mb,
-            tuning=edge_tuning(cfg),
+            tuning=shard_tuning(cfg),
         )
         if not cfg.qdrant_url and (legacy := legacy_collections(cfg.qdrant_path)):
             log.error(

@@ -34,6 +34,7 @@ Three facts of qdrant-edge-py 0.9.0 shape this module (measured, docs/BENCHMARKS
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
@@ -75,6 +76,7 @@ from services.retrieval.backends.edge_build import (
     OptimizerChild,
     allocated_bytes,
     check_room_for_build,
+    copy_shard,
     finish_interrupted_swap,
     free_bytes,
     mb,
@@ -185,6 +187,10 @@ class EdgeBackend:
         self.collections_dir = self.root / "collections"
         self.search_threads = search_threads
         self.hnsw_ef = hnsw_ef
+        #: Search exactly, HNSW graphs ignored (what the benchmarks measure recall against).
+        self.exact = False
+        #: Figures of the background optimizations finished so far (the last 20).
+        self.builds: list[dict[str, Any]] = []
         self.tuning = tuning or ShardTuning()
         self.min_free = min_free_disk_mb * 1_000_000
         self.optimize_after_points = optimize_after_points
@@ -382,7 +388,7 @@ class EdgeBackend:
         return self._read(name, lambda shard: shard.count(request))
 
     def query(self, name: str, queries: Sequence[Nearest | Fused | Rescore]) -> list[list[Hit]]:
-        params = search_params(self.hnsw_ef, self.tuning)
+        params = search_params(self.hnsw_ef, self.tuning, self.exact)
         requests = [query_request(q, params) for q in queries]
         if len(requests) == 1:
             results = [self._read(name, lambda shard: shard.query(requests[0]))]
@@ -414,7 +420,7 @@ class EdgeBackend:
                         f"{mb(needed)} and {mb(self.min_free)} stay reserved for writes (EDGE_MIN_FREE_DISK_MB)")
                 shard.flush()
                 metrics.RETRIEVAL_STORE_FLUSHES.inc()
-                shutil.copytree(collection.path / SHARD_DIR, copy_dir / SHARD_DIR)
+                copy_shard(collection.path / SHARD_DIR, copy_dir / SHARD_DIR)
 
         try:
             self._read(name, copy)
@@ -531,6 +537,12 @@ class EdgeBackend:
             return False
         return written >= total - written
 
+    @property
+    def optimizer_pid(self) -> int | None:
+        """The process id of the running optimizer child (None while no build runs)."""
+        child = self._child
+        return child.pid if child is not None else None
+
     def optimize_in_background(self, name: str) -> dict[str, Any]:
         """Optimize collection ``name`` without holding this process: copy its shard, optimize
         the copy in a child process, replay the writes made meanwhile, swap it in.
@@ -559,7 +571,7 @@ class EdgeBackend:
                     check_room_for_build(collection.path, self.min_free)
                     shard.flush()
                     metrics.RETRIEVAL_STORE_FLUSHES.inc()
-                    shutil.copytree(collection.path / SHARD_DIR, staging)
+                    copy_shard(collection.path / SHARD_DIR, staging)
                     collection.journal, collection.journal_points = [], 0
                     return collection.written_since_optimize
 
@@ -613,6 +625,7 @@ class EdgeBackend:
                        "copy_seconds": round(copied_s, 2), "swap_seconds": round(swap_s, 3),
                        "replayed_writes": replayed, **built}
             log.info("collection optimized in the background", extra=figures)
+            self.builds = [*self.builds[-19:], figures]
             return figures
         except BaseException:
             collection.journal = None

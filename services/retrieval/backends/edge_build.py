@@ -15,9 +15,11 @@ never takes the space acknowledged writes need.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -52,6 +54,36 @@ def finish_interrupted_swap(directory: Path) -> None:
     if shard.exists():
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(replaced, ignore_errors=True)
+
+
+def copy_shard(src: Path, dst: Path) -> None:
+    """Copy a shard's files keeping their holes: the engine preallocates sparse files (its WAL
+    segments are 32 MiB long and mostly unwritten), which a plain copy would fill with zeros."""
+    shutil.copytree(src, dst, copy_function=_copy_sparse)
+
+
+def _copy_sparse(src: str, dst: str) -> None:
+    size = os.stat(src).st_size
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            fin.seek(start)
+            fout.seek(start)
+            remaining = end - start
+            while remaining:
+                chunk = fin.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                remaining -= len(chunk)
+            offset = end
+        fout.truncate(size)
+    shutil.copystat(src, dst)
 
 
 def allocated_bytes(path: Path) -> int:
@@ -100,6 +132,22 @@ def write_optimized_points(directory: Path, points: int) -> None:
     os.replace(tmp, directory / OPTIMIZED_FILE)
 
 
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent(parent: int):
+    """Runs in the forked child before it executes the optimizer: the kernel kills it when the
+    serving process dies, so an orphan never keeps writing into a copy that the next start
+    discards (set before exec, so there is no window in which the parent's death goes unseen)."""
+    def arm() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm if _LIBC is not None else None
+
+
 class OptimizerChild:
     """``edge_optimizer.py`` on a copy of a shard, watched: killed when free disk falls below
     ``min_free`` or :meth:`kill` is called (the service closing)."""
@@ -112,8 +160,8 @@ class OptimizerChild:
         self.min_free = min_free
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "services.retrieval.backends.edge_optimizer", str(staging),
-             str(directory / SCHEMA_FILE), tuning.as_json(), str(os.getpid())],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+             str(directory / SCHEMA_FILE), tuning.as_json()],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent(os.getpid()),
         )
         self.pid = self._proc.pid
         self._out_of_space: int | None = None

@@ -7,18 +7,18 @@ shard, runs this module on the copy, replays the writes made meanwhile and swaps
 in (``optimize_in_background`` in edge.py; the files in edge_build.py). The copy is opened
 with the collection's own shard config (edge_shard.shard_config), as the service opens it.
 
-    python -m services.retrieval.backends.edge_optimizer COPY_DIR SCHEMA_FILE TUNING_JSON PARENT_PID
+    python -m services.retrieval.backends.edge_optimizer COPY_DIR SCHEMA_FILE TUNING_JSON
+
+The serving process starts it with a parent-death signal (edge_build.py): it dies with its parent.
 
 Prints one JSON line: seconds, points, segments, indexed vectors, CPU seconds and peak RSS.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import resource
-import signal
 import sys
 import time
 from pathlib import Path
@@ -28,23 +28,8 @@ import qdrant_edge as qe
 from services.retrieval.backends.edge_shard import read_schema, shard_config
 from services.retrieval.backends.edge_tuning import ShardTuning
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """A serving process killed mid-build takes this one with it (Linux): its copy is
-    discarded at the next start, and an orphan must not keep writing into it meanwhile."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
-        return
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        sys.exit(1)
-
-
 def main(argv: list[str]) -> int:
-    path, schema_file, tuning, parent = argv[0], Path(argv[1]), ShardTuning.from_json(argv[2]), int(argv[3])
-    _die_with_parent(parent)
+    path, schema_file, tuning = argv[0], Path(argv[1]), ShardTuning.from_json(argv[2])
     try:
         os.nice(10)  # serving comes first
     except OSError:

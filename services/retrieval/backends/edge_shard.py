@@ -50,10 +50,12 @@ INDEX_TYPES = {
 def shard_config(schema: CollectionSchema, tuning: ShardTuning, search_threads: int) -> qe.EdgeConfig:
     """The config every process opens ``schema``'s shard with (the engine checks it against
     the shard's segments on load)."""
-    dense = {}
+    dense: dict[str, Any] = {}
+    if tuning.dense_storage in ("int8", "disk-int8"):
+        dense["quantization_config"] = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
+                                                                    memory=qe.Memory.Cached)
     if tuning.dense_storage == "disk-int8":
-        dense = {"memory": qe.Memory.Cold, "quantization_config": qe.ScalarQuantizationConfig(
-            type=qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Cached)}
+        dense["memory"] = qe.Memory.Cold
     vectors = {DENSE: qe.EdgeVectorParams(size=schema.dense_dimension, distance=qe.Distance.Cosine, **dense)}
     if schema.late_dimension:
         vectors[LATE] = late_params(schema)
@@ -85,12 +87,12 @@ def late_params(schema: CollectionSchema) -> qe.EdgeVectorParams:
     )
 
 
-def search_params(hnsw_ef: int | None, tuning: ShardTuning) -> qe.SearchParams | None:
+def search_params(hnsw_ef: int | None, tuning: ShardTuning, exact: bool = False) -> qe.SearchParams | None:
     """Search breadth on HNSW segments; with int8 copies, the candidates rescored by the originals."""
-    quantized = tuning.dense_storage == "disk-int8"
-    if not hnsw_ef and not quantized:
+    quantized = tuning.dense_storage != "memory"
+    if not hnsw_ef and not quantized and not exact:
         return None
-    return qe.SearchParams(hnsw_ef=hnsw_ef or None,
+    return qe.SearchParams(hnsw_ef=hnsw_ef or None, exact=exact,
                            quantization=qe.QuantizationSearchParams(rescore=True) if quantized else None)
 
 

@@ -7,9 +7,10 @@ import json
 from dataclasses import asdict, dataclass
 
 #: Where a collection's dense vectors live: ``memory`` (originals in RAM, the engine's
-#: default) or ``disk-int8`` (originals on disk, int8 copies in RAM searched first, the top
-#: candidates rescored with the originals).
-DENSE_STORAGE = ("memory", "disk-int8")
+#: default), ``int8`` (originals in RAM plus int8 copies, which the HNSW build and searches
+#: use first, the best candidates rescored with the originals) or ``disk-int8`` (the same
+#: with the originals on disk, read only to rescore).
+DENSE_STORAGE = ("memory", "int8", "disk-int8")
 
 
 @dataclass(frozen=True)
