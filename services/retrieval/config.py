@@ -40,11 +40,21 @@ class RetrievalConfig:
         "copies, which the HNSW build and searches use first, the best candidates rescored with the originals) or "
         "disk-int8 (the same, originals on disk); applied at the next optimization",
     )
+    edge_int8_oversampling: float = setting(
+        2.0, "EDGE_INT8_OVERSAMPLING",
+        "with int8 copies (EDGE_DENSE_STORAGE int8 or disk-int8): candidates found by them per result wanted, "
+        "rescored with the original vectors",
+    )
     edge_segments: int = setting(0, "EDGE_SEGMENTS", "segments an optimized embedded collection is cut into (0 = the engine's choice: one per CPU)")
     edge_max_indexing_threads: int = setting(0, "EDGE_MAX_INDEXING_THREADS", "threads one HNSW build uses (0 = the engine's choice: the CPUs)")
     edge_indexing_threshold_kb: int = setting(0, "EDGE_INDEXING_THRESHOLD_KB", "segments with more KB of dense vectors than this get an HNSW graph, smaller ones are searched exactly (0 = the engine's default)")
     edge_hnsw_m: int = setting(16, "EDGE_HNSW_M", "HNSW links per point of embedded collections")
     edge_hnsw_ef_construct: int = setting(100, "EDGE_HNSW_EF_CONSTRUCT", "HNSW build breadth of embedded collections")
+    edge_query_batching: bool = setting(
+        False, "EDGE_QUERY_BATCHING",
+        "run the queries that arrive at an embedded collection while its previous engine call runs as one engine "
+        "call (Qdrant Edge holds Python's GIL per call; docs/BENCHMARKS.md, 'The engine and the GIL')",
+    )
     edge_optimize_on_start: bool = setting(
         False, "EDGE_OPTIMIZE_ON_START",
         "optimize the embedded collections at start, before reporting SERVING (each in a child process on a copy, "
@@ -118,4 +128,4 @@ class RetrievalConfig:
         return ShardTuning(indexing_threshold_kb=self.edge_indexing_threshold_kb,
                            max_indexing_threads=self.edge_max_indexing_threads, segments=self.edge_segments,
                            dense_storage=self.edge_dense_storage, hnsw_m=self.edge_hnsw_m,
-                           ef_construct=self.edge_hnsw_ef_construct)
+                           ef_construct=self.edge_hnsw_ef_construct, oversampling=self.edge_int8_oversampling)

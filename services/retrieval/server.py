@@ -257,6 +257,7 @@ class RetrievalService:
             optimize_quiet_s=cfg.edge_optimize_quiet_seconds,
             min_free_disk_mb=cfg.edge_min_free_disk_mb,
             tuning=shard_tuning(cfg),
+            query_batching=cfg.edge_query_batching,
         )
         if not cfg.qdrant_url and (legacy := legacy_collections(cfg.qdrant_path)):
             log.error(

@@ -1,4 +1,4 @@
-"""`searchctl bench rerank|embed|e2e|profile|frontier|scale`: what the services cost on top of the models.
+"""`searchctl bench rerank|embed|e2e|profile|frontier|scale|serve-build|gil`: what the services cost on top of the models.
 
 Every benchmark starts its own servers on free loopback ports (services/cli/procs.py),
 uses realistic text from a BEIR dataset (SciFact by default:
@@ -19,6 +19,8 @@ ratios measured in the same run, and can write them as JSON. None of them assert
 * :mod:`~services.cli.bench.frontier`: NDCG@10 against Search p50 for rerank depths and
   reranker max lengths; a PNG plot of the frontier.
 * :mod:`~services.cli.bench.scale`: the store alone at 10k-1M points.
+* :mod:`~services.cli.bench.serve_build`: Search through a background build and swap.
+* :mod:`~services.cli.bench.gil`: what Qdrant Edge holding the GIL costs the retrieval service.
 
 Machine-dependent: read the figures together with the machine line each bench prints
 (CPU model, cores, load average).
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 
-from services.cli.bench import e2e, embed, frontier, peers, profile, rerank, scale
+from services.cli.bench import e2e, embed, frontier, gil, peers, profile, rerank, scale, serve_build
 from services.cli.bench.e2e import (  # noqa: F401  (re-exported)
     SEARCH_METHOD,
     gateway_time_sums,
@@ -114,3 +116,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     profile.register(bsub, str(DEFAULT_DATASET))  # where the CPU goes per process (issue 13)
     frontier.register(bsub)
     scale.register(bsub, str(DEFAULT_DATASET))  # the store alone at 10k-1M points
+    serve_build.register(bsub, str(DEFAULT_DATASET))  # Search through a background build and swap
+    gil.register(bsub, str(DEFAULT_DATASET))  # what the engine's GIL costs the retrieval service

@@ -105,7 +105,7 @@ def parse_variant(spec: str, base: ShardTuning) -> Variant:
         if key == "build_while_ingesting":
             while_ingesting = value.lower() in ("1", "true", "yes", "")
         elif key in {f.name for f in fields(ShardTuning)}:
-            changes[key] = value if key == "dense_storage" else int(value)
+            changes[key] = {"dense_storage": str, "oversampling": float}.get(key, int)(value)
         else:
             raise ValueError(f"unknown key {key!r} in --variant {spec!r}")
     return Variant(name or "service", replace(base, **changes), while_ingesting)

@@ -24,6 +24,7 @@ class BackendSettings:
     optimize_after_points: int = 20_000
     optimize_quiet_s: float = 30.0
     min_free_disk_mb: int = 256
+    query_batching: bool = False
     tuning: ShardTuning = ShardTuning()
 
 
@@ -43,4 +44,4 @@ def open_backend(settings: BackendSettings) -> Backend:
                        optimize_on_start=settings.optimize_on_start,
                        optimize_after_points=settings.optimize_after_points,
                        optimize_quiet_s=settings.optimize_quiet_s, min_free_disk_mb=settings.min_free_disk_mb,
-                       tuning=settings.tuning)
+                       tuning=settings.tuning, query_batching=settings.query_batching)

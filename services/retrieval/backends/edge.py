@@ -44,6 +44,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,8 @@ from services.retrieval.backends.base import (
     PointSnapshot,
     Rescore,
 )
+from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, OpenCollection, cpus
+from services.retrieval.backends.edge_combine import QueryCombiner
 from services.retrieval.backends.edge_build import (
     OPTIMIZING_DIR,
     REPLACED_DIR,
@@ -104,76 +107,6 @@ ALIASES_FILE = "aliases.json"
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
 
-class _ReadWriteLock:
-    """Many users of the open shard (queries, upserts: the shard serialises internally) or
-    one owner (closing, swapping, deleting it). A waiting owner goes before new users."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-
-    def acquire_read(self) -> None:
-        with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if not self._readers:
-                self._cond.notify_all()
-
-    def acquire_write(self) -> None:
-        with self._cond:
-            self._waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._writer = True
-
-    def release_write(self) -> None:
-        with self._cond:
-            self._writer = False
-            self._cond.notify_all()
-
-
-class _Collection:
-    def __init__(self, schema: CollectionSchema, shard: qe.EdgeShard, path: Path) -> None:
-        self.schema = schema
-        self.shard: qe.EdgeShard | None = shard
-        self.path = path
-        self.lock = _ReadWriteLock()
-        #: Held by every write, and by the optimizer while it copies the shard and while it
-        #: replays the writes made meanwhile: writes wait then, searches do not.
-        self.writes = threading.Lock()
-        #: Writes since the optimizer copied the shard (None when no optimization runs).
-        self.journal: list[qe.UpdateOperation] | None = None
-        self.journal_points = 0
-        #: Points written since the last optimization (what triggers the next one); at open,
-        #: the points added since the last finished optimization.
-        self.written_since_optimize = 0
-        self.written_since_open = 0
-        #: At open, the time of opening: a collection found unoptimized waits for a pause too.
-        self.last_write = time.monotonic()
-
-
-def _cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-#: With ``search_threads=0``, all shards together start at most this many search threads
-#: per CPU: each shard gets the CPUs while there are few collections, fewer as they add up.
-THREAD_BUDGET_PER_CPU = 2
-
-
 class EdgeBackend:
     """Collections as Qdrant Edge shards under ``path``."""
 
@@ -182,7 +115,7 @@ class EdgeBackend:
     def __init__(self, path: str | os.PathLike, search_threads: int = 0, hnsw_ef: int | None = None,
                  optimize_on_start: bool = False, optimize_after_points: int = 0, optimize_quiet_s: float = 30.0,
                  max_journal_points: int = 500_000, tuning: ShardTuning | None = None,
-                 min_free_disk_mb: int = 0) -> None:
+                 min_free_disk_mb: int = 0, query_batching: bool = False) -> None:
         self.root = Path(path)
         self.collections_dir = self.root / "collections"
         self.search_threads = search_threads
@@ -192,12 +125,14 @@ class EdgeBackend:
         #: Figures of the background optimizations finished so far (the last 20).
         self.builds: list[dict[str, Any]] = []
         self.tuning = tuning or ShardTuning()
+        #: Concurrent queries of a collection run as one engine call (edge_combine.py).
+        self.query_batching = query_batching
         self.min_free = min_free_disk_mb * 1_000_000
         self.optimize_after_points = optimize_after_points
         #: Writes must have paused this long before an optimization starts (see :meth:`_due`).
         self.optimize_quiet_s = optimize_quiet_s
         self.max_journal_points = max_journal_points
-        self._collections: dict[str, _Collection] = {}
+        self._collections: dict[str, OpenCollection] = {}
         self._registry = threading.Lock()  # guards the dict, not the shards
         self._closing = threading.Event()
         self._building = threading.Lock()  # one background build at a time
@@ -225,8 +160,8 @@ class EdgeBackend:
         """Search threads for one more shard when ``shards`` are open already."""
         if self.search_threads > 0:
             return self.search_threads
-        cpus = _cpus()
-        return max(1, min(cpus, THREAD_BUDGET_PER_CPU * cpus // (shards + 1)))
+        available = cpus()
+        return max(1, min(available, THREAD_BUDGET_PER_CPU * available // (shards + 1)))
 
     def _config(self, schema: CollectionSchema) -> qe.EdgeConfig:
         return shard_config(schema, self.tuning, self._threads(len(self._collections)))
@@ -249,11 +184,12 @@ class EdgeBackend:
                 f"cannot open the Qdrant Edge shard at {shard_path}: {exc} "
                 "(is another retrieval process using this data directory?); nothing was changed"
             ) from exc
-        collection = _Collection(schema, shard, directory)
+        collection = OpenCollection(schema, shard, directory)
+        collection.combiner = QueryCombiner(partial(self._query_now, name))
         collection.written_since_optimize = max(0, shard.info().points_count - read_optimized_points(directory))
         self._collections[name] = collection
 
-    def _get(self, name: str) -> _Collection:
+    def _get(self, name: str) -> OpenCollection:
         with self._registry:
             collection = self._collections.get(name)
         if collection is None:
@@ -390,11 +326,16 @@ class EdgeBackend:
     def query(self, name: str, queries: Sequence[Nearest | Fused | Rescore]) -> list[list[Hit]]:
         params = search_params(self.hnsw_ef, self.tuning, self.exact)
         requests = [query_request(q, params) for q in queries]
-        if len(requests) == 1:
-            results = [self._read(name, lambda shard: shard.query(requests[0]))]
+        if self.query_batching:
+            results = self._get(name).combiner.submit(requests)
         else:
-            results = self._read(name, lambda shard: shard.query_batch(qe.QueryBatchRequest(requests)))
+            results = self._query_now(name, requests)
         return [[Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points] for points in results]
+
+    def _query_now(self, name: str, requests: list[qe.QueryRequest]) -> list[list[qe.ScoredPoint]]:
+        if len(requests) == 1:
+            return [self._read(name, lambda shard: shard.query(requests[0]))]
+        return self._read(name, lambda shard: shard.query_batch(qe.QueryBatchRequest(requests)))
 
     def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool, where: Filter | None = None):
         return self._read(name, lambda shard: scroll(shard, offset, limit, with_vectors, where))
@@ -520,7 +461,7 @@ class EdgeBackend:
                                           extra={"collection": name})
                         collection.written_since_optimize = 0  # retry after as many writes again
 
-    def _due(self, collection: _Collection) -> bool:
+    def _due(self, collection: OpenCollection) -> bool:
         """Enough writes since the last optimization, and either a pause in the writes or,
         during a long ingest, as many new points as the collection had (so a growing
         collection is optimized a logarithmic number of times, not once per threshold)."""
@@ -634,7 +575,7 @@ class EdgeBackend:
         finally:
             metrics.RETRIEVAL_STORE_OPTIMIZING.set(0)
 
-    def _swap(self, collection: _Collection) -> float:
+    def _swap(self, collection: OpenCollection) -> float:
         """Close the served shard, rename the optimized copy into its place and open it (the
         caller holds the write lock); the old shard is put back when the new one fails to load."""
         shard_dir, replaced = collection.path / SHARD_DIR, collection.path / REPLACED_DIR

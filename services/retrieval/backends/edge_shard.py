@@ -93,7 +93,8 @@ def search_params(hnsw_ef: int | None, tuning: ShardTuning, exact: bool = False)
     if not hnsw_ef and not quantized and not exact:
         return None
     return qe.SearchParams(hnsw_ef=hnsw_ef or None, exact=exact,
-                           quantization=qe.QuantizationSearchParams(rescore=True) if quantized else None)
+                           quantization=qe.QuantizationSearchParams(rescore=True, oversampling=tuning.oversampling)
+                           if quantized else None)
 
 
 def schema_record(schema: CollectionSchema) -> str:

@@ -30,6 +30,8 @@ class ShardTuning:
     ef_construct: int = 100
     #: A search that would visit fewer KB of vectors than this scans them instead of the graph.
     full_scan_threshold_kb: int = 10_000
+    #: With int8 copies: candidates fetched by them per result wanted, rescored by the originals.
+    oversampling: float = 2.0
 
     def __post_init__(self) -> None:
         if self.dense_storage not in DENSE_STORAGE:
