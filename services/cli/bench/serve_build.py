@@ -107,6 +107,7 @@ def bench_serve_build(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"machine": machine_info(), "uptime_before": os.getloadavg(),
                               "config": {"points": args.points, "clients": args.clients, "writes": args.writes,
                                          "before_seconds": args.before_seconds, "after_seconds": args.after_seconds,
+                                         "warmup_seconds": args.warmup_seconds,
                                          "distinct_queries": len(queries), "request": "Search, hybrid, no rerank, top 10"}}
     print(f"machine: {report['machine']}", flush=True)
     print(f"preparing {args.points:,} points under {root} ...", flush=True)
@@ -195,7 +196,7 @@ def bench_serve_build(args: argparse.Namespace) -> int:
         log = procs.logs["retrieval"].read_text(errors="replace")
     build = next((json.loads(line) for line in log.splitlines() if "optimized in the background" in line), None)
     start, end = events.get("build_start", math.inf), events.get("build_end", math.inf)
-    report["phases"] = {"before": _phase_stats(samples, 0.0, min(start, events["stop"])),
+    report["phases"] = {"before": _phase_stats(samples, min(args.warmup_seconds, start), min(start, events["stop"])),
                         "during": _phase_stats(samples, start, min(end, events["stop"])) if start < math.inf else None,
                         "after": _phase_stats(samples, end, events["stop"]) if end < math.inf else None}
     report["writes"] = {"acknowledged": len(acknowledged), "missing_after_swap": len(got.missing_ids) if got else 0,
@@ -247,6 +248,8 @@ def register(bsub: argparse._SubParsersAction, default_dataset: str) -> None:
     p.add_argument("--before-seconds", type=float, default=60.0,
                    help="EDGE_OPTIMIZE_QUIET_SECONDS: load before the build starts (default %(default)s)")
     p.add_argument("--after-seconds", type=float, default=60.0, help="load after the swap (default %(default)s)")
+    p.add_argument("--warmup-seconds", type=float, default=10.0,
+                   help="the first seconds of load, left out of the figures (default %(default)s)")
     p.add_argument("--max-seconds", type=float, default=7200.0, help="give up after this long (default %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline of one Search (default %(default)s)")
     p.add_argument("--data-dir", default=str(REPO / ".data" / "bench-serve-build"),
