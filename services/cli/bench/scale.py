@@ -16,7 +16,8 @@ Per collection size N and index variant (``--variant``: the service's EDGE_* set
 * Retrieve-equivalent query latency p50/p95 for dense, sparse and hybrid, unloaded
   (sequential) and with ``--clients`` closed-loop client threads (QPS too; not with
   ``--quick``), both exact (plain segments: how a collection is served until its build
-  ends) and after the build (HNSW at the shipped ``QDRANT_HNSW_EF``);
+  ends) and after the build (HNSW at the shipped ``QDRANT_HNSW_EF``), each after a few
+  untimed queries per mode (the first ones after a build touch cold pages);
 * the index build as the service runs it (``EdgeBackend.optimize_in_background``: a copy of
   the shard optimized by a child process, then swapped in): time, the child's CPU seconds
   and peak RSS, segments, the data directory's peak disk during the build;
@@ -69,6 +70,7 @@ from services.cli.bench.scale_measure import (
     ingest_loop,
     make_queries,
     recall_at,
+    run_query,
     rss_bytes,
     trim_memory,
     unloaded,
@@ -77,6 +79,8 @@ from services.retrieval.backends.base import CollectionSchema
 from services.retrieval.backends.edge_tuning import ShardTuning
 
 COLLECTION = "bench_scale"
+#: Queries per mode run untimed before a state is measured.
+WARMUP_QUERIES = 5
 REPORT_KEYS = ("machine", "config", "vectors", "runs", "notes")
 RUN_KEYS = ("engine", "label", "points", "synthetic", "upsert", "memory", "disk", "states", "build", "recall",
             "ingest", "stopped")
@@ -147,6 +151,9 @@ def upsert_all(backend, points_for: Callable[[int, int], list], n: int, batch: i
 
 
 def measure_state(backend, queries, args, n_queries: int, concurrent_total: int) -> tuple[dict, dict]:
+    for mode in MODES:  # warm-up, untimed: the first queries after a build or swap touch cold pages
+        for calls in queries[mode][:WARMUP_QUERIES]:
+            run_query(backend, COLLECTION, mode, calls)
     stats, results = unloaded(backend, COLLECTION, queries, MODES, n_queries)
     concurrent = {} if args.quick else {
         mode: closed_loop(backend, COLLECTION, mode, queries[mode][:n_queries], args.clients, concurrent_total)

@@ -114,6 +114,13 @@ def bench_serve_build(args: argparse.Namespace) -> int:
     live = prepared(root, {COLLECTION: args.points}, False, args)
     env = {"RETRIEVAL_QUERY_CACHE_SIZE": "0", "EDGE_OPTIMIZE_QUIET_SECONDS": str(args.before_seconds),
            "RETRIEVAL_STORE_STATS_SECONDS": "2", "LOG_LEVEL": "INFO"}
+    from dataclasses import asdict
+
+    from services.common.config import load
+    from services.retrieval.config import RetrievalConfig
+
+    settings = asdict(load(RetrievalConfig, environ={**os.environ, **env}))
+    report["service_settings"] = {k: v for k, v in settings.items() if k.startswith("edge_") or k == "hnsw_ef"}
     mode = E2EMode("search", 0, "hybrid")
     samples: list[tuple[float, float, str]] = []
     events: dict[str, float] = {}

@@ -15,9 +15,11 @@ DENSE_STORAGE = ("memory", "int8", "disk-int8")
 
 @dataclass(frozen=True)
 class ShardTuning:
-    """How shards are stored and their HNSW graphs built (the ``EDGE_*`` settings; 0 = the
-    engine's default). Applied whenever a shard is opened, so a change takes effect at the
-    next optimization; docs/BENCHMARKS.md ("Building the index") measures each choice."""
+    """How shards are stored and their HNSW graphs built (the ``EDGE_*`` settings). The
+    defaults here are the engine's own (0: the engine chooses; no int8 copies); the service's
+    defaults are its settings' (services/retrieval/config.py). Applied whenever a shard is
+    opened, so a change takes effect at the next optimization; docs/BENCHMARKS.md ("How the
+    index is built") measures each choice."""
 
     #: Segments larger than this (KB of vectors) get an HNSW graph; smaller ones are searched exactly.
     indexing_threshold_kb: int = 0
@@ -31,7 +33,7 @@ class ShardTuning:
     #: A search that would visit fewer KB of vectors than this scans them instead of the graph.
     full_scan_threshold_kb: int = 10_000
     #: With int8 copies: candidates fetched by them per result wanted, rescored by the originals.
-    oversampling: float = 2.0
+    oversampling: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dense_storage not in DENSE_STORAGE:
