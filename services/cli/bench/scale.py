@@ -183,7 +183,9 @@ def build_in_background(backend, path: Path, rss0: int) -> dict[str, Any]:
     s = backend.stats(COLLECTION)
     trim_memory()
     return {"seconds": round(seconds, 1), "child": figures, "segments": s.segments, "indexed_vectors": s.indexed_vectors,
-            "points": s.points, "rss_delta_mb": round((rss_bytes() - rss0) / 1e6, 1), "disk": disk_usage(path),
+            "points": s.points, "rss_delta_mb": round((rss_bytes() - rss0) / 1e6, 1),
+            "rss_anon_mb": round(rss_bytes("RssAnon") / 1e6, 1), "rss_file_mb": round(rss_bytes("RssFile") / 1e6, 1),
+            "disk": disk_usage(path),
             "disk_peak_mb": peak[0]}
 
 
@@ -238,7 +240,8 @@ def run_size(engine: str, label: str, n: int, points_for, synth: SyntheticCorpus
             run["upsert"]["builds_during_ingest"] = list(backend.builds)
         backend.flush()
         trim_memory()
-        run["memory"] = {"rss_delta_mb": round((rss_bytes() - rss0) / 1e6, 1)}
+        run["memory"] = {"rss_delta_mb": round((rss_bytes() - rss0) / 1e6, 1),
+                         "rss_anon_mb": round(rss_bytes("RssAnon") / 1e6, 1), "rss_file_mb": round(rss_bytes("RssFile") / 1e6, 1)}
         run["disk"] = disk_usage(path)
         s = backend.stats(COLLECTION)
         run["stats_before"] = {"points": s.points, "segments": s.segments, "indexed_vectors": s.indexed_vectors}

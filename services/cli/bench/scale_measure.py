@@ -40,11 +40,12 @@ def summary(latencies_ms: Sequence[float]) -> dict[str, float]:
             "n": int(xs.size)}
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process (VmRSS)."""
+def rss_bytes(kind: str = "VmRSS") -> int:
+    """Resident memory of this process: ``VmRSS`` (all), ``RssAnon`` (heap: what it must have)
+    or ``RssFile`` (mapped files in RAM: the engine's segments, reclaimable page cache)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(kind + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:  # pragma: no cover - not Linux
         pass
