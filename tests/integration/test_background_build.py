@@ -127,7 +127,9 @@ def test_searches_and_writes_through_a_background_build_and_swap(fresh_stack):
     assert described.collection.document_count == 300 + len(written) - 2
     # the swapped-in shard is the optimized one (its graphs), not the plain one
     collection_dir = fresh_stack.tmp / "qdrant" / "collections" / COLLECTION
-    assert (collection_dir / "optimized.json").exists() and not (collection_dir / "shard.optimizing").exists()
+    assert (collection_dir / "optimized.json").exists()
+    shards = sorted(p.name for p in collection_dir.iterdir() if p.is_dir())
+    assert shards == ["shard.1"] and "shard.1" in (collection_dir / "current").read_text()
     assert "collection optimized in the background" in fresh_stack.log_text("retrieval")
     channel.close()
 

@@ -20,7 +20,7 @@ import numpy as np
 from services.common.errors import ResourceExhausted
 from services.retrieval.backends import base
 from services.retrieval.backends.edge import EdgeBackend
-from services.retrieval.backends.edge_build import OPTIMIZING_DIR, SHARD_DIR, allocated_bytes
+from services.retrieval.backends.edge_build import CURRENT_FILE, allocated_bytes, current_shard
 from services.retrieval.backends.edge_tuning import ShardTuning
 
 DIM = 384
@@ -86,9 +86,15 @@ def crash_during_build(root: Path, n: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def crash_during_swap(root: Path, n: int, after: str) -> None:
-    """The build finishes; the process dies after the swap's first (``after=replaced``) or
-    second (``after=renamed``) rename."""
+def copies(root: Path) -> list[str]:
+    """Shard directories of collection c other than the one served."""
+    collection = root / "collections" / "c"
+    return sorted(p.name for p in collection.iterdir() if p.is_dir() and p != current_shard(collection))
+
+
+def crash_during_swap(root: Path, n: int, when: str) -> None:
+    """The build finishes and the writes made meanwhile are replayed into the copy; the process
+    dies just before the swap's commit (``when=before``: rewriting ``current``) or just after."""
     backend = EdgeBackend(root, search_threads=1, tuning=INDEXED)
     fill(backend, n)
     before = backend.stats("c").indexed_vectors
@@ -97,8 +103,12 @@ def crash_during_swap(root: Path, n: int, after: str) -> None:
     real_replace = os.replace
 
     def replace(src, dst):
+        committing = Path(dst).name == CURRENT_FILE
+        if committing and when == "before":
+            report(acknowledged=n + 100, indexed_before=before)
+            os.kill(os.getpid(), signal.SIGKILL)
         real_replace(src, dst)
-        if (after == "replaced" and Path(src).name == SHARD_DIR) or (after == "renamed" and Path(src).name == OPTIMIZING_DIR):
+        if committing:
             report(acknowledged=n + 100, indexed_before=before)
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -123,7 +133,7 @@ def disk_full(root: Path, reserve_mb: int) -> None:
     leave(ballast, reserve_mb * 1_000_000 // 2)  # less than the reserve
     thread.join()
     facts["build_error"] = outcome.get("error")
-    facts["copy_left"] = (root / "collections" / "c" / OPTIMIZING_DIR).exists()
+    facts["copy_left"] = copies(root)
     facts["count_after_build"] = backend.count("c")
     # 2. Writes below the reserve are refused, reads go on.
     leave(ballast, reserve_mb * 1_000_000 // 2)  # the removed copy freed its space
@@ -135,7 +145,7 @@ def disk_full(root: Path, reserve_mb: int) -> None:
     facts["query_hits"] = len(backend.query("c", [base.Nearest(base.DENSE, points(5, 1)[0].dense, 3)])[0])
     # 3. Room for writes but not for a copy and its index: writes go on, the build is refused
     #    before it copies anything.
-    leave(ballast, reserve_mb * 1_000_000 + allocated_bytes(root / "collections" / "c" / SHARD_DIR) // 2)
+    leave(ballast, reserve_mb * 1_000_000 + allocated_bytes(current_shard(root / "collections" / "c")) // 2)
     backend.upsert("c", points(acknowledged, 50))
     acknowledged += 50
     try:
@@ -143,7 +153,7 @@ def disk_full(root: Path, reserve_mb: int) -> None:
         facts["room_error"] = None
     except ResourceExhausted as exc:
         facts["room_error"] = exc.message
-    facts["copy_left_after_refusal"] = (root / "collections" / "c" / OPTIMIZING_DIR).exists()
+    facts["copy_left_after_refusal"] = copies(root)
     # 4. Space freed: writes are accepted again, nothing acknowledged is missing.
     ballast.unlink()
     backend.upsert("c", points(acknowledged, 50))

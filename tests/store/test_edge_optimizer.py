@@ -11,7 +11,7 @@ import pytest
 
 from services.retrieval.backends import base
 from services.retrieval.backends.edge import EdgeBackend
-from services.retrieval.backends.edge_build import OPTIMIZING_DIR, REPLACED_DIR, SHARD_DIR, finish_interrupted_swap
+from services.retrieval.backends.edge_build import OPTIMIZING_DIR, REPLACED_DIR, SHARD_DIR, current_shard, set_current, settle
 
 DIM = 384
 N = 7000  # past the engine's indexing threshold (about 6,500 vectors of 384 floats per segment)
@@ -78,9 +78,10 @@ def test_background_optimization_keeps_serving_and_loses_nothing(tmp_path):
     assert after.indexed_vectors > before.indexed_vectors, (before, after)  # the HNSW graph was built
     hits = backend.query("c", [base.Nearest(base.DENSE, vectors[5].tolist(), 1)])[0]
     assert hits[0].id == first[5].id
-    assert result["replayed_writes"] >= 1 and result["swap_seconds"] < 30
-    assert not (tmp_path / "collections" / "c" / OPTIMIZING_DIR).exists()
-    assert not (tmp_path / "collections" / "c" / REPLACED_DIR).exists()
+    assert result["replayed_writes"] >= 1 and result["open_seconds"] < 60
+    collection = tmp_path / "collections" / "c"
+    assert current_shard(collection).name == "shard.1"
+    assert sorted(p.name for p in collection.iterdir() if p.is_dir()) == ["shard.1"]  # the old shard is gone
     backend.close()
 
     reopened = EdgeBackend(tmp_path)
@@ -99,13 +100,42 @@ def test_background_optimization_keeps_serving_and_loses_nothing(tmp_path):
         ({REPLACED_DIR}, REPLACED_DIR),  # nothing else left: the old shard
     ],
 )
-def test_an_interrupted_swap_is_finished_at_start(tmp_path, present, expected_source):
+def test_an_interrupted_swap_of_the_older_layout_is_finished_at_start(tmp_path, present, expected_source):
     for name in present:
         (tmp_path / name).mkdir()
         (tmp_path / name / "origin").write_text(name)
-    finish_interrupted_swap(tmp_path)
+    settle(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [SHARD_DIR]
     assert (tmp_path / SHARD_DIR / "origin").read_text() == expected_source
+
+
+@pytest.mark.parametrize(
+    "current,present",
+    [
+        (None, {"shard", "shard.1"}),  # crashed before the first swap's commit: the copy goes
+        ("shard.1", {"shard", "shard.1"}),  # after it: the old shard goes
+        ("shard.1", {"shard.1", "shard.2"}),  # crashed before the second swap's commit
+        ("shard.2", {"shard.1", "shard.2"}),  # after it
+    ],
+)
+def test_the_shard_named_current_is_kept_and_the_others_go(tmp_path, current, present):
+    for name in present:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "origin").write_text(name)
+    if current:
+        set_current(tmp_path, tmp_path / current)
+    settle(tmp_path)
+    kept = current or SHARD_DIR
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [kept]
+    assert (tmp_path / kept / "origin").read_text() == kept
+    assert current_shard(tmp_path).name == kept
+
+
+def test_a_missing_current_shard_deletes_nothing(tmp_path):
+    (tmp_path / "shard.1").mkdir()
+    set_current(tmp_path, tmp_path / "shard.2")  # names a shard that is not there
+    settle(tmp_path)
+    assert (tmp_path / "shard.1").exists()
 
 
 def test_a_late_interaction_collection_is_optimized_in_the_background(tmp_path):

@@ -237,7 +237,7 @@ def format_report(report: dict[str, Any]) -> str:
     b = report.get("build") or {}
     if b:
         out.append(f"build: {b.get('seconds')} s in all (copy {b.get('copy_seconds')} s, child {b.get('cpu_seconds')} CPU s, "
-                   f"peak RSS {b.get('peak_rss_mb')} MB, swap {b.get('swap_seconds')} s, {b.get('replayed_writes')} writes replayed), "
+                   f"peak RSS {b.get('peak_rss_mb')} MB, opening it in the service {b.get('open_seconds')} s, {b.get('replayed_writes')} writes replayed), "
                    f"{b.get('segments')} segments")
     out.append(f"peak RSS: retrieval {report['peak_rss_mb']['retrieval']} MB, optimizer child {report['peak_rss_mb']['optimizer_child']} MB")
     return "\n".join(out)

@@ -73,17 +73,18 @@ from services.retrieval.backends.base import (
 from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, OpenCollection, cpus
 from services.retrieval.backends.edge_combine import QueryCombiner
 from services.retrieval.backends.edge_build import (
-    OPTIMIZING_DIR,
-    REPLACED_DIR,
     SHARD_DIR,
     OptimizerChild,
     allocated_bytes,
     check_room_for_build,
     copy_shard,
-    finish_interrupted_swap,
+    current_shard,
     free_bytes,
     mb,
+    next_shard,
     read_optimized_points,
+    set_current,
+    settle,
     write_optimized_points,
 )
 from services.retrieval.backends.edge_shard import (
@@ -169,11 +170,14 @@ class EdgeBackend:
     def _open(self, name: str) -> None:
         directory = self.collections_dir / name
         schema_path = directory / SCHEMA_FILE
-        shard_path = directory / SHARD_DIR
-        finish_interrupted_swap(directory)
+        try:
+            settle(directory)
+            shard_path = current_shard(directory)
+        except (OSError, ValueError) as exc:
+            raise FailedPrecondition(f"cannot tell which shard of {directory} to serve: {exc}; nothing was changed") from exc
         if not schema_path.exists() or not shard_path.exists():
             raise FailedPrecondition(
-                f"{directory} is not a complete collection (expected {SCHEMA_FILE} and {SHARD_DIR}/); "
+                f"{directory} is not a complete collection (expected {SCHEMA_FILE} and {shard_path.name}/); "
                 "move it out of the data directory or restore it from a snapshot"
             )
         schema = read_schema(schema_path)
@@ -256,7 +260,7 @@ class EdgeBackend:
                 indexes = {"doc_id": "keyword", "passage": "integer"}
                 indexes.update({f"payload.{key}": kind for key, kind in schema.filter_fields.items()})
                 for key, kind in indexes.items():
-                    shard.update(qe.UpdateOperation.create_field_index(key, INDEX_TYPES[kind]))
+                    shard.update(qe.UpdateOperation.create_field_index(key, INDEX_TYPES[kind]()))
                 shard.flush()
                 shard.close()
                 (staging / SCHEMA_FILE).write_text(schema_record(schema))
@@ -354,14 +358,14 @@ class EdgeBackend:
 
         def copy(shard: qe.EdgeShard) -> None:
             with collection.writes:
-                needed, free = allocated_bytes(collection.path / SHARD_DIR), free_bytes(collection.path)
+                needed, free = allocated_bytes(current_shard(collection.path)), free_bytes(collection.path)
                 if free - needed < self.min_free:
                     raise ResourceExhausted(
                         f"not enough disk to snapshot {collection.path}: {mb(free)} free, the copy needs about "
                         f"{mb(needed)} and {mb(self.min_free)} stay reserved for writes (EDGE_MIN_FREE_DISK_MB)")
                 shard.flush()
                 metrics.RETRIEVAL_STORE_FLUSHES.inc()
-                copy_shard(collection.path / SHARD_DIR, copy_dir / SHARD_DIR)
+                copy_shard(current_shard(collection.path), copy_dir / SHARD_DIR)
 
         try:
             self._read(name, copy)
@@ -486,25 +490,26 @@ class EdgeBackend:
 
     def optimize_in_background(self, name: str) -> dict[str, Any]:
         """Optimize collection ``name`` without holding this process: copy its shard, optimize
-        the copy in a child process, replay the writes made meanwhile, swap it in.
+        the copy in a child process, open it here and replay the writes made meanwhile, then
+        serve it (files: edge_build.py).
 
-        Searches go on throughout except during the swap itself (closing one shard and
-        loading the other); writes wait while the shard is copied and while the last writes
-        are replayed. A crash at any step leaves either the old shard or the complete new one
-        (``finish_interrupted_swap`` at the next start). ResourceExhausted when the disk has
-        no room for the copy or ran short during the build (the copy is then removed).
+        Searches go on throughout; the process stalls once, while it opens the optimized
+        shard (the engine holds the GIL for that), and searches wait only for the handles to
+        be exchanged. Writes wait while the shard is copied and while the last few writes are
+        replayed. A crash at any step leaves the old shard served or the complete new one
+        (``settle`` at the next start). ResourceExhausted when the disk has no room for the
+        copy or ran short during the build (the copy is then removed).
         """
         with self._building:
             return self._optimize_in_background(name)
 
     def _optimize_in_background(self, name: str) -> dict[str, Any]:
         collection = self._get(name)
-        schema = collection.schema
-        staging = collection.path / OPTIMIZING_DIR
+        staging = next_shard(collection.path)
         shutil.rmtree(staging, ignore_errors=True)
         started = time.perf_counter()
         metrics.RETRIEVAL_STORE_OPTIMIZING.set(1)
-        swap_s, replayed = 0.0, 0
+        new: qe.EdgeShard | None = None
         try:
             # 1. A consistent copy: writes wait, searches go on.
             def copy(shard: qe.EdgeShard) -> int:
@@ -512,7 +517,7 @@ class EdgeBackend:
                     check_room_for_build(collection.path, self.min_free)
                     shard.flush()
                     metrics.RETRIEVAL_STORE_FLUSHES.inc()
-                    copy_shard(collection.path / SHARD_DIR, staging)
+                    copy_shard(current_shard(collection.path), staging)
                     collection.journal, collection.journal_points = [], 0
                     return collection.written_since_optimize
 
@@ -526,80 +531,64 @@ class EdgeBackend:
                 self._child = None
             if self._closing.is_set():
                 raise Unavailable("the service is closing; the optimization was abandoned")
-            # 3. Replay the writes made meanwhile, most of them while writes still flow.
-            new = qe.EdgeShard.load(str(staging), self._config(schema)) if collection.journal else None
-            try:
-                while new is not None:
-                    journal = collection.journal
-                    if journal is None or collection.journal_points > self.max_journal_points:
-                        raise RuntimeError(f"more than {self.max_journal_points} points written during the "
-                                           "optimization; it will be retried when writes slow down")
-                    pending = len(journal)
-                    for op in journal[replayed:pending]:
-                        new.update(op)
-                    replayed = pending
-                    if len(journal) - replayed < 64:
-                        break
-                collection.writes.acquire()
+            # 3. Open the optimized shard here (the one stall) and replay the writes made
+            #    meanwhile, most of them while writes still flow.
+            opening = time.perf_counter()
+            new = qe.EdgeShard.load(str(staging), self._config(collection.schema))
+            open_s = time.perf_counter() - opening
+            replayed = self._replay(collection, new, 0, until_below=64)
+            with collection.writes:
+                replayed = self._replay(collection, new, replayed, until_below=1)
+                collection.journal = None
+                new.flush()
+                if collection.shard is None:
+                    raise NotFound(f"collection {name!r} was deleted during its optimization")
+                set_current(collection.path, staging)  # the commit point
+                # 4. Serve the new shard: searches wait only for the exchange.
+                collection.lock.acquire_write()
                 try:
-                    if collection.journal[replayed:] and new is None:
-                        new = qe.EdgeShard.load(str(staging), self._config(schema))
-                    for op in collection.journal[replayed:]:
-                        new.update(op)
-                    replayed = len(collection.journal)
-                    collection.journal = None
-                    if new is not None:
-                        new.flush()
-                        new.close()
-                        new = None
-                    # 4. The swap: searches wait for this part only.
-                    swap_s = self._swap(collection)
-                    collection.written_since_optimize = max(0, collection.written_since_optimize - written)
+                    if collection.shard is None:
+                        raise NotFound(f"collection {name!r} was deleted during its optimization")
+                    old, collection.shard, new = collection.shard, new, None
                 finally:
-                    collection.writes.release()
-            finally:
-                if new is not None:
-                    new.close()
-            shutil.rmtree(collection.path / REPLACED_DIR, ignore_errors=True)
+                    collection.lock.release_write()
+                collection.written_since_optimize = max(0, collection.written_since_optimize - written)
+            old_dir = [p for p in collection.path.iterdir() if p.is_dir() and p.name.startswith("shard") and p != staging]
+            if old is not None:
+                old.close()
+            for stale in old_dir:
+                shutil.rmtree(stale, ignore_errors=True)
             write_optimized_points(collection.path, built["points"])
             figures = {"collection": name, "seconds": round(time.perf_counter() - started, 2),
-                       "copy_seconds": round(copied_s, 2), "swap_seconds": round(swap_s, 3),
+                       "copy_seconds": round(copied_s, 2), "open_seconds": round(open_s, 3),
                        "replayed_writes": replayed, **built}
             log.info("collection optimized in the background", extra=figures)
             self.builds = [*self.builds[-19:], figures]
             return figures
         except BaseException:
             collection.journal = None
-            shutil.rmtree(staging, ignore_errors=True)
+            if new is not None:
+                new.close()
+            if current_shard(collection.path) != staging:
+                shutil.rmtree(staging, ignore_errors=True)
             raise
         finally:
             metrics.RETRIEVAL_STORE_OPTIMIZING.set(0)
 
-    def _swap(self, collection: OpenCollection) -> float:
-        """Close the served shard, rename the optimized copy into its place and open it (the
-        caller holds the write lock); the old shard is put back when the new one fails to load."""
-        shard_dir, replaced = collection.path / SHARD_DIR, collection.path / REPLACED_DIR
-        collection.lock.acquire_write()
-        started = time.perf_counter()
-        try:
-            if collection.shard is None:
-                raise NotFound(f"collection {collection.schema.name!r} was deleted during its optimization")
-            collection.shard.close()
-            collection.shard = None
-            os.replace(shard_dir, replaced)
-            os.replace(collection.path / OPTIMIZING_DIR, shard_dir)
-            collection.shard = qe.EdgeShard.load(str(shard_dir), self._config(collection.schema))
-            return time.perf_counter() - started
-        except BaseException:
-            # The new shard did not load: put the old one back. It has every write too (the
-            # replayed ones were applied to it first; later ones waited).
-            if collection.shard is None and replaced.exists():
-                shutil.rmtree(shard_dir, ignore_errors=True)
-                os.replace(replaced, shard_dir)
-                collection.shard = qe.EdgeShard.load(str(shard_dir), self._config(collection.schema))
-            raise
-        finally:
-            collection.lock.release_write()
+    def _replay(self, collection: OpenCollection, new: qe.EdgeShard, done: int, until_below: int) -> int:
+        """Apply the journal from entry ``done`` to ``new`` until fewer than ``until_below`` are
+        left; how many entries are applied."""
+        while True:
+            journal = collection.journal
+            if journal is None or collection.journal_points > self.max_journal_points:
+                raise RuntimeError(f"more than {self.max_journal_points} points written during the "
+                                   "optimization; it will be retried when writes slow down")
+            pending = len(journal)
+            for op in journal[done:pending]:
+                new.update(op)
+            done = pending
+            if len(journal) - done < until_below:
+                return done
 
     def flush(self) -> None:
         for name in self.list_collections():

@@ -1,11 +1,20 @@
 """The files and the child process of a background optimization (``EdgeBackend.optimize_in_background``).
 
-A collection's directory during one::
+A collection's directory::
 
-    shard/              the shard being served (its WAL takes every write)
-    shard.optimizing/   the copy the child process optimizes, then the writes made meanwhile
-    shard.replaced/     the old shard, between the two renames of the swap
+    collection.json     the schema
+    current             which shard directory is served: {"shard": "shard.3"} (absent: "shard")
+    shard.3/            the shard being served (its WAL takes every write)
+    shard.4/            during a build: the copy the child optimizes, then loaded by the
+                        serving process, which replays the writes made meanwhile into it
     optimized.json      points at the last finished optimization (what the next one counts from)
+
+Rewriting ``current`` (written aside, then renamed over the old file) is the swap's one commit
+point, made once the new shard holds every write and is flushed. A crash before it leaves the
+old shard served and the copy is deleted at the next start; after it, the new shard is served
+and the old one deleted. Collections written before this layout have a ``shard/`` directory
+and no ``current`` (and, from a crash during the older two-rename swap, maybe
+``shard.optimizing/`` and ``shard.replaced/``): :func:`settle` handles them too.
 
 Disk: the copy and the segments the child builds need about twice the shard's size; the build
 starts only when that leaves ``min_free`` bytes free, and the child is stopped when free space
@@ -16,8 +25,10 @@ never takes the space acknowledged writes need.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,29 +42,70 @@ from services.retrieval.backends.edge_shard import SCHEMA_FILE
 from services.retrieval.backends.edge_tuning import ShardTuning
 
 SHARD_DIR = "shard"
-#: The optimizer's copy while a child process optimizes it; the replaced shard during a swap.
+CURRENT_FILE = "current"
+#: The older layout's copy while a child optimized it, and its replaced shard during a swap.
 OPTIMIZING_DIR = "shard.optimizing"
 REPLACED_DIR = "shard.replaced"
 OPTIMIZED_FILE = "optimized.json"
 #: Room for the copy and for the segments the child writes, per byte of the shard.
 SPACE_PER_SHARD_BYTE = 2.0
+_GENERATION = re.compile(r"^shard\.(\d+)$")
 
 
-def finish_interrupted_swap(directory: Path) -> None:
-    """Complete or undo a swap of optimized shards that a crash interrupted.
+def current_shard(directory: Path) -> Path:
+    """The shard directory the collection under ``directory`` serves."""
+    try:
+        name = json.loads((directory / CURRENT_FILE).read_text())["shard"]
+    except FileNotFoundError:
+        return directory / SHARD_DIR
+    if name != SHARD_DIR and not _GENERATION.match(name):
+        raise ValueError(f"{directory / CURRENT_FILE} names {name!r}, not a shard directory")
+    return directory / name
 
-    The new shard is renamed into place only after every write was replayed into it and
-    flushed, so when the serving shard is missing the optimized copy is complete.
-    """
+
+def next_shard(directory: Path) -> Path:
+    """Where the next optimized copy of the collection's shard goes."""
+    match = _GENERATION.match(current_shard(directory).name)
+    return directory / f"shard.{int(match.group(1)) + 1 if match else 1}"
+
+
+def set_current(directory: Path, shard: Path) -> None:
+    """Serve ``shard`` from now on: the swap's commit point (durable when it returns)."""
+    tmp = directory / f".{CURRENT_FILE}.{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as out:
+        out.write(json.dumps({"shard": shard.name}))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, directory / CURRENT_FILE)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def settle(directory: Path) -> None:
+    """At start: keep the served shard, delete what an interrupted build or swap left beside it."""
+    if not (directory / CURRENT_FILE).exists():
+        _settle_two_rename_swap(directory)
+    keep = current_shard(directory)
+    if not keep.exists():  # nothing is deleted; opening the collection reports what is missing
+        return
+    keep = keep.name
+    for entry in directory.iterdir():
+        if entry.is_dir() and (entry.name == SHARD_DIR or entry.name.startswith(SHARD_DIR + ".")) and entry.name != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _settle_two_rename_swap(directory: Path) -> None:
+    """The older layout: the optimized copy was renamed into ``shard/`` only once it held every
+    write, so when ``shard/`` is missing the copy is complete, else the old shard is."""
     shard, staging, replaced = directory / SHARD_DIR, directory / OPTIMIZING_DIR, directory / REPLACED_DIR
     if not shard.exists():
         if staging.exists() and replaced.exists():
             os.replace(staging, shard)
         elif replaced.exists():
             os.replace(replaced, shard)
-    if shard.exists():
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(replaced, ignore_errors=True)
 
 
 def copy_shard(src: Path, dst: Path) -> None:
@@ -72,18 +124,31 @@ def _copy_sparse(src: str, dst: str) -> None:
             except OSError:  # ENXIO: only a hole is left
                 break
             end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            fin.seek(start)
-            fout.seek(start)
-            remaining = end - start
-            while remaining:
-                chunk = fin.read(min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                fout.write(chunk)
-                remaining -= len(chunk)
+            _copy_range(fin, fout, start, end)
             offset = end
         fout.truncate(size)
     shutil.copystat(src, dst)
+
+
+def _copy_range(fin, fout, start: int, end: int) -> None:
+    position = start
+    try:
+        while position < end:  # in the kernel
+            copied = os.copy_file_range(fin.fileno(), fout.fileno(), end - position, position, position)
+            if not copied:
+                break
+            position += copied
+    except OSError as exc:  # no copy_file_range here (or not across these files): read and write
+        if exc.errno == errno.ENOSPC:
+            raise
+        fin.seek(position)
+        fout.seek(position)
+        while position < end:
+            chunk = fin.read(min(end - position, 1 << 20))
+            if not chunk:
+                break
+            fout.write(chunk)
+            position += len(chunk)
 
 
 def allocated_bytes(path: Path) -> int:
@@ -109,7 +174,7 @@ def mb(n: float) -> str:
 def check_room_for_build(directory: Path, min_free: int) -> None:
     """ResourceExhausted (with the path and the figures) when a copy and a build of the shard
     under ``directory`` would leave less than ``min_free`` bytes free."""
-    needed = int(allocated_bytes(directory / SHARD_DIR) * SPACE_PER_SHARD_BYTE)
+    needed = int(allocated_bytes(current_shard(directory)) * SPACE_PER_SHARD_BYTE)
     free = free_bytes(directory)
     if free - needed < min_free:
         raise ResourceExhausted(
