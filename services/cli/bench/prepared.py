@@ -4,8 +4,8 @@ services on them (``bench serve-build``, ``bench gil``).
 Each collection is created through the retrieval service, so it records the service's model
 as a collection written by it would, then filled through the store (``EdgeBackend.upsert``,
 no embedding: vectors from services/cli/bench/scale_data.py, payload as ``DocumentStore``
-writes it), and optionally optimized offline (``EdgeBackend.optimize``, what ``searchctl
-store optimize`` does). The result is kept under ``root/pristine-<key>`` and copied (holes
+writes it) with the service's default EDGE_* settings, and optionally optimized offline
+(``EdgeBackend.optimize``, what ``searchctl store optimize`` does). The result is kept under ``root/pristine-<key>`` and copied (holes
 kept) for every run, which may change it.
 """
 
@@ -44,7 +44,9 @@ def prepared(root: Path, collections: Mapping[str, int], optimize: bool, args: a
                     stub.CreateCollection(rpb.RetrievalServiceCreateCollectionRequest(name=name), timeout=120)
         real = load_real(Path(args.dataset), Path(args.cache_dir), 0, 50, args.seed)
         synth = SyntheticCorpus(real, args.seed)
-        backend = EdgeBackend(pristine / "qdrant")
+        from services.retrieval.config import RetrievalConfig
+
+        backend = EdgeBackend(pristine / "qdrant", tuning=RetrievalConfig().shard_tuning())  # as the service stores them
         try:
             for offset, (name, points) in enumerate(sorted(collections.items())):
                 started = time.perf_counter()

@@ -126,6 +126,7 @@ def bench_serve_build(args: argparse.Namespace) -> int:
     events: dict[str, float] = {}
     series: list[dict[str, float]] = []
     acknowledged: list[str] = []
+    failures: list[dict[str, Any]] = []
     stop = threading.Event()
     with ServiceProcs(live, env={**os.environ, "GATEWAY_API_KEYS": "", "GATEWAY_API_KEYS_FILE": ""}) as procs:
         procs.start("retrieval", env, wait=False)
@@ -149,6 +150,8 @@ def bench_serve_build(args: argparse.Namespace) -> int:
                     code = "OK"
                 except grpc.RpcError as exc:
                     code = exc.code().name
+                    if len(failures) < 20:
+                        failures.append({"t": round(started - t0, 2), "code": code, "details": (exc.details() or "")[:300]})
                 samples.append((started - t0, (time.perf_counter() - started) * 1000, code))
                 i += args.clients
 
@@ -211,6 +214,7 @@ def bench_serve_build(args: argparse.Namespace) -> int:
                         "first_error": events.get("first_write_error")}
     report["events_s"] = {k: round(v, 1) for k, v in events.items() if isinstance(v, float)}
     report["build"] = build
+    report["failures"] = failures
     report["peak_rss_mb"] = {"retrieval": max((s["retrieval_rss_mb"] for s in series), default=0),
                              "optimizer_child": max((s["optimizer_rss_mb"] for s in series), default=0)}
     report["series"] = series
@@ -231,6 +235,8 @@ def format_report(report: dict[str, Any]) -> str:
                        f"{row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} | {row['max_ms']} |")
         else:
             out.append(f"| {name} | — (the build did not {'start' if name == 'during' else 'finish'}) |")
+    for f in report.get("failures", []):
+        out.append(f"failed at {f['t']} s: {f['code']}: {f['details']}")
     w = report["writes"]
     out.append(f"writes during the build: {w['acknowledged']} acknowledged, {w['missing_after_swap']} missing after the swap; "
                f"documents {w['document_count']:,} (expected {w['expected_count']:,})")
