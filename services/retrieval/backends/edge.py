@@ -200,18 +200,24 @@ class EdgeBackend:
             raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
         return collection
 
-    def _read(self, name: str, fn):
+    def _read(self, name: str, fn, engine_call: bool = True):
+        """``fn(shard)`` while the shard is held open; ``engine_call``: ``fn`` is one engine
+        call, whose time is counted as time the engine held the process."""
         collection = self._get(name)
         collection.lock.acquire_read()
         try:
             if collection.shard is None:  # deleted while we waited
                 raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
+            started = time.perf_counter()
             try:
                 return fn(collection.shard)
             except ServiceError:
                 raise
             except Exception as exc:
                 raise self._engine_error(exc, name, collection.path) from exc
+            finally:
+                if engine_call:
+                    metrics.RETRIEVAL_ENGINE_HELD_SECONDS.inc(time.perf_counter() - started)
         finally:
             collection.lock.release_read()
 
@@ -309,7 +315,9 @@ class EdgeBackend:
         def apply(shard: qe.EdgeShard) -> None:
             with collection.writes:
                 self._check_disk(collection.path)
+                started = time.perf_counter()
                 shard.update(operation)  # in the WAL when it returns
+                metrics.RETRIEVAL_ENGINE_HELD_SECONDS.inc(time.perf_counter() - started)
                 collection.written_since_optimize += points
                 collection.written_since_open += points
                 collection.last_write = time.monotonic()
@@ -317,7 +325,7 @@ class EdgeBackend:
                     collection.journal.append(operation)
                     collection.journal_points += points
 
-        self._read(name, apply)
+        self._read(name, apply, engine_call=False)
 
     def existing(self, name: str, ids: Sequence[str]) -> list[str]:
         records = self._read(name, lambda shard: shard.retrieve(list(ids), with_payload=False, with_vector=False))
@@ -368,7 +376,7 @@ class EdgeBackend:
                 copy_shard(current_shard(collection.path), copy_dir / SHARD_DIR)
 
         try:
-            self._read(name, copy)
+            self._read(name, copy, engine_call=False)
             snapshot = qe.EdgeShard.load(str(copy_dir / SHARD_DIR), self._config(collection.schema))
         except BaseException:
             shutil.rmtree(copy_dir, ignore_errors=True)
@@ -521,7 +529,7 @@ class EdgeBackend:
                     collection.journal, collection.journal_points = [], 0
                     return collection.written_since_optimize
 
-            written = self._read(name, copy)
+            written = self._read(name, copy, engine_call=False)
             copied_s = time.perf_counter() - started
             # 2. The child optimizes the copy; this process keeps serving.
             self._child = OptimizerChild(staging, collection.path, self.tuning, self.min_free)
