@@ -162,3 +162,35 @@ def test_a_late_interaction_collection_is_optimized_in_the_background(tmp_path):
         assert backend.count("li") == 300
     finally:
         backend.close()
+
+
+def test_the_serving_code_never_runs_the_optimizer_in_its_own_process():
+    """Only the child (edge_optimizer.py) and the offline paths call the engine's optimize():
+    EdgeBackend.optimize, used by `searchctl store optimize` and benchmarks' preparation."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "services"
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if re.search(r"\.optimize\(", p.read_text()))
+    assert callers == ["cli/bench/prepared.py", "cli/store_cmd.py", "retrieval/backends/edge.py",
+                       "retrieval/backends/edge_optimizer.py"]
+    edge = (root / "retrieval/backends/edge.py").read_text()
+    assert len(re.findall(r"\.optimize\(", edge)) == 1  # EdgeBackend.optimize, the offline method
+    serving = [p for p in (root / "retrieval").rglob("*.py") if p.name not in ("edge.py", "edge_optimizer.py")]
+    assert not [p for p in serving if re.search(r"\.optimize\(", p.read_text())]
+
+
+def test_optimize_on_start_builds_in_a_child_process(tmp_path):
+    rng = np.random.default_rng(5)
+    backend = EdgeBackend(tmp_path, search_threads=1)
+    backend.create_collection(base.CollectionSchema("c", DIM, True))
+    backend.upsert("c", points(rng, 0, 200)[1])
+    backend.close()
+    started = EdgeBackend(tmp_path, search_threads=1, optimize_on_start=True)
+    try:
+        (build,) = started.builds
+        assert build["points"] == 200 and build["cpu_seconds"] >= 0 and build["peak_rss_mb"] > 0  # the child's figures
+        assert started.count("c") == 200
+    finally:
+        started.close()
