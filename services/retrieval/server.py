@@ -251,6 +251,7 @@ class RetrievalService:
             write_consistency_factor=cfg.write_consistency_factor,
             timeout_s=cfg.qdrant_timeout_seconds,
             hnsw_ef=cfg.hnsw_ef or None,
+            hnsw_ef_points=cfg.hnsw_ef_points,
             search_threads=cfg.edge_search_threads,
             optimize_on_start=cfg.edge_optimize_on_start,
             optimize_after_points=cfg.edge_optimize_after_points,

@@ -194,3 +194,29 @@ def test_optimize_on_start_builds_in_a_child_process(tmp_path):
         assert started.count("c") == 200
     finally:
         started.close()
+
+
+def test_the_search_breadth_follows_the_collection_size(tmp_path):
+    from services.retrieval.backends.edge_shard import MAX_HNSW_EF, hnsw_ef_for
+
+    assert hnsw_ef_for(256, 400_000, 500_000) == 256
+    assert hnsw_ef_for(256, 1_000_000, 500_000) == 512
+    assert hnsw_ef_for(256, 10**9, 500_000) == MAX_HNSW_EF
+    assert hnsw_ef_for(256, 10**7, 0) == 256 and hnsw_ef_for(None, 10**7, 500_000) is None
+    rng = np.random.default_rng(9)
+    backend = EdgeBackend(tmp_path, search_threads=1, hnsw_ef=100, hnsw_ef_points=200)
+    try:
+        backend.create_collection(base.CollectionSchema("c", DIM, True))
+        _, written = points(rng, 0, 600)
+        backend.upsert("c", written)
+        assert backend.search_breadth("c") == 300
+        backend.delete_ids("c", [p.id for p in written[:300]])
+        assert backend.search_breadth("c") == 150
+        backend.delete_ids("c", [p.id for p in written[300:500]])
+        assert backend.search_breadth("c") == 100  # never below QDRANT_HNSW_EF
+        backend.close()
+        reopened = EdgeBackend(tmp_path, search_threads=1, hnsw_ef=100, hnsw_ef_points=50)
+        assert reopened.search_breadth("c") == 200  # counted again at open: 100 points
+        reopened.close()
+    finally:
+        backend.close()

@@ -72,6 +72,7 @@ def test_tiny_scale_run_end_to_end(tiny_report):
     assert set(edge["states"]) == {"exact", "hnsw"} and set(local["states"]) == {"exact"}
     assert [r["ef"] for r in edge["recall"]["rows"]] == [0, 128]
     assert edge["recall"]["shipped_ef"] == report["config"]["shipped_ef"] == 256
+    assert edge["recall"]["shipped_effective_ef"] == 256  # 300 points: the size rule does not widen it
     # 300 points stay below the engine's indexing threshold: still exact after the build
     assert edge["recall"]["rows"][0]["dense_recall"] == 1.0 and edge["recall"]["ef_needed"]["dense_0.99"] == 128
     # forced indexing builds the graph on the real corpus

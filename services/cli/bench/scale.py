@@ -115,12 +115,13 @@ def parse_variant(spec: str, base: ShardTuning) -> Variant:
     return Variant(name or "service", replace(base, **changes), while_ingesting)
 
 
-def edge_backend(path: Path, tuning: ShardTuning, hnsw_ef: int | None, optimize_after_points: int = 0):
+def edge_backend(path: Path, tuning: ShardTuning, hnsw_ef: int | None, hnsw_ef_points: int,
+                 optimize_after_points: int = 0):
     """``EdgeBackend`` as the service opens it (its background builds only when asked)."""
     from services.retrieval.backends.edge import EdgeBackend
 
-    return EdgeBackend(path, hnsw_ef=hnsw_ef, tuning=tuning, optimize_after_points=optimize_after_points,
-                       optimize_quiet_s=5.0)
+    return EdgeBackend(path, hnsw_ef=hnsw_ef, hnsw_ef_points=hnsw_ef_points, tuning=tuning,
+                       optimize_after_points=optimize_after_points, optimize_quiet_s=5.0)
 
 
 def local_backend(path: Path, in_memory: bool = False):
@@ -197,9 +198,16 @@ def ef_needed(rows: Sequence[Mapping[str, Any]], key: str, target: float) -> int
     return None
 
 
-def recall_sweep(backend, queries, exact: Mapping[str, list], efs: Sequence[int], n_queries: int) -> dict[str, Any]:
+def recall_sweep(backend, queries, exact: Mapping[str, list], efs: Sequence[int], n_queries: int,
+                 points: int) -> dict[str, Any]:
+    """Recall at each fixed ef of ``efs``, then at the service's rule (QDRANT_HNSW_EF, wider for
+    large collections), which is what the service serves with."""
+    from services.retrieval.backends.edge_shard import hnsw_ef_for
+
     rows = []
-    shipped = backend.hnsw_ef
+    shipped, ef_points = backend.hnsw_ef, backend.hnsw_ef_points
+    effective = hnsw_ef_for(shipped, points, ef_points)
+    backend.hnsw_ef_points = 0  # each ef as given
     for ef in efs:
         backend.hnsw_ef = ef or None
         st, res = unloaded(backend, COLLECTION, queries, ("dense", "hybrid"), n_queries)
@@ -207,10 +215,11 @@ def recall_sweep(backend, queries, exact: Mapping[str, list], efs: Sequence[int]
                      "hybrid_recall": recall_at(exact["hybrid"], res["hybrid"]),
                      "dense_p50_ms": st["dense"]["p50_ms"], "dense_p95_ms": st["dense"]["p95_ms"],
                      "hybrid_p50_ms": st["hybrid"]["p50_ms"], "hybrid_p95_ms": st["hybrid"]["p95_ms"]})
-    backend.hnsw_ef = shipped
+    backend.hnsw_ef, backend.hnsw_ef_points = shipped, ef_points
     needed = {f"{kind}_{target}": ef_needed(rows, f"{kind}_recall", target)
               for kind in ("dense", "hybrid") for target in (0.95, 0.99)}
-    return {"rows": rows, "shipped_ef": shipped, "ef_needed": needed}
+    return {"rows": rows, "shipped_ef": shipped, "shipped_ef_points": ef_points, "shipped_effective_ef": effective,
+            "ef_needed": needed}
 
 
 def run_size(engine: str, label: str, n: int, points_for, synth: SyntheticCorpus, queries, args, root: Path,
@@ -223,7 +232,7 @@ def run_size(engine: str, label: str, n: int, points_for, synth: SyntheticCorpus
     trim_memory()
     rss0 = rss_bytes()
     if engine == "edge":
-        backend = edge_backend(path, variant.tuning, args.shipped_ef,
+        backend = edge_backend(path, variant.tuning, args.shipped_ef, args.shipped_ef_points,
                                args.optimize_after if variant.build_while_ingesting else 0)
     else:
         backend = local_backend(path, args.local_in_memory)
@@ -271,7 +280,7 @@ def run_size(engine: str, label: str, n: int, points_for, synth: SyntheticCorpus
         hnsw_state, _ = measure_state(backend, queries, args, n_queries, concurrent_total)
         run["states"]["hnsw"] = hnsw_state
         _print_state(tag, f"hnsw (ef {args.shipped_ef})", hnsw_state)
-        run["recall"] = recall_sweep(backend, queries, exact_results, args.efs, n_queries)
+        run["recall"] = recall_sweep(backend, queries, exact_results, args.efs, n_queries, n)
         print(f"{tag} recall@100 " + ", ".join(f"ef={r['ef']}: dense {r['dense_recall']} hybrid {r['hybrid_recall']}"
                                                for r in run["recall"]["rows"]) + f"; ef needed {run['recall']['ef_needed']}",
               flush=True)
@@ -371,7 +380,8 @@ def format_tables(report: Mapping[str, Any]) -> str:
                        f"{r['disk']['allocated_mb']:,.0f} MB |")
     clients = report["config"]["clients"]
     out += ["", f"Store query latency, top 100 with payload (p50 / p95 ms; QPS at {clients} client threads; "
-            f"HNSW at the shipped hnsw_ef {report['config'].get('shipped_ef')})"]
+            f"HNSW at the shipped QDRANT_HNSW_EF {report['config'].get('shipped_ef')}, wider past "
+            f"{report['config'].get('shipped_ef_points')} points)"]
     out.append(f"| engine | collection | search | dense | sparse | hybrid RRF | hybrid batch + z-score | dense x{clients} | "
                f"sparse x{clients} | hybrid x{clients} |")
     out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -388,7 +398,7 @@ def format_tables(report: Mapping[str, Any]) -> str:
         out.append("| collection | ef | dense recall@100 | hybrid (RRF) recall@100 | dense ms | hybrid ms |")
         out.append("|---|---:|---:|---:|---:|---:|")
         for r in rec:
-            shipped = r["recall"]["shipped_ef"]
+            shipped = r["recall"].get("shipped_effective_ef", r["recall"]["shipped_ef"])
             for x in r["recall"]["rows"]:
                 ef = f"{x['ef'] or 'engine default'}{' (shipped)' if x['ef'] == shipped else ''}"
                 out.append(f"| {_name(r)} | {ef} | {x['dense_recall']:.4f} | {x['hybrid_recall']:.4f} | "
@@ -435,6 +445,7 @@ def bench_scale(args: argparse.Namespace) -> int:
     args.efs = [int(s) for s in str(args.efs).split(",") if s.strip()]
     service = RetrievalConfig()
     args.shipped_ef = service.hnsw_ef or None
+    args.shipped_ef_points = service.hnsw_ef_points
     variants = [parse_variant(spec, service.shard_tuning()) for spec in (args.variant or ["service"])]
     started = time.perf_counter()
     try:
@@ -453,6 +464,7 @@ def bench_scale(args: argparse.Namespace) -> int:
         "config": {"sizes": sizes, "queries": len(real.query_texts), "clients": args.clients,
                    "concurrent_queries": max(args.clients * 2, args.concurrent_queries), "limit": LIMIT,
                    "prefetch": LIMIT, "batch_size": args.batch_size, "efs": args.efs, "shipped_ef": args.shipped_ef,
+                   "shipped_ef_points": args.shipped_ef_points,
                    "seed": args.seed, "local_stop_ms": args.local_stop_ms, "quick": args.quick,
                    "variants": [asdict(v) for v in variants]},
         "vectors": {**synth.describe(), "real_docs": len(real.doc_ids),

@@ -19,6 +19,7 @@ class BackendSettings:
     write_consistency_factor: int = 1
     timeout_s: float = 10.0
     hnsw_ef: int | None = None
+    hnsw_ef_points: int = 0
     search_threads: int = 0
     optimize_on_start: bool = False
     optimize_after_points: int = 20_000
@@ -41,6 +42,7 @@ def open_backend(settings: BackendSettings) -> Backend:
     from services.retrieval.backends.edge import EdgeBackend
 
     return EdgeBackend(settings.path, search_threads=settings.search_threads, hnsw_ef=settings.hnsw_ef,
+                       hnsw_ef_points=settings.hnsw_ef_points,
                        optimize_on_start=settings.optimize_on_start,
                        optimize_after_points=settings.optimize_after_points,
                        optimize_quiet_s=settings.optimize_quiet_s, min_free_disk_mb=settings.min_free_disk_mb,

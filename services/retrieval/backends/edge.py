@@ -92,6 +92,7 @@ from services.retrieval.backends.edge_shard import (
     SCHEMA_FILE,
     edge_filter,
     edge_point,
+    hnsw_ef_for,
     point_in,
     query_request,
     read_schema,
@@ -113,7 +114,7 @@ class EdgeBackend:
 
     kind = "edge"
 
-    def __init__(self, path: str | os.PathLike, search_threads: int = 0, hnsw_ef: int | None = None,
+    def __init__(self, path: str | os.PathLike, search_threads: int = 0, hnsw_ef: int | None = None, hnsw_ef_points: int = 0,
                  optimize_on_start: bool = False, optimize_after_points: int = 0, optimize_quiet_s: float = 30.0,
                  max_journal_points: int = 500_000, tuning: ShardTuning | None = None,
                  min_free_disk_mb: int = 0, query_batching: bool = False) -> None:
@@ -121,6 +122,8 @@ class EdgeBackend:
         self.collections_dir = self.root / "collections"
         self.search_threads = search_threads
         self.hnsw_ef = hnsw_ef
+        #: Collections larger than this search proportionally wider than hnsw_ef (0: never).
+        self.hnsw_ef_points = hnsw_ef_points
         #: Search exactly, HNSW graphs ignored (what the benchmarks measure recall against).
         self.exact = False
         #: Figures of the background optimizations finished so far (the last 20).
@@ -190,7 +193,8 @@ class EdgeBackend:
             ) from exc
         collection = OpenCollection(schema, shard, directory)
         collection.combiner = QueryCombiner(partial(self._query_now, name))
-        collection.written_since_optimize = max(0, shard.info().points_count - read_optimized_points(directory))
+        collection.points = shard.info().points_count
+        collection.written_since_optimize = max(0, collection.points - read_optimized_points(directory))
         self._collections[name] = collection
 
     def _get(self, name: str) -> OpenCollection:
@@ -301,15 +305,15 @@ class EdgeBackend:
 
     def upsert(self, name: str, points: Sequence[PointIn]) -> None:
         edge_points = [edge_point(p) for p in points]
-        self._write(name, qe.UpdateOperation.upsert_points(edge_points), len(edge_points))
+        self._write(name, qe.UpdateOperation.upsert_points(edge_points), len(edge_points), len(edge_points))
 
     def delete_ids(self, name: str, ids: Sequence[str]) -> None:
-        self._write(name, qe.UpdateOperation.delete_points(list(ids)), len(ids))
+        self._write(name, qe.UpdateOperation.delete_points(list(ids)), len(ids), -len(ids))
 
     def delete_where(self, name: str, where: Filter) -> None:
-        self._write(name, qe.UpdateOperation.delete_points_by_filter(edge_filter(where)), 1)
+        self._write(name, qe.UpdateOperation.delete_points_by_filter(edge_filter(where)), 1, 0)
 
-    def _write(self, name: str, operation: qe.UpdateOperation, points: int) -> None:
+    def _write(self, name: str, operation: qe.UpdateOperation, points: int, growth: int) -> None:
         collection = self._get(name)
 
         def apply(shard: qe.EdgeShard) -> None:
@@ -320,6 +324,7 @@ class EdgeBackend:
                 metrics.RETRIEVAL_ENGINE_HELD_SECONDS.inc(time.perf_counter() - started)
                 collection.written_since_optimize += points
                 collection.written_since_open += points
+                collection.points = max(0, collection.points + growth)
                 collection.last_write = time.monotonic()
                 if collection.journal is not None:
                     collection.journal.append(operation)
@@ -335,8 +340,12 @@ class EdgeBackend:
         request = qe.CountRequest(exact=True, filter=edge_filter(where) if where else None)
         return self._read(name, lambda shard: shard.count(request))
 
+    def search_breadth(self, name: str) -> int | None:
+        """The hnsw_ef queries of collection ``name`` use: wider as it grows past hnsw_ef_points."""
+        return hnsw_ef_for(self.hnsw_ef, self._get(name).points, self.hnsw_ef_points)
+
     def query(self, name: str, queries: Sequence[Nearest | Fused | Rescore]) -> list[list[Hit]]:
-        params = search_params(self.hnsw_ef, self.tuning, self.exact)
+        params = search_params(self.search_breadth(name), self.tuning, self.exact)
         requests = [query_request(q, params) for q in queries]
         if self.query_batching:
             results = self._get(name).combiner.submit(requests)
@@ -558,6 +567,7 @@ class EdgeBackend:
                     if collection.shard is None:
                         raise NotFound(f"collection {name!r} was deleted during its optimization")
                     old, collection.shard, new = collection.shard, new, None
+                    collection.points = collection.shard.info().points_count
                 finally:
                     collection.lock.release_write()
                 collection.written_since_optimize = max(0, collection.written_since_optimize - written)

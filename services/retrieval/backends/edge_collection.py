@@ -71,6 +71,9 @@ class OpenCollection:
         self.written_since_open = 0
         #: At open, the time of opening: a collection found unoptimized waits for a pause too.
         self.last_write = time.monotonic()
+        #: About how many points it holds (the size rule of the search breadth): counted at open
+        #: and after each optimization, moved by writes in between.
+        self.points = 0
         #: Concurrent queries combined into one engine call (EDGE_QUERY_BATCHING), set at open.
         self.combiner: QueryCombiner | None = None
 
