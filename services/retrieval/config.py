@@ -35,11 +35,11 @@ class RetrievalConfig:
         "(the engine writes through memory maps: a full disk would kill the process); 0 disables the check",
     )
     edge_dense_storage: str = setting(
-        "disk-int8", "EDGE_DENSE_STORAGE",
+        "memory", "EDGE_DENSE_STORAGE",
         "where embedded collections keep dense vectors: memory (originals in RAM), int8 (originals in RAM plus int8 "
         "copies, which the HNSW build and searches use first, the best candidates rescored with the originals) or "
-        "disk-int8 (the same, originals on disk, read to rescore: half the build CPU and less RAM than memory at the "
-        "same recall, docs/BENCHMARKS.md); applied at the next optimization",
+        "disk-int8 (the same, originals on disk, read to rescore: less RAM, slower on a slow disk; docs/BENCHMARKS.md "
+        "compares them at 100k and 1M points); applied at the next optimization",
     )
     edge_int8_oversampling: float = setting(
         2.0, "EDGE_INT8_OVERSAMPLING",
