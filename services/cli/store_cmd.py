@@ -50,10 +50,13 @@ def _optimize(args: argparse.Namespace) -> int:
     from services.common.errors import ServiceError
     from services.retrieval.backends.edge import EdgeBackend
 
-    try:
-        backend = EdgeBackend(args.path)
-    except ServiceError as exc:
-        print(f"searchctl store: {exc.message}", file=sys.stderr)
+    from services.common.config import load
+    from services.retrieval.config import RetrievalConfig
+
+    try:  # the EDGE_* settings of the environment, as the service would read them
+        backend = EdgeBackend(args.path, tuning=load(RetrievalConfig, environ=os.environ).shard_tuning())
+    except (ServiceError, ValueError) as exc:
+        print(f"searchctl store: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
     try:
         names = args.collection or backend.list_collections()
@@ -82,10 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--target", help="the Edge data directory (default: the same directory)")
     i.set_defaults(func=_import_local)
     o = ssub.add_parser("optimize", help="merge segments and build the HNSW graphs",
-                        description="Run Qdrant Edge's optimizers on the collections: merge segments and build "
-                        "the HNSW index of segments past the indexing threshold. The engine holds the process while "
-                        "it runs (about 90 s per 100k points on 2 cores), which is why the service does not do it "
-                        "while serving.")
+                        description="Run Qdrant Edge's optimizers on the collections, in place: merge segments and "
+                        "build the HNSW index of segments past the indexing threshold, with the EDGE_* settings of "
+                        "the environment. The engine holds the process while it runs (CPU minutes per 100k points, "
+                        "docs/BENCHMARKS.md), which is why the running service builds in a child process on a copy "
+                        "instead; offline there is no copy, so it needs less disk.")
     o.add_argument("--path", default=DEFAULT_PATH, help="the data directory (default: $QDRANT_PATH or .data/qdrant)")
     o.add_argument("--collection", action="append", help="only this collection (repeatable; default: all)")
     o.set_defaults(func=_optimize)

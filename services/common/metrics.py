@@ -157,7 +157,11 @@ RETRIEVAL_STORE_INDEXED_VECTORS = Gauge(
 )
 RETRIEVAL_STORE_OPTIMIZING = Gauge(
     "search_retrieval_store_optimizing",
-    "1 while the embedded engine merges segments and builds HNSW graphs (only at start, EDGE_OPTIMIZE_ON_START).",
+    "1 while an embedded collection is optimized (segments merged, HNSW graphs built) in a child process on a copy of its shard, until the copy is swapped in.",
+)
+RETRIEVAL_ENGINE_HELD_SECONDS = Counter(
+    "search_retrieval_engine_held_seconds",
+    "Seconds the embedded engine's calls held the retrieval process (Qdrant Edge keeps Python's GIL for the whole of each call): its rate near 1 means the process runs engine calls back to back and more load only queues.",
 )
 RETRIEVAL_STORE_FLUSHES = Counter(
     "search_retrieval_store_flushes",
@@ -312,6 +316,7 @@ ALL_METRICS: tuple[Any, ...] = (
     RETRIEVAL_STORE_INDEXED_VECTORS,
     RETRIEVAL_STORE_OPTIMIZING,
     RETRIEVAL_STORE_FLUSHES,
+    RETRIEVAL_ENGINE_HELD_SECONDS,
     RETRIEVAL_EMBED_QUEUE_TEXTS,
     RETRIEVAL_EMBED_QUEUE_REQUESTS,
     RETRIEVAL_EMBED_BATCH_TEXTS,

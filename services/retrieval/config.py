@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import setting
+from services.retrieval.backends.edge_tuning import ShardTuning
 
 
 @dataclass(frozen=True)
@@ -22,16 +23,54 @@ class RetrievalConfig:
         "points written to an embedded collection before it is optimized in the background (a child process "
         "optimizes a copy of the shard, then it is swapped in; HNSW past the engine's indexing threshold); 0 = never",
     )
+    edge_optimize_quiet_seconds: float = setting(
+        30.0, "EDGE_OPTIMIZE_QUIET_SECONDS",
+        "how long writes must pause before a due background optimization starts (during a long ingest it starts "
+        "anyway once the new points equal the old; a collection found unoptimized at start waits this long too)",
+    )
+    edge_min_free_disk_mb: int = setting(
+        256, "EDGE_MIN_FREE_DISK_MB",
+        "writes to the embedded engine are refused (RESOURCE_EXHAUSTED, naming the path and the free space) while "
+        "less than this is free, and a background optimization starts only when its copy leaves this much free "
+        "(the engine writes through memory maps: a full disk would kill the process); 0 disables the check",
+    )
+    edge_dense_storage: str = setting(
+        "memory", "EDGE_DENSE_STORAGE",
+        "where embedded collections keep dense vectors: memory (originals in RAM), int8 (originals in RAM plus int8 "
+        "copies, which the HNSW build and searches use first, the best candidates rescored with the originals) or "
+        "disk-int8 (the same, originals on disk, read to rescore: less RAM, slower on a slow disk; docs/BENCHMARKS.md "
+        "compares them at 100k and 1M points); applied at the next optimization",
+    )
+    edge_int8_oversampling: float = setting(
+        2.0, "EDGE_INT8_OVERSAMPLING",
+        "with int8 copies (EDGE_DENSE_STORAGE int8 or disk-int8): candidates found by them per result wanted, "
+        "rescored with the original vectors (1 loses dense recall@100: 0.95 at most at 100k points; 2: 0.98 at hnsw_ef 256)",
+    )
+    edge_segments: int = setting(0, "EDGE_SEGMENTS", "segments the optimizer aims for in an embedded collection (0 = the engine's choice)")
+    edge_max_indexing_threads: int = setting(0, "EDGE_MAX_INDEXING_THREADS", "threads one HNSW build uses (0 = the engine's choice: the CPUs)")
+    edge_indexing_threshold_kb: int = setting(0, "EDGE_INDEXING_THRESHOLD_KB", "segments with more KB of dense vectors than this get an HNSW graph, smaller ones are searched exactly (0 = the engine's default)")
+    edge_hnsw_m: int = setting(16, "EDGE_HNSW_M", "HNSW links per point of embedded collections")
+    edge_hnsw_ef_construct: int = setting(100, "EDGE_HNSW_EF_CONSTRUCT", "HNSW build breadth of embedded collections")
+    edge_query_batching: bool = setting(
+        False, "EDGE_QUERY_BATCHING",
+        "run the queries that arrive at an embedded collection while its previous engine call runs as one engine "
+        "call (Qdrant Edge holds Python's GIL per call; docs/BENCHMARKS.md, 'The engine and the GIL')",
+    )
     edge_optimize_on_start: bool = setting(
         False, "EDGE_OPTIMIZE_ON_START",
-        "merge segments and build HNSW graphs of the embedded collections at start, before reporting SERVING "
-        "(blocks the process while it runs; `searchctl store optimize` does it offline)",
+        "optimize the embedded collections at start, before reporting SERVING (each in a child process on a copy, "
+        "as in the background; start-up waits for it; `searchctl store optimize` does it offline)",
     )
     store_stats_seconds: float = setting(10.0, "RETRIEVAL_STORE_STATS_SECONDS", "how often the store's own figures (points, segments, indexed vectors) are refreshed on /metrics (0 disables)")
     hnsw_ef: int = setting(
         256, "QDRANT_HNSW_EF",
         "HNSW search breadth on indexed segments (0 = the engine default, 100: recall@100 0.965 on SciFact; "
-        "256: 0.996, docs/BENCHMARKS.md)",
+        "256: 0.996; 0.98 at 100k points, docs/BENCHMARKS.md); wider for large embedded collections (QDRANT_HNSW_EF_POINTS)",
+    )
+    hnsw_ef_points: int = setting(
+        500_000, "QDRANT_HNSW_EF_POINTS",
+        "embedded collections with more points than this search proportionally wider than QDRANT_HNSW_EF (1M points: "
+        "512, which kept 0.964 of the exact dense top 100 where 256 kept 0.950; at most 4096); 0 = QDRANT_HNSW_EF always",
     )
     qdrant_api_key: str | None = setting(None, "QDRANT_API_KEY", "API key for QDRANT_URL")
     qdrant_timeout_seconds: float = setting(10.0, "QDRANT_TIMEOUT_SECONDS", "timeout of one Qdrant call")
@@ -100,3 +139,10 @@ class RetrievalConfig:
         10000, "RETRIEVAL_QUERY_CACHE_SIZE",
         "query embeddings kept, keyed by (model identity, normalised text); LRU, about 1.6 KiB each (0 turns the cache off)",
     )
+
+    def shard_tuning(self) -> ShardTuning:
+        """How embedded shards are stored and indexed (the EDGE_* settings)."""
+        return ShardTuning(indexing_threshold_kb=self.edge_indexing_threshold_kb,
+                           max_indexing_threads=self.edge_max_indexing_threads, segments=self.edge_segments,
+                           dense_storage=self.edge_dense_storage, hnsw_m=self.edge_hnsw_m,
+                           ef_construct=self.edge_hnsw_ef_construct, oversampling=self.edge_int8_oversampling)

@@ -73,6 +73,14 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
                            quantization=cfg.late_interaction_quantization, default_on=cfg.late_interaction_default)
 
 
+def shard_tuning(cfg: RetrievalConfig):
+    """The EDGE_* settings of embedded shards; a bad EDGE_DENSE_STORAGE stops the start with its name."""
+    try:
+        return cfg.shard_tuning()
+    except ValueError as exc:
+        raise SystemExit(f"EDGE_DENSE_STORAGE: {exc}") from exc
+
+
 def _uses_late_interaction(backend) -> bool:
     for name in backend.list_collections():
         try:
@@ -258,9 +266,14 @@ class RetrievalService:
             write_consistency_factor=cfg.write_consistency_factor,
             timeout_s=cfg.qdrant_timeout_seconds,
             hnsw_ef=cfg.hnsw_ef or None,
+            hnsw_ef_points=cfg.hnsw_ef_points,
             search_threads=cfg.edge_search_threads,
             optimize_on_start=cfg.edge_optimize_on_start,
             optimize_after_points=cfg.edge_optimize_after_points,
+            optimize_quiet_s=cfg.edge_optimize_quiet_seconds,
+            min_free_disk_mb=cfg.edge_min_free_disk_mb,
+            tuning=shard_tuning(cfg),
+            query_batching=cfg.edge_query_batching,
         )
         if not cfg.qdrant_url and (legacy := legacy_collections(cfg.qdrant_path)):
             log.error(

@@ -1,4 +1,4 @@
-"""`searchctl bench rerank|embed|e2e|profile|frontier|scale|fairness`: what the services cost on top of the models.
+"""`searchctl bench rerank|embed|e2e|profile|frontier|scale|serve-build|gil|fairness`: what the services cost on top of the models.
 
 Every benchmark starts its own servers on free loopback ports (services/cli/procs.py),
 uses realistic text from a BEIR dataset (SciFact by default:
@@ -21,6 +21,8 @@ ratios measured in the same run, and can write them as JSON. None of them assert
 * :mod:`~services.cli.bench.scale`: the store alone at 10k-1M points.
 * :mod:`~services.cli.bench.fairness`: a caller at 10x its quota and one flooding the in-flight
   cap beside a steady caller: its success rate and p95 against unloaded.
+* :mod:`~services.cli.bench.serve_build`: Search through a background build and swap.
+* :mod:`~services.cli.bench.gil`: what Qdrant Edge holding the GIL costs the retrieval service.
 
 Machine-dependent: read the figures together with the machine line each bench prints
 (CPU model, cores, load average).
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import argparse
 
-from services.cli.bench import e2e, embed, fairness, frontier, peers, profile, rerank, scale
+from services.cli.bench import e2e, embed, fairness, frontier, gil, peers, profile, rerank, scale, serve_build
 from services.cli.bench.e2e import (  # noqa: F401  (re-exported)
     SEARCH_METHOD,
     gateway_time_sums,
@@ -115,3 +117,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     frontier.register(bsub)
     scale.register(bsub, str(DEFAULT_DATASET))  # the store alone at 10k-1M points
     fairness.register(bsub)  # callers: quotas and fair shares under overload (issue 23)
+    serve_build.register(bsub, str(DEFAULT_DATASET))  # Search through a background build and swap
+    gil.register(bsub, str(DEFAULT_DATASET))  # what the engine's GIL costs the retrieval service

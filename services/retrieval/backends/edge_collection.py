@@ -1,0 +1,90 @@
+"""One open collection of the embedded engine: its shard, the lock that lets many queries
+and writes use it but only one owner close or swap it, and the journal of the writes a
+background optimization must replay."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import qdrant_edge as qe
+
+from services.retrieval.backends.base import CollectionSchema
+from services.retrieval.backends.edge_combine import QueryCombiner
+
+
+class ReadWriteLock:
+    """Many users of the open shard (queries, upserts: the shard serialises internally) or
+    one owner (closing, swapping, deleting it). A waiting owner goes before new users."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    def acquire_read(self) -> None:
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._writer = True
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class OpenCollection:
+    def __init__(self, schema: CollectionSchema, shard: qe.EdgeShard, path: Path) -> None:
+        self.schema = schema
+        self.shard: qe.EdgeShard | None = shard
+        self.path = path
+        self.lock = ReadWriteLock()
+        #: Held by every write, and by the optimizer while it copies the shard and while it
+        #: replays the writes made meanwhile: writes wait then, searches do not.
+        self.writes = threading.Lock()
+        #: Writes since the optimizer copied the shard (None when no optimization runs).
+        self.journal: list[qe.UpdateOperation] | None = None
+        self.journal_points = 0
+        #: Points written since the last optimization (what triggers the next one); at open,
+        #: the points added since the last finished optimization.
+        self.written_since_optimize = 0
+        self.written_since_open = 0
+        #: At open, the time of opening: a collection found unoptimized waits for a pause too.
+        self.last_write = time.monotonic()
+        #: About how many points it holds (the size rule of the search breadth): counted at open
+        #: and after each optimization, moved by writes in between.
+        self.points = 0
+        #: Concurrent queries combined into one engine call (EDGE_QUERY_BATCHING), set at open.
+        self.combiner: QueryCombiner | None = None
+
+
+def cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: With ``search_threads=0``, all shards together start at most this many search threads
+#: per CPU: each shard gets the CPUs while there are few collections, fewer as they add up.
+THREAD_BUDGET_PER_CPU = 2
