@@ -31,7 +31,11 @@ def prepared(root: Path, collections: Mapping[str, int], optimize: bool, args: a
     from services.retrieval.backends.edge import EdgeBackend
     from services.retrieval.backends.edge_build import copy_shard
 
-    key = "-".join(f"{name}{n}" for name, n in sorted(collections.items())) + ("-optimized" if optimize else "")
+    from services.retrieval.config import RetrievalConfig
+
+    # The storage is part of the key: a collection prepared with other EDGE_DENSE_STORAGE keeps it.
+    key = ("-".join(f"{name}{n}" for name, n in sorted(collections.items())) + ("-optimized" if optimize else "")
+           + f"-{RetrievalConfig().edge_dense_storage}")
     pristine = root / f"pristine-{key}"
     if not (pristine / "complete").exists():
         shutil.rmtree(pristine, ignore_errors=True)
@@ -44,8 +48,6 @@ def prepared(root: Path, collections: Mapping[str, int], optimize: bool, args: a
                     stub.CreateCollection(rpb.RetrievalServiceCreateCollectionRequest(name=name), timeout=120)
         real = load_real(Path(args.dataset), Path(args.cache_dir), 0, 50, args.seed)
         synth = SyntheticCorpus(real, args.seed)
-        from services.retrieval.config import RetrievalConfig
-
         backend = EdgeBackend(pristine / "qdrant", tuning=RetrievalConfig().shard_tuning())  # as the service stores them
         try:
             for offset, (name, points) in enumerate(sorted(collections.items())):
