@@ -91,6 +91,24 @@ def cost_per_length(encoder, pairs: list[tuple[str, str]], rounds: int = 3) -> d
                                "rounds_ms": [round(x, 2) for x in t]} for b, t in sorted(times.items())}
 
 
+def cost_per_variant(encoders, pairs: dict[str, list[tuple[str, str]]], lengths: dict[str, int],
+                     rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Model time per pair (one pair per batch, as the service scores a full-length pair on CPU)
+    of each variant's text for the same candidates, in interleaved rounds (A B C, B C A, ...)."""
+    encoded = {v: encoders[lengths[v]].tokenize_pairs(p) for v, p in pairs.items()}
+    times: dict[str, list[float]] = {v: [] for v in pairs}
+    order = list(pairs)
+    for r in range(rounds):
+        for v in order[r % len(order):] + order[: r % len(order)]:
+            start = time.perf_counter()
+            for e in encoded[v]:
+                encoders[lengths[v]].infer([e])
+            times[v].append((time.perf_counter() - start) / len(encoded[v]) * 1000.0)
+    return {v: {"pairs": len(encoded[v]), "mean_tokens": round(float(np.mean([len(e.ids) for e in encoded[v]])), 1),
+                "ms_per_pair": round(statistics.median(t), 2), "rounds_ms": [round(x, 2) for x in t]}
+            for v, t in times.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/cascade_cache"))
@@ -127,6 +145,7 @@ def main() -> int:
         base = per_query_ndcg(hybrid, qrels, qids)
         row: dict = {"queries": len(qids), "first_stage_ndcg@10": round(float(base.mean()), 4), "variants": {}}
         gap = np.array([first_stage_gap([s for _, s in hybrid[q]], AUTO_DEPTH) for q in qids])
+        per_variant: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for variant in variants:
             class _Ce:  # reranked() reads scores through .get(q, d)
                 @staticmethod
@@ -136,14 +155,23 @@ def main() -> int:
             always = per_query_ndcg(reranked(hybrid, _Ce, qids, 10), qrels, qids)
             auto5 = per_query_ndcg(reranked(hybrid, _Ce, qids, AUTO_DEPTH), qrels, qids)
             auto = np.where(gap <= AUTO_MAX_GAP, auto5, base)
+            per_variant[variant] = (always, auto)
             row["variants"][variant] = {
                 "mean_tokens_per_pair": round(tokens[variant], 1),
                 "always10_ndcg@10": round(float(always.mean()), 4), "always10_minus_first_stage": paired(always, base),
                 "auto_ndcg@10": round(float(auto.mean()), 4), "auto_minus_first_stage": paired(auto, base),
             }
             log(f"{name}/{split} {variant}: {row['variants'][variant]}")
+        for variant in variants:  # paired against the text the service sends today
+            always, auto = per_variant[variant]
+            row["variants"][variant]["always10_minus_first256"] = paired(always, per_variant["first256"][0])
+            row["variants"][variant]["auto_minus_first256"] = paired(auto, per_variant["first256"][1])
         sample = [(coll.queries[q], t["first256"]) for (q, _), t in list(texts.items())[:600]]
         row["model_ms_per_pair_by_length"] = cost_per_length(encoders[256], sample)
+        picked = list(texts.items())[:: max(1, len(texts) // 100)][:100]
+        row["model_ms_per_pair_by_variant"] = cost_per_variant(
+            encoders, {v: [(coll.queries[q], t[v]) for (q, _), t in picked] for v in variants}, variants)
+        log(f"{name}/{split} cost: {row['model_ms_per_pair_by_variant']}")
         results["collections"][f"{name}/{split}"] = row
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote {args.out}")
