@@ -11,8 +11,10 @@ keeps accepting, tokenizing and queueing while a batch runs):
   (:func:`plan_batches`). An oversize request is split across batches; a single
   over-long item still runs alone. Requests arriving during a round form the next one,
   so nobody is overtaken indefinitely.
-* **Short wait.** When nothing is running and fewer than a batch of items is queued,
-  the worker waits ``max_wait_s`` once so that concurrent callers can join the batch.
+* **Short wait, under load only.** An idle batcher (nothing running) starts what is
+  queued at once: a lone request never waits for company. While a batch runs and a
+  worker is free, a partial batch waits until its oldest item has been queued
+  ``max_wait_s``, so that concurrent callers can join it before it takes the free worker.
 * **Parallel batches.** ``workers`` batches run at once (on a CPU: one per core, each on
   one ONNX Runtime thread, which costs less per item than one batch spread over all
   cores). A round too small to keep every worker busy is cut into evener, smaller
@@ -141,7 +143,8 @@ class DynamicBatcher(Generic[E]):
         executor: where ``infer`` runs, with at least ``workers`` threads (ONNX Runtime
             releases the GIL, so batches on different threads run in parallel).
         max_batch_items / max_batch_tokens: bounds of one batch (items; items x longest).
-        max_wait_s: how long an idle batcher waits for concurrent callers to join.
+        max_wait_s: while a batch runs, how long a partial batch waits for concurrent
+            callers to join before it takes a free worker (an idle batcher never waits).
         max_queue_items: items queued (pending, planned or running) before shedding.
         item_shape / dtype: shape and type of one item's output row.
         workers: batches running at once (>= 1).
@@ -196,6 +199,7 @@ class DynamicBatcher(Generic[E]):
         self._seq = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None  # wakes the worker when a wait ends
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -281,25 +285,38 @@ class DynamicBatcher(Generic[E]):
                         running.append((future, batch))
                 self._inflight = running
             self._drop_abandoned()
-            if (
-                not self._inflight
-                and not self._planned
-                and self._pending
-                and self.max_wait_s > 0
-                and len(self._pending) < self.max_batch_items
-            ):
-                # Idle with a partial batch queued: give concurrent callers a moment to join.
-                await asyncio.sleep(self.max_wait_s)
-                self._drop_abandoned()
             while len(self._inflight) < self.workers + self.prefetch:
-                batch = self._next_batch(partial_ok=len(self._inflight) < self.workers)
+                batch = self._next_batch(partial_ok=self._partial_ok(loop))
                 if batch is None:
                     break
                 self._launch(loop, batch)
             if not self._inflight and not self._planned and not self._pending and self._closed:
+                if self._timer is not None:
+                    self._timer.cancel()
                 return
             await self._wakeup.wait()
             self._wakeup.clear()
+
+    def _partial_ok(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a partial batch may start now: on a free worker, at once when nothing runs
+        (idle), else once its oldest item has waited ``max_wait_s`` (a timer wakes the worker then)."""
+        if len(self._inflight) >= self.workers:
+            return False
+        if not self._inflight or self.max_wait_s <= 0 or self._planned or not self._pending:
+            return True  # idle, or the rest of a round already cut to spread over the workers
+        queued = [item.request.enqueued for item in self._pending]
+        left = min(queued) + self.max_wait_s - time.perf_counter()
+        if left <= 0:
+            return True
+        if self._timer is None or self._timer.when() > loop.time() + left:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_later(left, self._wake_after_wait)
+        return False
+
+    def _wake_after_wait(self) -> None:
+        self._timer = None
+        self._wakeup.set()
 
     def _next_batch(self, partial_ok: bool) -> list[_Item] | None:
         """The next batch to run, or None when there is none (or it is better to wait)."""

@@ -22,7 +22,7 @@ class RerankerConfig:
     max_length: int = setting(256, "RERANKER_MAX_LENGTH", "tokens per (query, passage) pair; longer passages are truncated")
     max_batch_pairs: int = setting(32, "RERANKER_MAX_BATCH_PAIRS", "pairs per inference batch")
     max_batch_tokens: int = setting(0, "RERANKER_MAX_BATCH_TOKENS", "padded tokens per inference batch (0 = 256 on CPU, 16384 on GPU)")
-    max_wait_ms: float = setting(2.0, "RERANKER_MAX_WAIT_MS", "how long a batch waits for concurrent requests to join")
+    max_wait_ms: float = setting(2.0, "RERANKER_MAX_WAIT_MS", "while a batch runs, how long a partial batch waits for concurrent requests to join before it takes a free worker; an idle reranker starts a lone request at once")
     max_queue_pairs: int = setting(2048, "RERANKER_MAX_QUEUE_PAIRS", "pairs queued before requests are shed (RESOURCE_EXHAUSTED)")
     batching: str = setting(
         "dynamic",

@@ -34,6 +34,8 @@ __all__ = ["DOCUMENT_PRIORITY", "QUERY_PRIORITY", "BatchedEmbedder", "EmbedderBa
 
 QUERY_PRIORITY = 0
 DOCUMENT_PRIORITY = 1
+#: Up to this many search queries are tokenized on the event loop itself (no thread hand-off).
+INLINE_QUERIES = 4
 
 
 class EmbedderBatchMetrics(BatcherMetrics):
@@ -149,8 +151,10 @@ class BatchedEmbedder:
         texts = list(texts)
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
-        # Tokenize off the loop: a bulk upsert takes tens of milliseconds.
-        encodings = await asyncio.get_running_loop().run_in_executor(None, tokenize, texts)
+        if priority == QUERY_PRIORITY and len(texts) <= INLINE_QUERIES:
+            encodings = tokenize(texts)  # tens of microseconds: cheaper than a hand-off to a thread and back
+        else:  # off the loop: a bulk upsert takes tens of milliseconds
+            encodings = await asyncio.get_running_loop().run_in_executor(None, tokenize, texts)
         return await self.batcher.submit(encodings, priority=priority)
 
     def _embed_blocking(self, tokenize, texts: Sequence[str], priority: int) -> np.ndarray:

@@ -92,7 +92,7 @@ class RetrievalConfig:
     passage_overlap: int = setting(32, "RETRIEVAL_PASSAGE_OVERLAP_TOKENS", "tokens neighbouring passages share when splitting")
     batch_size: int = setting(32, "EMBEDDER_BATCH_SIZE", "texts per bi-encoder inference batch")
     max_batch_tokens: int = setting(0, "EMBEDDER_MAX_BATCH_TOKENS", "padded tokens per bi-encoder inference batch (0 = 256 on CPU, 16384 on GPU)")
-    max_wait_ms: float = setting(2.0, "EMBEDDER_MAX_WAIT_MS", "how long a batch waits for concurrent requests (queries, upserts) to join")
+    max_wait_ms: float = setting(2.0, "EMBEDDER_MAX_WAIT_MS", "while a batch runs, how long a partial batch waits for concurrent requests (queries, upserts) to join before it takes a free worker; an idle embedder starts a lone request at once")
     max_queue_texts: int = setting(8192, "EMBEDDER_MAX_QUEUE_TEXTS", "texts queued for embedding before requests are shed (RESOURCE_EXHAUSTED)")
     graph_optimization: str = setting("all", "EMBEDDER_GRAPH_OPTIMIZATION", "ONNX Runtime graph optimisation level: disable, basic, extended or all")
     provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from search.v1 import common_pb2, retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
 from services.common import api_names, metrics, validation
@@ -119,9 +119,11 @@ def filter_fields(fields) -> dict[str, str]:
     return {f.key: api_names.FIELD_TYPES[f.type] for f in fields}
 
 
-def _struct(payload: dict) -> struct_pb2.Struct:
+def _struct(payload: dict) -> struct_pb2.Struct | None:
+    if not payload:
+        return None  # an empty payload: no message to build
     message = struct_pb2.Struct()
-    json_format.ParseDict(payload, message)
+    message.update(payload)
     return message
 
 

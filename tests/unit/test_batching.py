@@ -380,3 +380,61 @@ async def test_a_batch_finishing_before_an_older_one_frees_its_worker_at_once():
         assert (await c).tolist() == [2.0]
         assert sorted([(await a).tolist()[0], (await b).tolist()[0]]) == [0.0, 1.0]
         await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_a_lone_request_on_an_idle_batcher_starts_at_once_whatever_the_wait():
+    loop = asyncio.get_running_loop()
+    gate = Gate(loop)
+    with ThreadPoolExecutor(2) as pool:
+        # An hour's wait: if an idle batcher waited for company, nothing would start.
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=8, max_wait_s=3600.0, workers=2)
+        lone = asyncio.ensure_future(batcher.submit([(7, 5)]))
+        await gate.wait_started(1)
+        assert gate.started == [[(7, 5)]]
+        gate.release.release()
+        assert (await lone).tolist() == [7.0]
+        # Idle again: the next lone request starts at once too.
+        again = asyncio.ensure_future(batcher.submit([(8, 5)]))
+        await gate.wait_started(2)
+        gate.release.release()
+        assert (await again).tolist() == [8.0]
+        await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_under_load_a_partial_batch_waits_for_company_instead_of_taking_the_free_worker():
+    loop = asyncio.get_running_loop()
+    gate = Gate(loop)
+    with ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=8, max_wait_s=3600.0, workers=2)
+        first = asyncio.ensure_future(batcher.submit([(1, 5)]))
+        await gate.wait_started(1)  # idle: started at once, one worker busy, one free
+        second = asyncio.ensure_future(batcher.submit([(2, 5)]))
+        third = asyncio.ensure_future(batcher.submit([(3, 5)]))
+        await asyncio.sleep(0.02)
+        assert len(gate.started) == 1  # within the window: they wait for company, not the free worker
+        gate.release.release()  # the running batch ends: idle, so what is queued starts at once (spread over both workers)
+        await gate.wait_started(3)
+        assert sorted(v for batch in gate.started[1:] for v, _ in batch) == [2, 3]
+        gate.release.release()
+        gate.release.release()
+        assert [(await f).tolist() for f in (first, second, third)] == [[1.0], [2.0], [3.0]]
+        await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_under_load_a_partial_batch_takes_the_free_worker_when_its_wait_ends():
+    loop = asyncio.get_running_loop()
+    gate = Gate(loop)
+    with ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=8, max_wait_s=0.001, workers=2)
+        first = asyncio.ensure_future(batcher.submit([(1, 5)]))
+        await gate.wait_started(1)
+        second = asyncio.ensure_future(batcher.submit([(2, 5)]))
+        await gate.wait_started(2)  # the first batch still runs: the second started on the free worker
+        assert gate.started[1] == [(2, 5)]
+        gate.release.release()
+        gate.release.release()
+        assert (await first).tolist() == [1.0] and (await second).tolist() == [2.0]
+        await batcher.close()

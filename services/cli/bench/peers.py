@@ -1,9 +1,7 @@
-"""What `searchctl bench e2e` measures besides the service itself (issue 13).
+"""What `searchctl bench e2e` measures besides the service itself.
 
-* :func:`raw_query_limit`: the raw query-embedding limit in the same run: the bi-encoder on
-  real query texts in this process, one single-threaded session per core (one batch per core
-  at a time), one query at a time and in batches of 16. The service's search-only rate is
-  reported as a ratio of the one-at-a-time figure.
+* :func:`raw_rerank_limit`: the raw cross-encoder limit in the same run (pairs/s). The raw
+  query-embedding limit, measured around every step, is in :mod:`services.cli.bench.limits`.
 * :func:`lancedb_peer`: the same SciFact documents and the same query model in LanceDB
   in-process (embedded, Rust; ``pip install -e '.[bench]'``): dense (exact vector search),
   full-text (LanceDB's own FTS index) and hybrid (both, fused by LanceDB's default RRF),
@@ -44,18 +42,8 @@ from services.cli.bench.harness import (
 from services.cli.bench.profile import cpu_seconds, distinct_queries, metric_value
 from services.cli.evaluate import compute_metrics
 
-__all__ = ["cache_lookups", "distinct_queries", "lancedb_peer", "raw_query_limit", "raw_rerank_limit", "service_ndcg",
+__all__ = ["cache_lookups", "distinct_queries", "lancedb_peer", "raw_rerank_limit", "service_ndcg",
            "zipf_queries"]
-
-
-def raw_query_limit(queries: Sequence[str], n: int = 512, workers: int = 2) -> dict[str, float]:
-    """Queries/s of the raw bi-encoder: ``one_at_a_time`` and ``batch16`` (with CPU ms per query)."""
-
-    encoder = _bi_encoder(_retrieval_config(), 1)
-    encodings = encoder.tokenize_queries(list(queries[:n]))
-    rates = measure_limit_cpu(encoder.infer, encodings, [1, 16], workers)
-    return {"one_at_a_time": rates[1][0], "one_at_a_time_cpu_ms": rates[1][1],
-            "batch16": rates[16][0], "batch16_cpu_ms": rates[16][1], "queries": len(encodings)}
 
 
 def raw_rerank_limit(queries: Sequence[str], passages: Sequence[str], pairs: int = 64, workers: int = 2,
@@ -221,8 +209,16 @@ def step_queries(queries: Sequence[str], offset: int, n: int, zipf: float, seed:
     return zipf_queries(queries, n, zipf, seed + offset) if zipf > 0 else distinct_queries(queries, offset, n)
 
 
+def embed_batches(url: str) -> tuple[float, float]:
+    """(texts embedded, batches run) so far, from the retrieval service's /metrics."""
+    text = _scrape(url)
+    return (metric_value(text, "search_retrieval_embed_batch_texts_sum"),
+            metric_value(text, "search_retrieval_embed_batch_texts_count"))
+
+
 class StepCounters:
-    """CPU seconds of every service (its own process_cpu_seconds_total) and cache lookups, around one step."""
+    """CPU seconds of every service (its own process_cpu_seconds_total), cache lookups and the
+    query embedder's mean batch, around one step."""
 
     NAMES = ("gateway", "retrieval", "reranker")
 
@@ -232,6 +228,7 @@ class StepCounters:
     def __enter__(self) -> StepCounters:
         self.cpu = {n: cpu_seconds(u) for n, u in self.urls.items()}
         self.caches = cache_lookups(self.urls)
+        self.batches = embed_batches(self.urls["retrieval"])
         return self
 
     def __exit__(self, *exc) -> None:
@@ -240,10 +237,13 @@ class StepCounters:
     def finish(self, served: int) -> dict[str, Any]:
         served = max(served, 1)
         cpu = {n: (cpu_seconds(u) - self.cpu[n]) / served * 1000.0 for n, u in self.urls.items()}
-        return {"cpu_ms_per_query": cpu, "cache_hit_rates": hit_rates(self.caches, cache_lookups(self.urls))}
+        texts, batches = (a - b for a, b in zip(embed_batches(self.urls["retrieval"]), self.batches, strict=True))
+        return {"cpu_ms_per_query": cpu, "cache_hit_rates": hit_rates(self.caches, cache_lookups(self.urls)),
+                "embed_batch_mean_texts": texts / batches if batches else 0.0}
 
 
 def describe_step(extra: Mapping[str, Any]) -> str:
     cpu = ", ".join(f"{n} {v:.2f}" for n, v in extra["cpu_ms_per_query"].items())
     rates = ", ".join(f"{c} {r:.0%}" for c, r in extra["cache_hit_rates"].items())
-    return f"    CPU ms/query: {cpu}" + (f"; cache hit rates: {rates}" if rates else "")
+    return (f"    CPU ms/query: {cpu}" + (f"; cache hit rates: {rates}" if rates else "")
+            + f"; query embedding batches of {extra.get('embed_batch_mean_texts', 0.0):.2f} texts on average")
