@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from services.cli.beir import iter_corpus, load_qrels, load_queries  # noqa: E402
-from services.gateway.combine import combine_scores  # noqa: E402
+from services.gateway.score_combination import combine_scores  # noqa: E402
 from services.retrieval.fusion import weighted_zscore  # noqa: E402
 from tune_scifact import Bm25Index, CeCache, dense_runs, dense_vectors, index_text, log, per_query_ndcg  # noqa: E402
 

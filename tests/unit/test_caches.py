@@ -15,7 +15,7 @@ from services.gateway import result_cache
 from services.gateway.result_cache import SearchResultCache
 from services.reranker.score_cache import CachedReranker
 from services.retrieval.query_cache import CachedQueryEmbedder, normalise_query
-from services.retrieval.versions import (
+from services.retrieval.write_versions import (
     IF_VERSION_HEADER,
     NOT_MODIFIED_HEADER,
     VERSION_HEADER,
