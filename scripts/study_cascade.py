@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Per-query study of the cross-encoder's value and of fusion robustness (issue 19).
+"""Per-query study of the cross-encoder's value and of fusion robustness
+(docs/QUALITY.md, "When reranking pays").
 
 In process, exactly as the services rank (bge-small-en int8 at 256 tokens, exact cosine;
 the project's BM25 sparse vectors with Qdrant's IDF; z-score fusion of the two top-100

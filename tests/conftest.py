@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.cli.procs import free_port, wait_serving
 from tests import processes
-from tests.processes import free_port, wait_serving  # noqa: F401 - tests import them from here too
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"

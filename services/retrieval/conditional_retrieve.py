@@ -25,8 +25,8 @@ from typing import Any
 
 import grpc
 
+from services.common.cache import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
 from services.common.interceptors import with_unary
-from services.retrieval.write_versions import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
 
 log = logging.getLogger(__name__)
 

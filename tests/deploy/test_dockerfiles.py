@@ -24,8 +24,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli", reason="Python 3.10 needs tomli to read pyproject.toml")
 
+from services.cli.procs import free_port, wait_serving
+
 from .support import GRPC_PORTS, METRICS_PORTS, REPO, xds_tool
-from tests.processes import free_port, wait_serving
 
 DOCKERFILES = {
     "gateway": REPO / "services" / "gateway" / "Dockerfile",

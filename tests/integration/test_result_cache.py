@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.cli.procs import free_port, wait_serving
 from tests import processes
-from tests.processes import free_port, wait_serving
 
 pytestmark = pytest.mark.integration
 

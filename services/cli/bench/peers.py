@@ -1,4 +1,4 @@
-"""What `searchctl bench e2e` measures besides the service itself (issue 13).
+"""What `searchctl bench e2e` measures besides the service itself.
 
 * :func:`raw_query_limit`: the raw query-embedding limit in the same run: the bi-encoder on
   real query texts in this process, one single-threaded session per core (one batch per core
