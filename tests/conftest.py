@@ -132,6 +132,31 @@ class Stack:
         return self.logs[name].read_text(errors="replace") if name in self.logs else ""
 
 
+#: The marker every test of a folder carries (registered in pyproject.toml, selected with
+#: `pytest -m`). The slow kinds (integration, e2e, resilience, quality) are what `make test-fast`
+#: leaves out; a module elsewhere that starts servers or external binaries marks itself with
+#: the kind (tests/observability does).
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "store": "store",
+    "integration": "integration",
+    "e2e": "e2e",
+    "resilience": "resilience",
+    "deploy": "deploy",
+    "observability": "observability",
+    "quality": "quality",
+}
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        marker = FOLDER_MARKERS.get(folder)
+        if marker is not None:
+            item.add_marker(marker)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A failing test's report shows the end of every live child's log (services it started)."""

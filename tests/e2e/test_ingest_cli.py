@@ -15,8 +15,6 @@ import pytest
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests.e2e.test_cli import searchctl
 
-pytestmark = pytest.mark.e2e
-
 N = 3000
 BATCH = 64
 

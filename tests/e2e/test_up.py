@@ -32,8 +32,6 @@ from services.cli.procs import free_port, wait_serving
 from tests.conftest import REPO, require_models
 from tests.processes import running, spawn
 
-pytestmark = pytest.mark.e2e
-
 API_KEY = "e2e-key-3f9c0a71"
 #: `searchctl up`'s bound: the services' default grace (10 s) + its 5 s margin.
 STOP_BOUND_S = 15.0

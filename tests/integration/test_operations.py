@@ -16,8 +16,6 @@ from google.protobuf import json_format
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests.integration.test_search_flow import DOCS, document
 
-pytestmark = pytest.mark.integration
-
 MORE = [(f"extra{i}", f"Note {i}", f"Assorted note number {i} about rivers, mountains, bread and computers.", {"topic": "misc", "year": 2000 + i})
         for i in range(24)]
 

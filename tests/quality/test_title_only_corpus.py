@@ -25,8 +25,6 @@ from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_gr
 from services.cli.beir import iter_corpus, load_qrels, load_queries
 from tests.conftest import REPO, SHARED_DATASETS
 
-pytestmark = pytest.mark.quality
-
 QUERIES = 30
 DOCUMENTS = 300
 MODES = "dense,sparse,hybrid"
