@@ -151,8 +151,8 @@ TESTS = Path(__file__).resolve().parent
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
-        marker = FOLDER_MARKERS.get(folder)
+        path = Path(item.path).resolve()
+        marker = FOLDER_MARKERS.get(path.relative_to(TESTS).parts[0]) if path.is_relative_to(TESTS) else None
         if marker is not None:
             item.add_marker(marker)
 
