@@ -27,8 +27,10 @@ test: models
 	@if [ -x scripts/setup_xds_env.sh ]; then scripts/setup_xds_env.sh; fi
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
-test-fast: install
-	$(BIN)/python -m pytest -ra tests/unit $(PYTEST_ARGS)
+# Without the slow kinds (each folder's marker: tests/conftest.py; registered in pyproject.toml).
+FAST_MARKERS := not integration and not e2e and not resilience and not quality
+test-fast: models
+	$(BIN)/python -m pytest -ra -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 # Regenerate the Python stubs (committed; tests/unit/test_contracts.py checks they are fresh).
 proto: install

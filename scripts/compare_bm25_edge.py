@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""BM25 in Qdrant Edge: the project's sparse vectors vs Edge's own BM25 (issue 12).
+"""BM25 in Qdrant Edge: the project's sparse vectors vs Edge's own BM25.
 
 In-process, on Qdrant Edge (``qdrant_edge``) shards in a temporary directory, for SciFact
 and Cranfield. Every method ranks the same index text (``title + "\\n" + text``, as

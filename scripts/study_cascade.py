@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Per-query study of the cross-encoder's value and of fusion robustness (issue 19).
+"""Per-query study of the cross-encoder's value and of fusion robustness
+(docs/QUALITY.md, "When reranking pays").
 
 In process, exactly as the services rank (bge-small-en int8 at 256 tokens, exact cosine;
 the project's BM25 sparse vectors with Qdrant's IDF; z-score fusion of the two top-100
@@ -46,7 +47,7 @@ sys.path.insert(0, str(ROOT / "gen"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from services.cli.beir import iter_corpus, load_qrels, load_queries  # noqa: E402
-from services.gateway.combine import combine_scores  # noqa: E402
+from services.gateway.score_combination import combine_scores  # noqa: E402
 from services.retrieval.fusion import weighted_zscore  # noqa: E402
 from tune_scifact import Bm25Index, CeCache, dense_runs, dense_vectors, index_text, log, per_query_ndcg  # noqa: E402
 

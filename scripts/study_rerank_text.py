@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""What the cross-encoder reads, and what it costs per pair (issue 19, "cheaper cross-encoding").
+"""What the cross-encoder reads, and what it costs per pair: can a cheaper cross-encoding
+(shorter passages, fewer tokens) keep NDCG@10?
 
 On SciFact train (choices) and Cranfield test (reported only), over the fused hybrid top 10 of
 scripts/study_cascade.py, for each way of building the passage the cross-encoder reads:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "gen"))
 from services.cli.beir import iter_corpus, load_qrels, load_queries  # noqa: E402
 from services.common.validation import document_text  # noqa: E402
 from services.cli.evaluate import compute_metrics  # noqa: E402
-from services.gateway.combine import combine_scores  # noqa: E402
+from services.gateway.score_combination import combine_scores  # noqa: E402
 from services.retrieval import sparse as sparse_mod  # noqa: E402
 from services.retrieval.fusion import weighted_rrf, weighted_zscore  # noqa: E402
 from services.retrieval.sparse import Bm25SparseEncoder, term_id  # noqa: E402

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.cli.procs import free_port, wait_serving
 from tests import processes
-from tests.processes import free_port, wait_serving  # noqa: F401 - tests import them from here too
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -130,6 +130,31 @@ class Stack:
 
     def log_text(self, name: str) -> str:
         return self.logs[name].read_text(errors="replace") if name in self.logs else ""
+
+
+#: The marker every test of a folder carries (registered in pyproject.toml, selected with
+#: `pytest -m`). The slow kinds (integration, e2e, resilience, quality) are what `make test-fast`
+#: leaves out; a module elsewhere that starts servers or external binaries marks itself with
+#: the kind (tests/observability does).
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "store": "store",
+    "integration": "integration",
+    "e2e": "e2e",
+    "resilience": "resilience",
+    "deploy": "deploy",
+    "observability": "observability",
+    "quality": "quality",
+}
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(item.path).resolve()
+        marker = FOLDER_MARKERS.get(path.relative_to(TESTS).parts[0]) if path.is_relative_to(TESTS) else None
+        if marker is not None:
+            item.add_marker(marker)
 
 
 @pytest.hookimpl(hookwrapper=True)

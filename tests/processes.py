@@ -21,9 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# The one port picker and health wait, shared with `searchctl up` (services/cli/procs.py).
-from services.cli.procs import free_port, wait_serving  # noqa: E402,F401
-
 REPO = Path(__file__).resolve().parents[1]
 IGNORING_SIGINT = ("sh", "-c", 'trap "" INT; exec "$@"', "sh")
 

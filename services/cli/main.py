@@ -71,15 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("config-docs", help="print every service's configuration table (Markdown)")
     docs.set_defaults(func=_config_docs)
 
+    # A service's image installs only its service's dependency group (pyproject.toml), so a
+    # command whose libraries are not installed here is left out and named in --help.
+    missing = []
     for module in COMMAND_MODULES:
         try:
             register = getattr(importlib.import_module(module), "register", None)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if exc.name == module:
+                continue
+            if not exc.name or exc.name.split(".")[0] in ("services", "search"):
                 raise
+            missing.append(f"{module.rsplit('.', 1)[-1]} (needs {exc.name}: pip install '.[cli]')")
             continue
         if register is not None:  # tests/e2e/test_cli.py checks every command is listed
             register(sub)
+    if missing:
+        parser.epilog = "Not installed here: " + "; ".join(missing) + "."
     return parser
 
 

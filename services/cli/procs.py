@@ -81,24 +81,26 @@ def stop_processes(
     kill_now: Callable[[], bool] = lambda: False,
     report: Callable[[str], None] | None = None,
     report_every: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, str]:
     """Stop ``procs`` in parallel: SIGTERM to every live one at once, then wait for all of them
     together; whatever still runs after ``timeout`` seconds, or as soon as ``kill_now()`` is
     true, gets SIGKILL. Every ``report_every`` seconds ``report`` hears what is still awaited.
+    ``clock`` tells the seconds (the tests drive it).
 
     Returns how each ended: ``"exit N"``, ``"signal N"``, or ``"killed"`` (by this function).
     """
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    started = time.monotonic()
+    started = clock()
     next_report = started + report_every
     killed: set[str] = set()
     while True:
         waiting = [name for name, proc in procs.items() if proc.poll() is None]
         if not waiting:
             break
-        now = time.monotonic()
+        now = clock()
         if kill_now() or now - started >= timeout:
             for name in waiting:
                 procs[name].kill()

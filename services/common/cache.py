@@ -27,7 +27,7 @@ __all__ = ["IF_VERSION_HEADER", "NOT_MODIFIED_HEADER", "VERSION_HEADER", "Bounde
            "normalise_query"]
 
 # The conditional Retrieve between the gateway's Search-result cache and retrieval (gRPC metadata;
-# services/retrieval/versions.py and version_check.py, services/gateway/result_cache.py).
+# services/retrieval/write_versions.py and conditional_retrieve.py, services/gateway/result_cache.py).
 #: Request metadata: the version of the answer the caller holds ("" when it holds none but wants the version).
 IF_VERSION_HEADER = "x-if-collection-version"
 #: Trailing metadata of Retrieve: the collection's version when the query started.

@@ -34,6 +34,23 @@ def setting(default: Any, env: str, help: str) -> Any:  # noqa: A002 - mirrors a
     return dataclasses.field(default=default, metadata={"env": env, "help": help})
 
 
+def server_settings(prefix: str, grpc_port: int, metrics_port_default: int) -> type:
+    """The settings every service's server has, named after ``prefix`` (``GATEWAY_HOST``,
+    ``GATEWAY_PORT``, ...): the frozen dataclass a service's config class derives from, whose
+    own settings follow these in ``--help`` and the tables."""
+
+    @dataclasses.dataclass(frozen=True)
+    class ServerSettings:
+        host: str = setting("0.0.0.0", f"{prefix}_HOST", "address to listen on")
+        port: int = setting(grpc_port, f"{prefix}_PORT", "gRPC port")
+        metrics_port: int = setting(metrics_port_default, f"{prefix}_METRICS_PORT", "Prometheus /metrics port (0 disables)")
+        grace_seconds: float = setting(10.0, f"{prefix}_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
+        log_level: str = setting("INFO", "LOG_LEVEL", "log level")
+
+    ServerSettings.__qualname__ = ServerSettings.__name__ = f"{prefix.title()}ServerSettings"
+    return ServerSettings
+
+
 def _parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in _TRUE:

@@ -4,7 +4,7 @@ A grpc.aio server interceptor that wraps a method replaces its handler by one wi
 (de)serializers and a new behaviour. :func:`with_unary` is that step, written once; each
 interceptor keeps only what it does around the call (services/common/status.py,
 metrics.py, tracing.py, server.py, security.py, services/gateway/resilience.py,
-services/retrieval/version_check.py).
+services/retrieval/conditional_retrieve.py).
 """
 
 from __future__ import annotations

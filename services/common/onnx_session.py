@@ -32,37 +32,15 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding
 
-# Split out of this module; imported here for callers that still use these names (bench.py).
-from services.common.hardware import (  # noqa: F401
-    CPU,
-    CPU_BATCH_TOKENS,
-    CUDA,
-    GPU_BATCH_TOKENS,
-    GPU_PROVIDERS,
-    TENSORRT,
-    available_cpus,
-    batching_for,
-    cpu_layout,
-    cuda_device_present,
-)
-from services.common.tokenization import load_tokenizer  # noqa: F401
+from services.common.hardware import CPU, CUDA, GPU_PROVIDERS, TENSORRT, cuda_device_present
 
 __all__ = [
-    "CPU",
-    "CUDA",
-    "GPU_PROVIDERS",
     "GRAPH_OPTIMIZATIONS",
     "PROVIDER_CHOICES",
-    "TENSORRT",
     "ProviderSpec",
     "TrtProfile",
     "create_session",
-    "available_cpus",
-    "batching_for",
-    "cpu_layout",
-    "cuda_device_present",
     "encodings_to_inputs",
-    "load_tokenizer",
     "run_with_io_binding",
     "select_providers",
 ]

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import setting
+from services.common.config import server_settings, setting
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
-    host: str = setting("0.0.0.0", "GATEWAY_HOST", "address to listen on")
-    port: int = setting(50051, "GATEWAY_PORT", "gRPC port")
-    metrics_port: int = setting(9101, "GATEWAY_METRICS_PORT", "Prometheus /metrics port (0 disables)")
-    grace_seconds: float = setting(10.0, "GATEWAY_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
-    log_level: str = setting("INFO", "LOG_LEVEL", "log level")
+class GatewayConfig(server_settings("GATEWAY", 50051, 9101)):
     retrieval_addr: str = setting("localhost:50052", "RETRIEVAL_ADDR", "retrieval service address (dns:/// for per-request balancing)")
     reranker_addr: str = setting("localhost:50053", "RERANKER_ADDR", "reranker service address")
     rerank_policy: str = setting(

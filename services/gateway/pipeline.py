@@ -23,7 +23,7 @@ from search.v1 import (
 )
 from services.common import api_names, metrics, tracing, validation
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError
-from services.gateway import cascade, combine, paging
+from services.gateway import cascade, paging, score_combination
 from services.gateway.clients import ANSWER_RESERVE_S, Budget, Downstream
 from services.gateway import result_cache
 from services.gateway.resilience import CircuitBreaker
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: The longest deadline honoured; a caller's longer (or absent) deadline is cut to this.
 MAX_DEADLINE_S = 3600.0
-#: Score combination enum -> the name combine.py uses (one map, services/common/api_names.py).
+#: Score combination enum -> the name score_combination.py uses (one map, services/common/api_names.py).
 COMBINATIONS = api_names.SCORE_COMBINATIONS
 #: Reranker outcomes that say it is unhealthy (they count toward opening the breaker).
 #: RESOURCE_EXHAUSTED (shed, answered at once) and the caller's own mistakes do not.
@@ -183,7 +183,7 @@ class SearchPipeline:
         for r in reranked.results:
             rerank_scores[r.index] = r.score
         with tracing.span("combine", **{"combine.method": combination, "combine.candidates": len(to_rerank)}):
-            final = combine.combine_scores([c.score for c in to_rerank], rerank_scores, combination, weight)
+            final = score_combination.combine_scores([c.score for c in to_rerank], rerank_scores, combination, weight)
         order = sorted(range(len(to_rerank)), key=lambda i: (-final[i], i))[:depth]
         response.reranked = True
         response.results.extend(_result(to_rerank[i], final[i], rerank_scores[i]) for i in order)

@@ -3,7 +3,7 @@
 The gateway's :class:`SearchResultCache` keeps, per normalised SearchRequest (every field,
 serialised deterministically, with the query's Unicode NFC and whitespace runs collapsed; the
 collection is a field of it), the last response it built and the collection's write version that
-response was computed at (services/retrieval/versions.py). Every Search still calls Retrieve,
+response was computed at (services/retrieval/write_versions.py). Every Search still calls Retrieve,
 as a *conditional* Retrieve: it sends the version it holds (``x-if-collection-version``);
 retrieval compares it with the collection's current version and either answers "not modified"
 at once (no embedding, no engine query, no reranking: the cached response is served) or runs

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import setting
+from services.common.config import server_settings, setting
 
 
 @dataclass(frozen=True)
-class RerankerConfig:
-    host: str = setting("0.0.0.0", "RERANKER_HOST", "address to listen on")
-    port: int = setting(50053, "RERANKER_PORT", "gRPC port")
-    metrics_port: int = setting(9103, "RERANKER_METRICS_PORT", "Prometheus /metrics port (0 disables)")
-    grace_seconds: float = setting(10.0, "RERANKER_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
-    log_level: str = setting("INFO", "LOG_LEVEL", "log level")
+class RerankerConfig(server_settings("RERANKER", 50053, 9103)):
     model_dir: str | None = setting(
         None,
         "RERANKER_MODEL_DIR",

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import setting
+from services.common.config import server_settings, setting
 from services.retrieval.backends.edge_tuning import ShardTuning
 
 
 @dataclass(frozen=True)
-class RetrievalConfig:
-    host: str = setting("0.0.0.0", "RETRIEVAL_HOST", "address to listen on")
-    port: int = setting(50052, "RETRIEVAL_PORT", "gRPC port")
-    metrics_port: int = setting(9102, "RETRIEVAL_METRICS_PORT", "Prometheus /metrics port (0 disables)")
-    grace_seconds: float = setting(10.0, "RETRIEVAL_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
-    log_level: str = setting("INFO", "LOG_LEVEL", "log level")
+class RetrievalConfig(server_settings("RETRIEVAL", 50052, 9102)):
     qdrant_path: str = setting(".data/qdrant", "QDRANT_PATH", "data directory of the embedded engine (Qdrant Edge): one shard per collection")
     qdrant_url: str | None = setting(None, "QDRANT_URL", "Qdrant server or cluster URL; overrides QDRANT_PATH")
     edge_search_threads: int = setting(0, "EDGE_SEARCH_THREADS", "search threads of each embedded collection's shard (0 = the available CPUs, fewer as collections add up: at most 2 per CPU in all)")

@@ -62,7 +62,8 @@ async def stream_from_thread(executor, produce: Callable[[Callable[[Any], None],
 
 
 class OperationsMixin:
-    """The RPCs of issue 15 and the helpers Retrieve, Upsert and Delete use to resolve names."""
+    """The collection RPCs (list, delete, documents by id, aliases, reindex, snapshots) and the
+    helpers Retrieve, Upsert and Delete use to resolve names."""
 
     store: Any
     executor: Any

@@ -34,7 +34,7 @@ import numpy as np
 
 from services.common.cache import BoundedCache, model_identity, normalise_query
 
-__all__ = ["CachedQueryEmbedder", "model_identity", "normalise_query"]
+__all__ = ["CachedQueryEmbedder"]
 
 CACHE_NAME = "query_embedding"
 

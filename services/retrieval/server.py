@@ -21,8 +21,8 @@ from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_coll
 from services.retrieval.calibration import FusionCalibrator
 from services.retrieval.filters import to_filter
 from services.retrieval.query_cache import CachedQueryEmbedder
-from services.retrieval.version_check import ConditionalRetrieveInterceptor
-from services.retrieval.versions import VersionedBackend
+from services.retrieval.conditional_retrieve import ConditionalRetrieveInterceptor
+from services.retrieval.write_versions import VersionedBackend
 from services.retrieval.operations import OperationsMixin
 from services.retrieval.store import (
     DEFAULT_DENSE_WEIGHT, CollectionDescription, DocumentIn, DocumentStore, FirstStageSignals, Fusion, LateInteraction,
@@ -226,7 +226,7 @@ class RetrievalService:
         pb_grpc.add_RetrievalServiceServicer_to_server(self.servicer, server)
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Conditional Retrieve for the gateway's result cache (services/retrieval/version_check.py)."""
+        """Conditional Retrieve for the gateway's result cache (services/retrieval/conditional_retrieve.py)."""
         return [ConditionalRetrieveInterceptor(self._version_of, pb.RetrieveResponse, blocking=bool(self.config.qdrant_url))]
 
     def _version_of(self, name: str) -> str:
@@ -284,7 +284,7 @@ class RetrievalService:
                 IMPORT_COMMAND.format(path=cfg.qdrant_path), extra={"legacy_collections": legacy},
             )
         try:
-            # Every write gives its collection a new version (services/retrieval/versions.py).
+            # Every write gives its collection a new version (services/retrieval/write_versions.py).
             self._backend = VersionedBackend(await loop.run_in_executor(self.executor, open_backend, settings))
         except ServiceError as exc:  # a shard that cannot be opened: say which, change nothing
             raise SystemExit(f"retrieval cannot open its store: {exc.message}") from exc

@@ -57,11 +57,11 @@ def test_stack_has_every_part(compose):
 
 
 @pytest.mark.parametrize("service", APPS)
-def test_app_services_build_from_their_dockerfile(compose, service):
+def test_app_services_build_their_target(compose, service):
     svc = compose["services"][service]
     build = svc["build"]
     dockerfile = (DEPLOY / build["context"] / build["dockerfile"]).resolve()
-    assert dockerfile == (REPO / "services" / service / "Dockerfile").resolve()
+    assert dockerfile == (REPO / "services" / "Dockerfile").resolve() and build["target"] == service
     assert (DEPLOY / build["context"]).resolve() == REPO.resolve()
     assert svc["image"] == f"search-{service}:0.1.0"
 
@@ -101,9 +101,8 @@ def test_wiring(compose):
 
 def test_gpu_override(compose):
     gpu = yaml.safe_load(COMPOSE_GPU.read_text())["services"]["reranker"]
-    assert (DEPLOY / gpu["build"]["context"] / gpu["build"]["dockerfile"]).resolve() == (
-        REPO / "services" / "reranker" / "Dockerfile.cuda"
-    ).resolve()
+    assert (DEPLOY / gpu["build"]["context"] / gpu["build"]["dockerfile"]).resolve() == (REPO / "services" / "Dockerfile").resolve()
+    assert gpu["build"]["target"] == "reranker-cuda"
     assert gpu["environment"]["ORT_PROVIDER"] == "cuda"
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]

@@ -1,7 +1,8 @@
-"""Dockerfiles: multi-stage, pinned bases, non-root, the services' ports and commands, models
-fetched at build time, CPU vs CUDA ONNX Runtime; hadolint clean; .dockerignore keeps the
-context to what `pip install .` needs. The HEALTHCHECK one-liners are executed here against
-real gRPC health servers. No image is built (no container engine here).
+"""services/Dockerfile: one target per image, multi-stage, pinned bases, non-root, the services'
+ports and commands, each service's dependency group, models fetched at build time, CPU vs CUDA
+ONNX Runtime; hadolint clean; .dockerignore keeps the context to what `pip install .` needs. The
+HEALTHCHECK one-liners are executed here against real gRPC health servers. No image is built (no
+container engine here).
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli", reason="Python 3.10 needs tomli to read pyproject.toml")
 
-from .support import GRPC_PORTS, METRICS_PORTS, REPO, xds_tool
-from tests.processes import free_port, wait_serving
+from services.cli.procs import free_port, wait_serving
 
-DOCKERFILES = {
-    "gateway": REPO / "services" / "gateway" / "Dockerfile",
-    "retrieval": REPO / "services" / "retrieval" / "Dockerfile",
-    "reranker": REPO / "services" / "reranker" / "Dockerfile",
-    "reranker-cuda": REPO / "services" / "reranker" / "Dockerfile.cuda",
-}
+from .support import GRPC_PORTS, METRICS_PORTS, REPO, xds_tool
+
+DOCKERFILE = REPO / "services" / "Dockerfile"
+#: Image target -> the dependency group it installs.
+TARGETS = {"gateway": "gateway", "retrieval": "retrieval", "reranker": "reranker", "reranker-cuda": "reranker"}
 MODEL_OF = {"retrieval": "bge-small-en", "reranker": "ms-marco-MiniLM-L-12-v2"}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -46,23 +45,11 @@ class Stage:
     def all(self, op: str) -> list[str]:
         return [args for o, args in self.instructions if o == op]
 
-    def env(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for args in self.all("ENV"):
-            for token in shlex.split(args):
-                key, _, value = token.partition("=")
-                out[key] = value
-        return out
-
 
 @dataclass
 class Dockerfile:
     args: dict[str, str]
     stages: list[Stage]
-
-    @property
-    def final(self) -> Stage:
-        return self.stages[-1]
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -70,8 +57,30 @@ class Dockerfile:
     def resolve(self, text: str) -> str:
         return re.sub(r"\$\{(\w+)\}", lambda m: self.args.get(m.group(1), m.group(0)), text)
 
+    def chain(self, name: str) -> list[Stage]:
+        """The stages an image is built on, its base first."""
+        names = {s.name for s in self.stages}
+        out = [self.stage(name)]
+        while out[0].base in names:
+            out.insert(0, self.stage(out[0].base))
+        return out
 
-def parse(path: Path) -> Dockerfile:
+    def image(self, target: str) -> Stage:
+        """A target as its image: every instruction of its chain, the base's first."""
+        chain = self.chain(target)
+        return Stage(chain[0].base, target, [i for s in chain for i in s.instructions])
+
+
+def env_of(stage: Stage) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for args in stage.all("ENV"):
+        for token in shlex.split(args):
+            key, _, value = token.partition("=")
+            out[key] = value
+    return out
+
+
+def parse(path: Path = DOCKERFILE) -> Dockerfile:
     logical: list[str] = []
     buf = ""
     for raw in path.read_text().splitlines():
@@ -101,28 +110,40 @@ def parse(path: Path) -> Dockerfile:
     return Dockerfile(global_args, stages)
 
 
-def service_of(variant: str) -> str:
-    return variant.split("-")[0]
+def service_of(target: str) -> str:
+    return target.split("-")[0]
 
 
 def onnxruntime_pin() -> str:
-    (req,) = [d for d in PYPROJECT["project"]["dependencies"] if d.startswith("onnxruntime-gpu")]
+    groups = PYPROJECT["project"]["optional-dependencies"]
+    (req,) = [d for group in groups.values() for d in group if d.startswith("onnxruntime-gpu")]
     return req.split("==")[1]
 
 
 # --------------------------------------------------------------------------- structure
-@pytest.mark.parametrize("variant", DOCKERFILES)
-def test_multi_stage_with_pinned_bases(variant):
-    df = parse(DOCKERFILES[variant])
-    assert len(df.stages) >= 2 and df.final.name == "runtime"
+def test_one_dockerfile_builds_every_image():
+    """The images share their stages instead of repeating them: no other Dockerfile in services/."""
+    others = [p.relative_to(REPO).as_posix() for p in (REPO / "services").rglob("Dockerfile*") if p != DOCKERFILE]
+    assert not others, f"services/Dockerfile has a target per image; move {others} into it"
+    names = [s.name for s in parse().stages]
+    assert len(names) == len(set(names)) and set(TARGETS) <= set(names), names
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_multi_stage_with_pinned_bases(target):
+    df = parse()
+    chain = df.chain(target)
+    assert len(chain) >= 2 and chain[-1].name == target
+    stages = {s.name for s in df.stages}
     for stage in df.stages:
         base = df.resolve(stage.base)
-        if base in {s.name for s in df.stages}:
+        if base in stages:
             continue  # FROM an earlier stage
-        if variant.endswith("cuda"):
+        if stage.base == "${CUDA_IMAGE}":
             assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.\d\d", base), base
         else:
             assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base), base
+    assert chain[0].base == ("${CUDA_IMAGE}" if target.endswith("cuda") else "${PYTHON_IMAGE}")
 
 
 def test_cuda_base_matches_the_pinned_onnxruntime_gpu():
@@ -131,37 +152,36 @@ def test_cuda_base_matches_the_pinned_onnxruntime_gpu():
     info = pytest.importorskip("onnxruntime.capi.build_and_package_info")
     if getattr(info, "package_name", "") != "onnxruntime-gpu" or ort.__version__ != onnxruntime_pin():
         pytest.skip(f"installed onnxruntime is not onnxruntime-gpu=={onnxruntime_pin()}")
-    df = parse(DOCKERFILES["reranker-cuda"])
-    base = df.resolve(df.final.base)
+    df = parse()
+    base = df.resolve(df.chain("reranker-cuda")[0].base)
     assert base.startswith(f"nvidia/cuda:{info.cuda_version}."), (base, info.cuda_version)
 
 
-@pytest.mark.parametrize("variant", DOCKERFILES)
-def test_runtime_stage_runs_the_service_unprivileged(variant):
-    service = service_of(variant)
-    df = parse(DOCKERFILES[variant])
-    final = df.final
-    (user,) = final.all("USER")
+@pytest.mark.parametrize("target", TARGETS)
+def test_runtime_stage_runs_the_service_unprivileged(target):
+    service = service_of(target)
+    image = parse().image(target)
+    user = image.all("USER")[-1]
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, user
-    (entrypoint,) = final.all("ENTRYPOINT")
-    assert json.loads(entrypoint) == ["searchctl", "serve", service]
-    (expose,) = final.all("EXPOSE")
+    assert json.loads(image.all("ENTRYPOINT")[-1]) == ["searchctl", "serve", service]
+    expose = image.all("EXPOSE")[-1]
     assert {int(p) for p in expose.split()} == {GRPC_PORTS[service], METRICS_PORTS[service]}
-    env = final.env()
+    env = env_of(image)
     prefix = service.upper()
+    assert env["SEARCH_SERVICE"] == service
     assert env[f"{prefix}_PORT"] == str(GRPC_PORTS[service])
     assert env[f"{prefix}_METRICS_PORT"] == str(METRICS_PORTS[service])
     assert env[f"{prefix}_HOST"] == "0.0.0.0"
     assert env["PATH"].startswith("/opt/venv/bin")
-    assert any("--from=build /opt/venv /opt/venv" in c for c in final.all("COPY"))
+    assert f"--from={target}-build /opt/venv /opt/venv" in parse().stage(target).all("COPY")
 
 
-@pytest.mark.parametrize("variant", DOCKERFILES)
-def test_build_installs_the_project(variant):
-    df = parse(DOCKERFILES[variant])
-    build = df.stage("build")
-    copied = {src for c in build.all("COPY") for src in c.split()[:-1]}
+@pytest.mark.parametrize("target", TARGETS)
+def test_build_installs_the_project_and_its_group(target):
+    df = parse()
+    project = df.stage("project")
+    copied = {src for c in project.all("COPY") for src in c.split()[:-1]}
     assert {"pyproject.toml", "README.md", "gen/", "services/"} <= copied
     # Every package pyproject declares is inside what is copied.
     package_dir = PYPROJECT["tool"]["setuptools"]["package-dir"]
@@ -172,46 +192,52 @@ def test_build_installs_the_project(variant):
         assert path.is_dir(), package
         assert any(str(path.relative_to(REPO)).startswith(c.rstrip("/")) for c in copied), package
     assert PYPROJECT["project"]["readme"] in copied
+    build = df.image(f"{target}-build")
+    assert "project" in [s.name for s in df.chain(f"{target}-build")] or "--from=project /src /src" in build.all("COPY")
     runs = " ".join(build.all("RUN"))
-    assert "pip install ." in runs
-    if variant.endswith("cuda"):
-        assert "onnxruntime-gpu" not in runs  # keeps the project's onnxruntime-gpu
+    assert f'pip install ".[{TARGETS[target]}]"' in runs
+    if target.endswith("cuda"):
+        assert "onnxruntime-gpu" not in runs  # keeps the group's onnxruntime-gpu
         assert "CUDAExecutionProvider" in runs
-        assert df.final.env()["ORT_PROVIDER"] == "cuda"
+        assert env_of(df.image(target))["ORT_PROVIDER"] == "cuda"
+    elif target == "gateway":
+        assert "onnxruntime" not in runs
     else:
         # CPU images swap in the CPU build of exactly the pinned version.
-        assert "pip uninstall -y onnxruntime-gpu" in runs
-        (arg,) = [a for a in build.all("ARG") if a.startswith("ORT_CPU_PACKAGE=")]
-        assert arg == f"ORT_CPU_PACKAGE=onnxruntime=={onnxruntime_pin()}"
+        assert 'pip uninstall -y onnxruntime-gpu && pip install "${ORT_CPU_PACKAGE}"' in runs
+        assert "ORT_CPU_PACKAGE" in build.all("ARG")
+        assert df.args["ORT_CPU_PACKAGE"] == f"onnxruntime=={onnxruntime_pin()}"
+        assert env_of(df.image(target))["ORT_PROVIDER"] == "cpu"
 
 
-@pytest.mark.parametrize("variant", [v for v in DOCKERFILES if v != "gateway"])
-def test_models_are_fetched_at_build_time(variant):
-    service = service_of(variant)
-    df = parse(DOCKERFILES[variant])
-    models = df.stage("models")
-    assert models.base == "build"
-    assert "FETCH_MODELS=1" in models.all("ARG")
+def models_stage(df: Dockerfile, target: str) -> Stage | None:
+    sources = [c.split()[0].removeprefix("--from=") for c in df.stage(target).all("COPY") if c.endswith("/models /models")]
+    return df.stage(sources[0]) if sources else None
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t != "gateway"])
+def test_models_are_fetched_at_build_time(target):
+    service = service_of(target)
+    df = parse()
+    models = models_stage(df, target)
+    assert models is not None and "FETCH_MODELS=1" in models.all("ARG")
     run = " ".join(models.all("RUN"))
     keep = MODEL_OF[service]
-    (drop,) = set(MODEL_OF.values()) - {keep}
-    # every fetch names the image's one model, and the build checks the other is absent
+    # every fetch names the image's one model
     fetches = re.findall(r"searchctl models fetch --models-dir /models([^&;]*)", run)
     assert fetches and all(f"--only {keep}" in f for f in fetches), fetches
-    assert f"test ! -e /models/{drop}" in run and f"/models/{keep}/model.onnx" in run
-    assert any("--from=models /models /models" in c for c in df.final.all("COPY"))
-    assert df.final.env()["SEARCH_MODELS_DIR"] == "/models"
+    assert env_of(df.image(target))["SEARCH_MODELS_DIR"] == "/models"
 
 
 def test_gateway_image_carries_no_models():
-    df = parse(DOCKERFILES["gateway"])
-    assert "models" not in {s.name for s in df.stages}
-    assert "SEARCH_MODELS_DIR" not in df.final.env()
+    df = parse()
+    assert models_stage(df, "gateway") is None
+    assert "SEARCH_MODELS_DIR" not in env_of(df.image("gateway"))
 
 
 def test_hadolint_is_clean():
     hadolint = xds_tool("hadolint")
-    proc = subprocess.run([str(hadolint), *map(str, DOCKERFILES.values())], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -266,22 +292,22 @@ def test_dockerignore_sends_only_the_package():
 
 
 # --------------------------------------------------------------------------- HEALTHCHECK, executed
-def healthcheck_argv(variant: str) -> list[str]:
-    (hc,) = parse(DOCKERFILES[variant]).final.all("HEALTHCHECK")
+def healthcheck_argv(target: str) -> list[str]:
+    hc = parse().image(target).all("HEALTHCHECK")[-1]
     options, _, cmd = hc.partition("CMD ")
     assert "--interval=" in options and "--timeout=" in options and "--start-period=" in options
     argv = json.loads(cmd)
     assert argv[:2] == ["python", "-c"], "exec form, no shell"
     assert "grpc_health.v1" in argv[2]
-    service = service_of(variant)
-    assert f"os.environ.get('{service.upper()}_PORT','{GRPC_PORTS[service]}')" in argv[2]
+    assert "os.environ[os.environ['SEARCH_SERVICE'].upper()+'_PORT']" in argv[2]
     return [sys.executable, *argv[1:]]
 
 
-def run_healthcheck(variant: str, port: int) -> int:
+def run_healthcheck(target: str, port: int) -> int:
     env = dict(os.environ)
-    env[f"{service_of(variant).upper()}_PORT"] = str(port)
-    return subprocess.run(healthcheck_argv(variant), env=env, capture_output=True, timeout=30).returncode
+    env["SEARCH_SERVICE"] = env_of(parse().image(target))["SEARCH_SERVICE"]
+    env[f"{service_of(target).upper()}_PORT"] = str(port)
+    return subprocess.run(healthcheck_argv(target), env=env, capture_output=True, timeout=30).returncode
 
 
 @pytest.fixture(scope="module")
@@ -322,16 +348,16 @@ def not_serving_port():
     server.stop(0)
 
 
-@pytest.mark.parametrize("variant", DOCKERFILES)
-def test_healthcheck_passes_when_serving(variant, serving_gateway):
-    assert run_healthcheck(variant, serving_gateway) == 0
+@pytest.mark.parametrize("target", TARGETS)
+def test_healthcheck_passes_when_serving(target, serving_gateway):
+    assert run_healthcheck(target, serving_gateway) == 0
 
 
-@pytest.mark.parametrize("variant", DOCKERFILES)
-def test_healthcheck_fails_when_not_serving(variant, not_serving_port):
-    assert run_healthcheck(variant, not_serving_port) == 1
+@pytest.mark.parametrize("target", TARGETS)
+def test_healthcheck_fails_when_not_serving(target, not_serving_port):
+    assert run_healthcheck(target, not_serving_port) == 1
 
 
-@pytest.mark.parametrize("variant", ["gateway", "reranker-cuda"])
-def test_healthcheck_fails_when_nothing_listens(variant):
-    assert run_healthcheck(variant, free_port()) != 0
+@pytest.mark.parametrize("target", ["gateway", "reranker-cuda"])
+def test_healthcheck_fails_when_nothing_listens(target):
+    assert run_healthcheck(target, free_port()) != 0

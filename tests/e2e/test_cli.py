@@ -9,11 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO
-
-pytestmark = pytest.mark.e2e
 
 
 def searchctl(*args, timeout=300, **kw) -> subprocess.CompletedProcess:

@@ -14,8 +14,6 @@ import pytest
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def grpcurl():

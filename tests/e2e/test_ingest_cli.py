@@ -1,4 +1,4 @@
-"""`searchctl ingest` against the real stack when the input is bad (issue 24): a refused document
+"""`searchctl ingest` against the real stack when the input is bad: a refused document
 in a 3,000-document stream, or the first one, gives the service's status, the file and line and
 the count acknowledged before it, never INTERNAL; fixed, the same command resumes; title-only
 documents ingest fully; bad lines stop the input, or are skipped and counted with --skip-bad."""
@@ -14,8 +14,6 @@ import pytest
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests.e2e.test_cli import searchctl
-
-pytestmark = pytest.mark.e2e
 
 N = 3000
 BATCH = 64

@@ -12,14 +12,11 @@ import uuid
 from pathlib import Path
 
 import grpc
-import pytest
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO
 from tests.e2e.test_cli import searchctl
 from tests.processes import running, spawn
-
-pytestmark = pytest.mark.e2e
 
 
 def corpus(path: Path, n: int) -> Path:

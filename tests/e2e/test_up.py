@@ -28,11 +28,9 @@ from search.v1 import (
     search_service_pb2 as pb,
     search_service_pb2_grpc as pb_grpc,
 )
+from services.cli.procs import free_port, wait_serving
 from tests.conftest import REPO, require_models
-from tests.processes import free_port, wait_serving
 from tests.processes import running, spawn
-
-pytestmark = pytest.mark.e2e
 
 API_KEY = "e2e-key-3f9c0a71"
 #: `searchctl up`'s bound: the services' default grace (10 s) + its 5 s margin.

@@ -10,14 +10,11 @@ import time
 from pathlib import Path
 
 import grpc
-import pytest
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests.conftest import require_models
 from tests.e2e.test_up import STOP_BOUND_S, children_of, start_up, stop_with_sigint, up_env
 from tests.processes import running
-
-pytestmark = pytest.mark.e2e
 
 
 def test_a_killed_reranker_is_restarted_while_searches_keep_succeeding(tmp_path: Path):

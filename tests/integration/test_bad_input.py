@@ -13,8 +13,6 @@ from google.rpc import error_details_pb2
 from search.v1 import common_pb2, rerank_service_pb2, rerank_service_pb2_grpc, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.common import validation
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def empty_collection(stack):

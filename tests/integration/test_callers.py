@@ -19,8 +19,6 @@ from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_g
 from tests.conftest import Stack, require_models
 from tests.resilience.conftest import FAST_RERANKER, metric_value, scrape
 
-pytestmark = pytest.mark.integration
-
 KEYS = {name: f"{name}-key-{uuid.uuid4().hex}" for name in ("reader", "writer", "ops", "team", "slow", "spare")}
 MESH_ID = "spiffe://cluster.local/ns/web/sa/frontend"
 CALLERS = f"""# the test's callers

@@ -14,8 +14,6 @@ import pytest
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.demo import demo_corpus
 
-pytestmark = pytest.mark.integration
-
 SAMPLE = 256  # RETRIEVAL_FUSION_CALIBRATION_SAMPLE's default
 
 

@@ -14,8 +14,6 @@ from services.retrieval.model_guard import file_sha256
 from tests.conftest import models_dir
 from tests.integration.test_search_flow import DOCS, document
 
-pytestmark = pytest.mark.integration
-
 
 def test_other_model_file_is_refused_until_reindexed(fresh_stack, tmp_path):
     fresh_stack.start_all()

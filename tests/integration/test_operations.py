@@ -16,8 +16,6 @@ from google.protobuf import json_format
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests.integration.test_search_flow import DOCS, document
 
-pytestmark = pytest.mark.integration
-
 MORE = [(f"extra{i}", f"Note {i}", f"Assorted note number {i} about rivers, mountains, bread and computers.", {"topic": "misc", "year": 2000 + i})
         for i in range(24)]
 
@@ -148,7 +146,7 @@ def test_streamed_ingest_acknowledges_each_durable_batch(stub):
 @pytest.mark.parametrize("reads_the_error", [True, False], ids=["stops-on-the-error", "writes-to-the-end"])
 async def test_a_refused_stream_ends_with_its_status_for_an_async_client_still_writing(stack, reads_the_error):
     """grpc.aio clients were told INTERNAL ("Internal error from Core") when the gateway ended a
-    refused stream while they still wrote (issue 24). The gateway now says why in the stream, then
+    refused stream while they still wrote. The gateway now says why in the stream, then
     reads on until the client half-closes, and only then ends the call: a client that stops on
     the error, and one that knows nothing of it and writes to its end, both get the status."""
     text = "A long passage about rivers, glaciers and the sea. " * 600  # batches of ~120 KB: writes queue

@@ -21,8 +21,6 @@ from search.v1 import (
 )
 from tests.conftest import REPO, Stack, require_models
 
-pytestmark = pytest.mark.integration
-
 KEY = "ops-key-5e1d9c2a77"
 TOKEN = "internal-token-for-the-operations-test"
 AUTH = (("authorization", f"Bearer {KEY}"),)

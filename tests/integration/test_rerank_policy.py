@@ -14,8 +14,6 @@ import pytest
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from tests.integration.test_search_flow import DOCS, collection, document, stub  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.integration
-
 QUERIES = ["why does the sea level go up and down every day?", "how do plants make sugar from light",
            "what makes bread dough rise", "hardware for training neural networks quickly", "science", "immune system"]
 MAX_GAP, AUTO_DEPTH = 0.2, 5  # GATEWAY_AUTO_RERANK_MAX_GAP, GATEWAY_AUTO_RERANK_DEPTH defaults

@@ -11,8 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from search.v1 import rerank_service_pb2 as pb, rerank_service_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.integration
-
 QUERIES = ["how do vaccines work", "what causes tides", "how does bread rise", "why are gpus fast"]
 PASSAGES = [
     "Vaccines train the immune system to recognise a pathogen using a harmless antigen.",

@@ -14,13 +14,10 @@ import sys
 import urllib.request
 
 import grpc
-import pytest
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.cli.procs import free_port, wait_serving
 from tests import processes
-from tests.processes import free_port, wait_serving
-
-pytestmark = pytest.mark.integration
 
 TOPICS = ["volcanoes and lava", "sourdough bread yeast", "ocean tides and the moon", "vaccines and antibodies",
           "graphics processors and matrices", "photosynthesis in plants"]

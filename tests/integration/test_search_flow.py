@@ -11,8 +11,6 @@ from google.protobuf import json_format
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.integration
-
 DOCS = [
     ("photosynthesis", "Photosynthesis", "Plants convert sunlight, water and carbon dioxide into glucose and oxygen in their chloroplasts.", {"topic": "biology", "year": 2019}),
     ("volcano", "Volcanoes", "A volcano is a rupture in the crust of a planet that lets hot lava, ash and gases escape from a magma chamber.", {"topic": "geology", "year": 2021}),

@@ -11,8 +11,6 @@ import pytest
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.integration
-
 OTEL_OFF = {"OTEL_TRACES_EXPORTER": "", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
             "LOG_LEVEL": "DEBUG"}
 

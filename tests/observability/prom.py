@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.processes import free_port
+from services.cli.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "observability" / "alerts.yml"

@@ -17,7 +17,8 @@ import grpc
 import pytest
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from tests.observability.prom import JOBS, free_port, prometheus_binary, start_prometheus
+from services.cli.procs import free_port
+from tests.observability.prom import JOBS, prometheus_binary, start_prometheus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

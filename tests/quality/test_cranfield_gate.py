@@ -16,8 +16,6 @@ import pytest
 
 from tests.conftest import REPO, SHARED_DATASETS, Stack, require_models
 
-pytestmark = pytest.mark.quality
-
 
 def recorded_gate() -> dict:
     text = (REPO / "docs" / "QUALITY.md").read_text()

@@ -1,4 +1,4 @@
-"""Issue 24's target: a BEIR folder whose documents have titles and empty texts (as old
+"""A BEIR folder whose documents have titles and empty texts (as old
 bibliographic collections do) is indexed whole by `searchctl ingest`, and `searchctl eval`
 over it gives the NDCG@10 that eval's own loader gives: one rule for a document, two paths.
 
@@ -6,7 +6,7 @@ The folder is a small part of Cranfield: the first judged test queries, their ju
 and more in corpus order, with the text of every other document emptied. No reranking: the
 models are slow on two cores. (On the whole of Cranfield so treated, 225 queries: ingest and
 eval's loader agree within 0.0002 in every mode, the difference between two runs of the same
-loader; the loader before issue 24, which copied the title into an empty text, is in
+loader; an older loader, which copied the title into an empty text, is in
 docs/QUALITY.md.)
 """
 
@@ -24,8 +24,6 @@ import pytest
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.beir import iter_corpus, load_qrels, load_queries
 from tests.conftest import REPO, SHARED_DATASETS
-
-pytestmark = pytest.mark.quality
 
 QUERIES = 30
 DOCUMENTS = 300

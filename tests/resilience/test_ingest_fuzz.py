@@ -1,5 +1,5 @@
 """Property: no input file, however malformed, makes `searchctl ingest` print INTERNAL or a
-traceback (issue 24). Files mix good documents with truncated lines, fields of the wrong
+traceback. Files mix good documents with truncated lines, fields of the wrong
 type, invalid UTF-8, unpaired surrogates, numbers protobuf cannot hold, nesting past every
 limit, documents with neither title nor text, a text past the API's limit and a document past
 a batch's 4 MiB. The command runs in this process (a traceback would be an exception out of

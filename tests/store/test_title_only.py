@@ -1,4 +1,4 @@
-"""A document is its title and its text (issue 24), on both backends: a document with a title
+"""A document is its title and its text, on both backends: a document with a title
 and no text is indexed by its title in every path that builds the indexed text (upsert in
 truncate and split mode, the late-interaction stage, reindex copying or re-embedding), and is
 returned as stored: its text empty, never the title copied in."""

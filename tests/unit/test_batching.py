@@ -40,6 +40,15 @@ def score(items):
     return np.array([[float(v)] for v, _ in items], dtype=np.float32)
 
 
+async def submitted(batcher: DynamicBatcher, encodings, **kwargs) -> asyncio.Future:
+    """``batcher.submit`` as a task, returned once the batcher holds the request: the task's first
+    step runs on the loop's next turn, ahead of this coroutine's, and queues every item before it
+    first awaits. What follows is ordered after the request's arrival, whatever the timing."""
+    task = asyncio.ensure_future(batcher.submit(encodings, **kwargs))
+    await asyncio.sleep(0)
+    return task
+
+
 @pytest.mark.asyncio
 async def test_results_return_to_each_caller_in_its_order():
     rec = Recorder()
@@ -82,8 +91,7 @@ async def test_full_queue_sheds_at_once():
             return score(items)
 
         batcher = DynamicBatcher(slow, lambda e: e[1], pool, max_queue_items=10, metrics=rec)
-        first = asyncio.ensure_future(batcher.submit([(1, 5)] * 8))
-        await asyncio.sleep(0.05)
+        first = await submitted(batcher, [(1, 5)] * 8)
         with pytest.raises(ResourceExhausted, match="queue holds 10"):
             await batcher.submit([(2, 5)] * 3)
         assert rec.rejections == 1
@@ -210,8 +218,7 @@ async def test_urgent_priority_overtakes_the_rest_of_a_round():
         batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=2)
         docs = asyncio.ensure_future(batcher.submit([(i, 10) for i in range(6)], priority=1))  # 3 batches
         await gate.wait_started(1)
-        query = asyncio.ensure_future(batcher.submit([(100, 3)], priority=0))
-        await asyncio.sleep(0.02)
+        query = await submitted(batcher, [(100, 3)], priority=0)
         for _ in range(4):
             gate.release.release()
         assert (await query).tolist() == [100.0]
@@ -230,12 +237,11 @@ async def test_abandoned_requests_are_not_scored():
         batcher = DynamicBatcher(gate, lambda e: e[1], pool, max_batch_items=4)
         first = asyncio.ensure_future(batcher.submit([(1, 5)]))
         await gate.wait_started(1)
-        doomed = asyncio.ensure_future(batcher.submit([(2, 5)] * 8))
-        await asyncio.sleep(0.01)
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(doomed, 0.01)  # the caller gives up while queued
-        kept = asyncio.ensure_future(batcher.submit([(3, 5)] * 2))
-        await asyncio.sleep(0.01)
+        doomed = await submitted(batcher, [(2, 5)] * 8)
+        doomed.cancel()  # the caller gives up while queued
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        kept = await submitted(batcher, [(3, 5)] * 2)
         for _ in range(3):
             gate.release.release()
         assert (await first).tolist() == [1.0]
@@ -255,16 +261,13 @@ async def test_prefetch_hands_out_a_full_batch_early_but_not_a_partial_one():
         a = asyncio.ensure_future(batcher.submit([(1, 5)] * 4))
         await gate.wait_started(1)
         # A partial batch arrives while one runs: it waits, so later arrivals can join it.
-        b = asyncio.ensure_future(batcher.submit([(2, 5)]))
-        await asyncio.sleep(0.02)
-        c = asyncio.ensure_future(batcher.submit([(3, 5)]))
-        await asyncio.sleep(0.02)
+        b = await submitted(batcher, [(2, 5)])
+        c = await submitted(batcher, [(3, 5)])
         gate.release.release()
         await gate.wait_started(2)
         # A full batch arriving while one runs is queued on the executor at once.
-        d = asyncio.ensure_future(batcher.submit([(4, 5)] * 4))
-        await asyncio.sleep(0.02)
-        e = asyncio.ensure_future(batcher.submit([(5, 5)] * 4))
+        d = await submitted(batcher, [(4, 5)] * 4)
+        e = await submitted(batcher, [(5, 5)] * 4)
         for _ in range(3):
             gate.release.release()
         await asyncio.gather(a, b, c, d, e)
@@ -319,8 +322,7 @@ async def test_workers_run_batches_in_parallel_and_small_rounds_are_spread():
         await gate.wait_started(2)  # both halves of the one request run at once
         assert sorted(len(b) for b in gate.started) == [2, 2]
         # A request arriving while both workers are busy waits for the next free one.
-        two = asyncio.ensure_future(batcher.submit([(9, 10)]))
-        await asyncio.sleep(0.02)
+        two = await submitted(batcher, [(9, 10)])
         assert len(gate.started) == 2
         gate.release.release()
         await gate.wait_started(3)

@@ -10,18 +10,16 @@ import sys
 import pytest
 
 from search.v1 import search_service_pb2 as bench_pb
-from services.cli import bench
-from services.cli.bench import (
-    RERANK_ROW_KEYS,
+from services.cli.bench import e2e, harness
+from services.cli.bench.harness import (
     StepResult,
     latency_summary,
     next_rate,
     parse_e2e_modes,
-    rerank_row,
     summarize_collapsed,
     sustained,
-    validate_rerank_report,
 )
+from services.cli.bench.rerank import RERANK_ROW_KEYS, rerank_row, validate_rerank_report
 from tests.conftest import REPO
 
 
@@ -122,7 +120,7 @@ def test_e2e_modes():
     assert {m.retrieval for m in modes} == {"default"}
     from services.cli.client import MODES
 
-    assert set(bench.RETRIEVAL_MODES) == set(MODES)  # the --retrieval-mode choices map onto the request enum
+    assert set(harness.RETRIEVAL_MODES) == set(MODES)  # the --retrieval-mode choices map onto the request enum
     assert [m.retrieval for m in parse_e2e_modes("search,rerank20", "dense")] == ["dense", "dense"]
     with pytest.raises(ValueError, match="unknown retrieval mode"):
         parse_e2e_modes("search", "bm25")
@@ -133,9 +131,9 @@ def test_paired_overhead_cancels_the_spread_between_queries():
     retrieve = [50.0, 400.0, 120.0, 300.0, 90.0]
     rerank = [0.0, 0.0, 100.0, 0.0, 0.0]
     search = [r + k + 2.0 for r, k in zip(retrieve, rerank)]
-    assert bench.paired_overhead_ms(search, retrieve, rerank) == pytest.approx(2.0)
+    assert e2e.paired_overhead_ms(search, retrieve, rerank) == pytest.approx(2.0)
     with pytest.raises(ValueError):
-        bench.paired_overhead_ms(search, retrieve[:-1], rerank)
+        e2e.paired_overhead_ms(search, retrieve[:-1], rerank)
 
 
 def test_collapsed_profile_summary_ignores_idle_threads():
@@ -163,8 +161,8 @@ def test_ort_profile_summary_sums_kernel_time_by_operator():
         {"cat": "Node", "name": "gelu_kernel_time", "dur": 20, "args": {"op_name": "Gelu"}},
         {"cat": "Node", "name": "gelu_fence_before", "dur": 999, "args": {"op_name": "Gelu"}},
     ]
-    assert bench.summarize_ort_profile(events) == [("MatMul", 0.8), ("Gelu", 0.2)]
-    assert bench.summarize_ort_profile([]) == []
+    assert harness.summarize_ort_profile(events) == [("MatMul", 0.8), ("Gelu", 0.2)]
+    assert harness.summarize_ort_profile([]) == []
 
 
 def test_plot_frontier_writes_a_png(tmp_path):
@@ -233,12 +231,12 @@ def test_server_side_overhead_from_the_gateways_own_metrics():
             f'search_gateway_downstream_duration_seconds_sum{{target="reranker",method="Rerank"}} {rerank}\n'
         )
 
-    before = bench.gateway_time_sums(exposition(10.0, 100, 6.0, 3.0))
+    before = e2e.gateway_time_sums(exposition(10.0, 100, 6.0, 3.0))
     assert before == (10.0, 100.0, 9.0)
     # 40 more Searches took 20 s, of which 19.9 s waiting on retrieval and the reranker: 2.5 ms each.
-    after = bench.gateway_time_sums(exposition(30.0, 140, 18.0, 10.9))
-    assert bench.server_side_overhead_ms(before, after) == pytest.approx(2.5)
-    assert math.isnan(bench.server_side_overhead_ms(after, after))
+    after = e2e.gateway_time_sums(exposition(30.0, 140, 18.0, 10.9))
+    assert e2e.server_side_overhead_ms(before, after) == pytest.approx(2.5)
+    assert math.isnan(e2e.server_side_overhead_ms(after, after))
 
 
 def test_sweep_layouts_measures_every_layout_and_batch_size():
@@ -252,10 +250,10 @@ def test_sweep_layouts_measures_every_layout_and_batch_size():
             calls.append((self.threads, len(batch)))
 
     encodings = [type("E", (), {"ids": [0] * n})() for n in (3, 1, 2, 5)]
-    rates = bench.sweep_layouts({1: Encoder(1), 2: Encoder(2)}, encodings, [(2, 1), (1, 2)], [1, 2])
+    rates = harness.sweep_layouts({1: Encoder(1), 2: Encoder(2)}, encodings, [(2, 1), (1, 2)], [1, 2])
     assert list(rates) == [(2, 1, 1), (2, 1, 2), (1, 2, 1), (1, 2, 2)]
     assert [str(k) for k in rates] == ["2x1 batch 1", "2x1 batch 2", "1x2 batch 1", "1x2 batch 2"]
     assert all(r > 0 and c >= 0 for r, c in rates.values())
     assert {t for t, _ in calls} == {1, 2} and {n for _, n in calls} == {1, 2}
-    one = bench.measure_layout({1: Encoder(1)}, encodings, bench.RawLayout(2, 1, 2))
+    one = harness.measure_layout({1: Encoder(1)}, encodings, harness.RawLayout(2, 1, 2))
     assert len(one) == 2 and one[0] > 0

@@ -10,7 +10,7 @@ import pytest
 
 from services.cli.bench import scale as bench_scale
 from services.cli.bench import scale_measure
-from services.cli.bench import DEFAULT_DATASET
+from services.cli.bench.harness import DEFAULT_DATASET
 from services.cli.main import build_parser
 from services.common.model_dir import default_models_dir
 

@@ -10,19 +10,12 @@ import pytest
 
 from search.v1 import search_service_pb2 as pb
 from services.common import metrics
-from services.common.cache import BoundedCache
+from services.common.cache import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER, BoundedCache, normalise_query
 from services.gateway import result_cache
 from services.gateway.result_cache import SearchResultCache
 from services.reranker.score_cache import CachedReranker
-from services.retrieval.query_cache import CachedQueryEmbedder, normalise_query
-from services.retrieval.versions import (
-    IF_VERSION_HEADER,
-    NOT_MODIFIED_HEADER,
-    VERSION_HEADER,
-    LocalVersions,
-    MetadataVersions,
-    VersionedBackend,
-)
+from services.retrieval.query_cache import CachedQueryEmbedder
+from services.retrieval.write_versions import LocalVersions, MetadataVersions, VersionedBackend
 
 
 def sample(name: str, **labels) -> float:

@@ -61,3 +61,26 @@ def test_architecture_doc_lists_every_setting(cls):
     doc = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
     missing = [env for env in cfg.env_names(cls) if f"`{env}`" not in doc]
     assert not missing, f"docs/ARCHITECTURE.md does not document {missing}; paste `searchctl config-docs` output"
+
+
+@pytest.mark.parametrize(
+    "cls, prefix, port, metrics_port",
+    [(GatewayConfig, "GATEWAY", 50051, 9101), (RetrievalConfig, "RETRIEVAL", 50052, 9102), (RerankerConfig, "RERANKER", 50053, 9103)],
+)
+def test_every_service_shares_the_server_settings(cls, prefix, port, metrics_port):
+    """The settings every server has are declared once (server_settings), named after the service."""
+    import dataclasses
+    import inspect
+
+    first = dataclasses.fields(cls)[:5]
+    assert [(f.name, f.metadata["env"], f.default) for f in first] == [
+        ("host", f"{prefix}_HOST", "0.0.0.0"),
+        ("port", f"{prefix}_PORT", port),
+        ("metrics_port", f"{prefix}_METRICS_PORT", metrics_port),
+        ("grace_seconds", f"{prefix}_GRACE_SECONDS", 10.0),
+        ("log_level", "LOG_LEVEL", "INFO"),
+    ]
+    own = inspect.getsource(inspect.getmodule(cls))
+    assert f'"{prefix}_HOST"' not in own and "LOG_LEVEL" not in own, "declared again instead of derived from server_settings"
+    loaded = cfg.load(cls, argparse.Namespace(), {f"{prefix}_PORT": "6000"})
+    assert loaded.port == 6000 and loaded.host == "0.0.0.0"

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.common.hardware import CPU, cuda_device_present
 from services.common.model_dir import ModelNotFoundError, default_models_dir
-from services.common.onnx_session import CPU, cuda_device_present, encodings_to_inputs
+from services.common.onnx_session import encodings_to_inputs
 from services.reranker.cross_encoder import CrossEncoder
 from services.retrieval.embedder import BiEncoder
 

@@ -29,7 +29,7 @@ TRANSPORT = {
     "gateway/resilience.py",
     "gateway/server.py",
     "retrieval/server.py",
-    "retrieval/version_check.py",
+    "retrieval/conditional_retrieve.py",
     "reranker/server.py",
 }
 

@@ -14,18 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.model_dir import default_models_dir
+from services.common.hardware import CPU, CUDA, TENSORRT, cuda_device_present
 from services.common.onnx_session import (
-    CPU,
-    CUDA,
-    TENSORRT,
     TrtProfile,
     create_session,
-    cuda_device_present,
     encodings_to_inputs,
-    load_tokenizer,
     run_with_io_binding,
     select_providers,
 )
+from services.common.tokenization import load_tokenizer
 
 BGE = default_models_dir() / "bge-small-en"
 RERANKER = default_models_dir() / "ms-marco-MiniLM-L-12-v2"

@@ -12,10 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from search.v1 import rerank_service_pb2 as pb, rerank_service_pb2_grpc as pb_grpc
+from services.cli.procs import free_port
 from services.common.security import SecurityConfig
 from services.common.server import Endpoint, run
 from services.gateway import clients
-from tests.processes import free_port
 
 TOKEN = "internal-3b8e61c0d2f4a975"
 

@@ -23,29 +23,50 @@ def child(tmp_path, name: str, ignore_sigterm: bool):
     return c
 
 
+class SteppedClock:
+    """A clock that stands still until ``moving()`` has been seen true, then steps ``step``
+    seconds per reading, from the next reading on: what happens at each reading is decided by
+    the order of events, not by how long they took."""
+
+    def __init__(self, step: float, moving=lambda: True) -> None:
+        self.now, self.step, self.moving, self.armed = 0.0, step, moving, False
+
+    def __call__(self) -> float:
+        if self.armed:
+            self.now += self.step
+        self.armed = self.armed or self.moving()
+        return self.now
+
+
 def test_stop_waits_in_parallel_reports_and_kills_what_outlives_the_timeout(tmp_path):
     polite, stubborn, other = (child(tmp_path, "polite", False), child(tmp_path, "stubborn", True),
                                child(tmp_path, "other-stubborn", True))
     with running(polite), running(stubborn), running(other):
         lines: list[str] = []
-        started = time.monotonic()
+        # No time passes until the polite child has ended on its SIGTERM; then each reading is 0.5 s later.
+        clock = SteppedClock(0.5, moving=lambda: polite.proc.poll() is not None)
         outcome = stop_processes({c.name: c.proc for c in (polite, stubborn, other)}, timeout=1.5,
-                                 report=lines.append, report_every=0.5)
-        elapsed = time.monotonic() - started
-    # Two stubborn children cost one timeout, not two: they are waited for together.
-    assert 1.5 <= elapsed < 2.5, elapsed
+                                 report=lines.append, report_every=0.5, clock=clock)
     assert outcome == {"polite": f"signal {signal.SIGTERM}", "stubborn": "killed", "other-stubborn": "killed"}
-    assert lines and all("stubborn" in line and "polite" not in line for line in lines), lines
+    # Two stubborn children cost one timeout, not two: both were killed at the first reading past it.
+    assert clock.now == 1.5
+    # A report at each report_every before the timeout, naming only the children still awaited.
+    assert len(lines) == 2 and all("stubborn" in line and "polite" not in line for line in lines), lines
 
 
 def test_kill_now_ends_the_wait_at_once(tmp_path):
     stubborn = child(tmp_path, "stubborn", True)
+    asked = iter([False, False, True])
+    polls: list[bool] = []
+
+    def kill_now() -> bool:
+        polls.append(next(asked))
+        return polls[-1]
+
     with running(stubborn):
-        asked = time.monotonic() + 0.3
-        started = time.monotonic()
-        outcome = stop_processes({"stubborn": stubborn.proc}, timeout=60, kill_now=lambda: time.monotonic() > asked)
-        assert time.monotonic() - started < 2
+        outcome = stop_processes({"stubborn": stubborn.proc}, timeout=60, kill_now=kill_now, clock=SteppedClock(0.0))
     assert outcome == {"stubborn": "killed"}
+    assert polls == [False, False, True]  # killed at the first poll that asked, never waiting out the timeout
 
 
 def test_stop_signals_first_asks_to_stop_then_to_kill():

@@ -28,78 +28,15 @@ Machine-dependent: read the figures together with the machine line each bench pr
 (CPU model, cores, load average).
 
 Each benchmark module registers its own subcommand; :func:`register` adds ``bench`` and
-them, in this order. The names below are re-exported for the tests and scripts that import
-them from ``services.cli.bench``.
+them, in this order. Callers import what they need from the module that defines it.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from services.cli.bench import e2e, embed, fairness, frontier, gil, peers, profile, rerank, scale, serve_build
-from services.cli.bench.e2e import (  # noqa: F401  (re-exported)
-    SEARCH_METHOD,
-    gateway_time_sums,
-    measure_overhead,
-    paired_overhead_ms,
-    server_side_overhead_ms,
-)
-from services.cli.bench.harness import (  # noqa: F401  (re-exported)
-    BENCH_COLLECTION,
-    DEFAULT_DATASET,
-    REPO,
-    RETRIEVAL_MODES,
-    SLO_MS,
-    Corpus,
-    E2EMode,
-    Profiler,
-    RawLayout,
-    Stack,
-    StepResult,
-    _bi_encoder,
-    _cross_encoder,
-    _grpc_options,
-    _print_machine,
-    _rerank_config,
-    _retrieval_config,
-    _scrape,
-    _search_request,
-    _skip,
-    _write_json,
-    latency_summary,
-    load_corpus,
-    machine_info,
-    measure_layout,
-    measure_limit_cpu,
-    next_rate,
-    open_loop,
-    ort_op_profile,
-    parse_e2e_modes,
-    process_cpu_seconds,
-    raw_layouts,
-    show_rates,
-    summarize_collapsed,
-    summarize_ort_profile,
-    sustained,
-    sweep_layouts,
-)
-from services.cli.bench.rerank import RERANK_ROW_KEYS, rerank_row, validate_rerank_report
-
-#: The old module names (services/cli/bench_scale.py, bench_profile.py, bench_peers.py).
-bench_scale, bench_profile, bench_peers = scale, profile, peers
-
-__all__ = [
-    "RERANK_ROW_KEYS",
-    "Corpus",
-    "StepResult",
-    "latency_summary",
-    "load_corpus",
-    "machine_info",
-    "rerank_row",
-    "register",
-    "sustained",
-    "validate_rerank_report",
-]
+from services.cli.bench import e2e, embed, fairness, frontier, gil, profile, rerank, scale, serve_build
+from services.cli.bench.harness import DEFAULT_DATASET
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -113,9 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rerank.register(bsub)
     embed.register(bsub)
     e2e.register(bsub)
-    profile.register(bsub, str(DEFAULT_DATASET))  # where the CPU goes per process (issue 13)
+    profile.register(bsub, str(DEFAULT_DATASET))  # where the CPU goes per process
     frontier.register(bsub)
     scale.register(bsub, str(DEFAULT_DATASET))  # the store alone at 10k-1M points
-    fairness.register(bsub)  # callers: quotas and fair shares under overload (issue 23)
+    fairness.register(bsub)  # callers: quotas and fair shares under overload
     serve_build.register(bsub, str(DEFAULT_DATASET))  # Search through a background build and swap
     gil.register(bsub, str(DEFAULT_DATASET))  # what the engine's GIL costs the retrieval service

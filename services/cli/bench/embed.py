@@ -48,7 +48,7 @@ def _bench_embed(args: argparse.Namespace) -> int:
     info = machine_info()
     _print_machine(info)
     conf = _retrieval_config()
-    from services.common.onnx_session import available_cpus
+    from services.common.hardware import available_cpus
 
     layouts = raw_layouts(available_cpus())
     encoders = {threads: _bi_encoder(conf, threads) for _, threads in layouts}

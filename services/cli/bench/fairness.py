@@ -1,4 +1,4 @@
-"""`searchctl bench fairness`: one noisy caller cannot starve the rest (issue 23).
+"""`searchctl bench fairness`: one noisy caller cannot starve the rest.
 
 The gateway runs with named callers (inline ``GATEWAY_API_KEYS``): ``quiet`` (a search quota it
 stays within), ``noisy`` (a search quota it exceeds ``--noisy-factor`` times) and ``flood`` (no

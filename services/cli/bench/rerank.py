@@ -154,7 +154,7 @@ def _bench_rerank(args: argparse.Namespace) -> int:
           f"ORT threads {conf.intra_op_threads or 'auto'}, graph {conf.graph_optimization}, spinning {conf.allow_spinning} "
           "(the service logs the resolved values)")
 
-    from services.common.onnx_session import available_cpus
+    from services.common.hardware import available_cpus
 
     cpus = available_cpus()
     layouts = raw_layouts(cpus)

@@ -72,7 +72,7 @@ from services.retrieval.backends.base import (
     Rescore,
 )
 from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, OpenCollection, cpus
-from services.retrieval.backends.edge_combine import QueryCombiner
+from services.retrieval.backends.edge_query_batching import QueryCombiner
 from services.retrieval.backends.edge_build import (
     SHARD_DIR,
     OptimizerChild,
@@ -131,7 +131,7 @@ class EdgeBackend:
         #: Figures of the background optimizations finished so far (the last 20).
         self.builds: list[dict[str, Any]] = []
         self.tuning = tuning or ShardTuning()
-        #: Concurrent queries of a collection run as one engine call (edge_combine.py).
+        #: Concurrent queries of a collection run as one engine call (edge_query_batching.py).
         self.query_batching = query_batching
         self.min_free = min_free_disk_mb * 1_000_000
         self.optimize_after_points = optimize_after_points

@@ -12,7 +12,7 @@ from pathlib import Path
 import qdrant_edge as qe
 
 from services.retrieval.backends.base import CollectionSchema
-from services.retrieval.backends.edge_combine import QueryCombiner
+from services.retrieval.backends.edge_query_batching import QueryCombiner
 
 
 class ReadWriteLock:

@@ -14,11 +14,12 @@ write may have written part of its points). A version is an opaque token that ne
   check, so a write through any replica changes what every replica reports.
 
 The retrieval service reports the version with every Retrieve the caller asks it for (gRPC
-metadata, :data:`IF_VERSION_HEADER` in the request, :data:`VERSION_HEADER` in the trailing
-metadata), read *before* the engine query: an answer is therefore never labelled with a version
-newer than the data it saw. When the caller's cached answer has the current version, retrieval
-answers at once with no candidates and :data:`NOT_MODIFIED_HEADER` (no embedding, no engine
-query): the gateway's result cache (services/gateway/result_cache.py) then serves its copy.
+metadata, the headers of services/common/cache.py: ``IF_VERSION_HEADER`` in the request,
+``VERSION_HEADER`` in the trailing metadata), read *before* the engine query: an answer is
+therefore never labelled with a version newer than the data it saw. When the caller's cached
+answer has the current version, retrieval answers at once with no candidates and
+``NOT_MODIFIED_HEADER`` (no embedding, no engine query): the gateway's result cache
+(services/gateway/result_cache.py) then serves its copy.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ import threading
 import uuid
 from typing import Any
 
-from services.common.cache import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
+__all__ = ["LocalVersions", "MetadataVersions", "VersionedBackend"]
 
-__all__ = ["IF_VERSION_HEADER", "NOT_MODIFIED_HEADER", "VERSION_HEADER", "LocalVersions", "MetadataVersions",
-           "VersionedBackend"]
 #: Key in a Qdrant server collection's metadata.
 METADATA_KEY = "search_platform_write_version"
 

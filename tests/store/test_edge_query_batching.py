@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.retrieval.backends.edge_combine import QueryCombiner
+from services.retrieval.backends.edge_query_batching import QueryCombiner
 
 
 class Engine:

@@ -1,6 +1,6 @@
 """Conditional Retrieve: the collection's write version in and out of RetrievalService/Retrieve.
 
-A server interceptor of the retrieval service (services/retrieval/versions.py says what a
+A server interceptor of the retrieval service (services/retrieval/write_versions.py says what a
 version is). Only for Retrieve calls whose metadata carries ``x-if-collection-version``
 (the gateway sends it while its result cache is on; other callers are untouched):
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import grpc
 
+from services.common.cache import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
 from services.common.interceptors import with_unary
-from services.retrieval.versions import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
 
 log = logging.getLogger(__name__)
 

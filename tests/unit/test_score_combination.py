@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from services.gateway.combine import METHODS, combine_scores
+from services.gateway.score_combination import METHODS, combine_scores
 
 FIRST = [3.0, 2.0, 1.0]  # first-stage order: candidate 0 is best
 RERANK = [-1.0, 5.0, 2.0]  # the cross-encoder prefers 1, then 2, then 0
