@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -257,3 +258,23 @@ def test_sweep_layouts_measures_every_layout_and_batch_size():
     assert {t for t, _ in calls} == {1, 2} and {n for _, n in calls} == {1, 2}
     one = harness.measure_layout({1: Encoder(1)}, encodings, harness.RawLayout(2, 1, 2))
     assert len(one) == 2 and one[0] > 0
+
+
+def test_frontier_refuses_a_plot_it_cannot_draw_before_the_run(monkeypatch, tmp_path):
+    """Without matplotlib, --png stops before the benchmark (a 15-minute run once lost its JSON at the plot)."""
+    import importlib.util
+
+    from services.cli.bench import frontier
+
+    dataset = tmp_path / "d"
+    dataset.mkdir()
+    (dataset / "corpus.jsonl").write_text('{"_id": "1", "title": "t", "text": "x"}\n')
+    (dataset / "queries.jsonl").write_text('{"_id": "q1", "text": "y"}\n')
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(frontier, "Stack", lambda *a, **k: pytest.fail("the run started"))
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    frontier.register(sub)
+    args = parser.parse_args(["frontier", "--dataset", str(dataset), "--png", str(tmp_path / "f.png")])
+    assert frontier._bench_frontier(args) == 2

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import math
 import os
 import random
@@ -266,6 +267,10 @@ def _bench_frontier(args: argparse.Namespace) -> int:
         corpus = load_corpus(dataset, max_docs=args.docs)
         if corpus is None:
             return _skip("frontier", dataset)
+        if args.png and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
+            print("searchctl bench frontier: --png needs matplotlib (the bench dependency group: "
+                  "pip install -e '.[bench]'), or pass --png '' for the JSON and the table only", file=sys.stderr)
+            return 2
         try:
             queries = beir.load_queries(dataset)
             qrels = beir.load_qrels(dataset, args.split)
@@ -291,12 +296,12 @@ def _bench_frontier(args: argparse.Namespace) -> int:
                                                                       after["cross_encoder_pairs_per_s"]), 4)
         results["datasets"][dataset.name] = {"split": args.split, "queries": len(chosen), "raw_before": before,
                                              "raw_after": after, "points": points}
+    results["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    _write_json(args.json, results)
     if args.png:
         plot_frontier({f"{n} {d['split']} ({d['queries']} queries)": d["points"] for n, d in results["datasets"].items()},
                       Path(args.png), f"{info['cpu']}, {info['cores']} cores, {args.clients} clients x {args.seconds:g} s")
         print(f"wrote {args.png}")
-    results["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-    _write_json(args.json, results)
     return 0
 
 
