@@ -95,7 +95,6 @@ from services.retrieval.backends.edge_shard import (
     edge_filter,
     edge_point,
     hnsw_ef_for,
-    point_in,
     query_request,
     read_schema,
     schema_record,
@@ -104,6 +103,7 @@ from services.retrieval.backends.edge_shard import (
     shard_config,
 )
 from services.retrieval.backends.edge_tuning import ShardTuning
+from services.retrieval.backends.translation import payload_indexes, point_in
 
 log = logging.getLogger(__name__)
 
@@ -270,9 +270,7 @@ class EdgeBackend:
             staging.mkdir(parents=True)
             try:
                 shard = qe.EdgeShard.create(str(staging / SHARD_DIR), self._config(schema))
-                indexes = {"doc_id": "keyword", "passage": "integer"}
-                indexes.update({f"payload.{key}": kind for key, kind in schema.filter_fields.items()})
-                for key, kind in indexes.items():
+                for key, kind in payload_indexes(schema).items():
                     shard.update(qe.UpdateOperation.create_field_index(key, INDEX_TYPES[kind]()))
                 shard.flush()
                 shard.close()
