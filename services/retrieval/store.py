@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -63,10 +64,24 @@ DEFAULT_DENSE_WEIGHT = 0.6
 class Embedder(Protocol):
     name: str
     dimension: int
+    #: Where its ``model.onnx`` is (what the model guard records), None when it has no file.
+    model_dir: Path | None
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class TokenEncoder(Protocol):
+    """Token vectors per text (services/retrieval/late_interaction.py), one ``(tokens, dimension)`` array each."""
+
+    name: str
+    model_dir: Path
+    dimension: int
+
+    def embed_queries(self, texts: Sequence[str]) -> list[np.ndarray]: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> list[np.ndarray]: ...
 
 
 class SparseEncoder(Protocol):
@@ -150,7 +165,7 @@ class LateInteraction:
     ``candidates`` is scored by MaxSim inside the engine, and that list is fused with the two
     first-stage lists (weighted z-score, ``weight`` to MaxSim)."""
 
-    encoder: Any  # services.retrieval.late_interaction.LateInteractionEncoder
+    encoder: TokenEncoder
     candidates: int = 100
     weight: float = 0.4
     quantization: str = "int8"

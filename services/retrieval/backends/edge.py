@@ -71,7 +71,7 @@ from services.retrieval.backends.base import (
     PointSnapshot,
     Rescore,
 )
-from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, OpenCollection, cpus
+from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, LocalVersions, OpenCollection, cpus
 from services.retrieval.backends.edge_combine import QueryCombiner
 from services.retrieval.backends.edge_build import (
     SHARD_DIR,
@@ -115,6 +115,8 @@ class EdgeBackend:
     """Collections as Qdrant Edge shards under ``path``."""
 
     kind = "edge"
+    #: One process owns the data directory (the shards' WAL locks refuse a second).
+    shared = False
 
     def __init__(self, path: str | os.PathLike, search_threads: int = 0, hnsw_ef: int | None = None, hnsw_ef_points: int = 0,
                  optimize_on_start: bool = False, optimize_after_points: int = 0, optimize_quiet_s: float = 30.0,
@@ -147,6 +149,7 @@ class EdgeBackend:
         shutil.rmtree(self.root / ".snapshots", ignore_errors=True)  # copies a crash left behind
         self._aliases_lock = threading.Lock()
         self._aliases = self._load_aliases()
+        self._versions = LocalVersions()
         for entry in sorted(self.collections_dir.iterdir()):
             if entry.is_dir() and not entry.name.startswith("."):
                 self._open(entry.name)
@@ -461,6 +464,12 @@ class EdgeBackend:
             os.fsync(out.fileno())
         os.replace(tmp, path)
         self._aliases = aliases
+
+    def write_version(self, name: str) -> str:
+        return self._versions.current(name)
+
+    def new_write_version(self, name: str) -> None:
+        self._versions.bump(name)
 
     def stats(self, name: str) -> CollectionStats:
         info = self._read(name, lambda shard: shard.info())

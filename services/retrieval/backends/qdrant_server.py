@@ -8,6 +8,7 @@ the tests run); it is never a serving option.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -64,10 +65,14 @@ SERVER = EngineTypes(
     },
 )
 _SCHEMA_KEY = "search_platform_schema"
+#: Key of the write version in a collection's metadata, which every replica reads.
+_VERSION_KEY = "search_platform_write_version"
 
 
 class QdrantServerBackend:
     kind = "qdrant"
+    #: Several retrieval replicas may serve one Qdrant server or cluster.
+    shared = True
 
     def __init__(self, client: QdrantClient, shard_number: int = 1, replication_factor: int = 1,
                  write_consistency_factor: int = 1, hnsw_ef: int | None = None) -> None:
@@ -224,6 +229,20 @@ class QdrantServerBackend:
             raise NotFound(f"alias {alias!r} does not exist")
         self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=[
             models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))])
+
+    def write_version(self, name: str) -> str:
+        try:
+            metadata = self.client.get_collection(name).config.metadata or {}
+        except Exception:  # noqa: BLE001 - no such collection (yet): the request itself says NOT_FOUND
+            return ""
+        return str(metadata.get(_VERSION_KEY, "unversioned"))
+
+    def new_write_version(self, name: str) -> None:
+        # Qdrant merges the top-level metadata keys it is sent: only the version changes.
+        try:
+            self._call("update_collection", self.client.update_collection, name, metadata={_VERSION_KEY: uuid.uuid4().hex})
+        except NotFound:
+            pass  # deleted: nothing to version
 
     def stats(self, name: str) -> CollectionStats:
         info = self._call("get_collection", self.client.get_collection, name)
