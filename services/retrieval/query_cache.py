@@ -50,7 +50,7 @@ class QueryEmbedder(Protocol):
     dimension: int
     provider: str
     max_length: int
-    model_dir: Path
+    model_dir: Path | None
     query_prefix: str
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -65,28 +65,13 @@ class CachedQueryEmbedder:
 
     def __init__(self, embedder: QueryEmbedder, max_entries: int, identity: str | None = None) -> None:
         self.inner = embedder
+        #: The wrapped embedder's description, as the store and the model guard read it.
+        self.name, self.dimension, self.provider = embedder.name, embedder.dimension, embedder.provider
+        self.model_dir: Path | None = embedder.model_dir
         self.cache: BoundedCache[np.ndarray] = BoundedCache(CACHE_NAME, max_entries)
         if identity is None:
             identity = model_identity(embedder.name, embedder.model_dir, embedder.max_length, embedder.query_prefix)
         self.identity = identity
-
-    # The wrapped embedder's description, as the store and the model guard read it.
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    @property
-    def provider(self) -> str:
-        return self.inner.provider
-
-    @property
-    def model_dir(self) -> Path:
-        return self.inner.model_dir
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Documents are never cached (an upsert's texts are seldom seen twice)."""

@@ -33,23 +33,8 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval import calibration, fusion, model_guard
 from services.retrieval.calibration import Calibration
 from services.retrieval.backends.base import (
-    DENSE,
-    FIELD_TYPES,
-    LATE,
-    SPARSE,
-    Backend,
-    CollectionSchema,
-    CollectionStats,
-    Filter,
-    Fused,
-    Hit,
-    Match,
-    MatchAny,
-    Nearest,
-    PointIn,
-    Range,
-    Rescore,
-    SparseVector,
+    DENSE, FIELD_TYPES, LATE, SPARSE, Backend, CollectionSchema, CollectionStats, Filter, Fused, Hit, Match,
+    MatchAny, Nearest, PointIn, Range, Rescore, SparseVector,
 )
 from services.retrieval.passages import Passage, PassageSplitter
 

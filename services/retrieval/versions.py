@@ -30,16 +30,7 @@ from typing import Any
 
 from services.common.cache import IF_VERSION_HEADER, NOT_MODIFIED_HEADER, VERSION_HEADER
 from services.retrieval.backends.base import (
-    Backend,
-    CollectionSchema,
-    CollectionStats,
-    Filter,
-    Fused,
-    Hit,
-    Nearest,
-    PointIn,
-    PointSnapshot,
-    Rescore,
+    Backend, CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore,
 )
 
 __all__ = ["IF_VERSION_HEADER", "NOT_MODIFIED_HEADER", "VERSION_HEADER", "VersionedBackend"]

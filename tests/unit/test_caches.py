@@ -61,8 +61,9 @@ def test_zero_entries_is_off():
 
 
 class FakeEmbedder:
-    name = "fake-model"
-    dimension = 3
+    """Stands in for the batched embedder, which the query cache wraps."""
+
+    name, dimension, provider, max_length, model_dir, query_prefix = "fake-model", 3, "cpu", 16, None, "q: "
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -151,7 +152,8 @@ def test_every_write_gives_the_collection_a_new_version_that_never_repeats(tmp_p
                       lambda: backend.delete_collection("c"),
                       lambda: backend.create_collection(CollectionSchema(name="c", dense_dimension=3, sparse=False))):
             before = backend.version("c")
-            assert backend.count("c") >= 0 and backend.version("c") == before  # reads do not change it
+            backend.list_collections()
+            assert backend.version("c") == before  # reads do not change it
             write()
             assert backend.version("c") not in seen
             seen.add(backend.version("c"))

@@ -13,46 +13,9 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
+from services.common.locks import ReadWriteLock
 from services.retrieval.backends.base import CollectionSchema
 from services.retrieval.backends.edge_combine import QueryCombiner
-
-
-class ReadWriteLock:
-    """Many users of the open shard (queries, upserts: the shard serialises internally) or
-    one owner (closing, swapping, deleting it). A waiting owner goes before new users."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-
-    def acquire_read(self) -> None:
-        with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if not self._readers:
-                self._cond.notify_all()
-
-    def acquire_write(self) -> None:
-        with self._cond:
-            self._waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._writer = True
-
-    def release_write(self) -> None:
-        with self._cond:
-            self._writer = False
-            self._cond.notify_all()
 
 
 class OpenCollection:

@@ -19,23 +19,11 @@ import qdrant_edge as qe
 from services.common.errors import FailedPrecondition
 from services.retrieval.backends import translation
 from services.retrieval.backends.base import (
-    DENSE,
-    LATE,
-    SPARSE,
-    CollectionSchema,
-    Filter,
-    Fused,
-    Nearest,
-    PointIn,
-    Rescore,
+    DENSE, LATE, SPARSE, CollectionSchema, Filter, Fused, Nearest, PointIn, Rescore,
 )
 from services.retrieval.backends.edge_tuning import ShardTuning
 from services.retrieval.backends.translation import (
-    EngineTypes,
-    engine_filter,
-    engine_point,
-    schema_from_record,
-    scrolled,
+    EngineTypes, engine_filter, engine_point, schema_from_record, scrolled,
 )
 
 SCHEMA_FILE = "collection.json"

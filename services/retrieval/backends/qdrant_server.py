@@ -18,29 +18,12 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from services.common.errors import AlreadyExists, NotFound, Unavailable
 from services.retrieval.backends.base import (
-    DENSE,
-    LATE,
-    SPARSE,
-    CollectionSchema,
-    CollectionStats,
-    Filter,
-    Fused,
-    Hit,
-    Nearest,
-    PointIn,
-    PointSnapshot,
+    DENSE, LATE, SPARSE, CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot,
     Rescore,
 )
 from services.retrieval.backends.translation import (
-    EngineTypes,
-    engine_filter,
-    engine_point,
-    payload_indexes,
-    point_in,
-    query_request,
-    schema_from_record,
-    schema_record,
-    scrolled,
+    EngineTypes, engine_filter, engine_point, payload_indexes, point_in, query_request, schema_from_record,
+    schema_record, scrolled,
 )
 
 #: Qdrant's builders of the filter and query language (services/retrieval/backends/translation.py).

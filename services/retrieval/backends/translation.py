@@ -18,22 +18,8 @@ from typing import Any
 
 from services.common.errors import FailedPrecondition
 from services.retrieval.backends.base import (
-    CALLER_PAYLOAD,
-    DENSE,
-    DOC_ID,
-    LATE,
-    PASSAGE,
-    SPARSE,
-    CollectionSchema,
-    Filter,
-    Fused,
-    Match,
-    MatchAny,
-    Nearest,
-    PointIn,
-    Range,
-    Rescore,
-    SparseVector,
+    CALLER_PAYLOAD, DENSE, DOC_ID, LATE, PASSAGE, SPARSE, CollectionSchema, Filter, Fused, Match, MatchAny,
+    Nearest, PointIn, Range, Rescore, SparseVector,
 )
 
 
