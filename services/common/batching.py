@@ -132,6 +132,16 @@ def check_fits(n: int, capacity: int, *, request_field: str, item_noun: str, que
         )
 
 
+def check_room(queued: int, n: int, capacity: int, metrics: BatcherMetrics) -> None:
+    """Shed (RESOURCE_EXHAUSTED, counted as rejected) a request of ``n`` items that the queue,
+    holding ``queued`` of its ``capacity``, has no room for now."""
+    if queued + n > capacity:
+        metrics.rejected()
+        raise ResourceExhausted(
+            f"overloaded: {queued} items queued, this request adds {n}, the queue holds {capacity}; retry with backoff"
+        )
+
+
 class DynamicBatcher(Generic[E]):
     """Coalesce items from concurrent :meth:`submit` calls into bounded, length-sorted batches.
 
@@ -235,12 +245,7 @@ class DynamicBatcher(Generic[E]):
         if n == 0:
             return np.zeros((0, *self.item_shape), dtype=self.dtype)
         self.check_fits(n)
-        if self._queued_items + n > self.max_queue_items:
-            self._metrics.rejected()
-            raise ResourceExhausted(
-                f"overloaded: {self._queued_items} items queued, this request adds {n}, the queue holds "
-                f"{self.max_queue_items}; retry with backoff"
-            )
+        check_room(self._queued_items, n, self.max_queue_items, self._metrics)
         self.start()
         loop = asyncio.get_running_loop()
         request = _Request(

@@ -14,6 +14,7 @@ store immutable values or copies). Lookups and insertions take one lock; no I/O 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import unicodedata
 from collections import OrderedDict
@@ -42,17 +43,13 @@ def normalise_query(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def model_identity(model: Any) -> str:
+def model_identity(name: str, model_dir: str | os.PathLike[str] | None, max_length: int, query_prefix: str = "") -> str:
     """What decides a model's output for a text: its name, its weights' digest when its directory
-    is known, its token limit and its query prefix (an embedder wrapper's ``encoder`` is read)."""
-    encoder = getattr(model, "encoder", model)
-    parts = [str(getattr(model, "name", type(model).__name__))]
-    model_dir = getattr(encoder, "model_dir", None)
+    is known, its token limit and its query prefix."""
+    parts = [name]
     if model_dir is not None:
         parts.append(_file_digest(Path(model_dir) / "model.onnx"))
-    parts.append(str(getattr(encoder, "max_length", "")))
-    parts.append(str(getattr(encoder, "query_prefix", "")))
-    return "|".join(parts)
+    return "|".join([*parts, str(max_length), query_prefix])
 
 
 def _file_digest(path: Path) -> str:

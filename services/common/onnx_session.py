@@ -308,6 +308,29 @@ def model_input_names(session: ort.InferenceSession, model_name: str) -> list[st
     return names
 
 
+@dataclass(frozen=True)
+class ModelSession:
+    """A BERT-style model's session as an encoder holds it."""
+
+    session: ort.InferenceSession
+    #: The execution provider really in use.
+    provider: str
+    #: Its inputs, every one among BERT_INPUTS.
+    input_names: list[str]
+    #: Its first output (``name``, ``shape``).
+    output: Any
+
+
+def open_model(model_dir: Path, name: str, batch_size: int, max_length: int, provider: str = "auto",
+               intra_op_threads: int = 0, graph_optimization: str = "all", spin: bool = True) -> ModelSession:
+    """``model_dir``'s ``model.onnx`` for batches of up to ``batch_size`` x ``max_length`` tokens
+    (:func:`create_session`), its inputs checked (:func:`model_input_names`)."""
+    session, used = create_session(model_dir / "model.onnx", provider=provider, intra_op_threads=intra_op_threads,
+                                   graph_optimization=graph_optimization, spin=spin,
+                                   trt_profile=TrtProfile(max_batch=batch_size, max_length=max_length))
+    return ModelSession(session, used, model_input_names(session, name), session.get_outputs()[0])
+
+
 def encodings_to_inputs(
     encodings: Sequence[Encoding],
     pad_id: int = 0,

@@ -24,9 +24,10 @@ is the line's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -225,6 +226,30 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             call.error = exc
         return self._wrap(handler, call)
 
+    @contextlib.asynccontextmanager
+    async def _guarded(self, call: Call, context: grpc.aio.ServicerContext, slot: bool,
+                       request: Any = _END) -> AsyncIterator[None]:
+        """The handler's body runs inside: the call opened (identity, scope, quota; ``slot``: a
+        share of the in-flight cap) and its ``request`` checked (streams: their first message,
+        :meth:`_peeked`), a refusal answered with its status, and the call closed (slot
+        released, counted, audited) however it ends."""
+        error = None
+        if request is not _END:
+            call.request = request
+        try:
+            try:
+                await self._open(call, context, slot=slot)
+                if request is not _END:
+                    await self._check_request(call, request)
+                yield
+            except ServiceError as exc:
+                await abort_with_error(context, call.path, exc)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._close(call, context, error)
+
     def _wrap(self, handler: grpc.RpcMethodHandler, call: Call) -> grpc.RpcMethodHandler:
         refused = call.error is not None  # refused before its body is read: no deserializer
         kw = {"request_deserializer": None if refused else handler.request_deserializer,
@@ -234,77 +259,32 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             behavior = handler.unary_unary
 
             async def unary_unary(request, context):
-                error = None
-                call.request = request
-                try:
-                    try:
-                        await guard._open(call, context, slot=True)
-                        await guard._check_request(call, request)
-                        response = await behavior(request, context)
-                        return access.check_answer(call.caller, call.method, response)
-                    except ServiceError as exc:
-                        await abort_with_error(context, call.path, exc)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    guard._close(call, context, error)
+                async with guard._guarded(call, context, slot=True, request=request):
+                    return access.check_answer(call.caller, call.method, await behavior(request, context))
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
 
             async def unary_stream(request, context):
-                error = None
-                call.request = request
-                try:
-                    try:
-                        await guard._open(call, context, slot=False)
-                        await guard._check_request(call, request)
-                        async for reply in behavior(request, context):
-                            yield reply
-                    except ServiceError as exc:
-                        await abort_with_error(context, call.path, exc)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    guard._close(call, context, error)
+                async with guard._guarded(call, context, slot=False, request=request):
+                    async for reply in behavior(request, context):
+                        yield reply
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
         if handler.stream_unary is not None:
             behavior = handler.stream_unary
 
             async def stream_unary(requests, context):
-                error = None
-                try:
-                    try:
-                        await guard._open(call, context, slot=False)
-                        return await behavior(await guard._peeked(call, requests), context)
-                    except ServiceError as exc:
-                        await abort_with_error(context, call.path, exc)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    guard._close(call, context, error)
+                async with guard._guarded(call, context, slot=False):
+                    return await behavior(await guard._peeked(call, requests), context)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
         behavior = handler.stream_stream
 
         async def stream_stream(requests, context):
-            error = None
-            try:
-                try:
-                    await guard._open(call, context, slot=False)
-                    async for reply in behavior(await guard._peeked(call, requests), context):
-                        yield reply
-                except ServiceError as exc:
-                    await abort_with_error(context, call.path, exc)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                guard._close(call, context, error)
+            async with guard._guarded(call, context, slot=False):
+                async for reply in behavior(await guard._peeked(call, requests), context):
+                    yield reply
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)

@@ -17,14 +17,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from services.common.model_dir import CROSS_ENCODER, model_dir as find_model_dir, resolve_model_dir
-from services.common.onnx_session import (
-    TrtProfile,
-    create_session,
-    encodings_to_inputs,
-    model_input_names,
-    runtime_options,
-    run_with_io_binding,
-)
+from services.common.onnx_session import encodings_to_inputs, open_model, run_with_io_binding, runtime_options
 from services.common.tokenization import load_tokenizer
 
 __all__ = ["CrossEncoder"]
@@ -89,19 +82,12 @@ class CrossEncoder:
             self.model_dir, max_length, padding=False, truncation_strategy="longest_first"
         )
         self.max_length: int = int(self._tokenizer.truncation["max_length"])
-        self._session, self.provider = create_session(
-            self.model_dir / "model.onnx",
-            provider=provider,
-            intra_op_threads=intra_op_threads,
-            graph_optimization=graph_optimization,
-            spin=spin,
-            trt_profile=TrtProfile(max_batch=batch_size, max_length=self.max_length),
-        )
+        model = open_model(self.model_dir, self.name, batch_size, self.max_length, provider, intra_op_threads,
+                           graph_optimization, spin)
+        self._session, self.provider, self._input_names = model.session, model.provider, model.input_names
         pad_id = self._tokenizer.token_to_id("[PAD]")
         self.pad_id: int = 0 if pad_id is None else int(pad_id)
-
-        self._input_names = model_input_names(self._session, self.name)
-        output = self._session.get_outputs()[0]
+        output = model.output
         self._output_name: str = output.name
         last = output.shape[-1] if output.shape else 1
         # Single-logit models are the norm; for multi-class heads use the last (positive) class.

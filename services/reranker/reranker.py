@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from services.common import metrics, tracing
-from services.common.batching import BatcherMetrics, BatchStats, DynamicBatcher, check_fits
-from services.common.errors import ResourceExhausted
+from services.common.batching import BatcherMetrics, BatchStats, DynamicBatcher, check_fits, check_room
 
 #: How a request larger than the whole queue is refused (see services.common.batching.check_fits).
 QUEUE_NAMES = {"request_field": "passages", "item_noun": "passages", "queue_setting": "RERANKER_MAX_QUEUE_PAIRS"}
@@ -59,12 +58,7 @@ class PerRequestScorer:
     async def submit(self, encodings) -> np.ndarray:
         n = len(encodings)
         self.check_fits(n)
-        if self.queued_items + n > self.max_queue_items:
-            self.metrics.rejected()
-            raise ResourceExhausted(
-                f"overloaded: {self.queued_items} items queued, this request adds {n}, the queue holds "
-                f"{self.max_queue_items}; retry with backoff"
-            )
+        check_room(self.queued_items, n, self.max_queue_items, self.metrics)
         self.queued_items += n
         self.queued_requests += 1
         self.metrics.queue_changed(self.queued_items, self.queued_requests)

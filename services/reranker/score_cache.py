@@ -41,7 +41,9 @@ class CachedReranker:
         self.inner = reranker
         self.encoder = reranker.encoder
         self.cache: BoundedCache[float] = BoundedCache(CACHE_NAME, max_entries)
-        self.identity = identity if identity is not None else model_identity(reranker.encoder)
+        encoder = reranker.encoder
+        self.identity = identity if identity is not None else model_identity(encoder.name, encoder.model_dir,
+                                                                              encoder.max_length)
 
     async def score(self, query: str, passages: list[str], ids: Sequence[str] = ()) -> np.ndarray:
         if not self.cache.enabled:

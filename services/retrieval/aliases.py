@@ -23,10 +23,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from services.common import validation
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.locks import ReadWriteLock
 from services.retrieval.backends.base import Backend
 
 
@@ -133,67 +134,42 @@ class WriteGate:
     """Shared by writes, exclusive for a reindex's catch-up; a waiting reindex goes before new writes."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._writers = 0
-        self._paused = False
-        self._waiting = 0
+        self._lock = ReadWriteLock()
+        self._tracking = threading.Lock()
         self._tracked: dict[str, set[str]] = {}
 
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            while self._paused or self._waiting:
-                self._cond.wait()
-            self._writers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writers -= 1
-                self._cond.notify_all()
+    def writing(self) -> AbstractContextManager[None]:
+        """Held by a write from resolving its collection's name to the end of the engine write."""
+        return self._lock.shared()
+
+    def paused(self) -> AbstractContextManager[None]:
+        """No write runs inside this block; those in progress finish first."""
+        return self._lock.owned()
 
     def note(self, collection: str, doc_ids: Iterable[str]) -> None:
         """Record ``doc_ids`` as written to ``collection`` (kept only while it is being reindexed)."""
-        with self._cond:
+        with self._tracking:
             tracked = self._tracked.get(collection)
             if tracked is not None:
                 tracked.update(doc_ids)
 
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        """No write runs inside this block; those in progress finish first."""
-        with self._cond:
-            self._waiting += 1
-            try:
-                while self._paused or self._writers:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._paused = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._paused = False
-                self._cond.notify_all()
-
     def track(self, collection: str) -> None:
         """Start recording the documents written to ``collection``; writes in progress finish first,
         so every write that is not recorded is in the collection before the caller reads it."""
-        with self.paused():
+        with self.paused(), self._tracking:
             if collection in self._tracked:
                 raise FailedPrecondition(f"collection {collection!r} is already being reindexed")
             self._tracked[collection] = set()
 
     def take(self, collection: str) -> list[str]:
         """The documents written since :meth:`track` or the last ``take``, and start afresh."""
-        with self._cond:
+        with self._tracking:
             ids = self._tracked.get(collection, set())
             self._tracked[collection] = set()
             return sorted(ids)
 
     def untrack(self, collection: str) -> None:
-        with self._cond:
+        with self._tracking:
             self._tracked.pop(collection, None)
 
 

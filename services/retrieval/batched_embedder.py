@@ -23,6 +23,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -101,6 +102,8 @@ class BatchedEmbedder:
         self.dimension: int = encoder.dimension
         self.provider: str = encoder.provider
         self.max_length: int = encoder.max_length
+        self.model_dir: Path = encoder.model_dir
+        self.query_prefix: str = encoder.query_prefix
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._executor = ThreadPoolExecutor(max_workers=workers + prefetch, thread_name_prefix="embed-inference")

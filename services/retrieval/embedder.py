@@ -16,14 +16,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from services.common.model_dir import BI_ENCODER, model_dir as find_model_dir, resolve_model_dir
-from services.common.onnx_session import (
-    TrtProfile,
-    create_session,
-    encodings_to_inputs,
-    model_input_names,
-    runtime_options,
-    run_with_io_binding,
-)
+from services.common.onnx_session import encodings_to_inputs, open_model, run_with_io_binding, runtime_options
 from services.common.tokenization import load_tokenizer
 
 if TYPE_CHECKING:
@@ -90,17 +83,10 @@ class BiEncoder:
         self._unpadded = load_tokenizer(self.model_dir, max_length, padding=False)
         self.max_length: int = int(self._tokenizer.truncation["max_length"])
         self._pad_id: int = int(self._tokenizer.padding["pad_id"])
-        self._session, self.provider = create_session(
-            self.model_dir / "model.onnx",
-            provider=provider,
-            intra_op_threads=intra_op_threads,
-            graph_optimization=graph_optimization,
-            spin=spin,
-            trt_profile=TrtProfile(max_batch=batch_size, max_length=self.max_length),
-        )
-
-        self._input_names = model_input_names(self._session, self.name)
-        output = self._session.get_outputs()[0]
+        model = open_model(self.model_dir, self.name, batch_size, self.max_length, provider, intra_op_threads,
+                           graph_optimization, spin)
+        self._session, self.provider, self._input_names = model.session, model.provider, model.input_names
+        output = model.output
         self._output_name: str = output.name
         self._output_rank = len(output.shape)
         last = output.shape[-1]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,7 @@ class LazyEncoder:
     retrieval service whose collections do not use it pays no start-up time or memory for it.
     ``name`` and ``model_dir`` (what the model guard records) are known without loading."""
 
-    def __init__(self, model_dir: str | os.PathLike[str], load) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], load: Callable[[], LateInteractionEncoder]) -> None:
         self.model_dir: Path = resolve_model_dir(model_dir)
         self.name = self.model_dir.name
         self._load = load
@@ -140,8 +140,15 @@ class LazyEncoder:
                     self._encoder = encoder
         return self._encoder
 
-    def __getattr__(self, attribute: str):  # dimension, embed_queries, embed_documents, ...
-        return getattr(self.get(), attribute)
+    @property
+    def dimension(self) -> int:
+        return self.get().dimension
+
+    def embed_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return self.get().embed_queries(texts)
+
+    def embed_documents(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return self.get().embed_documents(texts)
 
 
 def maxsim(query: np.ndarray, document: np.ndarray) -> float:

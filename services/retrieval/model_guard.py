@@ -72,12 +72,12 @@ class ModelIdentity:
 
 
 def _model_file(model: Any) -> Path | None:
-    """``model.onnx`` of an encoder (a BatchedEmbedder wraps its BiEncoder as ``encoder``)."""
-    for candidate in (model, getattr(model, "encoder", None)):
-        model_dir = getattr(candidate, "model_dir", None)
-        if model_dir is not None and (Path(model_dir) / "model.onnx").is_file():
-            return Path(model_dir) / "model.onnx"
-    return None
+    """``model.onnx`` of an encoder (every encoder and embedder names its ``model_dir``, None
+    for a model that has none)."""
+    if model.model_dir is None:
+        return None
+    path = Path(model.model_dir) / "model.onnx"
+    return path if path.is_file() else None
 
 
 def identity_of(embedder: Any, sparse_encoder: Any = None, late_interaction: Any = None) -> ModelIdentity:

@@ -1,11 +1,12 @@
 """RetrievalService's operations on collections: list, documents by id, aliases, reindex,
 snapshots; and the name resolution and write gate every request goes through.
 
-Transport only: the work is in aliases.py, reindex.py, snapshots.py and the store. Mixed into
-:class:`services.retrieval.server.RetrievalServicer`, which provides ``store``, ``executor``
-and ``_run``. Streamed replies (reindex progress, snapshot points) are produced by a worker
-thread and handed to the event loop through a small window: a slow reader slows the thread
-(the snapshot is read no faster than the caller takes it).
+Messages in, messages out: the work is in aliases.py, reindex.py, snapshots.py and the store.
+:class:`CollectionOperations` is built once the store is loaded, with what it needs passed in;
+the servicer (server.py) hands these RPCs to it and resolves and writes through it. Streamed
+replies (reindex progress, snapshot points) are produced by a worker thread and handed to the
+event loop through a small window: a slow reader slows the thread (the snapshot is read no
+faster than the caller takes it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
 from functools import partial
 from typing import Any
 
@@ -24,10 +26,22 @@ from services.common import validation
 from services.common.errors import InvalidArgument, NotFound
 from services.retrieval import reindex as reindexing, snapshots
 from services.retrieval.aliases import Aliases, WriteGate
+from services.retrieval.calibration import FusionCalibrator
+from services.retrieval.messages import collection_info
+from services.retrieval.store import DocumentStore
 
 PHASES = {reindexing.COPYING: common_pb2.REINDEX_PHASE_COPYING, reindexing.CATCHING_UP: common_pb2.REINDEX_PHASE_CATCHING_UP,
           reindexing.DONE: common_pb2.REINDEX_PHASE_DONE}
 _END = object()
+#: How long a list of aliases read from an engine other processes share is trusted.
+SHARED_ALIASES_CACHE_S = 1.0
+
+
+async def run_in(executor: Executor, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on ``executor``, in this request's context: run_in_executor does not
+    carry contextvars, so the store's spans and log lines would leave the request's trace."""
+    call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
 
 
 async def stream_from_thread(executor, produce: Callable[[Callable[[Any], None], threading.Event], None],
@@ -61,31 +75,21 @@ async def stream_from_thread(executor, produce: Callable[[Callable[[Any], None],
         cancelled.set()
 
 
-class OperationsMixin:
-    """The collection RPCs (list, delete, documents by id, aliases, reindex, snapshots) and the
-    helpers Retrieve, Upsert and Delete use to resolve names."""
+class CollectionOperations:
+    """The collection RPCs, and the name resolution and write gate of every request."""
 
-    store: Any
-    executor: Any
-    calibrator: Any
-    _run: Callable
+    def __init__(self, store: DocumentStore, executor: Executor, calibrator: FusionCalibrator | None = None) -> None:
+        self.store = store
+        self.executor = executor
+        #: Measures collections' fusion weight after writes (None: RETRIEVAL_FUSION_CALIBRATION off).
+        self.calibrator = calibrator
+        self.aliases = Aliases(store.backend, cache_s=SHARED_ALIASES_CACHE_S if store.backend.shared else 0.0)
+        self.gate = WriteGate()
+
+    async def _run(self, fn: Callable, *args: Any) -> Any:
+        return await run_in(self.executor, fn, *args)
 
     # -- names and writes ----------------------------------------------------------------
-
-    @property
-    def aliases(self) -> Aliases:
-        aliases = getattr(self, "_aliases", None)
-        if aliases is None or aliases.backend is not self.store.backend:
-            # A Qdrant server may be shared by several retrieval replicas: re-read its aliases often.
-            aliases = self._aliases = Aliases(self.store.backend, cache_s=1.0 if self.store.backend.kind == "qdrant" else 0.0)
-        return aliases
-
-    @property
-    def gate(self) -> WriteGate:
-        gate = getattr(self, "_gate", None)
-        if gate is None:
-            gate = self._gate = WriteGate()
-        return gate
 
     def resolve(self, name: str) -> str:
         return self.aliases.resolve(name)
@@ -112,7 +116,7 @@ class OperationsMixin:
 
     # -- RPCs ----------------------------------------------------------------------------
 
-    async def ListCollections(self, request, context):
+    async def list_collections(self, request: pb.RetrievalServiceListCollectionsRequest):
         def listing():
             infos = []
             for name in self.store.list_collections():
@@ -122,15 +126,13 @@ class OperationsMixin:
                     continue
             return infos, self.aliases.all()
 
-        from services.retrieval.server import collection_info
-
         infos, aliases = await self._run(listing)
         return pb.RetrievalServiceListCollectionsResponse(
             collections=[collection_info(d) for d in infos],
             aliases=[common_pb2.Alias(alias=a, collection=c) for a, c in sorted(aliases.items())],
         )
 
-    async def GetDocuments(self, request, context):
+    async def get_documents(self, request: pb.RetrievalServiceGetDocumentsRequest):
         name = validation.collection_name(request.collection)
         ids = validation.ids(request.ids)
         collection, docs = await self._run(self.read, name, self.store.get_documents, ids)
@@ -141,12 +143,12 @@ class OperationsMixin:
             json_format.ParseDict(d.payload, message.payload)
         return reply
 
-    async def CreateAlias(self, request, context):
+    async def create_alias(self, request: pb.RetrievalServiceCreateAliasRequest):
         alias = validation.collection_name(request.alias, "alias")
         await self._run(self.aliases.create, alias, request.collection)
         return pb.RetrievalServiceCreateAliasResponse(alias=common_pb2.Alias(alias=alias, collection=request.collection))
 
-    async def SwitchAlias(self, request, context):
+    async def switch_alias(self, request: pb.RetrievalServiceSwitchAliasRequest):
         alias = validation.collection_name(request.alias, "alias")
         if request.expected_collection:
             validation.collection_name(request.expected_collection, "expected_collection")
@@ -154,16 +156,16 @@ class OperationsMixin:
         return pb.RetrievalServiceSwitchAliasResponse(alias=common_pb2.Alias(alias=alias, collection=request.collection),
                                                       previous_collection=previous)
 
-    async def DeleteAlias(self, request, context):
+    async def delete_alias(self, request: pb.RetrievalServiceDeleteAliasRequest):
         await self._run(self.aliases.delete, validation.collection_name(request.alias, "alias"))
         return pb.RetrievalServiceDeleteAliasResponse()
 
-    async def ListAliases(self, request, context):
+    async def list_aliases(self, request: pb.RetrievalServiceListAliasesRequest):
         aliases = await self._run(self.aliases.all)
         return pb.RetrievalServiceListAliasesResponse(
             aliases=[common_pb2.Alias(alias=a, collection=c) for a, c in sorted(aliases.items())])
 
-    async def Reindex(self, request, context):
+    async def reindex(self, request: pb.RetrievalServiceReindexRequest):
         source = validation.collection_name(request.source, "source")
         if request.target:
             validation.collection_name(request.target, "target")
@@ -179,7 +181,7 @@ class OperationsMixin:
                 phase=PHASES[p.phase], copied=p.copied, total=p.total, source_collection=p.source,
                 target_collection=p.target, alias=p.alias, reembedded=p.reembedded)
 
-    async def ExportSnapshot(self, request, context):
+    async def export_snapshot(self, request: pb.RetrievalServiceExportSnapshotRequest):
         name = validation.collection_name(request.collection)
         backend = self.store.backend
 
@@ -193,7 +195,7 @@ class OperationsMixin:
             else:
                 yield pb.RetrievalServiceExportSnapshotResponse(points=points)
 
-    async def RestoreSnapshot(self, request_iterator, context):
+    async def restore_snapshot(self, request_iterator: AsyncIterator[pb.RetrievalServiceRestoreSnapshotRequest]):
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
             raise InvalidArgument("header", "the first message carries the target collection and the snapshot's header")
@@ -237,8 +239,6 @@ class OperationsMixin:
         finally:
             stop.set()
             feeder.cancel()
-        from services.retrieval.server import collection_info
-
         desc = await self._run(self.store.describe, name)
         return pb.RetrievalServiceRestoreSnapshotResponse(collection=collection_info(desc), points=written)
 

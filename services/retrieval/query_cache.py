@@ -1,8 +1,8 @@
 """Query embeddings cached by (model identity, normalised text): the store's embedder, wrapped.
 
 :class:`CachedQueryEmbedder` has the interface :class:`services.retrieval.store.Embedder`
-expects and forwards everything to the embedder it wraps (the dynamically batched one), except
-that ``embed_queries`` answers from a :class:`~services.common.cache.BoundedCache` named
+expects; it passes each call to the embedder it wraps (the dynamically batched one,
+:class:`QueryEmbedder`), except that ``embed_queries`` answers from a :class:`~services.common.cache.BoundedCache` named
 ``query_embedding`` the texts it has embedded before and sends only the others to the model.
 Documents are never cached (an upsert's texts are seldom seen twice).
 
@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -42,16 +43,39 @@ CACHE_NAME = "query_embedding"
 _prefetched: contextvars.ContextVar[dict[str, np.ndarray] | None] = contextvars.ContextVar("prefetched_queries", default=None)
 
 
+class QueryEmbedder(Protocol):
+    """What :class:`CachedQueryEmbedder` wraps (services/retrieval/batched_embedder.py)."""
+
+    name: str
+    dimension: int
+    provider: str
+    max_length: int
+    model_dir: Path | None
+    query_prefix: str
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    async def aembed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
 class CachedQueryEmbedder:
     """``embedder`` with its query embeddings cached; ``max_entries=0`` passes everything through."""
 
-    def __init__(self, embedder: Any, max_entries: int, identity: str | None = None) -> None:
+    def __init__(self, embedder: QueryEmbedder, max_entries: int, identity: str | None = None) -> None:
         self.inner = embedder
+        #: The wrapped embedder's description, as the store and the model guard read it.
+        self.name, self.dimension, self.provider = embedder.name, embedder.dimension, embedder.provider
+        self.model_dir: Path | None = embedder.model_dir
         self.cache: BoundedCache[np.ndarray] = BoundedCache(CACHE_NAME, max_entries)
-        self.identity = identity if identity is not None else model_identity(embedder)
+        if identity is None:
+            identity = model_identity(embedder.name, embedder.model_dir, embedder.max_length, embedder.query_prefix)
+        self.identity = identity
 
-    def __getattr__(self, name: str) -> Any:  # name, dimension, provider, max_length, embed_documents, ...
-        return getattr(self.inner, name)
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Documents are never cached (an upsert's texts are seldom seen twice)."""
+        return self.inner.embed_documents(texts)
 
     async def prefetch(self, query: str) -> None:
         """Embed ``query`` on the event loop (through the cache) for this request's store call."""

@@ -25,10 +25,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from services.common import validation
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.retrieval import calibration, model_guard
 from services.retrieval.aliases import Aliases, WriteGate, chunks
-from services.retrieval.backends.base import CollectionSchema, Filter, MatchAny, PointIn, SparseVector
+from services.retrieval.backends.base import DOC_ID, LATE, CollectionSchema, Filter, MatchAny, PointIn, SparseVector
+from services.retrieval.backends.translation import point_in
 from services.retrieval.store import DocumentStore
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def _recopy(store: DocumentStore, source: str, target: str, doc_ids: list[str], 
     """Make ``doc_ids`` in ``target`` what they are in ``source`` (deleted ones deleted)."""
     backend = store.backend
     for ids in chunks(doc_ids, PAGE):
-        where = Filter(must=(MatchAny("doc_id", tuple(ids)),))
+        where = Filter(must=(MatchAny(DOC_ID, tuple(ids)),))
         backend.delete_where(target, where)
         offset = None
         while True:
@@ -178,19 +179,12 @@ def _recopy(store: DocumentStore, source: str, target: str, doc_ids: list[str], 
 
 def _points(store: DocumentStore, page, recompute: bool, sparse: bool) -> list[PointIn]:
     if not recompute:
-        out = []
-        for pid, payload, vectors in page:
-            vectors = vectors or {}
-            if "dense" not in vectors:
-                raise Unavailable(f"point {pid} has no dense vector")
-            late = {"late": vectors["late"]} if vectors.get("late") is not None else {}
-            out.append(PointIn(id=pid, dense=vectors["dense"], sparse=vectors.get("sparse"), payload=payload, **late))
-        return out
+        return [point_in(pid, payload, vectors) for pid, payload, vectors in page]
     texts = [validation.document_text(str(p.get("title", "")), str(p.get("text", ""))) for _, p, _ in page]
     dense = store.embedder.embed_documents(texts)
     encoded = store.sparse_encoder.encode_documents(texts) if sparse else [None] * len(texts)
     late_vectors: list = [None] * len(texts)
-    if any((vectors or {}).get("late") is not None for _, _, vectors in page):  # the collection has the stage
+    if any((vectors or {}).get(LATE) is not None for _, _, vectors in page):  # the collection has the stage
         late_vectors = [v.tolist() for v in store.late.encoder.embed_documents(texts)]
     return [
         PointIn(id=pid, dense=vector.tolist(),

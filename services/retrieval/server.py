@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import grpc
-from google.protobuf import struct_pb2
 
-from search.v1 import common_pb2, retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
+from search.v1 import retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
 from services.common import api_names, metrics, validation
 from services.common.errors import ServiceError, Unavailable
 from services.retrieval.config import RetrievalConfig
@@ -20,32 +18,14 @@ from services.retrieval.backends import BackendSettings, open_backend
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
 from services.retrieval.calibration import FusionCalibrator
 from services.retrieval.filters import to_filter
+from services.retrieval.messages import collection_info, filter_fields, fusion_options, struct
+from services.retrieval.operations import CollectionOperations, run_in
 from services.retrieval.query_cache import CachedQueryEmbedder
 from services.retrieval.conditional_retrieve import ConditionalRetrieveInterceptor
 from services.retrieval.write_versions import VersionedBackend
-from services.retrieval.operations import OperationsMixin
-from services.retrieval.store import (
-    DEFAULT_DENSE_WEIGHT, CollectionDescription, DocumentIn, DocumentStore, FirstStageSignals, Fusion, LateInteraction,
-)
+from services.retrieval.store import DEFAULT_DENSE_WEIGHT, DocumentIn, DocumentStore, FirstStageSignals, LateInteraction
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FUSION = Fusion()
-
-
-def fusion_options(options: common_pb2.FusionOptions) -> Fusion:
-    """The store's Fusion for validated ``options`` (services/common/validation.py checks them)."""
-    validation.fusion_options(options)
-    return Fusion(
-        method=api_names.FUSION_METHODS.get(options.method, DEFAULT_FUSION.method),
-        dense_weight=options.dense_weight if options.HasField("dense_weight") else None,
-        rrf_k=options.rrf_k if options.HasField("rrf_k") else DEFAULT_FUSION.rrf_k,
-        prefetch_limit=options.prefetch_limit if options.HasField("prefetch_limit") else DEFAULT_FUSION.prefetch_limit,
-        late_interaction=options.late_interaction if options.HasField("late_interaction") else None,
-        late_candidates=(options.late_interaction_candidates
-                         if options.HasField("late_interaction_candidates") else None),
-    )
-
 
 def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteraction | None:
     """The late-interaction stage the settings ask for, or None (model 'off' or absent)."""
@@ -91,60 +71,32 @@ def _uses_late_interaction(backend) -> bool:
     return False
 
 
-def collection_info(desc: CollectionDescription) -> common_pb2.CollectionInfo:
-    return common_pb2.CollectionInfo(
-        name=desc.name,
-        document_count=desc.document_count,
-        point_count=desc.point_count,
-        dense_model=desc.dense_model,
-        dense_dimension=desc.dense_dimension,
-        sparse_enabled=desc.sparse_enabled,
-        filter_fields=[
-            common_pb2.FilterField(key=key, type=api_names.FIELD_TYPE_ENUM[kind]) for key, kind in sorted(desc.filter_fields.items())
-        ],
-        late_interaction_model=desc.late_interaction_model,
-        late_interaction_dimension=desc.late_interaction_dimension,
-        fusion_dense_weight=desc.calibration.dense_weight if desc.calibration else DEFAULT_DENSE_WEIGHT,
-        fusion_calibration=common_pb2.FusionCalibration(
-            dense_recall=desc.calibration.dense_recall, sparse_recall=desc.calibration.sparse_recall,
-            sample=desc.calibration.sample, documents=desc.calibration.documents,
-            dense_weight=desc.calibration.dense_weight, measured_at=desc.calibration.measured_at,
-        ) if desc.calibration else None,
-    )
+class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
+    """RetrievalService's handlers: messages to store calls and back; the collection RPCs are
+    :class:`CollectionOperations`'."""
 
-
-def filter_fields(fields) -> dict[str, str]:
-    """Declared filter fields -> ``{key: type name}``, validated as the gateway validates them."""
-    validation.filter_fields(fields)
-    return {f.key: api_names.FIELD_TYPES[f.type] for f in fields}
-
-
-def _struct(payload: dict) -> struct_pb2.Struct | None:
-    if not payload:
-        return None  # an empty payload: no message to build
-    message = struct_pb2.Struct()
-    message.update(payload)
-    return message
-
-
-class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
     def __init__(self, executor: ThreadPoolExecutor) -> None:
-        self._store: DocumentStore | None = None
         self.executor = executor
-        #: Measures collections' fusion weight after writes (None: RETRIEVAL_FUSION_CALIBRATION off).
-        self.calibrator: FusionCalibrator | None = None
+        self._operations: CollectionOperations | None = None
+        self._embedder: CachedQueryEmbedder | None = None
+
+    def serve(self, operations: CollectionOperations, embedder: CachedQueryEmbedder) -> None:
+        """Start answering: the store is loaded (``embedder`` is its query embedder)."""
+        self._embedder = embedder
+        self._operations = operations
+
+    @property
+    def operations(self) -> CollectionOperations:
+        if self._operations is None:
+            raise Unavailable("the retrieval service is still loading its model and store; retry shortly")
+        return self._operations
 
     @property
     def store(self) -> DocumentStore:
-        if self._store is None:
-            raise Unavailable("the retrieval service is still loading its model and store; retry shortly")
-        return self._store
+        return self.operations.store
 
     async def _run(self, fn, *args, **kwargs):
-        # run_in_executor does not carry contextvars: copy them, so the store's spans and log
-        # lines belong to this request's trace.
-        call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        return await run_in(self.executor, fn, *args, **kwargs)
 
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
         name = validation.collection_name(request.collection)
@@ -153,11 +105,12 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
         mode = api_names.RETRIEVAL_MODES[validation.retrieval_mode(request.mode)]
         qfilter = to_filter(request.filter)
         fusion = fusion_options(request.fusion)
-        if mode != "sparse" and hasattr(self.store.embedder, "prefetch"):
-            await self.store.embedder.prefetch(query)  # on the loop: the worker thread then finds the vector
+        operations = self.operations
+        if mode != "sparse":
+            await self._embedder.prefetch(query)  # on the loop: the worker thread then finds the vector
         signals = FirstStageSignals()
         collection, (candidates, used) = await self._run(
-            self.read, name, self.store.retrieve, query, limit, qfilter, mode, fusion, signals)
+            operations.read, name, operations.store.retrieve, query, limit, qfilter, mode, fusion, signals)
         return pb.RetrieveResponse(
             one_list_weak=signals.one_list_weak,
             collection=collection,
@@ -167,7 +120,7 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
                     score=c.score,
                     title=c.title,
                     text=c.text,
-                    payload=_struct(c.payload),
+                    payload=struct(c.payload),
                     dense_score=c.dense_score,
                     sparse_score=c.sparse_score,
                 )
@@ -179,35 +132,67 @@ class RetrievalServicer(OperationsMixin, pb_grpc.RetrievalServiceServicer):
     async def Upsert(self, request, context):
         name = validation.collection_name(request.collection)
         docs = [DocumentIn(**d) for d in validation.documents(request.documents)]
-        written = await self._run(self.write, name, [d.id for d in docs], self.store.upsert, docs)
-        if self.calibrator is not None:
-            self.calibrator.note_writes(self.resolve(name), written)
+        operations = self.operations
+        written = await self._run(operations.write, name, [d.id for d in docs], operations.store.upsert, docs)
+        if operations.calibrator is not None:
+            operations.calibrator.note_writes(operations.resolve(name), written)
         return pb.RetrievalServiceUpsertResponse(upserted=written)
 
     async def Delete(self, request, context):
         name = validation.collection_name(request.collection)
         ids = validation.ids(request.ids)
-        deleted = await self._run(self.write, name, ids, self.store.delete, ids)
+        deleted = await self._run(self.operations.write, name, ids, self.store.delete, ids)
         return pb.RetrievalServiceDeleteResponse(deleted=deleted)
 
     async def CreateCollection(self, request, context):
         name = validation.collection_name(request.name, "name")
         sparse = request.sparse if request.HasField("sparse") else True
         late = request.late_interaction if request.HasField("late_interaction") else None
-        await self._run(self.aliases.check_collection_name_free, name)
+        await self._run(self.operations.aliases.check_collection_name_free, name)
         desc = await self._run(self.store.create_collection, name, filter_fields(request.filter_fields), sparse, late)
         return pb.RetrievalServiceCreateCollectionResponse(collection=collection_info(desc))
 
     async def DescribeCollection(self, request, context):
         name = validation.collection_name(request.name, "name")
-        _, desc = await self._run(self.read, name, self.store.describe)
+        _, desc = await self._run(self.operations.read, name, self.store.describe)
         return pb.RetrievalServiceDescribeCollectionResponse(collection=collection_info(desc))
 
     async def DeleteCollection(self, request, context):
         name = validation.collection_name(request.name, "name")
-        await self._run(self.aliases.check_deletable, name)
+        await self._run(self.operations.aliases.check_deletable, name)
         await self._run(self.store.delete_collection, name)
         return pb.RetrievalServiceDeleteCollectionResponse()
+
+    # -- collection operations (operations.py) -------------------------------------------
+
+    async def ListCollections(self, request, context):
+        return await self.operations.list_collections(request)
+
+    async def GetDocuments(self, request, context):
+        return await self.operations.get_documents(request)
+
+    async def CreateAlias(self, request, context):
+        return await self.operations.create_alias(request)
+
+    async def SwitchAlias(self, request, context):
+        return await self.operations.switch_alias(request)
+
+    async def DeleteAlias(self, request, context):
+        return await self.operations.delete_alias(request)
+
+    async def ListAliases(self, request, context):
+        return await self.operations.list_aliases(request)
+
+    async def Reindex(self, request, context):
+        async for progress in self.operations.reindex(request):
+            yield progress
+
+    async def ExportSnapshot(self, request, context):
+        async for part in self.operations.export_snapshot(request):
+            yield part
+
+    async def RestoreSnapshot(self, request_iterator, context):
+        return await self.operations.restore_snapshot(request_iterator)
 
 
 class RetrievalService:
@@ -218,7 +203,8 @@ class RetrievalService:
         self.config = config
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="retrieval")
         self.servicer = RetrievalServicer(self.executor)
-        self._backend = None
+        self._backend: VersionedBackend | None = None
+        self._operations: CollectionOperations | None = None
         self._embedder = None
         self._stats_task: asyncio.Task | None = None
 
@@ -231,10 +217,10 @@ class RetrievalService:
 
     def _version_of(self, name: str) -> str:
         """``collection@version`` of the collection ``name`` is (or, as an alias, points to); "" before start."""
-        if self._backend is None:
+        operations = self._operations
+        if operations is None or self._backend is None:
             return ""
-        aliases = getattr(self.servicer, "aliases", None)
-        collection = aliases.resolve(name) if aliases is not None and hasattr(aliases, "resolve") else name
+        collection = operations.resolve(name)
         return f"{collection}@{self._backend.version(collection)}"
 
     async def start(self) -> None:
@@ -296,18 +282,20 @@ class RetrievalService:
         late = late_interaction_stage(cfg, threads)
         if late is not None and await loop.run_in_executor(self.executor, _uses_late_interaction, self._backend):
             await loop.run_in_executor(self.executor, late.encoder.get)  # a collection uses it: load before SERVING
+        query_embedder = CachedQueryEmbedder(embedder, cfg.query_cache_size)
         store = DocumentStore(
-            self._backend, CachedQueryEmbedder(embedder, cfg.query_cache_size), Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length),
+            self._backend, query_embedder, Bm25SparseEncoder(k1=cfg.bm25_k1, b=cfg.bm25_b, avg_doc_length=cfg.bm25_avg_doc_length),
             splitter=splitter, long_documents=cfg.long_documents, late=late,
         )
         # Warm up before reporting SERVING: the first inference allocates; a batch at the
         # full sequence length allocates what the largest documents need.
         await embedder.aembed_documents(["warmup " * encoder.max_length] * max(workers, min(cfg.batch_size, 8)))
         await embedder.aembed_queries(["warmup"])
+        calibrator = None
         if cfg.fusion_calibration:
-            self.servicer.calibrator = FusionCalibrator(store, embedder.embed_queries, DEFAULT_DENSE_WEIGHT,
-                                                        cfg.fusion_calibration_sample)
-        self.servicer._store = store
+            calibrator = FusionCalibrator(store, embedder.embed_queries, DEFAULT_DENSE_WEIGHT, cfg.fusion_calibration_sample)
+        self._operations = CollectionOperations(store, self.executor, calibrator)
+        self.servicer.serve(self._operations, query_embedder)
         if cfg.store_stats_seconds > 0:
             self._stats_task = asyncio.create_task(self._export_store_stats(store, cfg.store_stats_seconds))
         log.info(
@@ -348,8 +336,9 @@ class RetrievalService:
     async def stop(self) -> None:
         if self._stats_task is not None:
             self._stats_task.cancel()
-        if self.servicer.calibrator is not None:  # a measurement in progress needs the embedder and store
-            await asyncio.get_running_loop().run_in_executor(None, self.servicer.calibrator.close)
+        calibrator = self._operations.calibrator if self._operations is not None else None
+        if calibrator is not None:  # a measurement in progress needs the embedder and store
+            await asyncio.get_running_loop().run_in_executor(None, calibrator.close)
         # Store calls still running (their RPCs were cancelled when the grace period ran out)
         # finish first, while the embedder can still serve them and before Qdrant's client is
         # closed under them; the wait runs off the loop, which those calls need for embedding.

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,23 +33,8 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval import calibration, fusion, model_guard
 from services.retrieval.calibration import Calibration
 from services.retrieval.backends.base import (
-    DENSE,
-    FIELD_TYPES,
-    LATE,
-    SPARSE,
-    Backend,
-    CollectionSchema,
-    CollectionStats,
-    Filter,
-    Fused,
-    Hit,
-    Match,
-    MatchAny,
-    Nearest,
-    PointIn,
-    Range,
-    Rescore,
-    SparseVector,
+    DENSE, FIELD_TYPES, LATE, SPARSE, Backend, CollectionSchema, CollectionStats, Filter, Fused, Hit, Match,
+    MatchAny, Nearest, PointIn, Range, Rescore, SparseVector,
 )
 from services.retrieval.passages import Passage, PassageSplitter
 
@@ -63,10 +49,24 @@ DEFAULT_DENSE_WEIGHT = 0.6
 class Embedder(Protocol):
     name: str
     dimension: int
+    #: Where its ``model.onnx`` is (what the model guard records), None when it has no file.
+    model_dir: Path | None
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class TokenEncoder(Protocol):
+    """Token vectors per text (services/retrieval/late_interaction.py), one ``(tokens, dimension)`` array each."""
+
+    name: str
+    model_dir: Path
+    dimension: int
+
+    def embed_queries(self, texts: Sequence[str]) -> list[np.ndarray]: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> list[np.ndarray]: ...
 
 
 class SparseEncoder(Protocol):
@@ -150,7 +150,7 @@ class LateInteraction:
     ``candidates`` is scored by MaxSim inside the engine, and that list is fused with the two
     first-stage lists (weighted z-score, ``weight`` to MaxSim)."""
 
-    encoder: Any  # services.retrieval.late_interaction.LateInteractionEncoder
+    encoder: TokenEncoder
     candidates: int = 100
     weight: float = 0.4
     quantization: str = "int8"

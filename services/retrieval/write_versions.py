@@ -4,14 +4,15 @@ Every write that could change what a collection returns (Upsert, Delete, creatin
 the collection, whichever request or code path issues it) goes through the engine's
 :class:`~services.retrieval.backends.base.Backend`; :class:`VersionedBackend` wraps that backend
 and gives the collection a new version **after** each such call returns (or fails: a failed
-write may have written part of its points). A version is an opaque token that never repeats:
+write may have written part of its points). A version is an opaque token that never repeats;
+the backend keeps it (``Backend.write_version``, ``new_write_version``):
 
 * embedded engine (Qdrant Edge): one retrieval process owns a collection, so versions live in
-  this process (:class:`LocalVersions`): a random per-process prefix and a counter; a restart
-  draws a new prefix, so nothing cached before it matches after it;
+  this process: a random per-process prefix and a counter; a restart draws a new prefix, so
+  nothing cached before it matches after it;
 * Qdrant server or cluster (several retrieval replicas may write): the version is a random token
-  kept in the collection's own metadata (:class:`MetadataVersions`), read from Qdrant at every
-  check, so a write through any replica changes what every replica reports.
+  kept in the collection's own metadata, read from Qdrant at every check, so a write through any
+  replica changes what every replica reports.
 
 The retrieval service reports the version with every Retrieve the caller asks it for (gRPC
 metadata, the headers of services/common/cache.py: ``IF_VERSION_HEADER`` in the request,
@@ -24,91 +25,108 @@ answer has the current version, retrieval answers at once with no candidates and
 
 from __future__ import annotations
 
-import itertools
-import threading
-import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-__all__ = ["LocalVersions", "MetadataVersions", "VersionedBackend"]
+from services.retrieval.backends.base import (
+    Backend, CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore,
+)
 
-#: Key in a Qdrant server collection's metadata.
-METADATA_KEY = "search_platform_write_version"
-
-_WRITES = ("create_collection", "delete_collection", "update_metadata", "upsert", "delete_ids", "delete_where")
-
-
-class LocalVersions:
-    """Versions owned by this process (the embedded engine)."""
-
-    def __init__(self) -> None:
-        self._prefix = uuid.uuid4().hex[:12]
-        self._counter = itertools.count(1)
-        self._versions: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def current(self, name: str) -> str:
-        version = self._versions.get(name)
-        if version is None:
-            with self._lock:
-                version = self._versions.setdefault(name, self._next())
-        return version
-
-    def bump(self, name: str) -> None:
-        with self._lock:
-            self._versions[name] = self._next()
-
-    def _next(self) -> str:
-        return f"{self._prefix}-{next(self._counter)}"
-
-
-class MetadataVersions:
-    """Versions kept in a Qdrant server collection's metadata, shared by every replica."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    def current(self, name: str) -> str:
-        try:
-            metadata = self.client.get_collection(name).config.metadata or {}
-        except Exception:  # noqa: BLE001 - no such collection (yet): the Retrieve says NOT_FOUND itself
-            return ""
-        return str(metadata.get(METADATA_KEY, "unversioned"))
-
-    def bump(self, name: str) -> None:
-        try:
-            metadata = dict(self.client.get_collection(name).config.metadata or {})
-        except Exception:  # noqa: BLE001 - deleted: nothing to version
-            return
-        metadata[METADATA_KEY] = uuid.uuid4().hex
-        self.client.update_collection(name, metadata=metadata)
+__all__ = ["VersionedBackend"]
 
 
 class VersionedBackend:
-    """``backend`` with a new collection version after every write (see the module docstring)."""
+    """``backend`` with a new collection version after every write (see the module docstring);
+    reads, aliases and the rest are the backend's own calls."""
 
-    def __init__(self, backend: Any, versions: LocalVersions | MetadataVersions | None = None) -> None:
-        self._inner = backend
-        if versions is None:
-            client = getattr(backend, "client", None) if getattr(backend, "kind", "") == "qdrant" else None
-            versions = MetadataVersions(client) if client is not None else LocalVersions()
-        self.versions = versions
-        for name in _WRITES:
-            if hasattr(backend, name):
-                setattr(self, name, self._versioned(name, getattr(backend, name)))
-
-    def _versioned(self, operation: str, fn):
-        def write(first, *args, **kwargs):
-            name = first.name if operation == "create_collection" else first
-            try:
-                return fn(first, *args, **kwargs)
-            finally:
-                self.versions.bump(name)
-
-        write.__name__ = operation
-        return write
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.kind = backend.kind
+        self.shared = backend.shared
 
     def version(self, name: str) -> str:
-        return self.versions.current(name)
+        return self.backend.write_version(name)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    @contextmanager
+    def _writing(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.backend.new_write_version(name)
+
+    # -- writes: each gives its collection a new version ---------------------------------
+
+    def create_collection(self, schema: CollectionSchema) -> None:
+        with self._writing(schema.name):
+            self.backend.create_collection(schema)
+
+    def delete_collection(self, name: str) -> None:
+        with self._writing(name):
+            self.backend.delete_collection(name)
+
+    def update_metadata(self, name: str, updates: dict[str, Any]) -> None:
+        with self._writing(name):
+            self.backend.update_metadata(name, updates)
+
+    def upsert(self, name: str, points: Sequence[PointIn]) -> None:
+        with self._writing(name):
+            self.backend.upsert(name, points)
+
+    def delete_ids(self, name: str, ids: Sequence[str]) -> None:
+        with self._writing(name):
+            self.backend.delete_ids(name, ids)
+
+    def delete_where(self, name: str, where: Filter) -> None:
+        with self._writing(name):
+            self.backend.delete_where(name, where)
+
+    # -- the rest of the Backend protocol, as the backend answers it ----------------------
+
+    def list_collections(self) -> list[str]:
+        return self.backend.list_collections()
+
+    def schema(self, name: str) -> CollectionSchema:
+        return self.backend.schema(name)
+
+    def existing(self, name: str, ids: Sequence[str]) -> list[str]:
+        return self.backend.existing(name, ids)
+
+    def count(self, name: str, where: Filter | None = None) -> int:
+        return self.backend.count(name, where)
+
+    def query(self, name: str, queries: Sequence[Nearest | Fused | Rescore]) -> list[list[Hit]]:
+        return self.backend.query(name, queries)
+
+    def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool, where: Filter | None = None):
+        return self.backend.scroll(name, offset, limit, with_vectors, where)
+
+    def retrieve(self, name: str, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        return self.backend.retrieve(name, ids)
+
+    def snapshot_points(self, name: str) -> AbstractContextManager[PointSnapshot]:
+        return self.backend.snapshot_points(name)
+
+    def list_aliases(self) -> dict[str, str]:
+        return self.backend.list_aliases()
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        self.backend.set_alias(alias, collection)
+
+    def delete_alias(self, alias: str) -> None:
+        self.backend.delete_alias(alias)
+
+    def write_version(self, name: str) -> str:
+        return self.backend.write_version(name)
+
+    def new_write_version(self, name: str) -> None:
+        self.backend.new_write_version(name)
+
+    def stats(self, name: str) -> CollectionStats:
+        return self.backend.stats(name)
+
+    def flush(self) -> None:
+        self.backend.flush()
+
+    def close(self) -> None:
+        self.backend.close()

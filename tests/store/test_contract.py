@@ -131,7 +131,7 @@ def test_sparse_mode_on_a_dense_only_collection(store):
 
 def test_model_mismatch_is_refused(loaded, encoder, backend):
     class OtherModel:
-        name, dimension = "other-model", encoder.dimension
+        name, dimension, model_dir = "other-model", encoder.dimension, None
         embed_queries = embed_documents = encoder.embed_queries
 
     other = make_store(backend, OtherModel())

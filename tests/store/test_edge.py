@@ -81,7 +81,7 @@ def test_old_local_mode_data_is_detected_and_imported_without_reembedding(tmp_pa
     assert legacy_collections(legacy_path) == ["docs"]
 
     class NoEmbedding:  # importing must not embed anything
-        name, dimension = encoder.name, encoder.dimension
+        name, dimension, model_dir = encoder.name, encoder.dimension, encoder.model_dir
 
         def embed_documents(self, texts):
             raise AssertionError("import re-embedded documents")

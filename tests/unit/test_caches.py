@@ -15,7 +15,7 @@ from services.gateway import result_cache
 from services.gateway.result_cache import SearchResultCache
 from services.reranker.score_cache import CachedReranker
 from services.retrieval.query_cache import CachedQueryEmbedder
-from services.retrieval.write_versions import LocalVersions, MetadataVersions, VersionedBackend
+from services.retrieval.write_versions import VersionedBackend
 
 
 def sample(name: str, **labels) -> float:
@@ -61,8 +61,9 @@ def test_zero_entries_is_off():
 
 
 class FakeEmbedder:
-    name = "fake-model"
-    dimension = 3
+    """Stands in for the batched embedder, which the query cache wraps."""
+
+    name, dimension, provider, max_length, model_dir, query_prefix = "fake-model", 3, "cpu", 16, None, "q: "
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -134,77 +135,57 @@ async def test_rerank_scores_are_cached_per_query_and_content():
 # --------------------------------------------------------------------------- collection versions
 
 
-class FakeBackend:
-    kind = "edge"
+def test_every_write_gives_the_collection_a_new_version_that_never_repeats(tmp_path):
+    from services.common.errors import NotFound
+    from services.retrieval.backends.base import PointIn, CollectionSchema, Filter
+    from services.retrieval.backends.edge import EdgeBackend
 
-    def __init__(self) -> None:
-        self.points: dict[str, dict] = {}
-
-    def create_collection(self, schema):
-        self.points[schema.name] = {}
-
-    def delete_collection(self, name):
-        del self.points[name]
-
-    def upsert(self, name, points):
-        if points == "fail":
-            raise RuntimeError("disk full")
-        self.points[name].update(points)
-
-    def delete_ids(self, name, ids):
-        for i in ids:
-            self.points[name].pop(i, None)
-
-    def delete_where(self, name, where):
-        self.points[name].clear()
-
-    def count(self, name, where=None):
-        return len(self.points[name])
-
-
-def test_every_write_gives_the_collection_a_new_version_that_never_repeats():
-    from services.retrieval.backends.base import CollectionSchema
-
-    backend = VersionedBackend(FakeBackend())
-    seen = {backend.version("c")}
-    backend.create_collection(CollectionSchema(name="c", dense_dimension=3, sparse=False))
-    for write in (lambda: backend.upsert("c", {"a": 1}), lambda: backend.delete_ids("c", ["a"]),
-                  lambda: backend.delete_where("c", None), lambda: backend.delete_collection("c"),
-                  lambda: backend.create_collection(CollectionSchema(name="c", dense_dimension=3, sparse=False))):
-        before = backend.version("c")
-        assert backend.version("c") == before  # reads do not change it
-        write()
-        assert backend.version("c") not in seen
-        seen.add(backend.version("c"))
-    before = backend.version("c")
-    with pytest.raises(RuntimeError):
-        backend.upsert("c", "fail")  # a failed write may have written part of its points
-    assert backend.version("c") != before
-    assert backend.count("c") == 0  # everything else is the wrapped backend's
-    assert LocalVersions().current("c") not in seen  # another process (a restart): other tokens
+    edge = EdgeBackend(tmp_path / "a", search_threads=1)
+    backend = VersionedBackend(edge)
+    point = PointIn(id="00000000-0000-0000-0000-000000000001", dense=[1.0, 0.0, 0.0], sparse=None,
+                    payload={"doc_id": "a", "passage": 0})
+    try:
+        seen = {backend.version("c")}
+        backend.create_collection(CollectionSchema(name="c", dense_dimension=3, sparse=False))
+        for write in (lambda: backend.upsert("c", [point]), lambda: backend.update_metadata("c", {"k": 1}),
+                      lambda: backend.delete_ids("c", [point.id]), lambda: backend.delete_where("c", Filter()),
+                      lambda: backend.delete_collection("c"),
+                      lambda: backend.create_collection(CollectionSchema(name="c", dense_dimension=3, sparse=False))):
+            before = backend.version("c")
+            backend.list_collections()
+            assert backend.version("c") == before  # reads do not change it
+            write()
+            assert backend.version("c") not in seen
+            seen.add(backend.version("c"))
+        before = backend.version("gone")
+        with pytest.raises(NotFound):
+            backend.upsert("gone", [point])  # a failed write may have written part of its points
+        assert backend.version("gone") != before
+    finally:
+        backend.close()
+    again = EdgeBackend(tmp_path / "a", search_threads=1)  # another process (a restart): other tokens
+    try:
+        assert again.write_version("c") not in seen
+    finally:
+        again.close()
 
 
 def test_server_backend_versions_live_in_the_collection_metadata():
-    class Collection:
-        def __init__(self, metadata):
-            self.config = type("Config", (), {"metadata": metadata})()
+    from qdrant_client import QdrantClient
 
-    class Client:
-        def __init__(self):
-            self.metadata = {"schema": {"sparse": True}}
+    from services.retrieval.backends.base import CollectionSchema
+    from services.retrieval.backends.qdrant_server import QdrantServerBackend
 
-        def get_collection(self, name):
-            return Collection(dict(self.metadata))
-
-        def update_collection(self, name, metadata):
-            self.metadata = metadata
-
-    client = Client()
-    replica_a, replica_b = MetadataVersions(client), MetadataVersions(client)
-    first = replica_b.current("c")
-    replica_a.bump("c")  # a write through another replica
-    assert replica_b.current("c") != first
-    assert client.metadata["schema"] == {"sparse": True}  # the schema is kept
+    client = QdrantClient(":memory:")  # qdrant-client's local mode stands in for the server
+    replica_a, replica_b = VersionedBackend(QdrantServerBackend(client)), VersionedBackend(QdrantServerBackend(client))
+    assert replica_a.version("c") == ""  # no such collection
+    replica_a.create_collection(CollectionSchema(name="c", dense_dimension=3, sparse=True, metadata={"m": 1}))
+    first = replica_b.version("c")
+    replica_a.update_metadata("c", {"n": 2})  # a write through another replica
+    assert replica_b.version("c") not in ("", first)
+    assert replica_b.schema("c").metadata == {"m": 1, "n": 2}  # the schema is kept
+    replica_a.delete_collection("c")
+    assert replica_b.version("c") == ""
 
 
 # --------------------------------------------------------------------------- Search results

@@ -222,7 +222,7 @@ def test_gateway_and_retrieval_refuse_the_same_filters():
     ],
 )
 def test_filter_fields_limits(fields, needle):
-    from services.retrieval.server import filter_fields as retrieval_filter_fields
+    from services.retrieval.messages import filter_fields as retrieval_filter_fields
 
     with pytest.raises(InvalidArgument, match=needle):
         v.filter_fields(fields)
@@ -231,7 +231,7 @@ def test_filter_fields_limits(fields, needle):
 
 
 def test_retrieval_maps_valid_filter_fields_to_type_names():
-    from services.retrieval.server import filter_fields as retrieval_filter_fields
+    from services.retrieval.messages import filter_fields as retrieval_filter_fields
 
     fields = [common_pb2.FilterField(key="year", type=common_pb2.FIELD_TYPE_INTEGER),
               common_pb2.FilterField(key="meta.lang", type=common_pb2.FIELD_TYPE_KEYWORD)]

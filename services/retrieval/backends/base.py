@@ -177,6 +177,10 @@ class Backend(Protocol):
 
     #: Short name for logs and metrics: ``edge`` or ``qdrant``.
     kind: str
+    #: Whether other processes (retrieval replicas of a Qdrant server) change these collections
+    #: and aliases too: then aliases are re-read (cached briefly, never kept) and write versions
+    #: live in the engine; otherwise this process owns them.
+    shared: bool
 
     def list_collections(self) -> list[str]: ...
 
@@ -231,6 +235,16 @@ class Backend(Protocol):
 
     def delete_alias(self, alias: str) -> None:
         """Remove ``alias``; ``NotFound`` if there is none."""
+
+    # Write versions: an opaque token per collection that changes after every write, so a
+    # cached answer is never served after a write that could change it (services/retrieval/
+    # versions.py gives the collection a new one after each write; a token never repeats).
+
+    def write_version(self, name: str) -> str:
+        """The collection's current write version ("" when it cannot be read: no such collection)."""
+
+    def new_write_version(self, name: str) -> None:
+        """Give the collection a new write version (nothing when it does not exist)."""
 
     def stats(self, name: str) -> CollectionStats: ...
 

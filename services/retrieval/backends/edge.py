@@ -53,57 +53,23 @@ import qdrant_edge as qe
 
 from services.common import metrics
 from services.common.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    NotFound,
-    ResourceExhausted,
-    ServiceError,
-    Unavailable,
+    AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, ServiceError, Unavailable,
 )
 from services.retrieval.backends.base import (
-    CollectionSchema,
-    CollectionStats,
-    Filter,
-    Fused,
-    Hit,
-    Nearest,
-    PointIn,
-    PointSnapshot,
-    Rescore,
+    CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore,
 )
-from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, OpenCollection, cpus
+from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, LocalVersions, OpenCollection, cpus
 from services.retrieval.backends.edge_query_batching import QueryCombiner
 from services.retrieval.backends.edge_build import (
-    SHARD_DIR,
-    OptimizerChild,
-    allocated_bytes,
-    check_room_for_build,
-    copy_shard,
-    current_shard,
-    free_bytes,
-    mb,
-    next_shard,
-    read_optimized_points,
-    set_current,
-    settle,
-    warm,
-    write_optimized_points,
+    SHARD_DIR, OptimizerChild, allocated_bytes, check_room_for_build, copy_shard, current_shard, free_bytes, mb,
+    next_shard, read_optimized_points, set_current, settle, warm, write_optimized_points,
 )
 from services.retrieval.backends.edge_shard import (
-    INDEX_TYPES,
-    SCHEMA_FILE,
-    edge_filter,
-    edge_point,
-    hnsw_ef_for,
-    point_in,
-    query_request,
-    read_schema,
-    schema_record,
-    scroll,
-    search_params,
-    shard_config,
+    INDEX_TYPES, SCHEMA_FILE, edge_filter, edge_point, hnsw_ef_for, query_request, read_schema, schema_record,
+    scroll, search_params, shard_config,
 )
 from services.retrieval.backends.edge_tuning import ShardTuning
+from services.retrieval.backends.translation import payload_indexes, point_in
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +81,8 @@ class EdgeBackend:
     """Collections as Qdrant Edge shards under ``path``."""
 
     kind = "edge"
+    #: One process owns the data directory (the shards' WAL locks refuse a second).
+    shared = False
 
     def __init__(self, path: str | os.PathLike, search_threads: int = 0, hnsw_ef: int | None = None, hnsw_ef_points: int = 0,
                  optimize_on_start: bool = False, optimize_after_points: int = 0, optimize_quiet_s: float = 30.0,
@@ -147,6 +115,7 @@ class EdgeBackend:
         shutil.rmtree(self.root / ".snapshots", ignore_errors=True)  # copies a crash left behind
         self._aliases_lock = threading.Lock()
         self._aliases = self._load_aliases()
+        self._versions = LocalVersions()
         for entry in sorted(self.collections_dir.iterdir()):
             if entry.is_dir() and not entry.name.startswith("."):
                 self._open(entry.name)
@@ -211,8 +180,7 @@ class EdgeBackend:
         """``fn(shard)`` while the shard is held open; ``engine_call``: ``fn`` is one engine
         call, whose time is counted as time the engine held the process."""
         collection = self._get(name)
-        collection.lock.acquire_read()
-        try:
+        with collection.lock.shared():
             if collection.shard is None:  # deleted while we waited
                 raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
             started = time.perf_counter()
@@ -225,8 +193,6 @@ class EdgeBackend:
             finally:
                 if engine_call:
                     metrics.RETRIEVAL_ENGINE_HELD_SECONDS.inc(time.perf_counter() - started)
-        finally:
-            collection.lock.release_read()
 
     @staticmethod
     def _engine_error(exc: Exception, name: str, path: Path) -> ServiceError:
@@ -270,9 +236,7 @@ class EdgeBackend:
             staging.mkdir(parents=True)
             try:
                 shard = qe.EdgeShard.create(str(staging / SHARD_DIR), self._config(schema))
-                indexes = {"doc_id": "keyword", "passage": "integer"}
-                indexes.update({f"payload.{key}": kind for key, kind in schema.filter_fields.items()})
-                for key, kind in indexes.items():
+                for key, kind in payload_indexes(schema).items():
                     shard.update(qe.UpdateOperation.create_field_index(key, INDEX_TYPES[kind]()))
                 shard.flush()
                 shard.close()
@@ -303,8 +267,7 @@ class EdgeBackend:
 
     def delete_collection(self, name: str) -> None:
         collection = self._get(name)
-        collection.lock.acquire_write()
-        try:
+        with collection.lock.owned():
             if collection.shard is None:
                 raise NotFound(f"collection {name!r} does not exist")
             collection.shard.close()
@@ -316,8 +279,6 @@ class EdgeBackend:
             trash = self.collections_dir / f".deleting-{name}-{uuid.uuid4().hex[:8]}"
             os.replace(collection.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
-        finally:
-            collection.lock.release_write()
 
     # -- points ------------------------------------------------------------------------
 
@@ -464,6 +425,12 @@ class EdgeBackend:
         os.replace(tmp, path)
         self._aliases = aliases
 
+    def write_version(self, name: str) -> str:
+        return self._versions.current(name)
+
+    def new_write_version(self, name: str) -> None:
+        self._versions.bump(name)
+
     def stats(self, name: str) -> CollectionStats:
         info = self._read(name, lambda shard: shard.info())
         return CollectionStats(points=info.points_count, segments=info.segments_count,
@@ -581,14 +548,11 @@ class EdgeBackend:
                     raise NotFound(f"collection {name!r} was deleted during its optimization")
                 set_current(collection.path, staging)  # the commit point
                 # 4. Serve the new shard: searches wait only for the exchange.
-                collection.lock.acquire_write()
-                try:
+                with collection.lock.owned():
                     if collection.shard is None:
                         raise NotFound(f"collection {name!r} was deleted during its optimization")
                     old, collection.shard, new = collection.shard, new, None
                     collection.points = collection.shard.info().points_count
-                finally:
-                    collection.lock.release_write()
                 collection.written_since_optimize = max(0, collection.written_since_optimize - written)
             old_dir = [p for p in collection.path.iterdir() if p.is_dir() and p.name.startswith("shard") and p != staging]
             if old is not None:
@@ -646,12 +610,9 @@ class EdgeBackend:
             collections = list(self._collections.values())
             self._collections.clear()
         for collection in collections:
-            collection.lock.acquire_write()
-            try:
+            with collection.lock.owned():
                 if collection.shard is not None:
                     collection.shard.flush()
                     metrics.RETRIEVAL_STORE_FLUSHES.inc()
                     collection.shard.close()
                     collection.shard = None
-            finally:
-                collection.lock.release_write()

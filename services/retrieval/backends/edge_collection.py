@@ -1,56 +1,21 @@
 """One open collection of the embedded engine: its shard, the lock that lets many queries
 and writes use it but only one owner close or swap it, and the journal of the writes a
-background optimization must replay."""
+background optimization must replay; and the collections' write versions."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import qdrant_edge as qe
 
+from services.common.locks import ReadWriteLock
 from services.retrieval.backends.base import CollectionSchema
 from services.retrieval.backends.edge_query_batching import QueryCombiner
-
-
-class ReadWriteLock:
-    """Many users of the open shard (queries, upserts: the shard serialises internally) or
-    one owner (closing, swapping, deleting it). A waiting owner goes before new users."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-
-    def acquire_read(self) -> None:
-        with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if not self._readers:
-                self._cond.notify_all()
-
-    def acquire_write(self) -> None:
-        with self._cond:
-            self._waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._writer = True
-
-    def release_write(self) -> None:
-        with self._cond:
-            self._writer = False
-            self._cond.notify_all()
 
 
 class OpenCollection:
@@ -76,6 +41,32 @@ class OpenCollection:
         self.points = 0
         #: Concurrent queries combined into one engine call (EDGE_QUERY_BATCHING), set at open.
         self.combiner: QueryCombiner | None = None
+
+
+class LocalVersions:
+    """Write versions owned by this process (services/retrieval/write_versions.py): one process owns an
+    embedded collection, so a random prefix per process and a counter never repeat, and a
+    restart draws a new prefix."""
+
+    def __init__(self) -> None:
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count(1)
+        self._versions: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def current(self, name: str) -> str:
+        version = self._versions.get(name)
+        if version is None:
+            with self._lock:
+                version = self._versions.setdefault(name, self._next())
+        return version
+
+    def bump(self, name: str) -> None:
+        with self._lock:
+            self._versions[name] = self._next()
+
+    def _next(self) -> str:
+        return f"{self._prefix}-{next(self._counter)}"
 
 
 def cpus() -> int:

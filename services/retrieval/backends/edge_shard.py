@@ -1,5 +1,6 @@
-"""Qdrant Edge's types, one conversion each: a collection's shard config, its schema record,
-queries, filters and scrolled points.
+"""Qdrant Edge's types: a collection's shard config and search parameters, its schema record,
+and the engine's builders of the filter and query language (:data:`EDGE`, walked by
+translation.py).
 
 The serving process (``edge.py``), the optimizer's child process (``edge_optimizer.py``) and
 snapshots all open shards with :func:`shard_config`, so a shard is never loaded with a
@@ -11,27 +12,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import qdrant_edge as qe
 
 from services.common.errors import FailedPrecondition
+from services.retrieval.backends import translation
 from services.retrieval.backends.base import (
-    DENSE,
-    LATE,
-    SPARSE,
-    CollectionSchema,
-    Filter,
-    Fused,
-    Match,
-    MatchAny,
-    Nearest,
-    PointIn,
-    Range,
-    Rescore,
-    SparseVector,
+    DENSE, LATE, SPARSE, CollectionSchema, Filter, Fused, Nearest, PointIn, Rescore,
 )
 from services.retrieval.backends.edge_tuning import ShardTuning
+from services.retrieval.backends.translation import (
+    EngineTypes, engine_filter, engine_point, schema_from_record, scrolled,
+)
 
 SCHEMA_FILE = "collection.json"
 #: Bumped when the on-disk layout written here changes incompatibly.
@@ -115,11 +108,8 @@ def search_params(hnsw_ef: int | None, tuning: ShardTuning, exact: bool = False)
 
 def schema_record(schema: CollectionSchema) -> str:
     """The collection's ``collection.json``."""
-    return json.dumps({
-        "layout_version": LAYOUT_VERSION, "name": schema.name, "dense_dimension": schema.dense_dimension,
-        "sparse": schema.sparse, "filter_fields": schema.filter_fields, "metadata": schema.metadata,
-        "late_dimension": schema.late_dimension, "late_quantization": schema.late_quantization,
-    }, indent=2, sort_keys=True)
+    record = {"layout_version": LAYOUT_VERSION, "name": schema.name, **translation.schema_record(schema)}
+    return json.dumps(record, indent=2, sort_keys=True)
 
 
 def read_schema(path: Path) -> CollectionSchema:
@@ -128,109 +118,53 @@ def read_schema(path: Path) -> CollectionSchema:
         raw = json.loads(path.read_text())
         if raw.get("layout_version") != LAYOUT_VERSION:
             raise ValueError(f"layout version {raw.get('layout_version')!r}, this service reads {LAYOUT_VERSION}")
-        return CollectionSchema(
-            name=raw["name"], dense_dimension=int(raw["dense_dimension"]), sparse=bool(raw["sparse"]),
-            filter_fields=dict(raw.get("filter_fields", {})), metadata=dict(raw.get("metadata", {})),
-            late_dimension=int(raw.get("late_dimension", 0)), late_quantization=str(raw.get("late_quantization", "int8")),
-        )
+        return schema_from_record(raw["name"], raw)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FailedPrecondition(f"cannot read collection schema {path}: {exc}") from exc
 
 
-# -- points ---------------------------------------------------------------------------------
+# -- points, queries and filters: the walk is translation.py's --------------------------
+
+
+def _match(key: str, value: str | int | bool) -> qe.FieldCondition:
+    # qdrant-edge-py 0.9 reads a Python bool as the integer 1 or 0 (bool is an int, and its
+    # argument conversion tries integers first), and an integer never equals a boolean payload
+    # value: such a filter matched nothing. numpy's bool is no int, so it reaches the engine
+    # as a boolean (docs/UPSTREAM-qdrant-edge-bool-match.md).
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value=np.bool_(value) if isinstance(value, bool) else value))
+
+
+#: Qdrant Edge's builders of the filter and query language (services/retrieval/backends/translation.py).
+EDGE = EngineTypes(
+    filter=qe.Filter,
+    match=_match,
+    match_any=lambda key, values: qe.FieldCondition(key=key, match=qe.MatchAny(any=values)),
+    range=lambda key, **bounds: qe.FieldCondition(key=key, range=qe.RangeFloat(**bounds)),
+    sparse_vector=lambda indices, values: qe.SparseVector(indices=indices, values=values),
+    sparse_type=qe.SparseVector,
+    point=qe.Point,
+    nearest=lambda vector, using: {"query": qe.Query.Nearest(vector, using=using)},
+    fusion=lambda method, k: {"query": qe.Fusion.Rrf(k=k) if method == "rrf" else qe.Fusion.Dbsf()},
+    prefetch=qe.Prefetch,
+    request=qe.QueryRequest,
+    index_types=INDEX_TYPES,
+)
+
+
+def edge_filter(flt: Filter) -> qe.Filter:
+    return engine_filter(EDGE, flt)
 
 
 def edge_point(p: PointIn) -> qe.Point:
-    vectors: dict[str, Any] = {DENSE: list(p.dense)}
-    if p.sparse is not None and p.sparse.indices:
-        vectors[SPARSE] = qe.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
-    if p.late is not None:
-        vectors[LATE] = p.late if isinstance(p.late, list) else [list(row) for row in p.late]
-    return qe.Point(p.id, vectors, p.payload)
+    return engine_point(EDGE, p)
+
+
+def query_request(q: Nearest | Fused | Rescore, params: qe.SearchParams | None) -> qe.QueryRequest:
+    return translation.query_request(EDGE, q, params)
 
 
 def scroll(shard: qe.EdgeShard, offset, limit: int, with_vectors: bool, where: Filter | None):
     request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=with_vectors,
-                               filter=edge_filter(where) if where else None)
+                               filter=engine_filter(EDGE, where))
     records, next_offset = shard.scroll(request)
-    page = []
-    for r in records:
-        vectors = None
-        if with_vectors:
-            vectors = {}
-            for key, value in (r.vector or {}).items():
-                if isinstance(value, qe.SparseVector):
-                    vectors[key] = SparseVector(tuple(value.indices), tuple(value.values))
-                else:
-                    vectors[key] = list(value)
-        page.append((str(r.id), r.payload or {}, vectors))
-    return page, None if next_offset is None else str(next_offset)
-
-
-def point_in(pid: str, payload: dict[str, Any], vectors: dict[str, Any] | None) -> PointIn:
-    """A scrolled point as the engine-neutral point snapshots carry."""
-    vectors = dict(vectors or {})
-    dense, sparse, late = vectors.pop(DENSE, None), vectors.pop(SPARSE, None), vectors.pop(LATE, None)
-    if vectors or dense is None:
-        raise FailedPrecondition(f"point {pid} has vectors {sorted(vectors) or 'without dense'} that snapshots do not carry")
-    return PointIn(id=pid, dense=dense, sparse=sparse, payload=payload, **({"late": late} if late is not None else {}))
-
-
-# -- queries and filters --------------------------------------------------------------------
-
-
-def _vector(vector):
-    if isinstance(vector, SparseVector):
-        return qe.SparseVector(indices=list(vector.indices), values=list(vector.values))
-    return list(vector)
-
-
-def _nearest(q: Nearest) -> qe.Query:
-    return qe.Query.Nearest(_vector(q.vector), using=q.using)
-
-
-def query_request(q: Nearest | Fused | Rescore, params: qe.SearchParams | None) -> qe.QueryRequest:
-    if isinstance(q, Rescore):
-        return qe.QueryRequest(limit=q.limit, prefetches=[_prefetch(p, params) for p in q.prefetch],
-                               query=qe.Query.Nearest(_rows(q.vector), using=q.using), with_payload=q.with_payload)
-    if isinstance(q, Nearest):
-        return qe.QueryRequest(limit=q.limit, query=_nearest(q), filter=edge_filter(q.filter) if q.filter else None,
-                               params=params, with_payload=q.with_payload)
-    fusion = qe.Fusion.Rrf(k=q.rrf_k) if q.method == "rrf" else qe.Fusion.Dbsf()
-    prefetch = [
-        qe.Prefetch(limit=p.limit, query=_nearest(p), filter=edge_filter(p.filter) if p.filter else None, params=params)
-        for p in q.prefetch
-    ]
-    return qe.QueryRequest(limit=q.limit, prefetches=prefetch, query=fusion, with_payload=True)
-
-
-def _prefetch(q: Nearest | Fused, params: qe.SearchParams | None) -> qe.Prefetch:
-    if isinstance(q, Nearest):
-        return qe.Prefetch(limit=q.limit, query=_nearest(q), filter=edge_filter(q.filter) if q.filter else None,
-                           params=params)
-    fusion = qe.Fusion.Rrf(k=q.rrf_k) if q.method == "rrf" else qe.Fusion.Dbsf()
-    return qe.Prefetch(limit=q.limit, query=fusion, prefetches=[_prefetch(p, params) for p in q.prefetch])
-
-
-def _rows(vector) -> list[list[float]]:
-    return vector if isinstance(vector, list) else [list(map(float, row)) for row in vector]
-
-
-def edge_filter(flt: Filter) -> qe.Filter:
-    return qe.Filter(
-        must=[_condition(c) for c in flt.must] or None,
-        should=[_condition(c) for c in flt.should] or None,
-        must_not=[_condition(c) for c in flt.must_not] or None,
-    )
-
-
-def _condition(c):
-    if isinstance(c, Filter):
-        return edge_filter(c)
-    if isinstance(c, Match):
-        return qe.FieldCondition(key=c.key, match=qe.MatchValue(value=c.value))
-    if isinstance(c, MatchAny):
-        return qe.FieldCondition(key=c.key, match=qe.MatchAny(any=list(c.values)))
-    if isinstance(c, Range):
-        return qe.FieldCondition(key=c.key, range=qe.RangeFloat(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))
-    raise TypeError(f"unknown filter condition {c!r}")
+    return scrolled(EDGE, records, with_vectors), None if next_offset is None else str(next_offset)

@@ -8,6 +8,7 @@ the tests run); it is never a serving option.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -15,37 +16,46 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from services.common.errors import AlreadyExists, NotFound, Unavailable
 from services.retrieval.backends.base import (
-    DENSE,
-    LATE,
-    SPARSE,
-    CollectionSchema,
-    CollectionStats,
-    Filter,
-    Fused,
-    Hit,
-    Match,
-    MatchAny,
-    Nearest,
-    PointIn,
-    PointSnapshot,
-    Range,
+    DENSE, LATE, SPARSE, CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot,
     Rescore,
-    SparseVector,
+)
+from services.retrieval.backends.translation import (
+    EngineTypes, engine_filter, engine_point, payload_indexes, point_in, query_request, schema_from_record,
+    schema_record, scrolled,
 )
 
-_INDEX_TYPES = {
-    "keyword": models.PayloadSchemaType.KEYWORD,
-    "integer": models.PayloadSchemaType.INTEGER,
-    "float": models.PayloadSchemaType.FLOAT,
-    "bool": models.PayloadSchemaType.BOOL,
-}
+#: Qdrant's builders of the filter and query language (services/retrieval/backends/translation.py).
+SERVER = EngineTypes(
+    filter=models.Filter,
+    match=lambda key, value: models.FieldCondition(key=key, match=models.MatchValue(value=value)),
+    match_any=lambda key, values: models.FieldCondition(key=key, match=models.MatchAny(any=values)),
+    range=lambda key, **bounds: models.FieldCondition(key=key, range=models.Range(**bounds)),
+    sparse_vector=lambda indices, values: models.SparseVector(indices=indices, values=values),
+    sparse_type=models.SparseVector,
+    point=lambda pid, vectors, payload: models.PointStruct(id=pid, vector=vectors, payload=payload),
+    nearest=lambda vector, using: {"query": vector, "using": using},
+    fusion=lambda method, k: {"query": models.RrfQuery(rrf=models.Rrf(k=k)) if method == "rrf"
+                              else models.FusionQuery(fusion=models.Fusion.DBSF)},
+    prefetch=lambda prefetches=None, **kw: models.Prefetch(prefetch=prefetches, **kw),
+    request=lambda prefetches=None, **kw: models.QueryRequest(prefetch=prefetches, **kw),
+    index_types={
+        "keyword": models.PayloadSchemaType.KEYWORD,
+        "integer": models.PayloadSchemaType.INTEGER,
+        "float": models.PayloadSchemaType.FLOAT,
+        "bool": models.PayloadSchemaType.BOOL,
+    },
+)
 _SCHEMA_KEY = "search_platform_schema"
+#: Key of the write version in a collection's metadata, which every replica reads.
+_VERSION_KEY = "search_platform_write_version"
 
 
 class QdrantServerBackend:
     kind = "qdrant"
+    #: Several retrieval replicas may serve one Qdrant server or cluster.
+    shared = True
 
     def __init__(self, client: QdrantClient, shard_number: int = 1, replication_factor: int = 1,
                  write_consistency_factor: int = 1, hnsw_ef: int | None = None) -> None:
@@ -92,13 +102,12 @@ class QdrantServerBackend:
             shard_number=self.shard_number,
             replication_factor=self.replication_factor,
             write_consistency_factor=self.write_consistency_factor,
-            metadata={_SCHEMA_KEY: _schema_record(schema)},
+            metadata={_SCHEMA_KEY: schema_record(schema)},
         )
         if not self._local:
-            indexes = {"doc_id": "keyword", "passage": "integer"}
-            indexes.update({f"payload.{key}": kind for key, kind in schema.filter_fields.items()})
-            for key, kind in indexes.items():
-                self._call("create_payload_index", self.client.create_payload_index, schema.name, key, _INDEX_TYPES[kind])
+            for key, kind in payload_indexes(schema).items():
+                self._call("create_payload_index", self.client.create_payload_index, schema.name, key,
+                           SERVER.index_types[kind])
 
     def schema(self, name: str) -> CollectionSchema:
         # One request (every Retrieve reads the schema): a missing collection is a 404.
@@ -114,14 +123,11 @@ class QdrantServerBackend:
             raw = {"dense_dimension": params.size if params else 0, "sparse": bool(info.config.params.sparse_vectors),
                    "filter_fields": dict(metadata.pop("filter_fields", None) or {}),
                    "metadata": {k: v for k, v in metadata.items() if k != "sparse"}}
-        return CollectionSchema(name=name, dense_dimension=int(raw["dense_dimension"]), sparse=bool(raw["sparse"]),
-                                filter_fields=dict(raw.get("filter_fields", {})), metadata=dict(raw.get("metadata", {})),
-                                late_dimension=int(raw.get("late_dimension", 0)),
-                                late_quantization=str(raw.get("late_quantization", "int8")))
+        return schema_from_record(name, raw)
 
     def update_metadata(self, name: str, updates: dict[str, Any]) -> None:
         schema = self.schema(name)
-        record = _schema_record(schema)
+        record = schema_record(schema)
         record["metadata"] = {**schema.metadata, **updates}
         # Qdrant merges the top-level metadata keys it is sent: only the schema record changes.
         self._call("update_collection", self.client.update_collection, name, metadata={_SCHEMA_KEY: record})
@@ -133,32 +139,24 @@ class QdrantServerBackend:
     # -- points ------------------------------------------------------------------------
 
     def upsert(self, name: str, points: Sequence[PointIn]) -> None:
-        structs = []
-        for p in points:
-            vectors: dict[str, Any] = {DENSE: list(p.dense)}
-            if p.sparse is not None and p.sparse.indices:
-                vectors[SPARSE] = models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values))
-            if p.late is not None:
-                vectors[LATE] = p.late if isinstance(p.late, list) else [list(row) for row in p.late]
-            structs.append(models.PointStruct(id=p.id, vector=vectors, payload=p.payload))
-        self._call("upsert", self.client.upsert, name, points=structs, wait=True)
+        self._call("upsert", self.client.upsert, name, points=[engine_point(SERVER, p) for p in points], wait=True)
 
     def delete_ids(self, name: str, ids: Sequence[str]) -> None:
         self._call("delete", self.client.delete, name, points_selector=models.PointIdsList(points=list(ids)), wait=True)
 
     def delete_where(self, name: str, where: Filter) -> None:
-        self._call("delete", self.client.delete, name, points_selector=models.FilterSelector(filter=_filter(where)), wait=True)
+        self._call("delete", self.client.delete, name, points_selector=models.FilterSelector(filter=engine_filter(SERVER, where)), wait=True)
 
     def existing(self, name: str, ids: Sequence[str]) -> list[str]:
         records = self._call("retrieve", self.client.retrieve, name, ids=list(ids), with_payload=False)
         return [str(r.id) for r in records]
 
     def count(self, name: str, where: Filter | None = None) -> int:
-        return self._call("count", self.client.count, name, count_filter=_filter(where) if where else None, exact=True).count
+        return self._call("count", self.client.count, name, count_filter=engine_filter(SERVER, where), exact=True).count
 
-    def query(self, name: str, queries: Sequence[Nearest | Fused]) -> list[list[Hit]]:
+    def query(self, name: str, queries: Sequence[Nearest | Fused | Rescore]) -> list[list[Hit]]:
         params = models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
-        requests = [_request(q, params) for q in queries]
+        requests = [query_request(SERVER, q, params) for q in queries]
         if len(requests) == 1:
             responses = [self._call("query_points", self.client.query_points, name, **_kwargs(requests[0]))]
         else:
@@ -167,20 +165,9 @@ class QdrantServerBackend:
 
     def scroll(self, name: str, offset: str | None, limit: int, with_vectors: bool, where: Filter | None = None):
         records, next_offset = self._call("scroll", self.client.scroll, name, offset=offset, limit=limit,
-                                          scroll_filter=_filter(where) if where else None,
+                                          scroll_filter=engine_filter(SERVER, where),
                                           with_payload=True, with_vectors=with_vectors)
-        page = []
-        for r in records:
-            vectors = None
-            if with_vectors:
-                vectors = {}
-                for key, value in (r.vector or {}).items():
-                    if isinstance(value, models.SparseVector):
-                        vectors[key] = SparseVector(tuple(value.indices), tuple(value.values))
-                    else:
-                        vectors[key] = list(value)
-            page.append((str(r.id), r.payload or {}, vectors))
-        return page, None if next_offset is None else str(next_offset)
+        return scrolled(SERVER, records, with_vectors), None if next_offset is None else str(next_offset)
 
     def retrieve(self, name: str, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
         records = self._call("retrieve", self.client.retrieve, name, ids=list(ids), with_payload=True)
@@ -197,13 +184,7 @@ class QdrantServerBackend:
             while True:
                 page, offset = self.scroll(name, offset, 256, True)
                 for pid, payload, vectors in page:
-                    vectors = dict(vectors or {})
-                    dense, sparse, late = vectors.pop(DENSE, None), vectors.pop(SPARSE, None), vectors.pop("late", None)
-                    if vectors or dense is None:
-                        raise FailedPrecondition(f"point {pid} has vectors {sorted(vectors) or 'without dense'} "
-                                                 "that snapshots do not carry")
-                    yield PointIn(id=pid, dense=dense, sparse=sparse, payload=payload,
-                                  **({"late": late} if late is not None else {}))
+                    yield point_in(pid, payload, vectors)
                 if offset is None:
                     return
 
@@ -232,6 +213,20 @@ class QdrantServerBackend:
         self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=[
             models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))])
 
+    def write_version(self, name: str) -> str:
+        try:
+            metadata = self.client.get_collection(name).config.metadata or {}
+        except Exception:  # noqa: BLE001 - no such collection (yet): the request itself says NOT_FOUND
+            return ""
+        return str(metadata.get(_VERSION_KEY, "unversioned"))
+
+    def new_write_version(self, name: str) -> None:
+        # Qdrant merges the top-level metadata keys it is sent: only the version changes.
+        try:
+            self._call("update_collection", self.client.update_collection, name, metadata={_VERSION_KEY: uuid.uuid4().hex})
+        except NotFound:
+            pass  # deleted: nothing to version
+
     def stats(self, name: str) -> CollectionStats:
         info = self._call("get_collection", self.client.get_collection, name)
         return CollectionStats(points=int(info.points_count or 0), segments=int(info.segments_count or 0),
@@ -242,12 +237,6 @@ class QdrantServerBackend:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _vector(vector):
-    if isinstance(vector, SparseVector):
-        return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
-    return list(vector)
 
 
 def _vectors_config(schema: CollectionSchema) -> dict[str, models.VectorParams]:
@@ -267,60 +256,6 @@ def _vectors_config(schema: CollectionSchema) -> dict[str, models.VectorParams]:
     return config
 
 
-def _prefetch(q: Nearest | Fused, params) -> models.Prefetch:
-    if isinstance(q, Nearest):
-        return models.Prefetch(query=_vector(q.vector), using=q.using, limit=q.limit,
-                               filter=_filter(q.filter) if q.filter else None, params=params)
-    fusion: Any = (models.RrfQuery(rrf=models.Rrf(k=q.rrf_k)) if q.method == "rrf"
-                   else models.FusionQuery(fusion=models.Fusion.DBSF))
-    return models.Prefetch(prefetch=[_prefetch(p, params) for p in q.prefetch], query=fusion, limit=q.limit)
-
-
-def _request(q: Nearest | Fused | Rescore, params) -> models.QueryRequest:
-    if isinstance(q, Rescore):
-        rows = q.vector if isinstance(q.vector, list) else [list(map(float, row)) for row in q.vector]
-        return models.QueryRequest(prefetch=[_prefetch(p, params) for p in q.prefetch], query=rows, using=q.using,
-                                   limit=q.limit, with_payload=q.with_payload)
-    if isinstance(q, Nearest):
-        return models.QueryRequest(query=_vector(q.vector), using=q.using, limit=q.limit,
-                                   filter=_filter(q.filter) if q.filter else None, params=params,
-                                   with_payload=q.with_payload)
-    fusion: Any = (models.RrfQuery(rrf=models.Rrf(k=q.rrf_k)) if q.method == "rrf"
-                   else models.FusionQuery(fusion=models.Fusion.DBSF))
-    return models.QueryRequest(
-        prefetch=[models.Prefetch(query=_vector(p.vector), using=p.using, limit=p.limit,
-                                  filter=_filter(p.filter) if p.filter else None, params=params) for p in q.prefetch],
-        query=fusion, limit=q.limit, with_payload=True,
-    )
-
-
 def _kwargs(r: models.QueryRequest) -> dict[str, Any]:
     return {"query": r.query, "using": r.using, "prefetch": r.prefetch, "limit": r.limit, "query_filter": r.filter,
             "search_params": r.params, "with_payload": r.with_payload}
-
-
-def _filter(flt: Filter) -> models.Filter:
-    return models.Filter(
-        must=[_condition(c) for c in flt.must] or None,
-        should=[_condition(c) for c in flt.should] or None,
-        must_not=[_condition(c) for c in flt.must_not] or None,
-    )
-
-
-def _condition(c):
-    if isinstance(c, Filter):
-        return _filter(c)
-    if isinstance(c, Match):
-        return models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value))
-    if isinstance(c, MatchAny):
-        return models.FieldCondition(key=c.key, match=models.MatchAny(any=list(c.values)))
-    if isinstance(c, Range):
-        return models.FieldCondition(key=c.key, range=models.Range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))
-    raise TypeError(f"unknown filter condition {c!r}")
-
-
-def _schema_record(schema: CollectionSchema) -> dict[str, Any]:
-    """What the collection's metadata keeps of its schema (under ``_SCHEMA_KEY``)."""
-    return {"dense_dimension": schema.dense_dimension, "sparse": schema.sparse, "filter_fields": schema.filter_fields,
-            "metadata": schema.metadata, "late_dimension": schema.late_dimension,
-            "late_quantization": schema.late_quantization}
