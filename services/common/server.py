@@ -159,7 +159,8 @@ async def run(
     edge = bool(getattr(service, "edge", False))
     token = None if edge else resolve_internal_token(security)
     tracing.setup_tracing(service.name)
-    metrics.start_metrics_server(endpoint.metrics_port)
+    # /metrics listens where the service does: a service kept on loopback keeps its metrics there too.
+    metrics.start_metrics_server(endpoint.metrics_port, endpoint.host.strip("[]"))
     own_interceptors = getattr(service, "interceptors", None)
     calls = UnaryCallTracker()
     server = grpc.aio.server(

@@ -11,7 +11,7 @@ from services.common.config import setting
 class GatewayConfig:
     host: str = setting("0.0.0.0", "GATEWAY_HOST", "address to listen on")
     port: int = setting(50051, "GATEWAY_PORT", "gRPC port")
-    metrics_port: int = setting(9101, "GATEWAY_METRICS_PORT", "Prometheus /metrics port (0 disables)")
+    metrics_port: int = setting(9101, "GATEWAY_METRICS_PORT", "Prometheus /metrics port, on the same address as the gRPC port (0 disables)")
     grace_seconds: float = setting(10.0, "GATEWAY_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
     log_level: str = setting("INFO", "LOG_LEVEL", "log level")
     retrieval_addr: str = setting("localhost:50052", "RETRIEVAL_ADDR", "retrieval service address (dns:/// for per-request balancing)")

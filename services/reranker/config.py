@@ -11,7 +11,7 @@ from services.common.config import setting
 class RerankerConfig:
     host: str = setting("0.0.0.0", "RERANKER_HOST", "address to listen on")
     port: int = setting(50053, "RERANKER_PORT", "gRPC port")
-    metrics_port: int = setting(9103, "RERANKER_METRICS_PORT", "Prometheus /metrics port (0 disables)")
+    metrics_port: int = setting(9103, "RERANKER_METRICS_PORT", "Prometheus /metrics port, on the same address as the gRPC port (0 disables)")
     grace_seconds: float = setting(10.0, "RERANKER_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
     log_level: str = setting("INFO", "LOG_LEVEL", "log level")
     model_dir: str | None = setting(

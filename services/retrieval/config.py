@@ -12,7 +12,7 @@ from services.retrieval.backends.edge_tuning import ShardTuning
 class RetrievalConfig:
     host: str = setting("0.0.0.0", "RETRIEVAL_HOST", "address to listen on")
     port: int = setting(50052, "RETRIEVAL_PORT", "gRPC port")
-    metrics_port: int = setting(9102, "RETRIEVAL_METRICS_PORT", "Prometheus /metrics port (0 disables)")
+    metrics_port: int = setting(9102, "RETRIEVAL_METRICS_PORT", "Prometheus /metrics port, on the same address as the gRPC port (0 disables)")
     grace_seconds: float = setting(10.0, "RETRIEVAL_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
     log_level: str = setting("INFO", "LOG_LEVEL", "log level")
     qdrant_path: str = setting(".data/qdrant", "QDRANT_PATH", "data directory of the embedded engine (Qdrant Edge): one shard per collection")
