@@ -3,10 +3,10 @@
 Once the stack is ready, a service that exits is restarted with backoff while the others keep
 serving (:mod:`services.cli.supervisor`); one that keeps failing stops everything.
 
-Stopping is bounded: the first SIGINT, SIGTERM or SIGHUP (the terminal closed) sends SIGTERM to the three services at once
-and waits for them together, saying what it still waits for; what still runs after the
-longest ``*_GRACE_SECONDS`` plus :data:`STOP_MARGIN_S` is killed, and a second signal kills
-at once. The handlers are installed at start, whatever was inherited: a process started in
+Stopping is bounded: the first SIGINT, SIGTERM or SIGHUP (the terminal closed) sends SIGTERM
+to the three services at once and waits for them together, saying what it still waits for;
+what still runs after the longest ``*_GRACE_SECONDS`` plus :data:`STOP_MARGIN_S` is killed,
+and a second signal kills at once. The handlers are installed at start, whatever was inherited: a process started in
 the background by a non-interactive shell inherits SIGINT ignored, and Python keeps that.
 
 If `searchctl up` itself is killed (SIGKILL), its services get SIGTERM from the kernel (Linux:
@@ -83,7 +83,7 @@ def _say(message: str, err: bool = False) -> None:
     print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def _load_demo(target: str, collection: str, api_key: str | None, spool: Path) -> str:
+def _load_demo(target: str, collection: str, api_key: str | None, spool: Path, stop: threading.Event) -> str:
     """The demo corpus into ``collection`` on the Ingest stream (services/cli/ingest_stream.py,
     through ``spool`` and its checkpoint), unless it already holds documents and no earlier load
     of it was interrupted (that one is resumed)."""
@@ -99,19 +99,19 @@ def _load_demo(target: str, collection: str, api_key: str | None, spool: Path) -
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
                     raise
-    outcome = load(demo_corpus(), collection, target, spool=spool, batch_size=32, api_key=api_key)
+    outcome = load(demo_corpus(), collection, target, spool=spool, batch_size=32, api_key=api_key, cancel=stop)
     resumed = f" (resumed after {outcome.resumed})" if outcome.resumed else ""
     return f"loaded {outcome.written + outcome.resumed} demo passages (the project's own docs) into {collection!r}{resumed}"
 
 
 def _demo(target: str, collection: str, api_key: str | None, spool: Path, stop: threading.Event) -> str | None:
-    """Load the demo corpus unless ``stop`` is set first (then None: the load is abandoned, and
+    """Load the demo corpus unless ``stop`` is set first (then None: the stream is cancelled, and
     its checkpoint lets the next `searchctl up` resume it)."""
     outcome: list = []
 
     def loading() -> None:
         try:
-            outcome.append(_load_demo(target, collection, api_key, spool))
+            outcome.append(_load_demo(target, collection, api_key, spool, stop))
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             outcome.append(exc)
 
@@ -119,6 +119,7 @@ def _demo(target: str, collection: str, api_key: str | None, spool: Path, stop: 
     worker.start()
     while worker.is_alive():
         if stop.wait(0.1):
+            worker.join(timeout=10)  # the stream is cancelled at once; the checkpoint stays
             return None
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
