@@ -11,7 +11,7 @@ import grpc
 from tqdm import tqdm
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from services.cli.client import DEFAULT_TARGET, _connection_help, open_channel
+from services.cli.client import DEFAULT_TARGET, connection_help, open_channel
 
 
 def call(command: str, target: str, fn) -> int:
@@ -96,7 +96,7 @@ def _reindex(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline of the call in seconds (default %(default)s)")
-    _connection_help(p)
+    connection_help(p)
     return p
 
 
@@ -133,5 +133,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--to", help="name of the new collection (default: <name>-<UTC timestamp>)")
     r.add_argument("--reembed", action="store_true", help="re-embed even when the models are unchanged")
     r.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
-    _connection_help(r)
+    connection_help(r)
     r.set_defaults(func=_reindex)

@@ -5,8 +5,9 @@
         [--max-queries N]
 
 1. Ingest: when the collection does not exist it is created (CreateCollection); when it
-   holds no documents the corpus is streamed into it through the gateway's Upsert in
-   batches (``--reingest`` forces this; upserts are idempotent on id).
+   holds no documents the corpus is streamed into it on the gateway's Ingest stream, with a
+   checkpoint, as `searchctl ingest --skip-bad` does (``--reingest`` forces this; documents are
+   replaced by id; a load that stopped part-way is resumed by the next run).
 2. Every query of the split that has judgements is sent through the gateway's Search in
    each mode, ``top_k`` results (100 by default, the API's maximum, so Recall@100 can be
    computed). The ranking is the order the gateway returned.
@@ -151,9 +152,13 @@ def _call(fn, request, timeout: float, attempts: int = 5):
     raise AssertionError("unreachable")
 
 
-def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reingest: bool, out=sys.stderr) -> int:
-    """Create ``collection`` if missing and ingest ``corpus`` if it is empty; return its document count."""
+def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reingest: bool, target: str,
+                    out=sys.stderr) -> int:
+    """Create ``collection`` if missing and ingest ``corpus`` if it is empty (or ``reingest``), on
+    the Ingest stream with its checkpoint (services/cli/ingest_stream.py), leaving out documents
+    the API refuses; return its document count."""
     from services.cli import beir
+    from services.cli.ingest_stream import Checkpoint, run
 
     grpc, _, pb, _ = _grpc()
     try:
@@ -169,7 +174,8 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
                 raise
         info = stub.DescribeCollection(pb.DescribeCollectionRequest(name=collection), timeout=30).collection
     total = beir.count_corpus(corpus)
-    if info.document_count and not reingest:
+    interrupted = Checkpoint.path_for(corpus, collection).exists()  # an earlier load stopped part-way: resume it
+    if info.document_count and not reingest and not interrupted:
         if info.document_count != total:
             print(
                 f"warning: {collection!r} holds {info.document_count} documents but {corpus} has {total}; "
@@ -177,34 +183,12 @@ def ensure_ingested(stub, collection: str, corpus: Path, batch_size: int, reinge
                 file=out,
             )
         return int(info.document_count)
-
-    from services.cli.ingest_input import to_document
-    from services.common import validation
-    from services.common.errors import InvalidArgument
-
-    start, written, batch = time.perf_counter(), 0, []
-
-    def flush() -> None:
-        nonlocal written, batch
-        if batch:
-            written += _call(stub.Upsert, pb.UpsertRequest(collection=collection, documents=batch), timeout=300).upserted
-            batch = []
-            rate = written / max(time.perf_counter() - start, 1e-9)
-            print(f"\ringested {written}/{total} documents ({rate:.0f} docs/s)", end="", file=out, flush=True)
-
     skipped: list[str] = []
-    for doc in beir.iter_corpus(corpus):
-        message = to_document(doc)
-        try:
-            validation.document(message)  # the API's rule: an id, and a title or a text
-        except InvalidArgument as exc:
-            skipped.append(exc.message)
-            continue
-        batch.append(message)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    print(file=out)
+    outcome = run(corpus, collection, target, batch_size, total, restart=reingest, progress=False, skip_bad=True,
+                  on_skip=lambda line: skipped.append(line.problem))
+    written = outcome.written + outcome.resumed
+    print(f"ingested {written}/{total} documents on one stream ({outcome.written / max(outcome.seconds, 1e-9):.0f} docs/s)",
+          file=out)
     if skipped:
         print(f"warning: skipped {len(skipped)} documents the API refuses (first: {skipped[0]})", file=out)
     return written
@@ -324,6 +308,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     qrels_used = {q: qrels[q] for q in chosen}
 
     grpc, _, _, pb_grpc = _grpc()
+    from services.cli.ingest_stream import IngestFailed
+
     channel = grpc.insecure_channel(
         args.target, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
     )
@@ -331,7 +317,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     try:
         stub = pb_grpc.SearchServiceStub(channel)
         if not args.no_ingest:
-            ensure_ingested(stub, args.collection, beir.corpus_path(dataset), args.batch_size, args.reingest)
+            ensure_ingested(stub, args.collection, beir.corpus_path(dataset), args.batch_size, args.reingest, args.target)
         wait_for_calibration(stub, args.collection)
         for mode in modes:
             run, latencies, degraded = run_mode(stub, mode, args.collection, chosen, args.top_k, args, args.timeout)
@@ -344,6 +330,10 @@ def _eval_cmd(args: argparse.Namespace) -> int:
             results[mode.name] = metrics
     except grpc.RpcError as exc:
         print(f"searchctl eval: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except IngestFailed as exc:
+        print(f"searchctl eval: ingesting {dataset} failed: {exc} ({exc.acknowledged} documents acknowledged; "
+              "run the same command again to resume)", file=sys.stderr)
         return 1
     finally:
         channel.close()
@@ -379,8 +369,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hybrid fusion method (default: the retrieval service's)")
     p.add_argument("--dense-weight", type=float, help="hybrid: weight of the dense ranking, 0..1")
     p.add_argument("--rrf-k", type=int, default=0, help="hybrid: RRF constant k")
-    p.add_argument("--batch-size", type=int, default=64, help="documents per Upsert while ingesting (default %(default)s)")
-    p.add_argument("--reingest", action="store_true", help="upsert the corpus even when the collection has documents")
+    p.add_argument("--batch-size", type=int, default=64, help="documents per Ingest batch while ingesting (default %(default)s)")
+    p.add_argument("--reingest", action="store_true", help="ingest the corpus from its start even when the collection has documents")
     p.add_argument("--no-ingest", action="store_true", help="never ingest; evaluate the collection as it is")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline of each Search in seconds (default %(default)s)")
     p.set_defaults(func=_eval_cmd)

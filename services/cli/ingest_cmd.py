@@ -1,5 +1,5 @@
 """`searchctl ingest`: a JSONL file or a BEIR folder into a collection, on one Ingest stream
-(services/cli/ingest_stream.py) or in unary Upserts (``--unary``, services/cli/client.py).
+(services/cli/ingest_stream.py, the project's one way of loading documents).
 
 When it stops before the end, it says why (the service's status and message, or what is wrong
 with a line), where (the file and line, and the document's id), how many documents are
@@ -10,17 +10,15 @@ that can succeed (the service was away or overloaded), otherwise what to fix.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
 
-import grpc
-
 from services.cli import beir
-from services.cli.client import DEFAULT_TARGET, _connection_help, transient
+from services.cli.client import DEFAULT_TARGET, connection_help
 from services.cli.ingest_input import InputLine
+from services.cli.ingest_stream import Checkpoint, CheckpointMismatch, IngestFailed, run
 from services.common import validation
 
 PROG = "searchctl ingest"
@@ -44,8 +42,8 @@ class SkipReport:
             print("(more lines skipped; the count comes at the end)", file=self.out)
 
 
-def explain(source: Path, failure, unary: bool = False) -> list[str]:
-    """What went wrong, where, what is durable, and what to do (``failure``: an IngestFailed)."""
+def explain(source: Path, failure: IngestFailed) -> list[str]:
+    """What went wrong, where, what is durable, and what to do."""
     where = ""
     if failure.line is not None:
         where = f"{source}:{failure.line.number}"
@@ -57,12 +55,9 @@ def explain(source: Path, failure, unary: bool = False) -> list[str]:
     if failure.code and where:
         out.append(f"at {where}")
     n = failure.acknowledged
-    done = f"{n} documents{' before it' if where else ''} {'were written' if unary else 'are acknowledged (durable)'}"
+    done = f"{n} documents{' before it' if where else ''} are acknowledged (durable)"
     out.append(done + ("; nothing after it was sent" if not failure.code else ""))
-    if unary:
-        again = "run the same command again (--unary starts over; documents written are replaced, not duplicated)"
-    else:
-        again = f"run the same command again: it resumes after those {n}" if n else "run the same command again"
+    again = f"run the same command again: it resumes after those {n}" if n else "run the same command again"
     if failure.transient:
         out.append(f"the service was unavailable or overloaded; {again}")
     elif not failure.code:
@@ -78,33 +73,7 @@ def explain(source: Path, failure, unary: bool = False) -> list[str]:
     return out
 
 
-def _unary(args: argparse.Namespace, corpus: Path, total: int, on_skip) -> tuple[int, int]:
-    """(written, skipped) by unary Upserts; raises IngestFailed like the stream."""
-    from services.cli.client import BatchFailed, ingest_batches
-    from services.cli.ingest_input import Input
-    from services.cli.ingest_stream import IngestFailed
-
-    source = Input(corpus, args.batch_size, args.skip_bad, on_skip)
-    try:
-        written = asyncio.run(ingest_batches(source.batches(), args.collection, args.target, args.concurrency, total))
-    except grpc.RpcError as exc:  # before any batch: the collection could not be described or made
-        raise IngestFailed(exc.code().name, exc.details() or "", 0, transient=transient(exc)) from None
-    except BatchFailed as exc:
-        error = exc.error
-        if not isinstance(error, grpc.RpcError):
-            raise error from None
-        field = (error.details() or "").split(":", 1)[0]
-        line = exc.batch.at(field)
-        raise IngestFailed(error.code().name, error.details() or "", exc.written, line=line,
-                           batch=None if line else exc.batch, transient=transient(error)) from None
-    if source.stopped_at is not None:
-        raise IngestFailed("", source.stopped_at.problem, written, line=source.stopped_at)
-    return written, source.skipped
-
-
 def _ingest_cmd(args: argparse.Namespace) -> int:
-    from services.cli.ingest_stream import Checkpoint, CheckpointMismatch, IngestFailed, run
-
     path = Path(args.path)
     if not path.exists():
         print(f"{PROG}: {path} does not exist", file=sys.stderr)
@@ -122,30 +91,26 @@ def _ingest_cmd(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     resumed = 0
     try:
-        if args.unary:
-            written, skipped = _unary(args, corpus, total, skips)
-        else:
-            outcome = run(corpus, args.collection, args.target, args.batch_size, total, checkpoint, args.restart,
-                          skip_bad=args.skip_bad, on_skip=skips)
-            written, skipped, resumed = outcome.written, outcome.skipped, outcome.resumed
+        outcome = run(corpus, args.collection, args.target, args.batch_size, total, checkpoint, args.restart,
+                      skip_bad=args.skip_bad, on_skip=skips)
+        written, skipped, resumed = outcome.written, outcome.skipped, outcome.resumed
     except IngestFailed as failure:
-        for line in explain(corpus, failure, args.unary):
+        for line in explain(corpus, failure):
             print(f"{PROG}: {line}", file=sys.stderr)
         return 1
     except CheckpointMismatch as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if not args.unary and checkpoint.exists():
+        if checkpoint.exists():
             done = json.loads(checkpoint.read_text()).get("documents_done", 0)
             print(f"{PROG}: interrupted; {done} documents are acknowledged (durable); "
                   "run the same command again to resume", file=sys.stderr)
         return 130
     elapsed = time.perf_counter() - start
-    how = "unary Upserts" if args.unary else "one stream"
     since = f"; resumed after {resumed} already acknowledged" if resumed else ""
     print(f"ingested {written} documents into {args.collection!r} in {elapsed:.1f} s "
-          f"({written / max(elapsed, 1e-9):.1f} docs/s, {how}{since})")
+          f"({written / max(elapsed, 1e-9):.1f} docs/s, one stream{since})")
     if skipped:
         print(f"skipped {skipped} lines of {corpus} that are not documents the service accepts (--skip-bad)")
     return 0
@@ -169,9 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out lines that are not documents, or that the service would refuse (e.g. neither "
                         "title nor text), print the first ones and count them, instead of stopping at the first")
-    p.add_argument("--concurrency", type=int, default=2, help="Upserts in flight with --unary (default %(default)s)")
-    p.add_argument("--unary", action="store_true", help="unary Upsert batches instead of the stream (no checkpoint)")
     p.add_argument("--checkpoint", help="checkpoint file (default: beside the input, or under .data/ingest-checkpoints/)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and ingest from the beginning")
-    _connection_help(p)
+    connection_help(p)
     p.set_defaults(func=_ingest_cmd)

@@ -25,7 +25,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from search.v1 import common_pb2
-from services.cli import beir
+import services.cli.beir as beir
 from services.common import validation
 from services.common.errors import InvalidArgument
 

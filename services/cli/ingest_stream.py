@@ -13,6 +13,10 @@ directory cannot be written, and is removed when the ingest completes. It is bou
 input's part already ingested: an input changed after that point (a bad line fixed) resumes;
 one changed before it is refused rather than half-skipped.
 
+:func:`load` is the same stream for documents held in memory (`searchctl up`'s demo, `searchctl
+eval`, the benchmarks, the tests): they are written to a JSONL file first and streamed from it,
+so every client of the project loads documents one way, with the checkpoint.
+
 When the stream fails, the gateway first sends the error (``IngestResponse.error``) and then
 ends the call once this side has stopped writing (services/gateway/ingest.py), so the status
 shown is the server's. The stream runs on grpc's blocking API, which reports the server's status
@@ -25,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +41,7 @@ from tenacity import Retrying
 from tqdm import tqdm
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from services.cli.client import open_blocking_channel, retry_policy, transient
+from services.cli.client import DEFAULT_TARGET, open_blocking_channel, retry_policy, transient
 from services.cli.ingest_input import Batch, Input, InputLine
 
 FALLBACK_DIR = Path(".data/ingest-checkpoints")
@@ -201,13 +206,15 @@ class _Stream:
         except Exception as exc:  # noqa: BLE001 - re-raised on the main thread
             self.reading_failed = exc
 
-    def run(self, target: str, api_key: str | None) -> None:
+    def run(self, target: str, api_key: str | None, cancel: threading.Event | None = None) -> None:
         stop = threading.Event()
         acknowledged: dict[int, Batch] = {}
         awaited = 0
         channel, metadata = open_blocking_channel(target, api_key)
         with channel:
             call = pb_grpc.SearchServiceStub(channel).Ingest(self.requests(stop), metadata=metadata)
+            if cancel is not None:
+                threading.Thread(target=_cancel_when, args=(cancel, stop, call), name="ingest-cancel", daemon=True).start()
             try:
                 for reply in call:
                     if reply.HasField("error"):
@@ -219,6 +226,7 @@ class _Stream:
                     acknowledged[reply.sequence] = batch
                     awaited = self.progress.acknowledged(acknowledged, awaited)
             finally:
+                stop.set()
                 call.cancel()  # a no-op once the call has ended; on Ctrl-C it stops the sending thread
         if self.reading_failed is not None:
             raise self.reading_failed
@@ -236,12 +244,21 @@ class _Stream:
                             line=line, batch=None if line else batch, transient=transient(exc))
 
 
+def _cancel_when(cancel: threading.Event, done: threading.Event, call) -> None:
+    """Cancel ``call`` once ``cancel`` is set, unless the stream is ``done`` first."""
+    while not done.wait(0.1):
+        if cancel.is_set():
+            call.cancel()
+            return
+
+
 def run(source: Path, collection: str, target: str, batch_size: int, total: int | None,
         checkpoint_path: Path | None = None, restart: bool = False, progress: bool = True,
         api_key: str | None = None, skip_bad: bool = False,
-        on_skip: Callable[[InputLine], None] = lambda line: None) -> Outcome:
+        on_skip: Callable[[InputLine], None] = lambda line: None, cancel: threading.Event | None = None) -> Outcome:
     """Ingest ``source`` (a JSONL file) with resume. Raises :class:`IngestFailed` when the
-    service refuses or stays away, or when a bad line ends the input (without ``skip_bad``)."""
+    service refuses or stays away, or when a bad line ends the input (without ``skip_bad``);
+    setting ``cancel`` ends the stream (IngestFailed CANCELLED; the checkpoint stays)."""
     path = checkpoint_path or Checkpoint.path_for(source, collection)
     checkpoint = Checkpoint.open(path, source, collection, batch_size, restart)
     resumed = checkpoint.documents_done
@@ -253,7 +270,7 @@ def run(source: Path, collection: str, target: str, batch_size: int, total: int 
 
     def stream_once() -> None:
         attempt[:] = [_Stream(documents, collection, tracker, bar)]
-        attempt[0].run(target, api_key)
+        attempt[0].run(target, api_key, cancel)
 
     def resuming(state) -> None:
         bar.write(f"stream interrupted ({state.outcome.exception().code().name}); "
@@ -270,3 +287,38 @@ def run(source: Path, collection: str, target: str, batch_size: int, total: int 
     elapsed = time.perf_counter() - started
     path.unlink(missing_ok=True)
     return Outcome(checkpoint.documents_done - resumed, resumed, documents.skipped, elapsed)
+
+
+def load(documents: Iterable[dict], collection: str, target: str = DEFAULT_TARGET, *, spool: Path | None = None,
+         batch_size: int = 64, total: int | None = None, progress: bool = False, api_key: str | None = None,
+         skip_bad: bool = False, cancel: threading.Event | None = None) -> Outcome:
+    """Ingest ``documents`` (dicts: id, title, text, payload) on the Ingest stream with :func:`run`.
+
+    They are written, one JSON line each, to ``spool`` and streamed from it with the checkpoint
+    beside it; the file is removed once every document is acknowledged. Given a lasting ``spool``
+    path, a load that stopped (the service away longer than the retries, the process killed)
+    resumes where the acknowledged documents end when it is called again with the same
+    documents; documents that changed before that point are loaded again from the start
+    (documents are replaced by id, never duplicated). Without ``spool``, a temporary file.
+    Raises :class:`IngestFailed` as :func:`run` does.
+    """
+    if spool is None:
+        with tempfile.TemporaryDirectory(prefix="searchctl-load-") as tmp:
+            return load(documents, collection, target, spool=Path(tmp) / "documents.jsonl", batch_size=batch_size,
+                        total=total, progress=progress, api_key=api_key, skip_bad=skip_bad, cancel=cancel)
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    written = spool.with_name(spool.name + ".writing")
+    count = 0
+    with written.open("w", encoding="utf-8") as fh:
+        for document in documents:
+            fh.write(json.dumps(document, ensure_ascii=False, sort_keys=True) + "\n")
+            count += 1
+    os.replace(written, spool)  # the same documents give the same bytes: a checkpoint still fits them
+    options = {"total": count if total is None else total, "progress": progress, "api_key": api_key, "skip_bad": skip_bad,
+               "cancel": cancel}
+    try:
+        outcome = run(spool, collection, target, batch_size, **options)
+    except CheckpointMismatch:
+        outcome = run(spool, collection, target, batch_size, restart=True, **options)
+    spool.unlink(missing_ok=True)
+    return outcome

@@ -17,7 +17,7 @@ SERVICES = {
 }
 # Subcommands that live in their own modules, each with register(subparsers).
 COMMAND_MODULES = (
-    "services.cli.up", "services.cli.ingest_cmd", "services.cli.client", "services.cli.collections_cmd", "services.cli.snapshot_cmd",
+    "services.cli.up", "services.cli.ingest_cmd", "services.cli.search_cmd", "services.cli.collections_cmd", "services.cli.snapshot_cmd",
     "services.cli.migrate", "services.cli.models_cmd", "services.cli.store_cmd", "services.cli.evaluate",
     "services.cli.bench", "services.cli.keys_cmd",
 )

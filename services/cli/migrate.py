@@ -26,7 +26,7 @@ import grpc
 from tqdm import tqdm
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from services.cli.client import DEFAULT_TARGET, _connection_help, open_channel
+from services.cli.client import DEFAULT_TARGET, connection_help, open_channel
 from services.retrieval import snapshots
 from services.retrieval.backends.base import DENSE, SPARSE, Nearest, PointIn
 
@@ -152,5 +152,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replicas that must confirm a write (default %(default)s)")
     p.add_argument("--timeout", type=float, default=60.0, help="timeout of one call to the target (default %(default)s)")
     p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address of the platform (default %(default)s)")
-    _connection_help(p)
+    connection_help(p)
     p.set_defaults(func=migrate)

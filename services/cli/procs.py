@@ -6,7 +6,8 @@ time (SIGTERM to all at once, then SIGKILL to what is left), saying what it stil
 
 :class:`ServiceProcs` (for benchmarks) starts ``python -m services.cli serve NAME`` on free
 loopback ports with its Qdrant path and the downstream addresses set through the
-environment, and stops every process it started on exit. Each service logs to
+environment, and stops every process it started on exit (and, on Linux, the kernel stops them
+when this process dies: services/common/child_process.py). Each service logs to
 ``<workdir>/<name>.log``.
 """
 
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import child_process
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("retrieval", "reranker", "gateway")
@@ -163,7 +166,7 @@ class ServiceProcs:
         log = self.workdir / f"{name}.log"
         self.logs[name] = log
         with open(log, "ab") as out:
-            proc = subprocess.Popen(
+            proc = child_process.start(  # stopped with this process, even when it is killed (Linux)
                 [sys.executable, "-m", "services.cli", "serve", name],
                 env=self.env(name, overrides),
                 stdout=out,

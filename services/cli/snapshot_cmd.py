@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from search.v1 import search_service_pb2 as pb
-from services.cli.client import DEFAULT_TARGET, _connection_help
+from services.cli.client import DEFAULT_TARGET, connection_help
 from services.cli.collections_cmd import call
 from services.retrieval import snapshots
 
@@ -105,4 +105,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_restore)
     for q in (c, r):
         q.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
-        _connection_help(q)
+        connection_help(q)

@@ -18,6 +18,7 @@ DEFAULT_PATH = os.environ.get("QDRANT_PATH", ".data/qdrant")
 
 def _import_local(args: argparse.Namespace) -> int:
     from services.common.errors import ServiceError
+    from services.common.status import status_message
     from services.retrieval.backends.edge import EdgeBackend
     from services.retrieval.backends.legacy_local import import_legacy, legacy_collections
 
@@ -28,7 +29,7 @@ def _import_local(args: argparse.Namespace) -> int:
     try:
         target = EdgeBackend(args.target or args.path)
     except ServiceError as exc:
-        print(f"searchctl store: {exc.message}", file=sys.stderr)
+        print(f"searchctl store: {status_message(exc)}", file=sys.stderr)
         return 1
     started = time.perf_counter()
     try:
@@ -48,6 +49,7 @@ def _import_local(args: argparse.Namespace) -> int:
 
 def _optimize(args: argparse.Namespace) -> int:
     from services.common.errors import ServiceError
+    from services.common.status import status_message
     from services.retrieval.backends.edge import EdgeBackend
 
     from services.common.config import load
@@ -56,7 +58,7 @@ def _optimize(args: argparse.Namespace) -> int:
     try:  # the EDGE_* settings of the environment, as the service would read them
         backend = EdgeBackend(args.path, tuning=load(RetrievalConfig, environ=os.environ).shard_tuning())
     except (ServiceError, ValueError) as exc:
-        print(f"searchctl store: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        print(f"searchctl store: {status_message(exc) if isinstance(exc, ServiceError) else exc}", file=sys.stderr)
         return 1
     try:
         names = args.collection or backend.list_collections()

@@ -3,13 +3,21 @@
 Once the stack is ready, a service that exits is restarted with backoff while the others keep
 serving (:mod:`services.cli.supervisor`); one that keeps failing stops everything.
 
-Stopping is bounded: the first SIGINT or SIGTERM sends SIGTERM to the three services at once
-and waits for them together, saying what it still waits for; what still runs after the
-longest ``*_GRACE_SECONDS`` plus :data:`STOP_MARGIN_S` is killed, and a second signal kills
-at once. The handlers are installed at start, whatever was inherited: a process started in
+Stopping is bounded: the first SIGINT, SIGTERM or SIGHUP (the terminal closed) sends SIGTERM
+to the three services at once and waits for them together, saying what it still waits for;
+what still runs after the longest ``*_GRACE_SECONDS`` plus :data:`STOP_MARGIN_S` is killed,
+and a second signal kills at once. The handlers are installed at start, whatever was inherited: a process started in
 the background by a non-interactive shell inherits SIGINT ignored, and Python keeps that.
 
-Retrieval and reranker listen on loopback only. When the gateway requires API keys
+If `searchctl up` itself is killed (SIGKILL), its services get SIGTERM from the kernel (Linux:
+services/common/child_process.py) and stop within their grace period. They also inherit its lock
+on the store (services/cli/store_lock.py): a second `searchctl up` on the same store says which
+process holds it and exits 1; one started while a killed stack's services are still stopping waits
+for them.
+
+Every port binds loopback: the three gRPC ports and their metrics ports (each service's /metrics
+listens on its gRPC address); ``--host`` opens the gateway (and its metrics) deliberately, and the
+ready line says so. When the gateway requires API keys
 (``GATEWAY_API_KEYS_FILE`` / ``GATEWAY_API_KEYS``), they also require an internal token the
 gateway sends (``INTERNAL_TOKEN``, generated for the run unless one is configured), and the
 demo loader calls the gateway with a configured key whose caller has the search, write and
@@ -20,19 +28,25 @@ caller the demo is not loaded, and the ready line says why.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from services.cli.client import API_KEY_ENV, open_blocking_channel
+from services.cli.demo import demo_corpus
+from services.cli.ingest_stream import Checkpoint, IngestFailed, load
 from services.cli.procs import stop_processes, wait_serving
+from services.cli.store_lock import StoreInUse, acquire
 from services.cli.supervisor import Supervisor
+from services.common import child_process
 from services.common import config as cfg
 
 START_ORDER = ("retrieval", "reranker", "gateway")
@@ -43,10 +57,10 @@ STOP_MARGIN_S = 5.0
 
 
 class StopSignals:
-    """SIGINT and SIGTERM handlers: the first signal asks for a stop (``requested``); any signal
+    """SIGINT, SIGTERM and SIGHUP handlers: the first signal asks for a stop (``requested``); any signal
     once a stop was asked for (by a signal, or because a service exited) asks to kill at once."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.requested = threading.Event()
@@ -69,45 +83,47 @@ def _say(message: str, err: bool = False) -> None:
     print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-async def _until(event: threading.Event) -> None:
-    while not event.is_set():
-        await asyncio.sleep(0.1)
+def _load_demo(target: str, collection: str, api_key: str | None, spool: Path, stop: threading.Event) -> str:
+    """The demo corpus into ``collection`` on the Ingest stream (services/cli/ingest_stream.py,
+    through ``spool`` and its checkpoint), unless it already holds documents and no earlier load
+    of it was interrupted (that one is resumed)."""
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    if not Checkpoint.path_for(spool, collection).exists():
+        channel, metadata = open_blocking_channel(target, api_key)
+        with channel:
+            try:
+                reply = pb_grpc.SearchServiceStub(channel).DescribeCollection(
+                    pb.DescribeCollectionRequest(name=collection), timeout=30, metadata=metadata)
+                if reply.collection.document_count > 0:
+                    return f"collection {collection!r} already holds documents; not reloading the demo corpus"
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+    outcome = load(demo_corpus(), collection, target, spool=spool, batch_size=32, api_key=api_key, cancel=stop)
+    resumed = f" (resumed after {outcome.resumed})" if outcome.resumed else ""
+    return f"loaded {outcome.written + outcome.resumed} demo passages (the project's own docs) into {collection!r}{resumed}"
 
 
-async def _load_demo(target: str, collection: str, api_key: str | None) -> str:
-    from services.cli.client import ingest, open_channel
-    from services.cli.demo import demo_corpus
+def _demo(target: str, collection: str, api_key: str | None, spool: Path, stop: threading.Event) -> str | None:
+    """Load the demo corpus unless ``stop`` is set first (then None: the stream is cancelled, and
+    its checkpoint lets the next `searchctl up` resume it)."""
+    outcome: list = []
 
-    async with open_channel(target, api_key) as channel:
+    def loading() -> None:
         try:
-            reply = await pb_grpc.SearchServiceStub(channel).DescribeCollection(
-                pb.DescribeCollectionRequest(name=collection), timeout=30
-            )
-            if reply.collection.document_count > 0:
-                return f"collection {collection!r} already holds documents; not reloading the demo corpus"
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-    docs = demo_corpus()
-    written = await ingest(docs, collection, target, batch_size=32, total=len(docs), api_key=api_key)
-    return f"loaded {written} demo passages (the project's own docs) into {collection!r}"
+            outcome.append(_load_demo(target, collection, api_key, spool, stop))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            outcome.append(exc)
 
-
-def _demo(target: str, collection: str, api_key: str | None, stop: threading.Event) -> str | None:
-    """Load the demo corpus unless ``stop`` is set first (then None)."""
-
-    async def race() -> str | None:
-        loading = asyncio.ensure_future(_load_demo(target, collection, api_key))
-        stopping = asyncio.ensure_future(_until(stop))
-        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not loading.done():
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+    worker = threading.Thread(target=loading, name="demo-load", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        if stop.wait(0.1):
+            worker.join(timeout=10)  # the stream is cancelled at once; the checkpoint stays
             return None
-        return loading.result()
-
-    return asyncio.run(race())
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _grace_seconds(env: dict[str, str]) -> float:
@@ -157,8 +173,6 @@ def _keys_of(gateway, name: str) -> list[str]:
 
 def _client_key(book, demo_keys: list[str]) -> tuple[str | None, str | None]:
     """The key `searchctl up` uses for its own calls (the demo), and a line for the user (or None)."""
-    from services.cli.client import API_KEY_ENV
-
     if not book.enabled:
         return None, None
     mine = os.environ.get(API_KEY_ENV)
@@ -200,6 +214,35 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
     api_key, key_note = _client_key(book, _demo_keys(env, book, args.collection) if keys else [])
     no_demo = args.no_demo or (keys and api_key is None)
     stop_timeout = args.stop_timeout if args.stop_timeout is not None else _grace_seconds(env) + STOP_MARGIN_S
+    try:
+        # A killed stack's services may still be stopping (within their grace period): wait for them.
+        lock = acquire(Path(env["QDRANT_PATH"]), wait_for_stopping_s=stop_timeout)
+    except StoreInUse as exc:
+        _say(f"searchctl up: {exc}", err=True)
+        return 1
+    with lock:
+        return _stack(args, signals, env, ports, lock.fd, stop_timeout,
+                      _Access(keys, token_note, api_key, key_note, no_demo))
+
+
+@dataclass(frozen=True)
+class _Access:
+    """What the API keys decided: keys on, the notes to print, the demo's key, whether to load it."""
+
+    keys: bool
+    token_note: str | None
+    api_key: str | None
+    key_note: str | None
+    no_demo: bool
+
+
+def _stack(args, signals: StopSignals, env: dict[str, str], ports: dict[str, int], lock_fd: int,
+           stop_timeout: float, access: _Access) -> int:
+    """Start, supervise and stop the three services (the store's lock held)."""
+
+    def spawn(argv: list[str]) -> subprocess.Popen:
+        # The services hold the store's lock with us, and get SIGTERM if we are killed.
+        return child_process.start(argv, env=env, pass_fds=(lock_fd,))
 
     procs: dict[str, subprocess.Popen] = {}
     argvs: dict[str, list[str]] = {}
@@ -208,29 +251,26 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
         for name in START_ORDER:
             if signals.requested.is_set():
                 break
-            argv = argvs[name] = [sys.executable, "-m", "services.cli", "serve", name, "--port", str(ports[name])]
-            if name in INTERNAL:
-                argv += ["--host", LOOPBACK]
-            procs[name] = subprocess.Popen(argv, env=env)
+            argv = argvs[name] = [sys.executable, "-m", "services.cli", "serve", name, "--port", str(ports[name]),
+                                  "--host", LOOPBACK if name in INTERNAL else args.host]
+            procs[name] = spawn(argv)
+        addresses = {name: f"{_reachable(LOOPBACK if name in INTERNAL else args.host)}:{port}" for name, port in ports.items()}
         for name in START_ORDER:
-            if name in procs and not wait_serving(
-                f"{LOOPBACK}:{ports[name]}", args.start_timeout, watch=procs, stop=signals.requested
-            ):
+            if name in procs and not wait_serving(addresses[name], args.start_timeout, watch=procs, stop=signals.requested):
                 break
-        target = f"{LOOPBACK}:{ports['gateway']}"
+        target = addresses["gateway"]
         if not signals.requested.is_set():
-            if token_note:
-                _say(token_note)
-            if not no_demo:
-                loaded = _demo(target, args.collection, api_key, signals.requested)
+            if access.token_note:
+                _say(access.token_note)
+            if not access.no_demo:
+                spool = Path(env["QDRANT_PATH"]).parent / "ingest-checkpoints" / f"demo-{args.collection}.jsonl"
+                loaded = _demo(target, args.collection, access.api_key, spool, signals.requested)
                 if loaded:
                     _say(loaded)
         if not signals.requested.is_set():
-            _say(_ready(args, env, ports, keys, key_note))
+            _say(_ready(args, env, ports, access.keys, access.key_note))
             # A service that exits is restarted with backoff; the others keep serving (supervisor.py).
-            supervisor = Supervisor(procs, argvs, {n: f"{LOOPBACK}:{p}" for n, p in ports.items()},
-                                    spawn=lambda argv: subprocess.Popen(argv, env=env), say=_say,
-                                    max_restarts=args.max_restarts)
+            supervisor = Supervisor(procs, argvs, addresses, spawn=spawn, say=_say, max_restarts=args.max_restarts)
             gave_up = supervisor.watch(signals.requested)
             if gave_up:
                 _say(f"searchctl up: {gave_up}; stopping the others", err=True)
@@ -238,9 +278,11 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
     except (TimeoutError, RuntimeError) as exc:
         _say(f"searchctl up: {exc}", err=True)
         code = 1
-    except grpc.aio.AioRpcError as exc:
-        hint = " (set SEARCHCTL_API_KEY to one of the gateway's keys, or use --no-demo)" if exc.code() == grpc.StatusCode.UNAUTHENTICATED else ""
-        _say(f"searchctl up: loading the demo corpus failed: {exc.code().name}: {exc.details()}{hint}", err=True)
+    except (IngestFailed, grpc.RpcError) as exc:
+        failed = exc.code if isinstance(exc, IngestFailed) else exc.code().name
+        hint = " (set SEARCHCTL_API_KEY to one of the gateway's keys, or use --no-demo)" if failed == "UNAUTHENTICATED" else ""
+        _say(f"searchctl up: loading the demo corpus failed: {exc if isinstance(exc, IngestFailed) else f'{failed}: {exc.details()}'}{hint}",
+             err=True)
         code = 1
     finally:
         signals.requested.set()  # from here on, a signal kills at once
@@ -260,14 +302,27 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
     return code
 
 
+def _reachable(host: str) -> str:
+    """The host part of an address this process reaches a service listening on ``host`` at."""
+    if host in ("0.0.0.0", "::", "[::]", "", "localhost"):
+        return LOOPBACK
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _ready(args, env, ports, keys, key_note) -> str:
     target = f"localhost:{ports['gateway']}"
     body = '{"collection": "%s", "query": "how do I run the tests?", "top_k": 3}' % args.collection
     auth = "-H \"authorization: Bearer $SEARCHCTL_API_KEY\" " if keys else ""
+    metrics = (f"metrics :{env.get('GATEWAY_METRICS_PORT', '9101')}/:{env.get('RETRIEVAL_METRICS_PORT', '9102')}/"
+               f":{env.get('RERANKER_METRICS_PORT', '9103')}")
+    if args.host == LOOPBACK:
+        where = f"gateway on {target} (everything on loopback: retrieval :{ports['retrieval']}, reranker :{ports['reranker']}, {metrics}; --host opens the gateway)"
+    else:
+        where = (f"gateway on {args.host}:{ports['gateway']}, OPEN to the network (--host {args.host}) with its metrics "
+                 f":{env.get('GATEWAY_METRICS_PORT', '9101')} (retrieval :{ports['retrieval']}, reranker :{ports['reranker']} "
+                 "and their metrics on loopback)")
     lines = [
-        f"\nready: gateway on {target} (retrieval :{ports['retrieval']}, reranker :{ports['reranker']} on loopback; "
-        f"metrics :{env.get('GATEWAY_METRICS_PORT', '9101')}/:{env.get('RETRIEVAL_METRICS_PORT', '9102')}/"
-        f":{env.get('RERANKER_METRICS_PORT', '9103')}). Try:",
+        f"\nready: {where}. Try:",
         f"  grpcurl -plaintext {auth}-d '{body}' {target} search.v1.SearchService/Search",
         f"  searchctl search \"how do I run the tests?\" --collection {args.collection}",
     ]
@@ -281,17 +336,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "up",
         help="run all three services locally on embedded Qdrant",
-        description="Start retrieval, reranker (both on loopback) and gateway as child processes on embedded Qdrant, "
+        description="Start retrieval, reranker and gateway (every port on loopback unless --host opens the gateway) as "
+        "child processes on embedded Qdrant, "
         "load the demo corpus when the collection is empty, print a ready line, restart a service that exits (with "
         "backoff; the others keep serving, Search degrades meanwhile), and stop everything on Ctrl-C "
-        "(SIGINT or SIGTERM): the services get SIGTERM at once and are killed if they still run after the "
-        "stop timeout; a second Ctrl-C kills them at once. With GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS set, "
+        "(SIGINT, SIGTERM or SIGHUP): the services get SIGTERM at once and are killed if they still run after the "
+        "stop timeout; a second Ctrl-C kills them at once. Killed itself, it takes its services with it (Linux). One "
+        "stack per store: a second one on the same --data-dir says which process holds it and exits 1. With GATEWAY_API_KEYS_FILE or GATEWAY_API_KEYS set, "
         "retrieval and reranker require an internal token (INTERNAL_TOKEN, generated unless set) that the gateway "
         "sends, and the demo is loaded with a key whose caller has the search, write and admin scopes.",
     )
     p.add_argument("--data-dir", default=".data/qdrant", help="embedded Qdrant path unless QDRANT_PATH is set (default %(default)s)")
     p.add_argument("--collection", default="docs", help="demo collection (default %(default)s)")
     p.add_argument("--no-demo", action="store_true", help="do not load the demo corpus")
+    p.add_argument("--host", default=LOOPBACK,
+                   help="address the gateway (and its metrics) listens on (default %(default)s, loopback only; "
+                        "0.0.0.0 opens it to the network)")
     p.add_argument("--gateway-port", type=int, default=50051)
     p.add_argument("--retrieval-port", type=int, default=50052)
     p.add_argument("--reranker-port", type=int, default=50053)

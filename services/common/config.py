@@ -43,7 +43,7 @@ def server_settings(prefix: str, grpc_port: int, metrics_port_default: int) -> t
     class ServerSettings:
         host: str = setting("0.0.0.0", f"{prefix}_HOST", "address to listen on")
         port: int = setting(grpc_port, f"{prefix}_PORT", "gRPC port")
-        metrics_port: int = setting(metrics_port_default, f"{prefix}_METRICS_PORT", "Prometheus /metrics port (0 disables)")
+        metrics_port: int = setting(metrics_port_default, f"{prefix}_METRICS_PORT", "Prometheus /metrics port, on the same address as the gRPC port (0 disables)")
         grace_seconds: float = setting(10.0, f"{prefix}_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
         log_level: str = setting("INFO", "LOG_LEVEL", "log level")
 

@@ -70,3 +70,19 @@ class DeadlineExceeded(ServiceError):
 
 class MalformedRequest(ServiceError):
     """The request's bytes do not parse as the method's message."""
+
+
+class EngineError(ServiceError):
+    """A storage engine call failed on a collection. What it means for the caller (disk full,
+    a damaged or locked shard, a shard being swapped...) is read from the engine's own error at
+    the edge: services/common/status.py, ``ENGINE_ERRORS``, one row per condition."""
+
+    def __init__(self, cause: BaseException, collection: str, path: Any, *, opening: bool = False,
+                 engine: str = "Qdrant Edge") -> None:
+        self.cause = cause
+        self.collection = collection
+        self.path = str(path)
+        self.opening = opening  # the shard was being opened (nothing was changed)
+        self.engine = engine
+        doing = "open the shard of" if opening else "serve"
+        super().__init__(f"{engine} could not {doing} collection {collection!r} at {self.path}: {cause}")

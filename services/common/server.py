@@ -34,8 +34,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import metrics, tracing
+from services.common.errors import ServiceError
 from services.common.interceptors import with_unary
-from services.common.status import ErrorMappingInterceptor
+from services.common.status import ErrorMappingInterceptor, status_code, status_message
 from services.common.security import (
     InternalTokenInterceptor,
     SecurityConfig,
@@ -158,7 +159,8 @@ async def run(
     edge = bool(getattr(service, "edge", False))
     token = None if edge else resolve_internal_token(security)
     tracing.setup_tracing(service.name)
-    metrics.start_metrics_server(endpoint.metrics_port)
+    # /metrics listens where the service does: a service kept on loopback keeps its metrics there too.
+    metrics.start_metrics_server(endpoint.metrics_port, endpoint.host.strip("[]"))
     own_interceptors = getattr(service, "interceptors", None)
     calls = UnaryCallTracker()
     server = grpc.aio.server(
@@ -207,6 +209,8 @@ async def run(
             log.error("start-up failed: %s", exc, exc_info=exc)
             await server.stop(0)
             await service.stop()
+            if isinstance(exc, ServiceError):  # e.g. a locked or damaged shard: say what to do
+                raise SystemExit(f"{service.name}: start-up failed: {status_code(exc).name}: {status_message(exc)}")
             raise SystemExit(f"{service.name}: start-up failed: {exc}")
         for name in health_names:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -6,12 +6,20 @@ the status ``STATUS_CODES`` gives its class, with a message a caller can act on 
 becomes INTERNAL with the trace id in the message, and is logged with its traceback: a bug
 never crashes the server and is never silent. A request body that does not parse as the
 method's message is INVALID_ARGUMENT (gRPC's default would be UNKNOWN).
+
+An :class:`~services.common.errors.EngineError` (a storage engine call that failed) answers by
+``ENGINE_ERRORS``: the condition the engine's error names, its status and what the operator can
+do, so that nothing an operator can fix answers INTERNAL.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +30,7 @@ from grpc_status import rpc_status
 from services.common.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    EngineError,
     FailedPrecondition,
     InvalidArgument,
     MalformedRequest,
@@ -52,8 +61,97 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
 }
 
 
+@dataclass(frozen=True)
+class EngineCondition:
+    """A condition of the storage engine, recognised by its error: an errno, MemoryError, or a
+    text the engine puts in its message. qdrant-edge-py 0.9 raises plain ``Exception`` with the
+    Rust error's text: the lock's, the damage's and the swap's texts below were seen by provoking
+    them (tests/store/test_engine_errors.py); a full disk's and memory's are the OS errors' own
+    texts as Rust prints them ("No space left on device (os error 28)")."""
+
+    name: str
+    code: grpc.StatusCode
+    texts: tuple[str, ...]
+    advice: str  # what to do; may name {collection}, {path} and {free} (the free disk under path)
+    errnos: tuple[int, ...] = ()
+    exception: type[BaseException] | None = None
+    retry_after_s: float | None = None  # sent as google.rpc.RetryInfo
+
+    def matches(self, cause: BaseException) -> bool:
+        if self.exception is not None and isinstance(cause, self.exception):
+            return True
+        if getattr(cause, "errno", None) in self.errnos:
+            return True
+        text = str(cause)
+        return any(t in text for t in self.texts)
+
+
+#: Engine errors -> status, first match wins (the lock's text is checked before the damage's:
+#: both come from opening the write-ahead log).
+ENGINE_ERRORS: tuple[EngineCondition, ...] = (
+    EngineCondition("disk full", grpc.StatusCode.RESOURCE_EXHAUSTED, ("No space left on device", "os error 28"),
+                    "the disk under {path} is full ({free} free): free space (or move large collections to a "
+                    "Qdrant cluster with searchctl migrate) and retry; everything acknowledged is stored",
+                    errnos=(errno.ENOSPC, errno.EDQUOT)),
+    EngineCondition("out of memory", grpc.StatusCode.RESOURCE_EXHAUSTED, ("Cannot allocate memory", "os error 12"),
+                    "the retrieval service ran out of memory on collection {collection!r}: give it more memory "
+                    "(or keep the dense vectors on disk, EDGE_DENSE_STORAGE) and retry",
+                    errnos=(errno.ENOMEM,), exception=MemoryError),
+    EngineCondition("shard locked", grpc.StatusCode.FAILED_PRECONDITION,
+                    ("Kind(WouldBlock)", "Resource temporarily unavailable", "os error 11"),
+                    "the shard at {path} is locked by another process: is another retrieval service using this "
+                    "data directory? Stop it, or give each service its own QDRANT_PATH"),
+    EngineCondition("shard being swapped", grpc.StatusCode.UNAVAILABLE, ("Shard is not initialized",),
+                    "the shard of collection {collection!r} was being swapped (an optimization or a restore "
+                    "finishing): retry in a second", retry_after_s=1.0),
+    EngineCondition("shard damaged", grpc.StatusCode.FAILED_PRECONDITION,
+                    ("Illegal segment header", "InvalidData", "Can't parse version", "Failed to deserialize",
+                     "unexpected end of file", "UnexpectedEof", "corrupt", "checksum"),
+                    "the shard at {path} is damaged: restore the collection from a snapshot (searchctl snapshot "
+                    "restore) or move its folder out of the data directory; nothing was changed"),
+)
+#: Any other engine failure: while opening a shard, the shard cannot be served as it is; while
+#: serving, the engine failed this once (retry; the log has the engine's error).
+ENGINE_OPEN_FAILED = EngineCondition("shard cannot be opened", grpc.StatusCode.FAILED_PRECONDITION, (),
+                                     "the shard at {path} cannot be opened (an incompatible engine version?); "
+                                     "nothing was changed")
+ENGINE_FAILED = EngineCondition("engine failure", grpc.StatusCode.UNAVAILABLE, (),
+                                "retry; if it persists, the retrieval service's log has the engine's error",
+                                retry_after_s=1.0)
+
+
+def engine_condition(exc: EngineError) -> EngineCondition:
+    """The row of ``ENGINE_ERRORS`` that ``exc``'s cause matches (or the fallback)."""
+    for condition in ENGINE_ERRORS:
+        if condition.matches(exc.cause):
+            return condition
+    return ENGINE_OPEN_FAILED if exc.opening else ENGINE_FAILED
+
+
+def _free(path: str) -> str:
+    at = Path(path)
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    try:
+        return f"{shutil.disk_usage(at).free / 2**20:.0f} MB"
+    except OSError:
+        return "unknown"
+
+
+def status_message(exc: ServiceError) -> str:
+    """The message ``exc`` answers with: an engine error says the condition and what to do."""
+    if not isinstance(exc, EngineError):
+        return exc.message
+    condition = engine_condition(exc)
+    free = _free(exc.path) if "{free}" in condition.advice else ""
+    advice = condition.advice.format(collection=exc.collection, path=exc.path, free=free)
+    return f"{condition.name} ({exc.engine}, collection {exc.collection!r}): {advice} [engine: {exc.cause}]"
+
+
 def status_code(exc: ServiceError) -> grpc.StatusCode:
     """The status ``exc`` answers with."""
+    if isinstance(exc, EngineError):
+        return engine_condition(exc).code
     for cls in type(exc).__mro__:
         if cls in STATUS_CODES:
             return STATUS_CODES[cls]
@@ -62,19 +160,21 @@ def status_code(exc: ServiceError) -> grpc.StatusCode:
 
 def error_details(exc: ServiceError) -> list[Any]:
     """The rich-status details of ``exc``: the field violation of an InvalidArgument, the retry
-    advice of a ResourceExhausted that knows when to retry (``google.rpc.RetryInfo``)."""
+    advice of a ResourceExhausted or an engine error that knows when to retry (``google.rpc.RetryInfo``)."""
     if isinstance(exc, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)
         return [error_details_pb2.BadRequest(field_violations=[violation])]
-    if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+    retry_after_s = exc.retry_after_s if isinstance(exc, ResourceExhausted) else (
+        engine_condition(exc).retry_after_s if isinstance(exc, EngineError) else None)
+    if retry_after_s is not None:
         info = error_details_pb2.RetryInfo()
-        info.retry_delay.FromNanoseconds(max(1_000_000, int(exc.retry_after_s * 1e9)))  # at least 1 ms
+        info.retry_delay.FromNanoseconds(max(1_000_000, int(retry_after_s * 1e9)))  # at least 1 ms
         return [info]
     return []
 
 
 def error_status(exc: ServiceError) -> grpc.Status:
-    return to_rpc_status(status_code(exc), exc.message, error_details(exc))
+    return to_rpc_status(status_code(exc), status_message(exc), error_details(exc))
 
 
 def to_rpc_status(code: grpc.StatusCode, message: str, details: list[Any] = ()) -> grpc.Status:
@@ -164,7 +264,7 @@ def public_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str
     """The status code and message a call of ``method`` failing with ``exc`` answers with (a
     stream that announces its end before it ends says the same, services/gateway/ingest.py)."""
     if isinstance(exc, ServiceError):
-        return status_code(exc), exc.message
+        return status_code(exc), status_message(exc)
     from services.common import tracing
 
     trace_id = tracing.current_trace_id()

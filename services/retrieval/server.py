@@ -13,6 +13,7 @@ import grpc
 from search.v1 import retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
 from services.common import api_names, metrics, validation
 from services.common.errors import ServiceError, Unavailable
+from services.common.status import status_message
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
@@ -273,7 +274,7 @@ class RetrievalService:
             # Every write gives its collection a new version (services/retrieval/write_versions.py).
             self._backend = VersionedBackend(await loop.run_in_executor(self.executor, open_backend, settings))
         except ServiceError as exc:  # a shard that cannot be opened: say which, change nothing
-            raise SystemExit(f"retrieval cannot open its store: {exc.message}") from exc
+            raise SystemExit(f"retrieval cannot open its store: {status_message(exc)}") from exc
         from services.retrieval.passages import MODES as LONG_DOCUMENT_MODES, PassageSplitter
 
         if cfg.long_documents not in LONG_DOCUMENT_MODES:

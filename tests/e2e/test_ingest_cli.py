@@ -83,9 +83,6 @@ def test_a_refused_first_document_is_named_with_nothing_acknowledged(stack, tmp_
     with pytest.raises(grpc.RpcError) as missing:  # the first batch was refused: nothing made, nothing written
         described(stack, collection)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    unary = ingest(stack, path, collection, "--unary")
-    assert unary.returncode == 1 and f"at {path}:1 (document 'd0')" in unary.stderr and "--unary starts over" in unary.stderr
-    assert_no_fault(unary)
 
 
 def test_title_only_documents_ingest_fully(stack, tmp_path):

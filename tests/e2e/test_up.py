@@ -44,11 +44,11 @@ def up_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_up(tmp_path: Path, env: dict[str, str], *flags: str):
-    ports = {name: free_port() for name in ("gateway", "retrieval", "reranker")}
+def start_up(tmp_path: Path, env: dict[str, str], *flags: str, ports: dict[str, int] | None = None, log: str = "up.log"):
+    ports = ports or {name: free_port() for name in ("gateway", "retrieval", "reranker")}
     argv = [sys.executable, "-m", "services.cli", "up", *flags,
             *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port)))]
-    return spawn("searchctl up", argv, tmp_path / "up.log", env=env, ignore_sigint=True), ports
+    return spawn("searchctl up", argv, tmp_path / log, env=env, ignore_sigint=True), ports
 
 
 def children_of(pid: int) -> dict[str, int]:
@@ -221,3 +221,53 @@ def test_up_with_api_keys_guards_the_internal_services(tmp_path: Path):
         assert time.monotonic() - started < 5
         assert "killed retrieval (on a second signal)" in up.output()
         assert not up.group_alive(), "a process of `searchctl up` outlived it"
+
+
+LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::ffff:127.0.0.1
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_up_binds_loopback_holds_its_store_and_takes_its_services_along_when_killed(tmp_path: Path):
+    """Every port of `searchctl up` on loopback; a second `up` on the same store names the holder and
+    exits 1; `up` killed with SIGKILL: its services stop by themselves (parent-death signal), and a
+    new `up` comes up on the same ports and store."""
+    require_models()
+    metrics = {f"{name.upper()}_METRICS_PORT": str(free_port()) for name in ("gateway", "retrieval", "reranker")}
+    env = up_env(tmp_path, **metrics)
+    up, ports = start_up(tmp_path, env, "--no-demo")
+    with running(up):
+        text = up.wait_for_output("Ctrl-C stops", timeout=400)
+        assert "everything on loopback" in text and "--host opens the gateway" in text, text
+        for port in (*ports.values(), *map(int, metrics.values())):
+            addresses = listening_addresses(port)
+            assert addresses and addresses <= LOOPBACK_HEX, (port, addresses)
+        services = children_of(up.pid)
+        assert set(services) == {"gateway", "retrieval", "reranker"}, services
+
+        others = [arg for name in ports for arg in (f"--{name}-port", str(free_port()))]
+        second = subprocess.run([sys.executable, "-m", "services.cli", "up", "--no-demo", *others], env=env,
+                                capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert second.returncode == 1, second.stderr
+        assert f"in use by searchctl up (pid {up.pid})" in second.stderr and "Traceback" not in second.stderr
+        assert str(tmp_path / "qdrant") in second.stderr
+
+        up.proc.kill()
+        up.proc.wait()
+        deadline = time.monotonic() + STOP_BOUND_S + 15  # a bound for the wait, not a measurement
+        while any(map(alive, services.values())) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {name: pid for name, pid in services.items() if alive(pid)}
+        assert not left, f"services of the killed searchctl up outlived it: {left}"
+
+    again, _ = start_up(tmp_path, env, "--no-demo", ports=ports, log="again.log")
+    with running(again):
+        text = again.wait_for_output("Ctrl-C stops", timeout=400)
+        assert "Traceback" not in text and "in use" not in text, text
+        stop_with_sigint(again, STOP_BOUND_S + 5)

@@ -13,11 +13,12 @@ import pytest
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.demo import demo_corpus
+from services.cli.ingest_stream import load
 
 SAMPLE = 256  # RETRIEVAL_FUSION_CALIBRATION_SAMPLE's default
 
 
-def corpus() -> list[common_pb2.Document]:
+def corpus() -> list[dict]:
     """The project's docs, each passage cut in two: more than SAMPLE documents of real prose."""
     docs = []
     for d in demo_corpus():
@@ -25,7 +26,7 @@ def corpus() -> list[common_pb2.Document]:
         half = len(words) // 2
         for part, text in (("a", words[:half]), ("b", words[half:])):
             if len(text) >= 12:
-                docs.append(common_pb2.Document(id=f"{d['id']}/{part}", title=d["title"], text=" ".join(text)))
+                docs.append({"id": f"{d['id']}/{part}", "title": d["title"], "text": " ".join(text)})
     assert len(docs) > SAMPLE
     return docs
 
@@ -51,8 +52,7 @@ def test_a_collection_is_measured_and_searched_with_its_weight_then_reindexed(st
         stub.CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
         assert not described(stub, name).HasField("fusion_calibration")
         docs = corpus()
-        for i in range(0, len(docs), 64):
-            stub.Upsert(pb.UpsertRequest(collection=name, documents=docs[i : i + 64]), timeout=300)
+        assert load(docs, name, stack.gateway).written == len(docs)  # the project's one loader: the Ingest stream
 
         info = wait_measured(stub, name)
         cal = info.fusion_calibration

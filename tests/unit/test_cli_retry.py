@@ -3,13 +3,11 @@ failures are retried with backoff, others are raised at once."""
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
+from tenacity import Retrying
 
-from search.v1 import common_pb2
-from services.cli import client
+from services.cli.client import retry_policy, transient
 from services.cli.evaluate import _call
 
 
@@ -17,29 +15,31 @@ def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
 
 
-class FlakyUpsert:
-    def __init__(self, failures: list[grpc.StatusCode]) -> None:
-        self.failures = list(failures)
-        self.calls = 0
+def failing(codes: list[grpc.StatusCode]):
+    """A call that fails with ``codes`` in turn, then answers how often it was called."""
+    calls = []
 
-    async def Upsert(self, request, timeout):  # noqa: N802 - the stub's name
-        self.calls += 1
-        if self.failures:
-            raise rpc_error(self.failures.pop(0))
-        return type("Reply", (), {"upserted": len(request.documents)})()
+    def call() -> int:
+        calls.append(1)
+        if len(calls) <= len(codes):
+            raise rpc_error(codes[len(calls) - 1])
+        return len(calls)
+
+    return call
 
 
 def test_transient_failures_are_retried_until_success():
-    stub = FlakyUpsert([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
-    assert asyncio.run(client.upsert_with_retry(stub, "c", [common_pb2.Document(id="a", text="x")])) == 1
-    assert stub.calls == 3
+    policy = {**retry_policy(5), "sleep": lambda s: None}
+    call = failing([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED])
+    assert Retrying(**policy)(call) == 4
 
 
 def test_other_failures_and_the_last_attempt_are_raised():
-    stub = FlakyUpsert([grpc.StatusCode.INVALID_ARGUMENT])
+    assert not transient(rpc_error(grpc.StatusCode.INVALID_ARGUMENT)) and not transient(ValueError("x"))
+    call = failing([grpc.StatusCode.INVALID_ARGUMENT])
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        asyncio.run(client.upsert_with_retry(stub, "c", [common_pb2.Document(id="a", text="x")]))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and stub.calls == 1
+        Retrying(**{**retry_policy(5), "sleep": lambda s: None})(call)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     calls = []
 

@@ -86,3 +86,13 @@ def test_only_the_transport_layer_imports_grpc():
 
 def test_the_transport_list_names_existing_modules():
     assert all((SERVICES_DIR / name).is_file() for name in TRANSPORT)
+
+
+@pytest.mark.parametrize("library", ["client.py", "ingest_stream.py", "ingest_input.py", "store_lock.py"])
+def test_the_cli_libraries_import_no_command(library):
+    """The CLI's libraries sit below its commands (`*_cmd.py`, `up.py`, `evaluate.py`...): a command
+    imports them, never the other way round, so there is no circle to break with lazy imports."""
+    below = {"services.cli.client", "services.cli.ingest_stream", "services.cli.ingest_input", "services.cli.beir",
+             "services.cli.store_lock"}
+    wrong = sorted(n for n in _imports(SERVICES_DIR / "cli" / library) if n.startswith("services.cli") and n not in below)
+    assert not wrong, f"services/cli/{library} imports {wrong}"

@@ -76,8 +76,8 @@ def test_a_checkpoint_of_an_earlier_searchctl_or_unreadable_is_refused(tmp_path)
         Checkpoint.open(path, source, "c", 2, restart=False)
 
 
-def messages(failure: IngestFailed, unary: bool = False) -> str:
-    return "\n".join(explain(Path("docs.jsonl"), failure, unary))
+def messages(failure: IngestFailed) -> str:
+    return "\n".join(explain(Path("docs.jsonl"), failure))
 
 
 def test_what_searchctl_ingest_says_when_it_stops(tmp_path):
@@ -105,5 +105,3 @@ def test_what_searchctl_ingest_says_when_it_stops(tmp_path):
                                   "run `searchctl reindex c`", 10, batch=first))
     assert "the batch of lines 1-2" in guard and "run the same command again" not in guard
 
-    unary = messages(IngestFailed("INVALID_ARGUMENT", "documents[1].text: ...", 5, line=second.at("documents[1].text")), unary=True)
-    assert "5 documents before it were written" in unary and "--unary starts over" in unary

@@ -89,8 +89,7 @@ def _bench_embed(args: argparse.Namespace) -> int:
         for i in range(1, args.rounds + 1):
             raw0 = raw_best()
             cmd = [sys.executable, "-m", "services.cli", "ingest", str(jsonl), "--collection", f"bench_embed_{i}",
-                   "--target", procs.address("gateway"), "--batch-size", str(args.batch_size),
-                   "--concurrency", str(args.concurrency)]
+                   "--target", procs.address("gateway"), "--batch-size", str(args.batch_size)]
             if i == 1:
                 profiler.start(procs.pid("retrieval"), "retrieval", args.profile_seconds)
             cpu0 = {name: process_cpu_seconds(procs.pid(name)) for name in servers}
@@ -133,7 +132,7 @@ def _bench_embed(args: argparse.Namespace) -> int:
         "raw_sweep_before": {str(k): {"docs_per_s": r, "cpu_ms_per_doc": c} for k, (r, c) in before.items()},
         "raw_sweep_after": {str(k): {"docs_per_s": r, "cpu_ms_per_doc": c} for k, (r, c) in after.items()},
         "raw_best_layout": str(best), "raw_cpu_ms_per_doc": raw_cpu, "service_cpu_ms_per_doc": service_cpu,
-        "batch_size": args.batch_size, "concurrency": args.concurrency, "machine": info,
+        "batch_size": args.batch_size, "machine": info,
     })
     return 0
 
@@ -148,7 +147,6 @@ def register(bsub: argparse._SubParsersAction) -> None:
     common(e)
     e.add_argument("--docs", type=int, default=1024, help="documents to ingest, 0 = the whole corpus (default %(default)s)")
     e.add_argument("--batch-size", type=int, default=64, help="searchctl ingest --batch-size (default %(default)s)")
-    e.add_argument("--concurrency", type=int, default=2, help="searchctl ingest --concurrency (default %(default)s)")
     e.add_argument("--rounds", type=int, default=3,
                    help="ingestions, each between two raw runs of the best layout, for paired ratios (default %(default)s)")
     e.add_argument("--batch-sizes", default="1,2,4,8,32", help="raw batch sizes tried for the limit (default %(default)s)")

@@ -28,8 +28,9 @@ from typing import Any, NamedTuple
 import grpc
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from services.cli.client import MODES, ingest
+from services.cli.client import MODES
 from services.cli.evaluate import percentile
+from services.cli.ingest_stream import load
 from services.cli.procs import ServiceProcs
 from services.common import config as cfg
 from services.common.model_dir import default_models_dir, resolve_model_dir
@@ -455,10 +456,9 @@ class Stack:
             return
 
         start = time.perf_counter()
-        written = asyncio.run(ingest(self.corpus.docs, self.collection, self.procs.address("gateway"),
-                                     batch_size=64, concurrency=2, total=len(self.corpus.docs), progress=False,
-                                     api_key=self.api_key))
-        print(f"ingested {written} documents in {time.perf_counter() - start:.0f} s")
+        outcome = load(self.corpus.docs, self.collection, self.procs.address("gateway"), batch_size=64,
+                       api_key=self.api_key)
+        print(f"ingested {outcome.written} documents in {time.perf_counter() - start:.0f} s (one Ingest stream)")
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...] | None:

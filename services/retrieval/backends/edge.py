@@ -34,7 +34,6 @@ Three facts of qdrant-edge-py 0.9.0 shape this module (measured, docs/BENCHMARKS
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -53,7 +52,7 @@ import qdrant_edge as qe
 
 from services.common import metrics
 from services.common.errors import (
-    AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, ServiceError, Unavailable,
+    AlreadyExists, EngineError, FailedPrecondition, NotFound, ResourceExhausted, ServiceError, Unavailable,
 )
 from services.retrieval.backends.base import (
     CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore,
@@ -158,11 +157,8 @@ class EdgeBackend:
         try:
             warm(shard_path)
             shard = qe.EdgeShard.load(str(shard_path), self._config(schema))
-        except Exception as exc:  # the binding raises plain Exception
-            raise FailedPrecondition(
-                f"cannot open the Qdrant Edge shard at {shard_path}: {exc} "
-                "(is another retrieval process using this data directory?); nothing was changed"
-            ) from exc
+        except Exception as exc:  # the binding raises plain Exception: locked, damaged... (status.py ENGINE_ERRORS)
+            raise EngineError(exc, name, shard_path, opening=True) from exc
         collection = OpenCollection(schema, shard, directory)
         collection.combiner = QueryCombiner(partial(self._query_now, name))
         collection.points = shard.info().points_count
@@ -189,21 +185,10 @@ class EdgeBackend:
             except ServiceError:
                 raise
             except Exception as exc:
-                raise self._engine_error(exc, name, collection.path) from exc
+                raise EngineError(exc, name, collection.path) from exc  # status: status.py ENGINE_ERRORS
             finally:
                 if engine_call:
                     metrics.RETRIEVAL_ENGINE_HELD_SECONDS.inc(time.perf_counter() - started)
-
-    @staticmethod
-    def _engine_error(exc: Exception, name: str, path: Path) -> ServiceError:
-        """The domain error for an engine failure: what the operator can fix says so."""
-        text = str(exc)
-        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text or "os error 28" in text:
-            return ResourceExhausted(f"disk full under {path} ({mb(free_bytes(path))} free) while writing collection "
-                                     f"{name!r}: {text}; free space and retry, nothing acknowledged was lost")
-        if isinstance(exc, MemoryError) or "Cannot allocate memory" in text or "os error 12" in text:
-            return ResourceExhausted(f"out of memory in Qdrant Edge on collection {name!r}: {text}")
-        return Unavailable(f"Qdrant Edge failed on collection {name!r}: {exc}")
 
     def _check_disk(self, path: Path) -> None:
         """Refuse a write while less than ``min_free`` is free (the engine would die of SIGBUS)."""
@@ -242,6 +227,9 @@ class EdgeBackend:
                 shard.close()
                 (staging / SCHEMA_FILE).write_text(schema_record(schema))
                 os.replace(staging, directory)
+            except Exception as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise EngineError(exc, schema.name, staging) from exc  # e.g. the disk filled up
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -480,7 +468,7 @@ class EdgeBackend:
             return False
         try:
             total = self._read(collection.schema.name, lambda shard: shard.info().points_count)
-        except (NotFound, Unavailable):
+        except (NotFound, EngineError):
             return False
         return written >= total - written
 

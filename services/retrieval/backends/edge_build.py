@@ -24,7 +24,6 @@ never takes the space acknowledged writes need.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -38,6 +37,7 @@ import time
 import uuid
 from pathlib import Path
 
+from services.common import child_process
 from services.common.errors import ResourceExhausted
 from services.retrieval.backends.edge_shard import SCHEMA_FILE
 from services.retrieval.backends.edge_tuning import ShardTuning
@@ -218,22 +218,6 @@ def write_optimized_points(directory: Path, points: int) -> None:
     os.replace(tmp, directory / OPTIMIZED_FILE)
 
 
-PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent(parent: int):
-    """Runs in the forked child before it executes the optimizer: the kernel kills it when the
-    serving process dies, so an orphan never keeps writing into a copy that the next start
-    discards (set before exec, so there is no window in which the parent's death goes unseen)."""
-    def arm() -> None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
-
-    return arm if _LIBC is not None else None
-
-
 class OptimizerChild:
     """``edge_optimizer.py`` on a copy of a shard, watched: killed when free disk falls below
     ``min_free`` or :meth:`kill` is called (the service closing)."""
@@ -244,10 +228,12 @@ class OptimizerChild:
         self.staging = staging
         self.directory = directory
         self.min_free = min_free
-        self._proc = subprocess.Popen(
+        # Killed with this process (on Linux), so an orphan never keeps writing into a copy that
+        # the next start discards.
+        self._proc = child_process.start(
             [sys.executable, "-m", "services.retrieval.backends.edge_optimizer", str(staging),
              str(directory / SCHEMA_FILE), tuning.as_json()],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent(os.getpid()),
+            on_parent_death=signal.SIGKILL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.pid = self._proc.pid
         self._out_of_space: int | None = None
