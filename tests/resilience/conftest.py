@@ -189,17 +189,20 @@ async def gateway_reaches_retrieval(stack: Stack, collection: str, timeout: floa
     here before the next call that must reach it.
     """
     started = time.monotonic()
+    errors: list[str] = []
 
     def reached() -> bool:
         with grpc.insecure_channel(stack.gateway) as channel:
             try:
                 pb_grpc.SearchServiceStub(channel).DescribeCollection(pb.DescribeCollectionRequest(name=collection), timeout=5)
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
+                errors.append(f"{time.monotonic() - started:.1f}s {exc.code().name}: {exc.details()}")
                 return False
         return True
 
     assert await wait_for(lambda: reached(), timeout=timeout, interval=0.2), (
-        f"the gateway did not reach the restarted retrieval service within {timeout:.0f} s"
+        f"the gateway did not reach the restarted retrieval service within {timeout:.0f} s; "
+        f"{len(errors)} attempts, first and last: {errors[:2]} ... {errors[-2:]}"
     )
     return time.monotonic() - started
 

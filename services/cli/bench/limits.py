@@ -50,7 +50,7 @@ class LimitProbe:
     """Measures :class:`RawLimit` on ``queries`` (tokenized once, with the query prefix)."""
 
     def __init__(self, queries: Sequence[str], workers: int | None = None) -> None:
-        from services.common.onnx_session import available_cpus
+        from services.common.hardware import available_cpus
 
         self.workers = workers or available_cpus()
         self.encoder = _bi_encoder(_retrieval_config(), 1)
