@@ -19,7 +19,7 @@ from services.common.server import Endpoint, run
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.server import RetrievalService
 from tests.conftest import require_models
-from tests.processes import free_port, wait_serving
+from services.cli.procs import free_port, wait_serving
 
 pytestmark = pytest.mark.integration
 
