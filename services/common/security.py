@@ -279,42 +279,39 @@ class InternalTokenInterceptor(ApiKeyInterceptor):
         super().__init__([token], exempt_prefixes)
 
 
-class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
+class _BearerEntry:
+    """What the four call types' interceptors share: the metadata entry and adding it to a call."""
+
+    def __init__(self, entry: tuple[str, str]) -> None:
+        self.entry = entry
+
+    def _with_entry(self, client_call_details):
+        return client_call_details._replace(metadata=[*(client_call_details.metadata or ()), self.entry])
+
+
+class BearerToken(_BearerEntry, grpc.aio.UnaryUnaryClientInterceptor):
     """Client side: adds ``authorization: Bearer <token>`` to every unary call of a channel."""
 
     def __init__(self, token: str) -> None:
-        self.entry = ("authorization", f"Bearer {token}")
+        super().__init__(("authorization", f"Bearer {token}"))
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):
-        metadata = [*(client_call_details.metadata or ()), self.entry]
-        return await continuation(client_call_details._replace(metadata=metadata), request)
+        return await continuation(self._with_entry(client_call_details), request)
 
 
-class _BearerTokenUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, entry: tuple[str, str]) -> None:
-        self.entry = entry
-
+class _BearerTokenUnaryStream(_BearerEntry, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        metadata = [*(client_call_details.metadata or ()), self.entry]
-        return await continuation(client_call_details._replace(metadata=metadata), request)
+        return await continuation(self._with_entry(client_call_details), request)
 
 
-class _BearerTokenStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, entry: tuple[str, str]) -> None:
-        self.entry = entry
-
+class _BearerTokenStreamUnary(_BearerEntry, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        metadata = [*(client_call_details.metadata or ()), self.entry]
-        return await continuation(client_call_details._replace(metadata=metadata), request_iterator)
+        return await continuation(self._with_entry(client_call_details), request_iterator)
 
 
-class _BearerTokenStreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, entry: tuple[str, str]) -> None:
-        self.entry = entry
-
+class _BearerTokenStreamStream(_BearerEntry, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        metadata = [*(client_call_details.metadata or ()), self.entry]
-        return await continuation(client_call_details._replace(metadata=metadata), request_iterator)
+        return await continuation(self._with_entry(client_call_details), request_iterator)
 
 
 def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
