@@ -280,6 +280,16 @@ def select_queries(queries: Mapping[str, str], qrels: Qrels, max_queries: int | 
     return chosen
 
 
+def load_judged(dataset: Path, split: str, max_queries: int | None) -> tuple[dict[str, str], Qrels, dict[str, str]]:
+    """A BEIR dataset's queries, the qrels of ``split`` and the judged queries chosen from them
+    (:func:`select_queries`). Raises beir.DatasetError or OSError when a file is missing or malformed."""
+    from services.cli import beir
+
+    queries = beir.load_queries(dataset)
+    qrels = beir.load_qrels(dataset, split)
+    return queries, qrels, select_queries(queries, qrels, max_queries)
+
+
 def _eval_cmd(args: argparse.Namespace) -> int:
     from services.cli import beir
 
@@ -293,12 +303,10 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         return 2
     dataset = Path(args.dataset)
     try:
-        queries = beir.load_queries(dataset)
-        qrels = beir.load_qrels(dataset, args.split)
+        queries, qrels, chosen = load_judged(dataset, args.split, args.max_queries)
     except (beir.DatasetError, OSError) as exc:
         print(f"searchctl eval: {exc}", file=sys.stderr)
         return 2
-    chosen = select_queries(queries, qrels, args.max_queries)
     missing = set(q for q, docs in qrels.items() if any(g > 0 for g in docs.values())) - set(queries)
     if missing:
         print(f"warning: {len(missing)} judged queries have no text in queries.jsonl; they are skipped", file=sys.stderr)

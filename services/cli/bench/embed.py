@@ -23,14 +23,11 @@ from services.cli.bench.harness import (
     ServiceProcs,
     _bi_encoder,
     _open_procs_env,
-    _print_machine,
     _retrieval_config,
-    _skip,
     _write_json,
     common,
-    load_corpus,
-    machine_info,
     measure_layout,
+    open_dataset,
     process_cpu_seconds,
     raw_layouts,
     show_rates,
@@ -41,12 +38,10 @@ from services.cli.bench.harness import (
 
 def _bench_embed(args: argparse.Namespace) -> int:
     dataset = Path(args.dataset)
-    corpus = load_corpus(dataset, max_docs=args.docs)
-    if corpus is None:
-        return _skip("embed", dataset)
-
-    info = machine_info()
-    _print_machine(info)
+    opened = open_dataset("embed", dataset, max_docs=args.docs)
+    if opened is None:
+        return 0
+    corpus, info = opened
     conf = _retrieval_config()
     from services.common.hardware import available_cpus
 

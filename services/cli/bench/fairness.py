@@ -40,13 +40,10 @@ from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_gr
 from services.cli.bench.harness import (
     Stack,
     _grpc_options,
-    _print_machine,
-    _skip,
     _write_json,
     common,
     latency_summary,
-    load_corpus,
-    machine_info,
+    open_dataset,
     stack_opts,
 )
 
@@ -191,11 +188,10 @@ def _line(name: str, step: dict, base_p95: float | None) -> str:
 
 
 def _bench_fairness(args: argparse.Namespace) -> int:
-    corpus = load_corpus(Path(args.dataset), max_docs=args.docs)
-    if corpus is None:
-        return _skip("fairness", Path(args.dataset))
-    info = machine_info()
-    _print_machine(info)
+    opened = open_dataset("fairness", Path(args.dataset), max_docs=args.docs)
+    if opened is None:
+        return 0
+    corpus, info = opened
     keys = {name: secrets.token_urlsafe(32) for name in ("admin", "quiet", "noisy", "flood")}
     callers = CALLERS.format(**keys, quiet_quota=max(1.0, 2 * args.quiet_rate), noisy_quota=args.quota)
     env = {"GATEWAY_API_KEYS": callers, "GATEWAY_MAX_IN_FLIGHT": str(args.cap), "GATEWAY_RESULT_CACHE_SIZE": "0"}

@@ -54,7 +54,7 @@ from services.cli.bench.harness import (
     measure_limit_cpu,
     stack_opts,
 )
-from services.cli.evaluate import percentile, select_queries, wait_for_calibration
+from services.cli.evaluate import load_judged, percentile, wait_for_calibration
 
 #: Caches off: a configuration must not be served by what an earlier one computed.
 NO_CACHES = {"retrieval": {"RETRIEVAL_QUERY_CACHE_SIZE": "0"}, "reranker": {"RERANKER_SCORE_CACHE_SIZE": "0"},
@@ -272,12 +272,10 @@ def _bench_frontier(args: argparse.Namespace) -> int:
                   "pip install -e '.[bench]'), or pass --png '' for the JSON and the table only", file=sys.stderr)
             return 2
         try:
-            queries = beir.load_queries(dataset)
-            qrels = beir.load_qrels(dataset, args.split)
+            queries, qrels, chosen = load_judged(dataset, args.split, args.max_queries)
         except (beir.DatasetError, OSError) as exc:
             print(f"searchctl bench frontier: {exc}", file=sys.stderr)
             return 2
-        chosen = select_queries(queries, qrels, args.max_queries)
         texts = list(queries.values())
         random.Random(args.seed).shuffle(texts)
         print(f"\n{dataset.name}/{args.split}: {len(chosen)} judged queries; {len(texts)} queries for the load; "

@@ -175,6 +175,18 @@ def _print_machine(info: Mapping[str, Any]) -> None:
           f"onnxruntime {info['onnxruntime']}, python {info['python']}")
 
 
+def open_dataset(command: str, dataset: Path, max_docs: int = 0) -> tuple[Corpus, dict[str, Any]] | None:
+    """How a bench over one BEIR dataset starts: its corpus and the machine's figures (printed);
+    None, after telling why ``command`` skips, when the dataset is absent."""
+    corpus = load_corpus(dataset, max_docs=max_docs)
+    if corpus is None:
+        _skip(command, dataset)
+        return None
+    info = machine_info()
+    _print_machine(info)
+    return corpus, info
+
+
 def _fmt_ms(x: float) -> str:
     return f"{x:8.1f}" if not math.isnan(x) else "     n/a"
 

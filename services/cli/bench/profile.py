@@ -45,13 +45,10 @@ from services.cli.bench.harness import (
     Profiler,
     Stack,
     _grpc_options,
-    _print_machine,
     _scrape,
     _search_request,
-    _skip,
     _write_json,
-    load_corpus,
-    machine_info,
+    open_dataset,
     open_loop,
     process_cpu_seconds,
 )
@@ -219,11 +216,10 @@ def distinct_queries(queries: Sequence[str], start: int, n: int) -> list[str]:
 
 
 def _bench_profile(args: argparse.Namespace) -> int:
-    corpus = load_corpus(Path(args.dataset), max_docs=args.docs)
-    if corpus is None:
-        return _skip("profile", Path(args.dataset))
-    info = machine_info()
-    _print_machine(info)
+    opened = open_dataset("profile", Path(args.dataset), max_docs=args.docs)
+    if opened is None:
+        return 0
+    corpus, info = opened
     queries = list(corpus.queries)
     random.Random(args.seed).shuffle(queries)
     extra = dict(kv.split("=", 1) for kv in args.env)

@@ -33,15 +33,12 @@ from services.cli.bench.harness import (
     _cross_encoder,
     _fmt_ms,
     _grpc_options,
-    _print_machine,
     _rerank_config,
-    _skip,
     _write_json,
     common,
     latency_summary,
-    load_corpus,
-    machine_info,
     measure_layout,
+    open_dataset,
     ort_op_profile,
     percentile,
     process_cpu_seconds,
@@ -139,12 +136,10 @@ async def closed_loop_rerank(address: str, requests: Sequence[tuple[str, list[st
 
 def _bench_rerank(args: argparse.Namespace) -> int:
     dataset = Path(args.dataset)
-    corpus = load_corpus(dataset)
-    if corpus is None:
-        return _skip("rerank", dataset)
-
-    info = machine_info()
-    _print_machine(info)
+    opened = open_dataset("rerank", dataset)
+    if opened is None:
+        return 0
+    corpus, info = opened
     conf = _rerank_config()
     clients_list = [int(x) for x in args.clients.split(",")]
     pairs_list = [int(x) for x in args.pairs.split(",")]
