@@ -21,7 +21,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,7 +33,6 @@ from services.cli.evaluate import percentile
 from services.cli.ingest_stream import load
 from services.cli.procs import ServiceProcs
 from services.common import config as cfg
-from services.common.model_dir import default_models_dir, resolve_model_dir
 from services.reranker.config import RerankerConfig
 from services.retrieval.config import RetrievalConfig
 
@@ -323,17 +322,10 @@ def _rerank_config():
 
 
 def _cross_encoder(conf, threads: int):
+    """The service's cross-encoder (CrossEncoder.from_config), scoring at least 64 pairs a call."""
     from services.reranker.cross_encoder import CrossEncoder
 
-    return CrossEncoder(
-        resolve_model_dir(conf.model_dir or default_models_dir() / "ms-marco-MiniLM-L-12-v2"),
-        max_length=conf.max_length,
-        batch_size=max(64, conf.max_batch_pairs),
-        provider=conf.provider,
-        intra_op_threads=threads,
-        graph_optimization=conf.graph_optimization,
-        spin=conf.allow_spinning,
-    )
+    return CrossEncoder.from_config(replace(conf, max_batch_pairs=max(64, conf.max_batch_pairs)), threads)
 
 
 def _retrieval_config():
@@ -341,17 +333,10 @@ def _retrieval_config():
 
 
 def _bi_encoder(conf, threads: int):
+    """The service's bi-encoder (BiEncoder.from_config)."""
     from services.retrieval.embedder import BiEncoder
 
-    return BiEncoder(
-        resolve_model_dir(conf.model_dir or default_models_dir() / "bge-small-en"),
-        max_length=conf.max_length,
-        batch_size=conf.batch_size,
-        provider=conf.provider,
-        intra_op_threads=threads,
-        graph_optimization=conf.graph_optimization,
-        spin=conf.allow_spinning,
-    )
+    return BiEncoder.from_config(conf, threads)
 
 
 def raw_layouts(cpus: int) -> list[tuple[int, int]]:
