@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -39,6 +39,7 @@ Clock = Callable[[], float]
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
+@dataclass(eq=False)
 class RetryBudget:
     """Token bucket: each request deposits ``ratio`` tokens, each retry withdraws one.
 
@@ -47,29 +48,23 @@ class RetryBudget:
     tokens, which bounds a burst of retries when an outage starts.
     """
 
-    def __init__(
-        self,
-        ratio: float = 0.1,
-        min_per_second: float = 1.0,
-        capacity: float = 10.0,
-        clock: Clock = time.monotonic,
-        target: str = "downstream",
-    ) -> None:
-        if ratio < 0 or min_per_second < 0 or capacity < 1:
+    ratio: float = 0.1
+    min_per_second: float = 1.0
+    capacity: float = 10.0
+    clock: Clock = time.monotonic
+    target: str = "downstream"
+    retries: int = field(default=0, init=False)
+    refused: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.ratio < 0 or self.min_per_second < 0 or self.capacity < 1:
             raise ValueError("ratio and min_per_second must be >= 0 and capacity >= 1")
-        self.ratio = ratio
-        self.min_per_second = min_per_second
-        self.capacity = capacity
-        self.target = target
-        self._clock = clock
-        self._tokens = capacity
-        self._last = clock()
+        self._tokens = self.capacity
+        self._last = self.clock()
         self._lock = threading.Lock()
-        self.retries = 0
-        self.refused = 0
 
     def _refill(self) -> None:
-        now = self._clock()
+        now = self.clock()
         self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.min_per_second)
         self._last = now
 
