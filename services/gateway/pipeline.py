@@ -12,7 +12,7 @@ is never hidden: it is the request's error (UNAVAILABLE naming the service).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 import grpc
 
@@ -83,25 +83,16 @@ def rerank_text(title: str, text: str) -> str:
     return validation.document_text(title, text)[: validation.MAX_PASSAGE_CHARS]
 
 
+@dataclass(eq=False)
 class SearchPipeline:
-    def __init__(
-        self,
-        retrieval: Downstream,
-        reranker: Downstream,
-        *,
-        defaults: RerankDefaults,
-        cascade_settings: cascade.CascadeSettings,
-        retrieval_timeout_s: float,
-        rerank_timeout_s: float,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        self.retrieval = retrieval
-        self.reranker = reranker
-        self.defaults = defaults
-        self.cascade = cascade_settings
-        self.retrieval_timeout_s = retrieval_timeout_s
-        self.rerank_timeout_s = rerank_timeout_s
-        self.breaker = breaker or CircuitBreaker("reranker")
+    retrieval: Downstream
+    reranker: Downstream
+    _: KW_ONLY
+    defaults: RerankDefaults
+    cascade_settings: cascade.CascadeSettings
+    retrieval_timeout_s: float
+    rerank_timeout_s: float
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker("reranker"))
 
     def _options(self, request: pb.SearchRequest) -> tuple[str, int, str, float]:
         """(policy, candidates, combination, weight): with ``auto`` the candidates are the deepest
@@ -110,7 +101,7 @@ class SearchPipeline:
         if opts.policy and opts.policy not in api_names.RERANK_POLICIES:
             raise InvalidArgument("rerank.policy", f"unknown rerank policy {opts.policy}; one of "
                                   f"{', '.join(sorted(api_names.RERANK_POLICY_ENUM))} (or unset for the server default)")
-        policy = api_names.RERANK_POLICIES.get(opts.policy, self.cascade.policy)
+        policy = api_names.RERANK_POLICIES.get(opts.policy, self.cascade_settings.policy)
         if opts.HasField("enabled") and not opts.enabled:
             if opts.policy and policy != "never":
                 raise InvalidArgument("rerank.enabled", f"enabled=false contradicts policy {policy}; send one of them")
@@ -118,7 +109,7 @@ class SearchPipeline:
         if opts.HasField("candidates"):
             candidates = opts.candidates
         else:
-            candidates = self.cascade.auto_depth if policy == "auto" else self.defaults.candidates
+            candidates = self.cascade_settings.auto_depth if policy == "auto" else self.defaults.candidates
         validation.bounded_int(candidates, "rerank.candidates", 1, validation.MAX_CANDIDATES)
         if opts.combination and opts.combination not in COMBINATIONS:
             raise InvalidArgument("rerank.combination", f"unknown score combination {opts.combination}")
@@ -158,7 +149,7 @@ class SearchPipeline:
             return pb.SearchResponse()
         found = list(retrieved.candidates)
         metrics.GATEWAY_CANDIDATES.observe(len(found))
-        decision = cascade.decide(policy, candidates, [c.score for c in found], self.cascade, retrieved.one_list_weak,
+        decision = cascade.decide(policy, candidates, [c.score for c in found], self.cascade_settings, retrieved.one_list_weak,
                                   always_depth=request.rerank.candidates or self.defaults.candidates)
         metrics.GATEWAY_RERANK_DECISIONS.labels(policy=decision.policy, reason=decision.reason).inc()
         tracing.set_attributes(**{"search.collection": collection, "search.top_k": top_k, "search.candidates": len(found),
