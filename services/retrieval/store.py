@@ -163,26 +163,20 @@ def point_id(doc_id: str, passage: int = 0) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, doc_id if passage == 0 else f"{doc_id}#{passage}"))
 
 
+@dataclass(eq=False)
 class DocumentStore:
     """Collections of documents searchable by dense, sparse or hybrid retrieval."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        embedder: Embedder,
-        sparse_encoder: SparseEncoder,
-        splitter: PassageSplitter | None = None,
-        long_documents: str = "truncate",
-        late: LateInteraction | None = None,
-    ) -> None:
-        if long_documents == "split" and splitter is None:
+    backend: Backend
+    embedder: Embedder
+    sparse_encoder: SparseEncoder
+    splitter: PassageSplitter | None = None
+    long_documents: str = "truncate"
+    late: LateInteraction | None = None
+
+    def __post_init__(self) -> None:
+        if self.long_documents == "split" and self.splitter is None:
             raise ValueError("long_documents='split' needs a PassageSplitter")
-        self.late = late
-        self.backend = backend
-        self.embedder = embedder
-        self.sparse_encoder = sparse_encoder
-        self.splitter = splitter
-        self.long_documents = long_documents
         self._identity: model_guard.ModelIdentity | None = None
 
     # -- helpers -----------------------------------------------------------------------
