@@ -210,7 +210,9 @@ GATEWAY_CANDIDATES = Histogram(
 GATEWAY_RERANK_DECISIONS = Counter(
     "search_gateway_rerank_decisions",
     "Search requests by the reranking stage's decision: the policy applied and the reason "
-    "(always, never, auto_uncertain = reranked by the auto policy, auto_confident = not reranked, no_candidates).",
+    "(always, never, auto_uncertain = reranked by the auto policy, auto_confident = not reranked, auto_weak_list = "
+    "reranked as always on a collection with a weak list, auto_busy = a near-tie not reranked because "
+    "GATEWAY_AUTO_RERANK_MAX_IN_FLIGHT were in flight, no_candidates).",
     ["policy", "reason"],
 )
 GATEWAY_DEGRADED = Counter(

@@ -20,6 +20,12 @@ Policies (``RerankOptions.policy``, default GATEWAY_RERANK_POLICY):
   ``GATEWAY_AUTO_RERANK_DEPTH`` candidates (capped by the request's ``candidates``) when the gap
   is at most ``GATEWAY_AUTO_RERANK_MAX_GAP``, else nothing.
 
+Near-tie reranks are a small gain each (docs/QUALITY.md), so under load they must not queue on a
+saturated cross-encoder: :func:`admit` serves one from the first stage (``auto_busy``) while the
+gateway already has ``GATEWAY_AUTO_RERANK_MAX_IN_FLIGHT`` of them in flight. Weak-list reranks
+are not capped (there the cross-encoder repairs the first stage), nor are ``always`` ones (the
+caller asked for them).
+
 The thresholds come from settings (services/gateway/config.py); their values were chosen on
 SciFact train (scripts/study_cascade.py).
 """
@@ -32,14 +38,14 @@ from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
 
-__all__ = ["POLICIES", "CascadeSettings", "Decision", "decide", "first_stage_gap"]
+__all__ = ["POLICIES", "CascadeSettings", "Decision", "admit", "decide", "first_stage_gap"]
 
 #: The policy names (api_names maps the proto enum to them).
 POLICIES = ("always", "auto", "never")
 
 #: Reasons a decision reports (the proto's RerankReason, by name).
-ALWAYS, NEVER, AUTO_UNCERTAIN, AUTO_CONFIDENT, NO_CANDIDATES, AUTO_WEAK_LIST = (
-    "always", "never", "auto_uncertain", "auto_confident", "no_candidates", "auto_weak_list")
+ALWAYS, NEVER, AUTO_UNCERTAIN, AUTO_CONFIDENT, NO_CANDIDATES, AUTO_WEAK_LIST, AUTO_BUSY = (
+    "always", "never", "auto_uncertain", "auto_confident", "no_candidates", "auto_weak_list", "auto_busy")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class CascadeSettings:
     policy: str
     auto_depth: int
     auto_max_gap: float
+    auto_max_in_flight: int  # near-tie reranks at once per gateway (0: no cap)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -57,6 +64,8 @@ class CascadeSettings:
             raise ValueError(f"GATEWAY_AUTO_RERANK_DEPTH must be at least 1, got {self.auto_depth}")
         if not (math.isfinite(self.auto_max_gap) and self.auto_max_gap >= 0):
             raise ValueError(f"GATEWAY_AUTO_RERANK_MAX_GAP must be a finite number >= 0, got {self.auto_max_gap}")
+        if self.auto_max_in_flight < 0:
+            raise ValueError(f"GATEWAY_AUTO_RERANK_MAX_IN_FLIGHT must be >= 0 (0: no cap), got {self.auto_max_in_flight}")
 
 
 @dataclass(frozen=True)
@@ -107,3 +116,12 @@ def decide(policy: str, candidates: int, scores: Sequence[float], settings: Casc
     if gap <= settings.auto_max_gap:
         return Decision(policy, depth, AUTO_UNCERTAIN, signal)
     return Decision(policy, 0, AUTO_CONFIDENT, signal)
+
+
+def admit(decision: Decision, in_flight: int, settings: CascadeSettings) -> Decision:
+    """``decision``, or depth 0 with reason ``auto_busy`` when it is a near-tie rerank and the
+    gateway already has ``settings.auto_max_in_flight`` (> 0) near-tie reranks in flight."""
+    cap = settings.auto_max_in_flight
+    if decision.reason != AUTO_UNCERTAIN or cap == 0 or in_flight < cap:
+        return decision
+    return Decision(decision.policy, 0, AUTO_BUSY, decision.signal)

@@ -26,6 +26,13 @@ class GatewayConfig(server_settings("GATEWAY", 50051, 9101)):
         "the auto policy reranks a query when its first-stage leader is at most this many standard deviations of "
         "the top GATEWAY_AUTO_RERANK_DEPTH scores ahead of the second (docs/QUALITY.md)",
     )
+    auto_rerank_max_in_flight: int = setting(
+        1, "GATEWAY_AUTO_RERANK_MAX_IN_FLIGHT",
+        "near-tie reranks of the auto policy one gateway runs at once; a near-tie decided while this many are in flight is "
+        "served from the first stage (reason auto_busy) instead of queueing on the cross-encoder; weak-list and always "
+        "reranks are not capped; 1 suits one CPU reranker per gateway (docs/BENCHMARKS.md), raise it with reranker "
+        "capacity (0 = no cap)",
+    )
     default_candidates: int = setting(
         10, "GATEWAY_DEFAULT_CANDIDATES",
         "first-stage candidates the always policy reranks when a request does not say (chosen on SciFact train, docs/QUALITY.md)",

@@ -93,6 +93,9 @@ class SearchPipeline:
     retrieval_timeout_s: float
     rerank_timeout_s: float
     breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker("reranker"))
+    #: Near-tie (auto_uncertain) reranks in flight now; the event loop is one thread, so the
+    #: check in cascade.admit and the increment below happen with no await between them.
+    auto_in_flight: int = field(default=0, init=False)
 
     def _options(self, request: pb.SearchRequest) -> tuple[str, int, str, float]:
         """(policy, candidates, combination, weight): with ``auto`` the candidates are the deepest
@@ -151,6 +154,7 @@ class SearchPipeline:
         metrics.GATEWAY_CANDIDATES.observe(len(found))
         decision = cascade.decide(policy, candidates, [c.score for c in found], self.cascade_settings, retrieved.one_list_weak,
                                   always_depth=request.rerank.candidates or self.defaults.candidates)
+        decision = cascade.admit(decision, self.auto_in_flight, self.cascade_settings)
         metrics.GATEWAY_RERANK_DECISIONS.labels(policy=decision.policy, reason=decision.reason).inc()
         tracing.set_attributes(**{"search.collection": collection, "search.top_k": top_k, "search.candidates": len(found),
                                   "search.rerank": decision.depth > 0, "search.rerank_policy": decision.policy,
@@ -164,7 +168,12 @@ class SearchPipeline:
             return _page(request, response, page, top_k, more)
 
         to_rerank = found[:decision.depth]
-        reranked = await self._rerank(query, to_rerank, budget)
+        near_tie = decision.reason == cascade.AUTO_UNCERTAIN
+        self.auto_in_flight += near_tie
+        try:
+            reranked = await self._rerank(query, to_rerank, budget)
+        finally:
+            self.auto_in_flight -= near_tie
         if isinstance(reranked, int):  # a DegradedReason
             self._degrade(response, reranked)
             response.results.extend(_result(c, c.score) for c in found[:depth])

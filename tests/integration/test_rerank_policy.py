@@ -4,7 +4,10 @@ over the default, precise refusals, and a dead reranker degrading whatever the p
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import threading
 import time
 import urllib.request
 
@@ -84,6 +87,44 @@ def test_a_dead_reranker_degrades_the_auto_path(fresh_stack):
         down = search(stub, "c", "volcanoes and lava")  # another query: not served from the result cache
         assert down.degraded and not down.reranked and down.results
         assert down.rerank_decision.reason == pb.RERANK_REASON_AUTO_UNCERTAIN and down.rerank_decision.depth == AUTO_DEPTH
+
+
+def test_a_near_tie_is_not_queued_behind_another_on_a_stuck_reranker(fresh_stack):
+    """GATEWAY_AUTO_RERANK_MAX_IN_FLIGHT (1): while one near-tie rerank is in flight (the
+    reranker is stopped, so it stays there), the next near-tie is answered from the first stage
+    with reason auto_busy, not queued; once the first finishes, near-ties are reranked again."""
+    fresh_stack.env_overrides["gateway"] = {"GATEWAY_AUTO_RERANK_MAX_GAP": "1000", "GATEWAY_RETRY_MAX_ATTEMPTS": "1",
+                                            "GATEWAY_RERANK_TIMEOUT_SECONDS": "30"}
+    fresh_stack.start_all()
+    with grpc.insecure_channel(fresh_stack.gateway) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="c"), timeout=30)
+        stub.Upsert(pb.UpsertRequest(collection="c", documents=[document(*d) for d in DOCS]), timeout=60)
+        assert search(stub, "c", "tides and the moon").rerank_decision.reason == pb.RERANK_REASON_AUTO_UNCERTAIN
+        reranker = fresh_stack.procs["reranker"].pid
+        started = decisions(fresh_stack).get(("auto", "auto_uncertain"), 0)
+        held: dict[str, pb.SearchResponse] = {}
+        os.kill(reranker, signal.SIGSTOP)
+        try:
+            first = threading.Thread(target=lambda: held.setdefault("first", search(stub, "c", "volcanoes and lava")))
+            first.start()
+            deadline = time.monotonic() + 30
+            while decisions(fresh_stack).get(("auto", "auto_uncertain"), 0) == started:  # the first is in flight
+                assert time.monotonic() < deadline, "the first near-tie never reached the reranker"
+                time.sleep(0.05)
+            busy = search(stub, "c", "how do plants make sugar from light")
+            assert first.is_alive(), "the first rerank finished while the reranker was stopped"
+            d = busy.rerank_decision
+            assert (d.policy, d.reason, d.depth) == (pb.RERANK_POLICY_AUTO, pb.RERANK_REASON_AUTO_BUSY, 0), d
+            assert not busy.reranked and not busy.degraded and busy.results
+            assert not any(r.HasField("rerank_score") for r in busy.results)
+        finally:
+            os.kill(reranker, signal.SIGCONT)
+        first.join(timeout=60)
+        assert held["first"].reranked and held["first"].rerank_decision.reason == pb.RERANK_REASON_AUTO_UNCERTAIN
+        again = search(stub, "c", "what makes bread dough rise")  # nothing in flight now: reranked
+        assert again.reranked and again.rerank_decision.reason == pb.RERANK_REASON_AUTO_UNCERTAIN
+        assert decisions(fresh_stack).get(("auto", "auto_busy"), 0) == 1
 
 
 def test_auto_reranks_every_query_of_a_collection_with_a_weak_list(fresh_stack):

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.gateway.cascade import CascadeSettings, Decision, decide, first_stage_gap
+from services.gateway.cascade import CascadeSettings, Decision, admit, decide, first_stage_gap
 
-AUTO = CascadeSettings("auto", auto_depth=10, auto_max_gap=0.5)
+AUTO = CascadeSettings("auto", auto_depth=10, auto_max_gap=0.5, auto_max_in_flight=1)
 
 
 def test_gap_is_the_lead_in_standard_deviations_of_the_top_candidates():
@@ -46,17 +46,18 @@ def test_auto_reranks_only_an_uncertain_first_stage_to_its_depth():
 def test_the_threshold_decides_at_the_boundary():
     scores = [2.0, 1.0, 0.0]
     gap = first_stage_gap(scores, 10)
-    assert decide("auto", 10, scores, CascadeSettings("auto", 10, gap)).depth == 3
-    assert decide("auto", 10, scores, CascadeSettings("auto", 10, gap * 0.999)).depth == 0
+    assert decide("auto", 10, scores, CascadeSettings("auto", 10, gap, 1)).depth == 3
+    assert decide("auto", 10, scores, CascadeSettings("auto", 10, gap * 0.999, 1)).depth == 0
 
 
 def test_unknown_policy_and_bad_settings_are_refused():
     with pytest.raises(InvalidArgument) as err:
         decide("sometimes", 10, [1.0, 0.5], AUTO)
     assert err.value.field == "rerank.policy"
-    for bad in (dict(policy="sometimes"), dict(auto_depth=0), dict(auto_max_gap=-1.0), dict(auto_max_gap=math.nan)):
+    for bad in (dict(policy="sometimes"), dict(auto_depth=0), dict(auto_max_gap=-1.0), dict(auto_max_gap=math.nan),
+                dict(auto_max_in_flight=-1)):
         with pytest.raises(ValueError):
-            CascadeSettings(**{"policy": "auto", "auto_depth": 10, "auto_max_gap": 0.5, **bad})
+            CascadeSettings(**{"policy": "auto", "auto_depth": 10, "auto_max_gap": 0.5, "auto_max_in_flight": 1, **bad})
 
 
 def test_auto_reranks_a_collection_with_a_weak_list_as_always_would():
@@ -67,3 +68,22 @@ def test_auto_reranks_a_collection_with_a_weak_list_as_always_would():
     assert decide("auto", 5, far * 3, AUTO, one_list_weak=True, always_depth=10).depth == 10
     assert decide("never", 5, far, AUTO, one_list_weak=True).depth == 0
     assert decide("always", 3, far, AUTO, one_list_weak=True).reason == "always"
+
+
+def test_a_near_tie_is_served_from_the_first_stage_while_the_cap_is_in_flight():
+    close = [1.0, 0.99, 0.5, 0.4, 0.3]
+    uncertain = decide("auto", 10, close, AUTO)
+    assert admit(uncertain, 0, AUTO) is uncertain  # under the cap: reranked
+    busy = admit(uncertain, 1, AUTO)
+    assert busy == Decision("auto", 0, "auto_busy", uncertain.signal)  # the signal stays reported
+    two = CascadeSettings("auto", 10, 0.5, 2)
+    assert admit(uncertain, 1, two) is uncertain and admit(uncertain, 2, two).reason == "auto_busy"
+    uncapped = CascadeSettings("auto", 10, 0.5, 0)
+    assert admit(uncertain, 1000, uncapped) is uncertain  # 0: no cap
+
+
+def test_the_cap_leaves_every_other_decision_alone():
+    far = [5.0, 1.0, 0.9, 0.8, 0.7]
+    for decision in (decide("always", 5, far, AUTO), decide("never", 5, far, AUTO), decide("auto", 5, far, AUTO),
+                     decide("auto", 5, far, AUTO, one_list_weak=True, always_depth=10), decide("auto", 5, [], AUTO)):
+        assert admit(decision, 99, AUTO) is decision, decision

@@ -40,6 +40,7 @@ class RerankReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RERANK_REASON_AUTO_CONFIDENT: _ClassVar[RerankReason]
     RERANK_REASON_NO_CANDIDATES: _ClassVar[RerankReason]
     RERANK_REASON_AUTO_WEAK_LIST: _ClassVar[RerankReason]
+    RERANK_REASON_AUTO_BUSY: _ClassVar[RerankReason]
 SCORE_COMBINATION_UNSPECIFIED: ScoreCombination
 SCORE_COMBINATION_RERANK_ONLY: ScoreCombination
 SCORE_COMBINATION_WEIGHTED_ZSCORE: ScoreCombination
@@ -60,6 +61,7 @@ RERANK_REASON_AUTO_UNCERTAIN: RerankReason
 RERANK_REASON_AUTO_CONFIDENT: RerankReason
 RERANK_REASON_NO_CANDIDATES: RerankReason
 RERANK_REASON_AUTO_WEAK_LIST: RerankReason
+RERANK_REASON_AUTO_BUSY: RerankReason
 
 class RerankOptions(_message.Message):
     __slots__ = ("enabled", "candidates", "combination", "rerank_weight", "policy")

@@ -9,7 +9,9 @@ Per dataset, on one stack with the collection ingested and its fusion calibrated
   of queries the configuration reranked, unloaded p50/p95);
 * throughput: ``--clients`` closed-loop clients for ``--seconds`` per configuration over the
   dataset's queries (judged or not) in a shuffled order, so no two requests of a step repeat:
-  completed QPS, p50, p95, errors;
+  completed QPS, p50, p95, errors, the share reranked under load and the decisions' reasons
+  (under load ``auto`` serves some near-ties from the first stage: ``auto_busy``), and NDCG@10 of
+  the judged queries the load served against the same queries in the sequential pass;
 * the raw limits around it: the cross-encoder (one pair per batch, one batch per core, passages
   of the corpus) and the bi-encoder (one query per call, one call per core), measured before the
   first configuration and after the last, with the load average.
@@ -136,15 +138,23 @@ async def quality_pass(stub, collection: str, queries: Mapping[str, str], config
         latencies.append((time.perf_counter() - start) * 1000.0)
         reranked += int(reply.reranked)
         degraded += int(reply.degraded)
-        run[qid] = {r.id: float(len(reply.results) - rank) for rank, r in enumerate(reply.results)}
+        run[qid] = ranking(reply)
     return run, latencies, reranked, degraded
 
 
+def ranking(reply: pb.SearchResponse) -> dict[str, float]:
+    return {r.id: float(len(reply.results) - rank) for rank, r in enumerate(reply.results)}
+
+
 async def throughput_pass(stub, collection: str, texts: Sequence[str], config: Config, clients: int, seconds: float,
-                          start_at: int) -> dict[str, Any]:
-    """``clients`` closed-loop clients for ``seconds``; queries taken in order from ``start_at``."""
+                          start_at: int, judged: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``clients`` closed-loop clients for ``seconds``; queries taken in order from ``start_at``.
+    ``judged`` (text -> query id): the rankings of those queries served under load go in ``run``."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    reranked = 0
+    run: dict[str, dict[str, float]] = {}
     next_index = start_at
     deadline = time.perf_counter() + seconds
 
@@ -155,32 +165,45 @@ async def throughput_pass(stub, collection: str, texts: Sequence[str], config: C
             next_index += 1
             start = time.perf_counter()
             try:
-                await stub.Search(config.request(collection, text), timeout=900)
+                reply = await stub.Search(config.request(collection, text), timeout=900)
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
                 continue
             latencies.append((time.perf_counter() - start) * 1000.0)
+            nonlocal reranked
+            reranked += int(reply.reranked)
+            reason = pb.RerankReason.Name(reply.rerank_decision.reason).removeprefix("RERANK_REASON_").lower()
+            reasons[reason] = reasons.get(reason, 0) + 1
+            if judged and text in judged and judged[text] not in run:
+                run[judged[text]] = ranking(reply)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - t0
     return {"qps": round(len(latencies) / elapsed, 2), "p50_ms": round(percentile(latencies, 50), 1),
             "p95_ms": round(percentile(latencies, 95), 1), "completed": len(latencies), "errors": errors,
-            "queries_used": next_index - start_at}
+            "queries_used": next_index - start_at, "share_reranked": round(reranked / max(1, len(latencies)), 3),
+            "reasons": reasons, "run": run}
 
 
 async def measure_dataset(stack: Stack, chosen: Mapping[str, str], qrels, texts: Sequence[str], configs: Sequence[Config],
                           args: argparse.Namespace) -> list[dict[str, Any]]:
     points = []
     used = 0
+    judged = {text: qid for qid, text in chosen.items()}
     async with grpc.aio.insecure_channel(stack.procs.address("gateway"), options=_grpc_options()) as channel:
         stub = pb_grpc.SearchServiceStub(channel)
         await stub.Search(configs[0].request(stack.collection, "warm up"), timeout=900)
         for config in configs:
             run, lat, reranked, degraded = await quality_pass(stub, stack.collection, chosen, config)
-            load = await throughput_pass(stub, stack.collection, texts, config, args.clients, args.seconds, used)
+            load = await throughput_pass(stub, stack.collection, texts, config, args.clients, args.seconds, used, judged)
             used += load["queries_used"]
             ndcg = per_query_ndcg(run, qrels)
+            loaded = per_query_ndcg(load.pop("run"), qrels) if load["run"] else {}
+            if loaded:  # the same queries, served under load and sequentially
+                load["judged_served"] = len(loaded)
+                load["ndcg@10_judged"] = round(sum(loaded.values()) / len(loaded), 4)
+                load["ndcg@10_same_queries_sequential"] = round(sum(ndcg[q] for q in loaded) / len(loaded), 4)
             point = {"config": config.label, "policy": config.policy, "depth": config.depth,
                      "ndcg@10": round(sum(ndcg.values()) / len(ndcg), 4), "per_query": ndcg,
                      "share_reranked": round(reranked / len(chosen), 3), "degraded": degraded,
@@ -191,6 +214,10 @@ async def measure_dataset(stack: Stack, chosen: Mapping[str, str], qrels, texts:
                   f"unloaded p50 {point['unloaded_p50_ms']:7.1f} ms  | {args.clients} clients: {load['qps']:7.2f} QPS, "
                   f"p50 {load['p50_ms']:7.1f} ms, p95 {load['p95_ms']:7.1f} ms, errors {sum(load['errors'].values())}"
                   + (f"  DEGRADED {degraded}" if degraded else ""), flush=True)
+            reasons = ", ".join(f"{r} {n / max(1, load['completed']):.1%}" for r, n in sorted(load["reasons"].items()))
+            print(f"  {'':<10} under load: reranked {load['share_reranked']:.1%} ({reasons})"
+                  + (f"; NDCG@10 of the {load['judged_served']} judged queries served {load['ndcg@10_judged']:.4f} "
+                     f"(the same sequentially {load['ndcg@10_same_queries_sequential']:.4f})" if loaded else ""), flush=True)
     return points
 
 
