@@ -195,6 +195,9 @@ def test_frontier_configurations_summary_and_pareto():
     lines = summarize(points)
     assert "vs always@10: NDCG@10 -0.1000" in lines[0] and "QPS x50.0" in lines[0]
     assert "vs always@10: NDCG@10 -0.0500 (SE 0.0500), QPS x25.0" in lines[1] and "vs never: NDCG@10 +0.0500" in lines[1]
+    assert len(lines) == 3 and lines[2].startswith("always@10") and "vs never" in lines[2]
+    # Without never, the reference has nothing to be compared to: no empty line for it.
+    assert [line.split()[0] for line in summarize(points[1:])] == ["auto"]
     assert [p["config"] for p in pareto(points)] == ["never", "auto", "always@10"]
     points[1]["ndcg@10"] = 0.5  # auto no better than the faster never: off the frontier
     assert [p["config"] for p in pareto(points)] == ["never", "always@10"]

@@ -64,6 +64,7 @@ NO_CACHES = {"retrieval": {"RETRIEVAL_QUERY_CACHE_SIZE": "0"}, "reranker": {"RER
 #: Generous reranking time: the frontier measures quality at every depth, not timeouts.
 GATEWAY_ENV = {"GATEWAY_RERANK_TIMEOUT_SECONDS": "600", "GATEWAY_DEFAULT_DEADLINE_SECONDS": "900"}
 REFERENCE = "always@10"
+SERVICE_ENV_PREFIXES = ("GATEWAY_", "RETRIEVAL_", "RERANKER_", "EMBEDDER_", "QDRANT_", "EDGE_", "ORT_")
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,8 @@ def summarize(points: list[dict[str, Any]]) -> list[str]:
         if never is not None and p is not never:
             d, se = paired_delta(p["per_query"], never["per_query"])
             parts.append(f"vs never: NDCG@10 {d:+.4f} (SE {se:.4f})")
-        lines.append("  ".join(parts))
+        if len(parts) > 1:  # the reference itself, with nothing to compare it to, prints nothing
+            lines.append("  ".join(parts))
     return lines
 
 
@@ -285,7 +287,12 @@ def _bench_frontier(args: argparse.Namespace) -> int:
         return 2
     info = machine_info()
     _print_machine(info)
-    results: dict[str, Any] = {"machine": info, "clients": args.clients, "seconds": args.seconds, "datasets": {}}
+    # Settings given to the services through the environment (e.g. GATEWAY_AUTO_RERANK_MAX_IN_FLIGHT for an A/B).
+    settings = {k: v for k, v in sorted(os.environ.items()) if k.startswith(SERVICE_ENV_PREFIXES)}
+    if settings:
+        print(f"services' settings from the environment: {settings}")
+    results: dict[str, Any] = {"machine": info, "clients": args.clients, "seconds": args.seconds, "env": settings,
+                               "datasets": {}}
     datasets = [Path(d) for d in args.dataset.split(",")]
     if len(datasets) > 1 and args.data_dir:
         print("searchctl bench frontier: --data-dir keeps one collection; give one --dataset with it", file=sys.stderr)
