@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from search.v1 import retrieval_service_pb2 as rpb, search_service_pb2 as pb
-from services.common import validation
+from services.common import streams, validation
 from services.common.errors import InvalidArgument, NotFound
 from services.gateway import access
 from services.gateway.clients import Budget, downstream_error
@@ -165,9 +165,13 @@ class CollectionsMixin:
 
     async def RestoreSnapshot(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("header"):
-            raise InvalidArgument("header", "the first message carries the target collection and the snapshot's header")
-        validation.collection_name(first.collection)
+        try:
+            if first is None or not first.HasField("header"):
+                raise InvalidArgument("header", "the first message carries the target collection and the snapshot's header")
+            validation.collection_name(first.collection)
+        except InvalidArgument:
+            await streams.drain(request_iterator)  # answered once the caller has finished writing
+            raise
 
         async def forward():
             yield _as(first, rpb.RetrievalServiceRestoreSnapshotRequest)

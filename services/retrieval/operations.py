@@ -22,7 +22,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from search.v1 import common_pb2, retrieval_service_pb2 as pb
-from services.common import validation
+from services.common import streams, validation
 from services.common.errors import InvalidArgument, NotFound
 from services.retrieval import reindex as reindexing, snapshots
 from services.retrieval.aliases import Aliases, WriteGate
@@ -33,6 +33,8 @@ from services.retrieval.store import DocumentStore
 PHASES = {reindexing.COPYING: common_pb2.REINDEX_PHASE_COPYING, reindexing.CATCHING_UP: common_pb2.REINDEX_PHASE_CATCHING_UP,
           reindexing.DONE: common_pb2.REINDEX_PHASE_DONE}
 _END = object()
+
+
 #: How long a list of aliases read from an engine other processes share is trusted.
 SHARED_ALIASES_CACHE_S = 1.0
 
@@ -196,11 +198,22 @@ class CollectionOperations:
                 yield pb.RetrievalServiceExportSnapshotResponse(points=points)
 
     async def restore_snapshot(self, request_iterator: AsyncIterator[pb.RetrievalServiceRestoreSnapshotRequest]):
+        """Write a snapshot streamed as a header then batches of points into a new collection.
+
+        A refusal (a bad header, a name taken, a bad message, a failed write) is answered only
+        once the caller has finished writing: the rest of the stream is read and dropped first
+        (services/common/streams.py; the gateway, an asyncio caller, would otherwise see INTERNAL
+        instead of e.g. ALREADY_EXISTS and pass it on as UNAVAILABLE).
+        """
         first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("header"):
-            raise InvalidArgument("header", "the first message carries the target collection and the snapshot's header")
-        name = validation.collection_name(first.collection)
-        await self._run(self.aliases.check_collection_name_free, name)
+        try:
+            if first is None or not first.HasField("header"):
+                raise InvalidArgument("header", "the first message carries the target collection and the snapshot's header")
+            name = validation.collection_name(first.collection)
+            await self._run(self.aliases.check_collection_name_free, name)
+        except Exception:
+            await streams.drain(request_iterator)
+            raise
         loop = asyncio.get_running_loop()
         batches: asyncio.Queue = asyncio.Queue(maxsize=2)  # flow control: the stream is read as fast as it is written
         stop = threading.Event()
@@ -209,12 +222,15 @@ class CollectionOperations:
             try:
                 await batches.put(list(first.points))
                 async for message in request_iterator:
+                    if stop.is_set():  # the restore has ended: drop the rest (see the docstring)
+                        continue
                     if message.HasField("header") or (message.collection and message.collection != name):
                         raise InvalidArgument("header", "only the first message carries the header and the collection")
                     await batches.put(list(message.points))
                 await batches.put(_END)
             except Exception as exc:  # noqa: BLE001 - handed to the writing thread, which fails with it
                 await batches.put(exc)
+                await streams.drain(request_iterator)
 
         def points():
             while True:
@@ -236,6 +252,12 @@ class CollectionOperations:
         feeder = asyncio.ensure_future(feed())
         try:
             written = await self._run(snapshots.restore, self.store.backend, name, first.header, points())
+        except Exception:
+            stop.set()
+            while not batches.empty():  # unblock a put waiting on the queue nobody reads any more
+                batches.get_nowait()
+            await feeder  # reads the caller's stream to its end
+            raise
         finally:
             stop.set()
             feeder.cancel()
