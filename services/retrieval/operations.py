@@ -33,8 +33,6 @@ from services.retrieval.store import DocumentStore
 PHASES = {reindexing.COPYING: common_pb2.REINDEX_PHASE_COPYING, reindexing.CATCHING_UP: common_pb2.REINDEX_PHASE_CATCHING_UP,
           reindexing.DONE: common_pb2.REINDEX_PHASE_DONE}
 _END = object()
-
-
 #: How long a list of aliases read from an engine other processes share is trusted.
 SHARED_ALIASES_CACHE_S = 1.0
 

@@ -57,6 +57,10 @@ from services.cli.bench.harness import (
     stack_opts,
 )
 from services.cli.evaluate import load_judged, percentile, wait_for_calibration
+from services.common import config as cfg
+from services.gateway.config import GatewayConfig
+from services.reranker.config import RerankerConfig
+from services.retrieval.config import RetrievalConfig
 
 #: Caches off: a configuration must not be served by what an earlier one computed.
 NO_CACHES = {"retrieval": {"RETRIEVAL_QUERY_CACHE_SIZE": "0"}, "reranker": {"RERANKER_SCORE_CACHE_SIZE": "0"},
@@ -64,7 +68,6 @@ NO_CACHES = {"retrieval": {"RETRIEVAL_QUERY_CACHE_SIZE": "0"}, "reranker": {"RER
 #: Generous reranking time: the frontier measures quality at every depth, not timeouts.
 GATEWAY_ENV = {"GATEWAY_RERANK_TIMEOUT_SECONDS": "600", "GATEWAY_DEFAULT_DEADLINE_SECONDS": "900"}
 REFERENCE = "always@10"
-SERVICE_ENV_PREFIXES = ("GATEWAY_", "RETRIEVAL_", "RERANKER_", "EMBEDDER_", "QDRANT_", "EDGE_", "ORT_")
 
 
 @dataclass(frozen=True)
@@ -288,7 +291,8 @@ def _bench_frontier(args: argparse.Namespace) -> int:
     info = machine_info()
     _print_machine(info)
     # Settings given to the services through the environment (e.g. GATEWAY_AUTO_RERANK_MAX_IN_FLIGHT for an A/B).
-    settings = {k: v for k, v in sorted(os.environ.items()) if k.startswith(SERVICE_ENV_PREFIXES)}
+    declared = {env for cls in (GatewayConfig, RetrievalConfig, RerankerConfig) for env in cfg.env_names(cls)}
+    settings = {k: v for k, v in sorted(os.environ.items()) if k in declared}
     if settings:
         print(f"services' settings from the environment: {settings}")
     results: dict[str, Any] = {"machine": info, "clients": args.clients, "seconds": args.seconds, "env": settings,
