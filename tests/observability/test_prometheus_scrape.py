@@ -85,10 +85,14 @@ def test_every_target_is_up(prometheus, scrape_targets):
 
 def test_each_real_service_counts_the_search_it_served(prometheus, scrape_targets, searched):
     def counted():
-        result = by_job(prometheus.query('search_grpc_server_requests_total{code="OK",method!~"grpc.health.*"}'))
-        return result if all(JOBS[s] in result for s in scrape_targets) else None
+        # Each service's own Search-path method, not any OK call: a scrape taken after the
+        # collection was created but before the Search would otherwise satisfy the wait.
+        for service, method in SEARCH_METHODS.items():
+            if not prometheus.query(f'search_grpc_server_requests_total{{job="{JOBS[service]}",method="{method}",code="OK"}}'):
+                return None
+        return True
 
-    prometheus.wait_for("a Search counted by every service", counted)
+    prometheus.wait_for("the Search counted by every service", counted)
     for service, method in SEARCH_METHODS.items():
         result = prometheus.query(
             f'search_grpc_server_requests_total{{job="{JOBS[service]}",method="{method}",code="OK"}}'
