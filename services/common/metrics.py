@@ -24,6 +24,7 @@ import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from services.common.interceptors import with_unary
+from services.common import thread_cpu
 
 #: One DEBUG line per finished RPC (method, code, duration; trace_id when tracing is on, and on the
 #: gateway the caller): LOG_LEVEL=DEBUG turns it on. Disabled, it costs one level check per request.
@@ -294,6 +295,11 @@ CACHE_CAPACITY = Gauge(
     ["cache"],
 )
 
+# --------------------------------------------------------------------------- CPU by thread, every service
+#: search_thread_cpu_seconds_total{thread}: read from /proc at each scrape (services/common/thread_cpu.py).
+THREAD_CPU = thread_cpu.ThreadCpuCollector()
+prometheus_client.REGISTRY.register(THREAD_CPU)
+
 #: Every metric object above, for docs and tests.
 ALL_METRICS: tuple[Any, ...] = (
     GRPC_SERVER_REQUESTS,
@@ -342,6 +348,7 @@ ALL_METRICS: tuple[Any, ...] = (
     CACHE_EVICTIONS,
     CACHE_ENTRIES,
     CACHE_CAPACITY,
+    THREAD_CPU,
 )
 
 

@@ -281,3 +281,27 @@ def test_frontier_refuses_a_plot_it_cannot_draw_before_the_run(monkeypatch, tmp_
     frontier.register(sub)
     args = parser.parse_args(["frontier", "--dataset", str(dataset), "--png", str(tmp_path / "f.png")])
     assert frontier._bench_frontier(args) == 2
+
+
+def test_cpu_by_thread_is_read_from_metrics_and_printed_per_step():
+    from services.cli.bench import peers
+
+    exposition = (
+        "# TYPE search_thread_cpu_seconds_total counter\n"
+        'search_thread_cpu_seconds_total{thread="main"} 1.5\n'
+        'search_thread_cpu_seconds_total{thread="embed-inference"} 6.25\n'
+        "# TYPE process_cpu_seconds_total counter\n"
+        "process_cpu_seconds_total 9.0\n"
+    )
+    assert peers.thread_cpu_from(exposition) == {"main": 1.5, "embed-inference": 6.25}
+    assert peers.thread_cpu_from("process_cpu_seconds_total 9.0\n") == {}
+    line = peers.describe_step({
+        "cpu_ms_per_query": {"gateway": 2.0, "retrieval": 9.0},
+        "cache_hit_rates": {},
+        "embed_batch_mean_texts": 2.5,
+        "cpu_ms_per_query_by_thread": {"gateway": {"main": 1.8, "event_engine": 0.2},
+                                       "retrieval": {"embed-inference": 6.3, "main": 1.5},
+                                       "reranker": {"exited": 0.01}},
+    })
+    assert line.splitlines()[1] == ("    CPU ms/query by thread: gateway: main 1.80, event_engine 0.20; "
+                                    "retrieval: embed-inference 6.30, main 1.50")

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.beir import load_qrels, load_queries
@@ -227,6 +228,7 @@ class StepCounters:
 
     def __enter__(self) -> StepCounters:
         self.cpu = {n: cpu_seconds(u) for n, u in self.urls.items()}
+        self.threads = {n: thread_cpu_seconds(u) for n, u in self.urls.items()}
         self.caches = cache_lookups(self.urls)
         self.batches = embed_batches(self.urls["retrieval"])
         return self
@@ -238,12 +240,36 @@ class StepCounters:
         served = max(served, 1)
         cpu = {n: (cpu_seconds(u) - self.cpu[n]) / served * 1000.0 for n, u in self.urls.items()}
         texts, batches = (a - b for a, b in zip(embed_batches(self.urls["retrieval"]), self.batches, strict=True))
-        return {"cpu_ms_per_query": cpu, "cache_hit_rates": hit_rates(self.caches, cache_lookups(self.urls)),
+        by_thread = {}
+        for n, u in self.urls.items():
+            now, before = thread_cpu_seconds(u), self.threads[n]
+            used = {g: (now[g] - before.get(g, 0.0)) / served * 1000.0 for g in now}
+            by_thread[n] = dict(sorted(((g, v) for g, v in used.items() if v > 0), key=lambda gv: -gv[1]))
+        return {"cpu_ms_per_query": cpu, "cpu_ms_per_query_by_thread": by_thread,
+                "cache_hit_rates": hit_rates(self.caches, cache_lookups(self.urls)),
                 "embed_batch_mean_texts": texts / batches if batches else 0.0}
+
+
+def thread_cpu_seconds(url: str) -> dict[str, float]:
+    """CPU seconds by thread group of one service (search_thread_cpu_seconds_total); {} when not exported."""
+    return thread_cpu_from(_scrape(url))
+
+
+def thread_cpu_from(exposition: str) -> dict[str, float]:
+    """``search_thread_cpu_seconds_total`` by ``thread`` in a /metrics text."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "search_thread_cpu_seconds_total":
+                out[sample.labels["thread"]] = sample.value
+    return out
 
 
 def describe_step(extra: Mapping[str, Any]) -> str:
     cpu = ", ".join(f"{n} {v:.2f}" for n, v in extra["cpu_ms_per_query"].items())
     rates = ", ".join(f"{c} {r:.0%}" for c, r in extra["cache_hit_rates"].items())
+    threads = "; ".join(f"{n}: " + ", ".join(f"{g} {v:.2f}" for g, v in groups.items() if v >= 0.01)
+                        for n, groups in extra.get("cpu_ms_per_query_by_thread", {}).items() if sum(groups.values()) >= 0.05)
     return (f"    CPU ms/query: {cpu}" + (f"; cache hit rates: {rates}" if rates else "")
-            + f"; query embedding batches of {extra.get('embed_batch_mean_texts', 0.0):.2f} texts on average")
+            + f"; query embedding batches of {extra.get('embed_batch_mean_texts', 0.0):.2f} texts on average"
+            + (f"\n    CPU ms/query by thread: {threads}" if threads else ""))
