@@ -1,8 +1,9 @@
 """A/B of two service configurations under the same Search load, interleaved in one run.
 
 Both stacks (gateway, retrieval, reranker) run at once, each on its own copy of the same
-collection; the load alternates between them (A, B, A, B, ... for ``--rounds``), so a drift of
-the machine's speed hits both alike. Each turn: ``--clients`` closed-loop clients for
+collection; the load alternates between them in rounds ordered A B, B A, A B, ... (``--rounds``;
+use an even number), so a drift of the machine's speed and the advantage of the turn that comes
+second hit both alike. Each turn: ``--clients`` closed-loop clients for
 ``--seconds`` (in the load process of `bench e2e`, distinct queries, search only), then one
 client for ``--one-client-seconds``; it prints QPS, p50/p95 and CPU ms per Search of every
 service process (their own process_cpu_seconds_total), and at the end each figure of B over A.
@@ -68,6 +69,7 @@ def turn(load: LoadGenerator, stack: Stack, queries: list[str], offset: int, cli
     cpu = extra["cpu_ms_per_query"]
     row = {"clients": clients, "qps": step.achieved_qps, **step.summary, "errors": step.errors,
            "cpu_ms": {**cpu, "services": sum(cpu.values()), "load generator": load_cpu / max(step.ok, 1) * 1000.0},
+           "cpu_ms_by_thread": extra.get("cpu_ms_per_query_by_thread", {}),
            "search_result_hit_rate": extra["cache_hit_rates"].get("search_result"),
            "embed_batch_mean_texts": extra["embed_batch_mean_texts"], "load_avg": round(os.getloadavg()[0], 2)}
     return row, offset + step.sent
@@ -83,7 +85,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=20.0, help="closed-loop seconds per turn (default %(default)s)")
     p.add_argument("--one-client-seconds", type=float, default=8.0, help="one-client seconds per turn, 0 to skip")
-    p.add_argument("--rounds", type=int, default=2, help="turns per configuration, interleaved (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, help="turns per configuration, interleaved A B, B A, ... (default %(default)s)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
 
@@ -114,7 +116,10 @@ def main() -> int:
         for c in configs:  # warm both up (connections, first batches): not counted
             _, offset = turn(load, running[c["name"]], queries, offset, args.clients, 2.0)
         for r in range(args.rounds):
-            for c in configs:
+            # A B, then B A, ...: the turn that follows the other configuration's turn measured
+            # 5-16% faster in every plain A-then-B run of 2026-12-06 (BENCHMARKS.md, issue 22),
+            # whichever configuration it was; alternating the order cancels that and linear drift.
+            for c in (configs if r % 2 == 0 else configs[::-1]):
                 for clients, seconds in ((args.clients, args.seconds), (1, args.one_client_seconds)):
                     if seconds <= 0:
                         continue
@@ -128,6 +133,9 @@ def main() -> int:
                           f"errors {row['errors'] or 0}  "
                           f"result-cache hits {row['search_result_hit_rate'] if row['search_result_hit_rate'] is not None else '-'}  "
                           f"load {row['load_avg']:.2f}", flush=True)
+                    print("               by thread: " + "; ".join(
+                        f"{n}: " + ", ".join(f"{g} {v:.2f}" for g, v in groups.items() if v >= 0.05)
+                        for n, groups in row["cpu_ms_by_thread"].items() if n != "reranker"), flush=True)
     print("\nmeans over the rounds, and B / A:")
     summary: dict[str, Any] = {}
     for clients in sorted({row["clients"] for row in rows}, reverse=True):

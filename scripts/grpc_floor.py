@@ -1,0 +1,95 @@
+"""What one unary gRPC call costs a grpc.aio server in Python, before any work: the floor under
+every hop of a Search (issue 22).
+
+A RetrievalService whose Retrieve returns a fixed 11-candidate answer (about the size of a real
+one) is served in this process, with no interceptor or with the interceptors every platform
+server installs (call tracker, trace ids, RED metrics, error mapping; retrieval's conditional
+Retrieve); 16 concurrent callers in a separate process (grpc.aio, one channel) call it for
+``--seconds``. Printed: calls/s and this process's CPU microseconds per call, each
+configuration ``--rounds`` times, interleaved.
+
+    PYTHONPATH=$PWD .venv/bin/python scripts/grpc_floor.py --seconds 8 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from search.v1 import retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc  # noqa: E402
+
+CALLERS = r'''
+import asyncio, sys, time, grpc
+sys.path.insert(0, sys.argv[3])
+from search.v1 import retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
+async def main():
+    async with grpc.aio.insecure_channel(sys.argv[1]) as channel:
+        stub = pb_grpc.RetrievalServiceStub(channel)
+        end, done = time.time() + float(sys.argv[2]), 0
+        async def caller():
+            nonlocal done
+            while time.time() < end:
+                await stub.Retrieve(pb.RetrieveRequest(collection="c", query="q" * 40, limit=10), timeout=10)
+                done += 1
+        await asyncio.gather(*(caller() for _ in range(16)))
+        print(done)
+asyncio.run(main())
+'''
+
+ANSWER = pb.RetrieveResponse(candidates=[pb.Candidate(id=str(i), score=1.0, title="t" * 60, text="x" * 1200)
+                                         for i in range(11)])
+
+
+class Fixed(pb_grpc.RetrievalServiceServicer):
+    async def Retrieve(self, request, context):
+        return ANSWER
+
+
+def platform_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """The list services/common/server.py installs for the retrieval service (tracing off, no token)."""
+    from services.common import metrics, tracing
+    from services.common.server import UnaryCallTracker
+    from services.common.status import ErrorMappingInterceptor
+    from services.retrieval.conditional_retrieve import ConditionalRetrieveInterceptor
+
+    return [UnaryCallTracker(), *tracing.server_interceptors(), metrics.MetricsServerInterceptor("retrieval"),
+            ConditionalRetrieveInterceptor(lambda name: "", pb.RetrieveResponse), ErrorMappingInterceptor()]
+
+
+async def measure(name: str, interceptors: list, seconds: float) -> None:
+    server = grpc.aio.server(interceptors=interceptors)
+    pb_grpc.add_RetrievalServiceServicer_to_server(Fixed(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        cpu = time.process_time()
+        callers = await asyncio.create_subprocess_exec(sys.executable, "-c", CALLERS, f"127.0.0.1:{port}", str(seconds),
+                                                       str(REPO), stdout=asyncio.subprocess.PIPE)
+        out, _ = await callers.communicate()
+        calls = int(out)
+        print(f"{name:>13}: {calls / seconds:7.1f} calls/s, server CPU {(time.process_time() - cpu) / calls * 1e6:6.1f} us per call",
+              flush=True)
+    finally:
+        await server.stop(None)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    for _ in range(args.rounds):
+        await measure("none", [], args.seconds)
+        await measure("platform's 5", platform_interceptors(), args.seconds)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
