@@ -44,7 +44,7 @@ from pathlib import Path
 
 import grpc
 
-from services.common import config as cfg
+from services.common import config as cfg, streams
 from services.common.config import ConfigError, setting
 
 log = logging.getLogger(__name__)
@@ -322,10 +322,21 @@ def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
 
 
 def _rejecting_handler(handler, reason: str):
-    async def reject(request_or_iterator, context):
+    async def reject(request, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
-    async def reject_stream(request_or_iterator, context):
+    async def reject_stream(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+        yield  # pragma: no cover - makes this an async generator
+
+    # A client stream is refused once the caller has finished writing (at most
+    # streams.DRAIN_SECONDS), or an asyncio caller may see INTERNAL instead (services/common/streams.py).
+    async def reject_client_stream(requests, context):
+        await streams.drain_quietly(requests)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+    async def reject_bidi_stream(requests, context):
+        await streams.drain_quietly(requests)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
         yield  # pragma: no cover - makes this an async generator
 
@@ -333,7 +344,7 @@ def _rejecting_handler(handler, reason: str):
     if handler is not None and handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(reject_stream)
     if handler is not None and handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(reject)
+        return grpc.stream_unary_rpc_method_handler(reject_client_stream)
     if handler is not None and handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(reject_stream)
+        return grpc.stream_stream_rpc_method_handler(reject_bidi_stream)
     return grpc.unary_unary_rpc_method_handler(reject)

@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from services.common import logs, metrics, tracing
+from services.common import logs, metrics, streams, tracing
 from services.common.errors import ServiceError, Unauthenticated
 from services.common.status import abort_with_error
 from services.gateway import access
@@ -228,11 +228,12 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _guarded(self, call: Call, context: grpc.aio.ServicerContext, slot: bool,
-                       request: Any = _END) -> AsyncIterator[None]:
+                       request: Any = _END, requests: Any = None) -> AsyncIterator[None]:
         """The handler's body runs inside: the call opened (identity, scope, quota; ``slot``: a
         share of the in-flight cap) and its ``request`` checked (streams: their first message,
-        :meth:`_peeked`), a refusal answered with its status, and the call closed (slot
-        released, counted, audited) however it ends."""
+        :meth:`_peeked`), a refusal answered with its status (a client stream's once the caller
+        has finished writing, at most streams.DRAIN_SECONDS: services/common/streams.py), and
+        the call closed (slot released, counted, audited) however it ends."""
         error = None
         if request is not _END:
             call.request = request
@@ -243,6 +244,8 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     await self._check_request(call, request)
                 yield
             except ServiceError as exc:
+                if requests is not None:
+                    await streams.drain_quietly(requests)
                 await abort_with_error(context, call.path, exc)
         except BaseException as exc:
             error = exc
@@ -276,14 +279,14 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             behavior = handler.stream_unary
 
             async def stream_unary(requests, context):
-                async with guard._guarded(call, context, slot=False):
+                async with guard._guarded(call, context, slot=False, requests=requests):
                     return await behavior(await guard._peeked(call, requests), context)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
         behavior = handler.stream_stream
 
         async def stream_stream(requests, context):
-            async with guard._guarded(call, context, slot=False):
+            async with guard._guarded(call, context, slot=False, requests=requests):
                 async for reply in behavior(await guard._peeked(call, requests), context):
                     yield reply
 

@@ -34,14 +34,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from search.v1 import search_service_pb2 as pb
-from services.common import validation
+from services.common import streams, validation
 from services.common.errors import InvalidArgument
 from services.common.status import public_status
 
 log = logging.getLogger(__name__)
 
 #: How long a failed stream is read (and dropped) waiting for the client to half-close.
-DRAIN_SECONDS = 5.0
+DRAIN_SECONDS = streams.DRAIN_SECONDS
 
 _EOF = object()
 _FAILED = object()

@@ -5,11 +5,13 @@ audit log, and the callers file reloaded (under load, and a bad file) without a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
 import time
 import uuid
+from collections import Counter
 
 import grpc
 import pytest
@@ -435,3 +437,34 @@ def test_a_bad_line_in_the_callers_file_stops_the_gateway_naming_the_line(tmp_pa
     assert run.returncode == 2, (run.returncode, run.stderr[-1500:])
     assert f"GATEWAY_API_KEYS_FILE={bad} line 7: caller 'writer': unknown scope 'writes'" in run.stderr
     assert KEYS["writer"] not in run.stderr
+
+
+def test_a_refused_client_stream_gets_its_own_status_while_an_asyncio_caller_is_still_writing(stack, collections):
+    """The access guard refuses a streaming call (no key, a key without the scope) once the caller
+    has finished writing: a status sent while a grpc.aio caller still writes reaches it as INTERNAL
+    "Internal error from Core" (grpc/grpc#36066) instead of UNAUTHENTICATED or PERMISSION_DENIED."""
+    restore = [pb.RestoreSnapshotRequest(collection=f"r{uuid.uuid4().hex[:12]}")] + [
+        pb.RestoreSnapshotRequest(points=[common_pb2.StoredPoint(id=str(i), dense=[0.5] * 384)]) for i in range(40)]
+    ingest = [pb.IngestRequest(collection=collections["open"], documents=[common_pb2.Document(id=f"d{i}", text="x " * 200)],
+                               sequence=i + 1) for i in range(40)]
+
+    async def refusals() -> Counter:
+        outcomes: Counter = Counter()
+        async with grpc.aio.insecure_channel(stack.gateway) as channel:
+            aio_stub = pb_grpc.SearchServiceStub(channel)
+            for _ in range(100):
+                for call in (lambda: aio_stub.RestoreSnapshot(iter(restore), timeout=60, metadata=auth("writer")),
+                             lambda: aio_stub.RestoreSnapshot(iter(restore), timeout=60)):
+                    try:
+                        await call()
+                    except grpc.aio.AioRpcError as exc:
+                        outcomes[exc.code()] += 1
+                try:
+                    async for _ in aio_stub.Ingest(iter(ingest), timeout=60, metadata=auth("reader")):
+                        pass
+                except grpc.aio.AioRpcError as exc:
+                    outcomes[exc.code()] += 1
+        return outcomes
+
+    outcomes = asyncio.run(refusals())
+    assert outcomes == {grpc.StatusCode.PERMISSION_DENIED: 200, grpc.StatusCode.UNAUTHENTICATED: 100}, outcomes

@@ -137,3 +137,72 @@ def test_the_internal_token_check_names_its_credential():
     assert checker.check(()) == "missing internal token: send metadata 'authorization: Bearer <INTERNAL_TOKEN>'"
     assert checker.check((("authorization", "Bearer nope"),)) == "invalid internal token"
     assert checker.check((("authorization", f"Bearer {TOKEN}"),)) is None
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    async def abort(self, code, details):
+        self.events.append(("abort", code))
+        raise _Aborted(details)
+
+
+async def _stream(events: list, n: int):
+    for i in range(n):
+        events.append(("read", i))
+        yield b"raw"
+
+
+@pytest.mark.parametrize("kind", ["stream_unary", "stream_stream"])
+def test_a_refused_client_stream_is_read_to_its_end_before_the_refusal(kind):
+    """An asyncio caller still writing when the status goes out sees INTERNAL instead of it
+    (grpc/grpc#36066): the rejecting handler reads the caller's stream first (services/common/streams.py)."""
+    import asyncio
+
+    inner = {"stream_unary": grpc.stream_unary_rpc_method_handler,
+             "stream_stream": grpc.stream_stream_rpc_method_handler}[kind](lambda *_: None)
+    handler = security._rejecting_handler(inner, "missing internal token")
+    events: list = []
+
+    async def run():
+        behavior = getattr(handler, kind)
+        with pytest.raises(_Aborted):
+            result = behavior(_stream(events, 3), _Context(events))
+            if kind == "stream_stream":
+                async for _ in result:
+                    pass
+            else:
+                await result
+
+    asyncio.run(run())
+    assert events == [("read", 0), ("read", 1), ("read", 2), ("abort", grpc.StatusCode.UNAUTHENTICATED)]
+
+
+def test_the_drain_before_a_refusal_is_bounded_and_survives_a_failing_stream():
+    import asyncio
+    import time
+
+    from services.common import streams
+
+    async def endless():
+        while True:
+            await asyncio.sleep(0.01)
+            yield b"more"
+
+    async def broken():
+        yield b"one"
+        raise ConnectionResetError("the caller went away")
+
+    async def run():
+        start = time.monotonic()
+        await streams.drain_quietly(endless(), seconds=0.2)
+        waited = time.monotonic() - start
+        await streams.drain_quietly(broken())
+        return waited
+
+    assert 0.2 <= asyncio.run(run()) < 5.0
