@@ -117,11 +117,15 @@ def parse_variant(spec: str, base: ShardTuning) -> Variant:
 
 def edge_backend(path: Path, tuning: ShardTuning, hnsw_ef: int | None, hnsw_ef_points: int,
                  optimize_after_points: int = 0):
-    """``EdgeBackend`` as the service opens it (its background builds only when asked)."""
+    """``EdgeBackend`` as the service opens it (its background builds only when asked; its search
+    threads from ``EDGE_SEARCH_THREADS``, as the service reads them)."""
+    from services.common import config as cfg
     from services.retrieval.backends.edge import EdgeBackend
+    from services.retrieval.config import RetrievalConfig
 
-    return EdgeBackend(path, hnsw_ef=hnsw_ef, hnsw_ef_points=hnsw_ef_points, tuning=tuning,
-                       optimize_after_points=optimize_after_points, optimize_quiet_s=5.0)
+    return EdgeBackend(path, search_threads=cfg.load(RetrievalConfig, None).edge_search_threads, hnsw_ef=hnsw_ef,
+                       hnsw_ef_points=hnsw_ef_points, tuning=tuning, optimize_after_points=optimize_after_points,
+                       optimize_quiet_s=5.0)
 
 
 def local_backend(path: Path, in_memory: bool = False):
