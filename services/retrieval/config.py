@@ -12,7 +12,7 @@ from services.retrieval.backends.edge_tuning import ShardTuning
 class RetrievalConfig(server_settings("RETRIEVAL", 50052, 9102)):
     qdrant_path: str = setting(".data/qdrant", "QDRANT_PATH", "data directory of the embedded engine (Qdrant Edge): one shard per collection")
     qdrant_url: str | None = setting(None, "QDRANT_URL", "Qdrant server or cluster URL; overrides QDRANT_PATH")
-    edge_search_threads: int = setting(0, "EDGE_SEARCH_THREADS", "search threads of each embedded collection's shard (0 = the available CPUs, fewer as collections add up: at most 2 per CPU in all; 1 = each query searched in its calling thread: about 8% more Searches per second for small collections under load, fewer for large ones, docs/BENCHMARKS.md)")
+    edge_search_threads: int = setting(0, "EDGE_SEARCH_THREADS", "search threads of each embedded collection's shard (0 = a collection not optimized yet searches in the calling thread, an optimized one with the available CPUs, fewer as collections add up: at most 2 per CPU in all; docs/BENCHMARKS.md, issue 22)")
     edge_optimize_after_points: int = setting(
         20000, "EDGE_OPTIMIZE_AFTER_POINTS",
         "points written to an embedded collection before it is optimized in the background (a child process "

@@ -220,3 +220,39 @@ def test_the_search_breadth_follows_the_collection_size(tmp_path):
         reopened.close()
     finally:
         backend.close()
+
+
+def test_a_collection_searches_in_the_calling_thread_until_it_is_optimized(tmp_path, monkeypatch):
+    """EDGE_SEARCH_THREADS=0: a shard of plain segments gets no search pool (its searches are
+    short; a hand-off cost more than it gave, docs/BENCHMARKS.md issue 22); once optimized, and
+    after a restart, its HNSW segments are searched by a pool."""
+    from services.retrieval.backends import edge
+
+    chosen = []
+    real = edge.shard_config
+
+    def recording(schema, tuning, search_threads):
+        chosen.append(search_threads)
+        return real(schema, tuning, search_threads)
+
+    monkeypatch.setattr(edge, "shard_config", recording)
+    monkeypatch.setattr(edge, "cpus", lambda: 4)  # the pool's size does not depend on this machine's CPUs
+    rng = np.random.default_rng(3)
+    backend = EdgeBackend(tmp_path)
+    backend.create_collection(base.CollectionSchema("c", DIM, True))
+    vectors, batch = points(rng, 0, 300)
+    backend.upsert("c", batch)
+    assert backend.query("c", [base.Nearest(base.DENSE, vectors[0].tolist(), 3)])[0][0].id == batch[0].id
+    assert chosen[-1] == 1
+    backend.optimize_in_background("c")
+    assert chosen[-1] == 4  # one shard open: min(4 CPUs, 2 per CPU x 4 // 2)
+    assert backend.query("c", [base.Nearest(base.DENSE, vectors[1].tolist(), 3)])[0][0].id == batch[1].id
+    backend.close()
+    again = EdgeBackend(tmp_path)
+    again.query("c", [base.Nearest(base.DENSE, vectors[2].tolist(), 3)])
+    assert chosen[-1] == 4
+    again.close()
+    explicit = EdgeBackend(tmp_path, search_threads=2)
+    explicit.query("c", [base.Nearest(base.DENSE, vectors[2].tolist(), 3)])
+    assert chosen[-1] == 2
+    explicit.close()
