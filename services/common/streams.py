@@ -21,10 +21,14 @@ DRAIN_SECONDS = 5.0
 
 
 async def drain(request_iterator: AsyncIterator[Any], seconds: float | None = None) -> None:
-    """Read a request stream to its end, dropping what is left; give up after ``seconds`` (None: no bound)."""
-    async with asyncio.timeout(seconds):
+    """Read a request stream to its end, dropping what is left; give up after ``seconds`` (None: no
+    bound) with ``asyncio.TimeoutError``."""
+
+    async def read_all() -> None:
         async for _ in request_iterator:
             pass
+
+    await asyncio.wait_for(read_all(), seconds)  # asyncio.timeout() would need Python 3.11
 
 
 async def drain_quietly(request_iterator: AsyncIterator[Any], seconds: float = DRAIN_SECONDS) -> None:
