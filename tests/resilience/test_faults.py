@@ -167,7 +167,10 @@ async def test_retrieval_hanging_answers_before_the_deadline(stack, collection):
     assert "retrieval did not answer Retrieve within the request's deadline" in short.details, (
         "the gateway, not the caller's own timer, must end the call"
     )
-    assert short.latency < 1.0
+    # The details prove the gateway's answer arrived first (the caller's own timer says only
+    # "Deadline Exceeded"); the time measured here also holds this process's event loop, which a
+    # loaded CI machine delayed past 1.0 s once (1.011 s) though the gateway answered in time.
+    assert short.latency < 1.5
     figures(
         "retrieval hanging (SIGSTOP)",
         hop_timeout_s=RETRIEVAL_TIMEOUT_S,
