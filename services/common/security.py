@@ -322,29 +322,22 @@ def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
 
 
 def _rejecting_handler(handler, reason: str):
-    async def reject(request, context):
+    async def reject(request_or_requests, context):
+        # A client stream is refused once the caller has finished writing (at most
+        # streams.DRAIN_SECONDS), or an asyncio caller may see INTERNAL instead (services/common/streams.py).
+        if hasattr(request_or_requests, "__aiter__"):
+            await streams.drain_quietly(request_or_requests)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
-    async def reject_stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
-        yield  # pragma: no cover - makes this an async generator
-
-    # A client stream is refused once the caller has finished writing (at most
-    # streams.DRAIN_SECONDS), or an asyncio caller may see INTERNAL instead (services/common/streams.py).
-    async def reject_client_stream(requests, context):
-        await streams.drain_quietly(requests)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
-
-    async def reject_bidi_stream(requests, context):
-        await streams.drain_quietly(requests)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+    async def reject_stream(request_or_requests, context):
+        await reject(request_or_requests, context)
         yield  # pragma: no cover - makes this an async generator
 
     # Raw bytes in (no deserializer): a malformed body of an unauthenticated call costs nothing.
     if handler is not None and handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(reject_stream)
     if handler is not None and handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(reject_client_stream)
+        return grpc.stream_unary_rpc_method_handler(reject)
     if handler is not None and handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(reject_bidi_stream)
+        return grpc.stream_stream_rpc_method_handler(reject_stream)
     return grpc.unary_unary_rpc_method_handler(reject)

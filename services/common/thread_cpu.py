@@ -53,10 +53,10 @@ def group_of(python_name: str | None, kernel_name: str, process_name: str) -> st
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _read_task(tasks: Path, tid: str) -> tuple[str, float] | None:
-    """(kernel name, CPU seconds) of one thread; None when it has exited meanwhile."""
+def _read_stat(path: Path) -> tuple[str, float] | None:
+    """(kernel name, CPU seconds) from a proc_pid_stat(5) file; None when the thread has exited meanwhile."""
     try:
-        stat = (tasks / tid / "stat").read_text()
+        stat = path.read_text()
     except OSError:
         return None
     name = stat[stat.find("(") + 1 : stat.rfind(")")]
@@ -86,11 +86,11 @@ class ThreadCpuCollector:
         except OSError:
             return {}
         python_names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
-        process_name = _process_name()
+        process_name = _process_name(self.tasks.parent)
         with self._lock:
             current: dict[int, tuple[str, float]] = {}
             for tid in tids:
-                read = _read_task(self.tasks, tid)
+                read = _read_stat(self.tasks / tid / "stat")
                 if read is None:
                     continue
                 kernel_name, seconds = read
@@ -108,7 +108,7 @@ class ThreadCpuCollector:
             totals = dict(self._retired)
             for group, seconds in current.values():
                 totals[group] = totals.get(group, 0.0) + seconds
-            process = _read_task(self.tasks.parent, "")  # the process's stat: every thread, exited ones too
+            process = _read_stat(self.tasks.parent / "stat")  # the process: every thread, exited ones too
             if process is not None:
                 self._exited = max(self._exited, process[1] - sum(totals.values()))
                 totals["exited"] = totals.get("exited", 0.0) + self._exited
@@ -124,8 +124,8 @@ class ThreadCpuCollector:
         yield family
 
 
-def _process_name() -> str:
+def _process_name(proc: Path) -> str:
     try:
-        return Path("/proc/self/comm").read_text().strip()
+        return (proc / "comm").read_text().strip()
     except OSError:
         return ""

@@ -16,7 +16,7 @@ When the stream fails (a batch refused, a write failed, the collection could not
 2. a last message carries the error (``IngestResponse.error``: status code, message, field,
    the batch's sequence), so the client knows to stop writing and to half-close;
 3. the rest of the stream is read and dropped until the client half-closes (at most
-   DRAIN_SECONDS), and only then does the call end, with that status.
+   streams.DRAIN_SECONDS), and only then does the call end, with that status.
 
 Ending the call while the client is still writing would race with its writes, and grpc.aio
 clients report a write that fails that way as ``INTERNAL: Internal error from Core`` instead
@@ -40,9 +40,6 @@ from services.common.status import public_status
 
 log = logging.getLogger(__name__)
 
-#: How long a failed stream is read (and dropped) waiting for the client to half-close.
-DRAIN_SECONDS = streams.DRAIN_SECONDS
-
 _EOF = object()
 _FAILED = object()
 
@@ -59,7 +56,7 @@ class IngestStream:
 
     def __init__(self, ensure_collection: Callable[[str], Awaitable[None]],
                  upsert: Callable[[str, list], Awaitable[int]], window: int, method: str = "Ingest",
-                 drain_seconds: float = DRAIN_SECONDS) -> None:
+                 drain_seconds: float = streams.DRAIN_SECONDS) -> None:
         self.ensure_collection = ensure_collection
         self.upsert = upsert
         self.window = max(1, window)

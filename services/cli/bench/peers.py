@@ -40,7 +40,7 @@ from services.cli.bench.harness import (
     _scrape,
     measure_limit_cpu,
 )
-from services.cli.bench.profile import cpu_seconds, distinct_queries, metric_value
+from services.cli.bench.profile import distinct_queries, metric_value
 from services.cli.evaluate import compute_metrics
 
 __all__ = ["cache_lookups", "distinct_queries", "lancedb_peer", "raw_rerank_limit", "service_ndcg",
@@ -227,8 +227,7 @@ class StepCounters:
         self.urls = {name: procs.metrics_url(name) for name in self.NAMES}
 
     def __enter__(self) -> StepCounters:
-        self.cpu = {n: cpu_seconds(u) for n, u in self.urls.items()}
-        self.threads = {n: thread_cpu_seconds(u) for n, u in self.urls.items()}
+        self.cpu = {n: cpu_snapshot(u) for n, u in self.urls.items()}
         self.caches = cache_lookups(self.urls)
         self.batches = embed_batches(self.urls["retrieval"])
         return self
@@ -238,21 +237,23 @@ class StepCounters:
 
     def finish(self, served: int) -> dict[str, Any]:
         served = max(served, 1)
-        cpu = {n: (cpu_seconds(u) - self.cpu[n]) / served * 1000.0 for n, u in self.urls.items()}
         texts, batches = (a - b for a, b in zip(embed_batches(self.urls["retrieval"]), self.batches, strict=True))
-        by_thread = {}
+        cpu, by_thread = {}, {}
         for n, u in self.urls.items():
-            now, before = thread_cpu_seconds(u), self.threads[n]
-            used = {g: (now[g] - before.get(g, 0.0)) / served * 1000.0 for g in now}
+            (process, threads), (process_before, threads_before) = cpu_snapshot(u), self.cpu[n]
+            cpu[n] = (process - process_before) / served * 1000.0
+            used = {g: (threads[g] - threads_before.get(g, 0.0)) / served * 1000.0 for g in threads}
             by_thread[n] = dict(sorted(((g, v) for g, v in used.items() if v > 0), key=lambda gv: -gv[1]))
         return {"cpu_ms_per_query": cpu, "cpu_ms_per_query_by_thread": by_thread,
                 "cache_hit_rates": hit_rates(self.caches, cache_lookups(self.urls)),
                 "embed_batch_mean_texts": texts / batches if batches else 0.0}
 
 
-def thread_cpu_seconds(url: str) -> dict[str, float]:
-    """CPU seconds by thread group of one service (search_thread_cpu_seconds_total); {} when not exported."""
-    return thread_cpu_from(_scrape(url))
+def cpu_snapshot(url: str) -> tuple[float, dict[str, float]]:
+    """One service's CPU seconds from one scrape of its /metrics: the process's, and by thread group
+    (search_thread_cpu_seconds_total; {} when not exported)."""
+    text = _scrape(url)
+    return metric_value(text, "process_cpu_seconds_total"), thread_cpu_from(text)
 
 
 def thread_cpu_from(exposition: str) -> dict[str, float]:

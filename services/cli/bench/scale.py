@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from services.cli.bench.harness import machine_info
+from services.cli.bench.harness import _retrieval_config, machine_info
 from services.cli.bench.scale_data import DENSE_MODELS, SyntheticCorpus, load_real, real_points
 from services.cli.bench.scale_measure import (
     CONCURRENT_MODES,
@@ -119,11 +119,9 @@ def edge_backend(path: Path, tuning: ShardTuning, hnsw_ef: int | None, hnsw_ef_p
                  optimize_after_points: int = 0):
     """``EdgeBackend`` as the service opens it (its background builds only when asked; its search
     threads from ``EDGE_SEARCH_THREADS``, as the service reads them)."""
-    from services.common import config as cfg
     from services.retrieval.backends.edge import EdgeBackend
-    from services.retrieval.config import RetrievalConfig
 
-    return EdgeBackend(path, search_threads=cfg.load(RetrievalConfig, None).edge_search_threads, hnsw_ef=hnsw_ef,
+    return EdgeBackend(path, search_threads=_retrieval_config().edge_search_threads, hnsw_ef=hnsw_ef,
                        hnsw_ef_points=hnsw_ef_points, tuning=tuning, optimize_after_points=optimize_after_points,
                        optimize_quiet_s=5.0)
 

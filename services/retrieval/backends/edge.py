@@ -163,15 +163,16 @@ class EdgeBackend:
                 "move it out of the data directory or restore it from a snapshot"
             )
         schema = read_schema(schema_path)
+        optimized_points = read_optimized_points(directory)
         try:
             warm(shard_path)
-            shard = qe.EdgeShard.load(str(shard_path), self._config(schema, optimized=read_optimized_points(directory) > 0))
+            shard = qe.EdgeShard.load(str(shard_path), self._config(schema, optimized=optimized_points > 0))
         except Exception as exc:  # the binding raises plain Exception: locked, damaged... (status.py ENGINE_ERRORS)
             raise EngineError(exc, name, shard_path, opening=True) from exc
         collection = OpenCollection(schema, shard, directory)
         collection.combiner = QueryCombiner(partial(self._query_now, name))
         collection.points = shard.info().points_count
-        collection.written_since_optimize = max(0, collection.points - read_optimized_points(directory))
+        collection.written_since_optimize = max(0, collection.points - optimized_points)
         self._collections[name] = collection
 
     def _get(self, name: str) -> OpenCollection:
