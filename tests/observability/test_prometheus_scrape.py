@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 import uuid
 from datetime import datetime
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.procs import free_port
@@ -36,9 +38,23 @@ def scrape_targets(stack):
     return {name: f"127.0.0.1:{stack.metrics_ports[name]}" for name in JOBS}
 
 
+def served(address: str, method: str) -> float:
+    """The OK count of ``method`` on a service's /metrics right now, read without Prometheus."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "search_grpc_server_requests_total" and sample.labels.get("method") == method
+                    and sample.labels.get("code") == "OK"):
+                return sample.value
+    return 0.0
+
+
 @pytest.fixture(scope="module")
-def searched(stack):
-    """One collection and one reranked Search through the gateway, before Prometheus scrapes."""
+def searched(stack, scrape_targets):
+    """One collection and one reranked Search through the gateway; each service's count of its
+    Search-path method just before it (the session's stack has served earlier tests' searches)."""
+    before = {service: served(scrape_targets[service], method) for service, method in SEARCH_METHODS.items()}
     name = f"t{uuid.uuid4().hex[:12]}"
     with grpc.insecure_channel(stack.gateway) as channel:
         stub = pb_grpc.SearchServiceStub(channel)
@@ -56,7 +72,7 @@ def searched(stack):
         response = stub.Search(pb.SearchRequest(collection=name, query="sea level and the moon", top_k=2,
                                                       rerank=pb.RerankOptions(policy=pb.RERANK_POLICY_ALWAYS)), timeout=60)
     assert response.reranked and response.results[0].id == "tides"
-    return name
+    return before
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +101,26 @@ def test_every_target_is_up(prometheus, scrape_targets):
 
 def test_each_real_service_counts_the_search_it_served(prometheus, scrape_targets, searched):
     def counted():
-        # Each service's own Search-path method, not any OK call: a scrape taken after the
-        # collection was created but before the Search would otherwise satisfy the wait.
+        # Each service's own Search-path method, counted past its value before this Search: the
+        # session's stack served earlier tests' searches, so the series alone would also be
+        # there in a scrape taken while this Search was still running (its query in the
+        # embedder's queue). A service counts a call once it has answered it.
+        results = {}
         for service, method in SEARCH_METHODS.items():
-            if not prometheus.query(f'search_grpc_server_requests_total{{job="{JOBS[service]}",method="{method}",code="OK"}}'):
+            result = prometheus.query(
+                f'search_grpc_server_requests_total{{job="{JOBS[service]}",method="{method}",code="OK"}}'
+            )
+            if not result or float(result[0]["value"][1]) < searched[service] + 1:
                 return None
-        return True
+            results[service] = result
+        return results
 
-    prometheus.wait_for("the Search counted by every service", counted)
+    results = prometheus.wait_for("the Search counted by every service", counted)
     for service, method in SEARCH_METHODS.items():
-        result = prometheus.query(
-            f'search_grpc_server_requests_total{{job="{JOBS[service]}",method="{method}",code="OK"}}'
-        )
+        result = results[service]
         assert len(result) == 1, (service, result)
         labels = result[0]["metric"]
         assert labels["service"] == service and labels["instance"] == scrape_targets[service]
-        assert float(result[0]["value"][1]) >= 1
         # and its latency histogram is there, with the 1 ms .. 10 s buckets
         buckets = prometheus.query(
             f'search_grpc_server_request_duration_seconds_bucket{{job="{JOBS[service]}",method="{method}"}}'
