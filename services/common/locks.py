@@ -19,6 +19,11 @@ class ReadWriteLock:
         self._owner = False
         self._waiting = 0
 
+    def free(self) -> bool:
+        """Whether :meth:`shared` would enter now without waiting (no owner holds it or waits)."""
+        with self._cond:
+            return not (self._owner or self._waiting)
+
     @contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:

@@ -96,7 +96,7 @@ class RetrievalConfig(server_settings("RETRIEVAL", 50052, 9102)):
     )
     intra_op_threads: int = setting(0, "ORT_INTRA_OP_THREADS", "ONNX Runtime threads per inference batch (0 = the available CPUs divided among the inference workers)")
     allow_spinning: bool = setting(True, "ORT_ALLOW_SPINNING", "let ONNX Runtime's intra-op threads spin-wait between operators (false yields the cores)")
-    workers: int = setting(4, "RETRIEVAL_WORKERS", "threads for embedding and Qdrant calls")
+    workers: int = setting(4, "RETRIEVAL_WORKERS", "threads for writes and for engine calls that may wait (a Qdrant server, late interaction, a collection being swapped); the embedded engine's other searches run on the event loop")
     late_interaction_model_dir: str | None = setting(
         None, "RETRIEVAL_LATE_INTERACTION_MODEL_DIR",
         "late-interaction (ColBERT) model directory; unset: $SEARCH_MODELS_DIR/answerai-colbert-small-v1 when it is "

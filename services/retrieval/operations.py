@@ -107,6 +107,21 @@ class CollectionOperations:
                 raise
             return again, fn(again, *args)
 
+    async def retrieve(self, name: str, *args: Any) -> tuple[str, Any]:
+        """``store.retrieve(collection, *args)`` on what ``name`` designates, on this (the event
+        loop's) thread when the store can run it here without waiting (the embedded engine holds
+        the GIL through a search anyway: a worker thread only added two hand-offs, 9% of a
+        Search's CPU, docs/BENCHMARKS.md), else on a worker thread as :meth:`read`. The query's
+        dense vector must be prefetched: embedding from the loop's own thread would deadlock."""
+        if not self.store.backend.shared:  # resolving a shared engine's aliases may wait on the network
+            collection = self.resolve(name)
+            try:
+                if self.store.retrieves_in_place(collection):
+                    return collection, self.store.retrieve(collection, *args)
+            except NotFound:
+                pass  # deleted meanwhile (a reindex replacing it): the worker's path waits for the alias to settle
+        return await self._run(self.read, name, self.store.retrieve, *args)
+
     def write(self, name: str, doc_ids: Sequence[str], fn: Callable, *args: Any) -> Any:
         """``fn(collection, *args)`` under the write gate, the documents recorded for a reindex."""
         with self.gate.writing():

@@ -13,10 +13,11 @@ on whitespace, so these texts tokenize alike). A cached vector is read-only; cal
 as stored (``embed_queries`` returns a new array, rows copied).
 
 Embedding on the event loop (:meth:`CachedQueryEmbedder.prefetch`): the retrieval handler awaits
-the query's vector *before* it hands the store call to a worker thread, and keeps it in a
-context variable (copied into that thread with the rest of the request's context), where
-``embed_queries`` finds it. The store's call then needs no round trip from the worker thread
-back to the loop's batcher and back (two thread hand-offs fewer per query, docs/BENCHMARKS.md).
+the query's vector *before* it calls the store, and keeps it in a context variable, where
+``embed_queries`` finds it. The store's call, on the event loop itself for the embedded engine
+(``CollectionOperations.retrieve``) or on a worker thread (which gets a copy of the request's
+context), then needs no round trip to the loop's batcher: from the loop that would deadlock, from
+a worker it cost two thread hand-offs per query (docs/BENCHMARKS.md).
 This works with the cache off too; a prefetched vector is counted as one lookup, not two.
 
 Memory: one entry is a ``dimension`` float32 vector plus the text, about 1.6 KiB for

@@ -108,10 +108,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         fusion = fusion_options(request.fusion)
         operations = self.operations
         if mode != "sparse":
-            await self._embedder.prefetch(query)  # on the loop: the worker thread then finds the vector
+            await self._embedder.prefetch(query)  # on the loop: the store's call then finds the vector
         signals = FirstStageSignals()
-        collection, (candidates, used) = await self._run(
-            operations.read, name, operations.store.retrieve, query, limit, qfilter, mode, fusion, signals)
+        collection, (candidates, used) = await operations.retrieve(name, query, limit, qfilter, mode, fusion, signals)
         return pb.RetrieveResponse(
             one_list_weak=signals.one_list_weak,
             collection=collection,

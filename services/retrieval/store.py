@@ -359,6 +359,13 @@ class DocumentStore:
 
     # -- retrieval ---------------------------------------------------------------------
 
+    def retrieves_in_place(self, name: str) -> bool:
+        """Whether :meth:`retrieve` on ``name`` may run on the calling thread now, the event loop's
+        included: the engine reads in place (:meth:`Backend.reads_in_place`) and the collection has
+        no late-interaction stage (its query encoder releases the GIL: a worker thread overlaps it).
+        The query's dense vector must already be at hand (:meth:`CachedQueryEmbedder.prefetch`)."""
+        return self.backend.reads_in_place(name) and not self._schema(name).late_dimension
+
     def retrieve(
         self,
         name: str,

@@ -86,6 +86,9 @@ class VersionedBackend:
     def list_collections(self) -> list[str]:
         return self.backend.list_collections()
 
+    def reads_in_place(self, name: str) -> bool:
+        return self.backend.reads_in_place(name)
+
     def schema(self, name: str) -> CollectionSchema:
         return self.backend.schema(name)
 

@@ -184,6 +184,11 @@ class Backend(Protocol):
 
     def list_collections(self) -> list[str]: ...
 
+    def reads_in_place(self, name: str) -> bool:
+        """Whether a read of ``name`` may run on the calling thread now (the retrieval service's
+        event loop): it holds Python's GIL throughout and waits for nothing. False for an engine
+        across the network, whose calls wait on I/O."""
+
     def create_collection(self, schema: CollectionSchema) -> None:
         """Create it; ``AlreadyExists`` if the name is taken."""
 

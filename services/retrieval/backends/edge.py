@@ -176,11 +176,23 @@ class EdgeBackend:
         self._collections[name] = collection
 
     def _get(self, name: str) -> OpenCollection:
-        with self._registry:
-            collection = self._collections.get(name)
+        # A read of the registry takes no lock (one dict lookup is atomic under the GIL):
+        # `_registry` serialises changes, and creating a collection holds it for the
+        # engine's whole create (hundreds of ms), which no search of another collection waits for.
+        collection = self._collections.get(name)
         if collection is None:
             raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
         return collection
+
+    def reads_in_place(self, name: str) -> bool:
+        """Whether a read of ``name`` may run on the calling thread now, the event loop's
+        included: the engine holds the GIL through its calls, so a worker thread would add two
+        hand-offs and no parallelism; no query batching waits there for other callers; and the
+        collection is open with no owner holding or awaiting its lock (closing, swapping in
+        its optimized copy), so the read does not wait."""
+        collection = self._collections.get(name)
+        return (not self.query_batching and collection is not None and collection.shard is not None
+                and collection.lock.free())
 
     def _read(self, name: str, fn, engine_call: bool = True):
         """``fn(shard)`` while the shard is held open; ``engine_call``: ``fn`` is one engine
@@ -276,7 +288,7 @@ class EdgeBackend:
             # under the collection's name.
             trash = self.collections_dir / f".deleting-{name}-{uuid.uuid4().hex[:8]}"
             os.replace(collection.path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)  # outside the lock: nobody reads the trash
 
     # -- points ------------------------------------------------------------------------
 
@@ -389,8 +401,9 @@ class EdgeBackend:
     # switching an alias is one rename, and a crash leaves the old file or the new one.
 
     def list_aliases(self) -> dict[str, str]:
-        with self._aliases_lock:
-            return dict(self._aliases)
+        # No lock: _save_aliases replaces the dict whole after its file is in place (never
+        # changes it), and a search resolving a name must not wait for that file's fsync.
+        return dict(self._aliases)
 
     def set_alias(self, alias: str, collection: str) -> None:
         with self._aliases_lock:

@@ -90,6 +90,9 @@ class QdrantServerBackend:
     def list_collections(self) -> list[str]:
         return sorted(c.name for c in self._call("list collections", self.client.get_collections).collections)
 
+    def reads_in_place(self, name: str) -> bool:
+        return False  # every call waits on the network: a worker thread waits, not the event loop
+
     def create_collection(self, schema: CollectionSchema) -> None:
         if self._call("collection_exists", self.client.collection_exists, schema.name):
             raise AlreadyExists(f"collection {schema.name!r} already exists")
