@@ -110,8 +110,8 @@ class CollectionOperations:
     async def retrieve(self, name: str, *args: Any) -> tuple[str, Any]:
         """``store.retrieve(collection, *args)`` on what ``name`` designates, on this (the event
         loop's) thread when the store can run it here without waiting (the embedded engine holds
-        the GIL through a search anyway: a worker thread only added two hand-offs, 9% of a
-        Search's CPU, docs/BENCHMARKS.md), else on a worker thread as :meth:`read`. The query's
+        the GIL through a search anyway: a worker thread only added two hand-offs, 5-9% of a
+        Search's CPU in the A/Bs, docs/BENCHMARKS.md), else on a worker thread as :meth:`read`. The query's
         dense vector must be prefetched: embedding from the loop's own thread would deadlock."""
         if not self.store.backend.shared:  # resolving a shared engine's aliases may wait on the network
             collection = self.resolve(name)
