@@ -24,6 +24,13 @@ keeps accepting, tokenizing and queueing while a batch runs):
   GPU the gap between batches is otherwise a visible share of the time). Only whole
   batches are prefetched; a partial batch waits for a free worker, because the requests
   a finishing batch frees usually come straight back and can join it.
+* **Queued batches.** Up to ``queued`` further batches are handed to the executor while
+  every one of its threads is busy (it must have ``workers + prefetch`` of them): they wait
+  in its queue, and the next thread to finish a batch takes one at once, without a trip
+  through the event loop, which on a CPU shares its core with gRPC and left the inference
+  threads idle (and their next batch slower) between batches. A partial batch takes such a
+  slot once its oldest item has waited ``max_wait_s`` (the retrieval embedder on a CPU
+  queues one: docs/BENCHMARKS.md, issue 22).
 * **Priorities.** ``submit(..., priority=0)`` is served before larger numbers: pending
   items of a more urgent priority are planned ahead of the rest of the current round at
   the next batch boundary (the embedder gives search queries priority over documents).
@@ -159,6 +166,8 @@ class DynamicBatcher(Generic[E]):
         item_shape / dtype: shape and type of one item's output row.
         workers: batches running at once (>= 1).
         prefetch: whole batches queued on the executor behind the running ones (>= 0).
+        queued: batches, partial ones included, waiting in the executor's queue while all
+            its threads are busy (>= 0; see the module docstring).
         metrics: reporting hooks.
         request_field / item_noun / queue_setting: how the error for a request larger than
             the whole queue names the request's field, its items and the queue's setting.
@@ -178,13 +187,14 @@ class DynamicBatcher(Generic[E]):
         dtype: Any = np.float32,
         workers: int = 1,
         prefetch: int = 0,
+        queued: int = 0,
         metrics: BatcherMetrics | None = None,
         request_field: str = "items",
         item_noun: str = "items",
         queue_setting: str = "max_queue_items",
     ) -> None:
-        if max_batch_items < 1 or max_batch_tokens < 1 or max_queue_items < 1 or workers < 1 or prefetch < 0:
-            raise ValueError("batch, queue and worker bounds must be positive (prefetch >= 0)")
+        if max_batch_items < 1 or max_batch_tokens < 1 or max_queue_items < 1 or workers < 1 or prefetch < 0 or queued < 0:
+            raise ValueError("batch, queue and worker bounds must be positive (prefetch and queued >= 0)")
         if max_wait_s < 0:
             raise ValueError("max_wait_s must be >= 0")
         self._infer = infer
@@ -198,6 +208,7 @@ class DynamicBatcher(Generic[E]):
         self.dtype = dtype
         self.workers = workers
         self.prefetch = prefetch
+        self.queued = queued
         self._metrics = metrics or BatcherMetrics()
         self._names = {"request_field": request_field, "item_noun": item_noun, "queue_setting": queue_setting}
         self._pending: list[_Item] = []
@@ -290,7 +301,7 @@ class DynamicBatcher(Generic[E]):
                         running.append((future, batch))
                 self._inflight = running
             self._drop_abandoned()
-            while len(self._inflight) < self.workers + self.prefetch:
+            while len(self._inflight) < self.workers + self.prefetch + self.queued:
                 batch = self._next_batch(partial_ok=self._partial_ok(loop))
                 if batch is None:
                     break
@@ -303,14 +314,15 @@ class DynamicBatcher(Generic[E]):
             self._wakeup.clear()
 
     def _partial_ok(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether a partial batch may start now: on a free worker, at once when nothing runs
-        (idle), else once its oldest item has waited ``max_wait_s`` (a timer wakes the worker then)."""
-        if len(self._inflight) >= self.workers:
-            return False
+        """Whether a partial batch may start now: on a free worker (or into a queued slot), at once
+        when nothing runs (idle), else once its oldest item has waited ``max_wait_s`` (a timer
+        wakes the worker then)."""
+        busy = len(self._inflight)
+        if busy >= self.workers and not (self.queued and busy >= self.workers + self.prefetch):
+            return False  # no free worker and no queued slot, or a prefetch slot (whole batches only)
         if not self._inflight or self.max_wait_s <= 0 or self._planned or not self._pending:
             return True  # idle, or the rest of a round already cut to spread over the workers
-        queued = [item.request.enqueued for item in self._pending]
-        left = min(queued) + self.max_wait_s - time.perf_counter()
+        left = min(item.request.enqueued for item in self._pending) + self.max_wait_s - time.perf_counter()
         if left <= 0:
             return True
         if self._timer is None or self._timer.when() > loop.time() + left:

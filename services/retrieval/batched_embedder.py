@@ -95,6 +95,7 @@ class BatchedEmbedder:
         max_queue_texts: int = 8192,
         workers: int = 1,
         prefetch: int = 0,
+        queued: int = 0,
         metrics: BatcherMetrics | None = None,
     ) -> None:
         self.encoder = encoder
@@ -119,6 +120,7 @@ class BatchedEmbedder:
             item_shape=(encoder.dimension,),
             workers=workers,
             prefetch=prefetch,
+            queued=queued,
             metrics=self.metrics,
             request_field="documents",
             item_noun="texts to embed (documents, or their passages when the collection splits them)",

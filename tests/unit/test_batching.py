@@ -440,3 +440,39 @@ async def test_under_load_a_partial_batch_takes_the_free_worker_when_its_wait_en
         gate.release.release()
         assert (await first).tolist() == [1.0] and (await second).tolist() == [2.0]
         await batcher.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("queued", [0, 1])
+async def test_a_queued_slot_hands_a_partial_batch_to_the_busy_executor(queued):
+    """With every inference thread busy, ``queued=1`` hands the next partial batch to the
+    executor once it has waited max_wait_s, so a later request cannot join it; without a queued
+    slot the batcher keeps both for the first free thread, which then runs them as one batch."""
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def blocking(items):
+        batches.append([v for v, _ in items])
+        if len(batches) == 1:
+            release.wait(10)
+        return score(items)
+
+    with ThreadPoolExecutor(1) as pool:  # workers + prefetch threads: the queued batch waits in its queue
+        batcher = DynamicBatcher(blocking, lambda e: e[1], pool, max_batch_items=8, max_batch_tokens=10_000,
+                                 max_wait_s=0.01, workers=1, queued=queued)
+        first = await submitted(batcher, [(1, 5)])  # idle: starts at once, then blocks its thread
+        second = await submitted(batcher, [(2, 5)])
+        await asyncio.sleep(0.1)  # past max_wait_s: with a queued slot, handed to the executor
+        third = await submitted(batcher, [(3, 5)])
+        await asyncio.sleep(0.1)
+        assert len(batches) == 1  # the executor's only thread is still on the first batch
+        release.set()
+        results = await asyncio.wait_for(asyncio.gather(first, second, third), 10)
+        await batcher.close()
+    assert [r.tolist() for r in results] == [[1.0], [2.0], [3.0]]
+    assert batches == ([[1], [2], [3]] if queued else [[1], [2, 3]])
+
+
+def test_queued_must_not_be_negative():
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError):
+        DynamicBatcher(score, lambda e: e[1], pool, queued=-1)
