@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.cli.bench.harness import DEFAULT_DATASET, _bi_encoder, _retrieval_config, load_corpus  # noqa: E402
+from services.cli.bench.harness import DEFAULT_DATASET, load_corpus  # noqa: E402
+from services.cli.bench.limits import LimitProbe  # noqa: E402
 
 
 def main() -> int:
@@ -33,8 +34,8 @@ def main() -> int:
     corpus = load_corpus(Path(args.dataset), max_docs=10)
     if corpus is None:
         raise SystemExit(f"no BEIR dataset at {args.dataset}")
-    encoder = _bi_encoder(_retrieval_config(), 1)
-    encodings = encoder.tokenize_queries(list(corpus.queries)[: args.queries])
+    probe = LimitProbe(list(corpus.queries)[: args.queries])  # the raw limit's encoder and encodings
+    encoder, encodings = probe.encoder, probe.encodings
     real = sum(len(e.ids) for e in encodings)
     rng = random.Random(1)
     for n in range(args.passes):
