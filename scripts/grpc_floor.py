@@ -4,9 +4,11 @@ every hop of a Search (issue 22).
 A RetrievalService whose Retrieve returns a fixed 11-candidate answer (about the size of a real
 one) is served in this process, with no interceptor or with the interceptors every platform
 server installs (call tracker, trace ids, RED metrics, error mapping; retrieval's conditional
-Retrieve); 16 concurrent callers in a separate process (grpc.aio, one channel) call it for
-``--seconds``. Printed: calls/s and this process's CPU microseconds per call, each
-configuration ``--rounds`` times, interleaved.
+Retrieve), or with the same interceptors composed once per method and cached (what a server
+would save by not running each interceptor's ``intercept_service`` on every call; a prototype,
+valid only while every interceptor decides by the method alone); 16 concurrent callers in a
+separate process (grpc.aio, one channel) call it for ``--seconds``. Printed: calls/s and this
+process's CPU microseconds per call, each configuration ``--rounds`` times, interleaved.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/grpc_floor.py --seconds 8 --rounds 2
 """
@@ -64,6 +66,27 @@ def platform_interceptors() -> list[grpc.aio.ServerInterceptor]:
             ConditionalRetrieveInterceptor(lambda name: "", pb.RetrieveResponse), ErrorMappingInterceptor()]
 
 
+class ComposedOncePerMethod(grpc.aio.ServerInterceptor):
+    """Runs ``chain`` (interceptors) once per method and serves the handler it produced after that."""
+
+    def __init__(self, chain: list[grpc.aio.ServerInterceptor]) -> None:
+        self.chain = chain
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = self.handlers.get(handler_call_details.method)
+        if handler is None:
+            async def run(i: int, details):
+                if i == len(self.chain):
+                    return await continuation(details)
+                return await self.chain[i].intercept_service(lambda d: run(i + 1, d), details)
+
+            handler = await run(0, handler_call_details)
+            if handler is not None:
+                self.handlers[handler_call_details.method] = handler
+        return handler
+
+
 async def measure(name: str, interceptors: list, seconds: float) -> None:
     server = grpc.aio.server(interceptors=interceptors)
     pb_grpc.add_RetrievalServiceServicer_to_server(Fixed(), server)
@@ -89,6 +112,7 @@ async def main() -> None:
     for _ in range(args.rounds):
         await measure("none", [], args.seconds)
         await measure("platform's 5", platform_interceptors(), args.seconds)
+        await measure("5, cached", [ComposedOncePerMethod(platform_interceptors())], args.seconds)
 
 
 if __name__ == "__main__":
