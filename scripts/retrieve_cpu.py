@@ -4,6 +4,8 @@ service (the gateway is not called), from a separate process, dense mode, 10 s p
 ``repeat50`` cycles over 50 queries, so after the first pass every query embedding comes from
 the query cache: what a Retrieve costs outside the model (gRPC, the engine, the response).
 ``distinct`` numbers every query (never repeated, in this step or another): the model and the batching path added.
+Each line gives the process's CPU and, of it, the main thread's (the event loop: gRPC, the
+handler, the engine call, tokenizing and batching) and the inference threads'.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/retrieve_cpu.py --data-dir /tmp/ab22/base
 
@@ -77,8 +79,10 @@ def main() -> int:
                                      input=json.dumps(texts), capture_output=True, text=True, check=True)
             done = int(out.stdout.strip())
             extra = counters.finish(done)
+            threads = extra.get("cpu_ms_per_query_by_thread", {}).get("retrieval", {})
             print(f"{label}: {done / args.seconds:.0f} Retrieve/s, retrieval CPU ms per Retrieve "
-                  f"{extra['cpu_ms_per_query']['retrieval']:.2f}, query embedding batches of "
+                  f"{extra['cpu_ms_per_query']['retrieval']:.2f} (main thread {threads.get('main', 0.0):.2f}, "
+                  f"inference {threads.get('embed-inference', 0.0):.2f}), query embedding batches of "
                   f"{extra['embed_batch_mean_texts']:.2f}, load average {os.getloadavg()[0]:.2f}", flush=True)
             time.sleep(1.0)
     finally:
