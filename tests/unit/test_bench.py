@@ -305,3 +305,74 @@ def test_cpu_by_thread_is_read_from_metrics_and_printed_per_step():
     })
     assert line.splitlines()[1] == ("    CPU ms/query by thread: gateway: main 1.80, event_engine 0.20; "
                                     "retrieval: embed-inference 6.30, main 1.50")
+
+
+def _service_metrics(cpu: float, main: float, hits: float, misses: float, texts: float = 0.0, batches: float = 0.0) -> str:
+    return (
+        "# TYPE process_cpu_seconds_total counter\n"
+        f"process_cpu_seconds_total {cpu}\n"
+        "# TYPE search_thread_cpu_seconds_total counter\n"
+        f'search_thread_cpu_seconds_total{{thread="main"}} {main}\n'
+        "# TYPE search_cache_lookups_total counter\n"
+        f'search_cache_lookups_total{{cache="search_result",outcome="hit"}} {hits}\n'
+        f'search_cache_lookups_total{{cache="search_result",outcome="miss"}} {misses}\n'
+        "# TYPE search_retrieval_embed_batch_texts histogram\n"
+        f"search_retrieval_embed_batch_texts_sum {texts}\n"
+        f"search_retrieval_embed_batch_texts_count {batches}\n"
+    )
+
+
+def test_step_figures_are_the_differences_between_the_two_reads_per_query():
+    from services.cli.bench import peers
+
+    before = {"gateway": _service_metrics(10.0, 8.0, 1, 99), "retrieval": _service_metrics(50.0, 9.0, 0, 0, 300, 100),
+              "reranker": _service_metrics(2.0, 1.0, 0, 0)}
+    after = {"gateway": _service_metrics(12.5, 10.0, 3, 397), "retrieval": _service_metrics(70.0, 12.0, 0, 0, 1300, 400),
+             "reranker": _service_metrics(2.0, 1.0, 0, 0)}
+    figures = peers.step_figures(before, after, served=1000)
+    assert figures["cpu_ms_per_query"] == pytest.approx({"gateway": 2.5, "retrieval": 20.0, "reranker": 0.0})
+    assert figures["cpu_ms_per_query_by_thread"] == {"gateway": {"main": pytest.approx(2.0)},
+                                                     "retrieval": {"main": pytest.approx(3.0)}, "reranker": {}}
+    assert figures["cache_hit_rates"] == {"search_result": pytest.approx(2 / 300)}  # the step's lookups only
+    assert figures["embed_batch_mean_texts"] == pytest.approx(1000 / 300)
+
+
+def test_a_step_reads_each_services_metrics_once_at_each_end():
+    """Any other read of /metrics during the step would be counted in the service's CPU."""
+    import http.server
+    import threading
+
+    from services.cli.bench import peers
+
+    reads: dict[str, int] = {}
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            name = self.path.strip("/")
+            reads[name] = reads.get(name, 0) + 1
+            body = _service_metrics(1.0 * reads[name], 0.5, 0, 0, 3.0 * reads[name], 1.0 * reads[name]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class Procs:
+        def metrics_url(self, name):
+            return f"http://127.0.0.1:{server.server_address[1]}/{name}"
+
+    try:
+        with peers.StepCounters(Procs()) as counters:
+            assert reads == {"gateway": 1, "retrieval": 1, "reranker": 1}
+        figures = counters.finish(served=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reads == {"gateway": 2, "retrieval": 2, "reranker": 2}
+    assert figures["cpu_ms_per_query"] == pytest.approx({"gateway": 100.0, "retrieval": 100.0, "reranker": 100.0})
+    assert figures["embed_batch_mean_texts"] == pytest.approx(3.0)

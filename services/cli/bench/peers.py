@@ -21,7 +21,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -70,10 +70,13 @@ def zipf_queries(queries: Sequence[str], n: int, s: float = 1.0, seed: int = 7) 
 
 def cache_lookups(metrics_urls: Mapping[str, str]) -> dict[str, dict[str, float]]:
     """``{cache: {"hit": n, "miss": n}}`` summed over the services' /metrics."""
+    return cache_lookups_from(_scrape(url) for url in metrics_urls.values())
 
+
+def cache_lookups_from(expositions: Iterable[str]) -> dict[str, dict[str, float]]:
+    """:func:`cache_lookups` from /metrics texts already scraped."""
     out: dict[str, dict[str, float]] = {}
-    for url in metrics_urls.values():
-        text = _scrape(url)
+    for text in expositions:
         for cache in ("query_embedding", "rerank_score", "search_result"):
             for outcome in ("hit", "miss"):
                 value = metric_value(text, "search_cache_lookups_total", {"cache": cache, "outcome": outcome})
@@ -210,50 +213,57 @@ def step_queries(queries: Sequence[str], offset: int, n: int, zipf: float, seed:
     return zipf_queries(queries, n, zipf, seed + offset) if zipf > 0 else distinct_queries(queries, offset, n)
 
 
-def embed_batches(url: str) -> tuple[float, float]:
-    """(texts embedded, batches run) so far, from the retrieval service's /metrics."""
-    text = _scrape(url)
-    return (metric_value(text, "search_retrieval_embed_batch_texts_sum"),
-            metric_value(text, "search_retrieval_embed_batch_texts_count"))
+def embed_batches_from(exposition: str) -> tuple[float, float]:
+    """(texts embedded, batches run) so far, from the retrieval service's /metrics text."""
+    return (metric_value(exposition, "search_retrieval_embed_batch_texts_sum"),
+            metric_value(exposition, "search_retrieval_embed_batch_texts_count"))
 
 
 class StepCounters:
     """CPU seconds of every service (its own process_cpu_seconds_total), cache lookups and the
-    query embedder's mean batch, around one step."""
+    query embedder's mean batch, around one step: each service's /metrics is read once when the
+    step starts and once when it ends, so the step's CPU holds no other scrape of the bench's."""
 
     NAMES = ("gateway", "retrieval", "reranker")
 
     def __init__(self, procs) -> None:
         self.urls = {name: procs.metrics_url(name) for name in self.NAMES}
 
+    def _scrape_all(self) -> dict[str, str]:
+        return {name: _scrape(url) for name, url in self.urls.items()}
+
     def __enter__(self) -> StepCounters:
-        self.cpu = {n: cpu_snapshot(u) for n, u in self.urls.items()}
-        self.caches = cache_lookups(self.urls)
-        self.batches = embed_batches(self.urls["retrieval"])
+        self.before = self._scrape_all()
         return self
 
     def __exit__(self, *exc) -> None:
         return None
 
     def finish(self, served: int) -> dict[str, Any]:
-        served = max(served, 1)
-        texts, batches = (a - b for a, b in zip(embed_batches(self.urls["retrieval"]), self.batches, strict=True))
-        cpu, by_thread = {}, {}
-        for n, u in self.urls.items():
-            (process, threads), (process_before, threads_before) = cpu_snapshot(u), self.cpu[n]
-            cpu[n] = (process - process_before) / served * 1000.0
-            used = {g: (threads[g] - threads_before.get(g, 0.0)) / served * 1000.0 for g in threads}
-            by_thread[n] = dict(sorted(((g, v) for g, v in used.items() if v > 0), key=lambda gv: -gv[1]))
-        return {"cpu_ms_per_query": cpu, "cpu_ms_per_query_by_thread": by_thread,
-                "cache_hit_rates": hit_rates(self.caches, cache_lookups(self.urls)),
-                "embed_batch_mean_texts": texts / batches if batches else 0.0}
+        return step_figures(self.before, self._scrape_all(), served)
 
 
-def cpu_snapshot(url: str) -> tuple[float, dict[str, float]]:
-    """One service's CPU seconds from one scrape of its /metrics: the process's, and by thread group
+def step_figures(before: Mapping[str, str], after: Mapping[str, str], served: int) -> dict[str, Any]:
+    """What one step cost, from each service's /metrics text at its start and end: CPU ms per
+    query by service and by thread group, cache hit rates, the query embedder's mean batch."""
+    served = max(served, 1)
+    cpu, by_thread = {}, {}
+    for name, text in after.items():
+        (process, threads), (process_before, threads_before) = cpu_from(text), cpu_from(before[name])
+        cpu[name] = (process - process_before) / served * 1000.0
+        used = {g: (threads[g] - threads_before.get(g, 0.0)) / served * 1000.0 for g in threads}
+        by_thread[name] = dict(sorted(((g, v) for g, v in used.items() if v > 0), key=lambda gv: -gv[1]))
+    texts, batches = (a - b for a, b in zip(embed_batches_from(after["retrieval"]),
+                                             embed_batches_from(before["retrieval"]), strict=True))
+    return {"cpu_ms_per_query": cpu, "cpu_ms_per_query_by_thread": by_thread,
+            "cache_hit_rates": hit_rates(cache_lookups_from(before.values()), cache_lookups_from(after.values())),
+            "embed_batch_mean_texts": texts / batches if batches else 0.0}
+
+
+def cpu_from(exposition: str) -> tuple[float, dict[str, float]]:
+    """One service's CPU seconds from its /metrics text: the process's, and by thread group
     (search_thread_cpu_seconds_total; {} when not exported)."""
-    text = _scrape(url)
-    return metric_value(text, "process_cpu_seconds_total"), thread_cpu_from(text)
+    return metric_value(exposition, "process_cpu_seconds_total"), thread_cpu_from(exposition)
 
 
 def thread_cpu_from(exposition: str) -> dict[str, float]:
