@@ -14,6 +14,7 @@ when this process dies: services/common/child_process.py). Each service logs to
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,10 +33,51 @@ REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("retrieval", "reranker", "gateway")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: Linux's default ephemeral range is 32768-60999, the BSDs' and macOS's 49152-65535.
+_EPHEMERAL_DEFAULT = (32768, 65535)
+_LOWEST = 10000  # below: the well-known and common service ports
+_handed_out: set[int] = set()
+_random = random.Random()  # its own generator: a test seeding the global one must not make two runs pick alike
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes the local ports of outgoing connections (and of bind(0)) from."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return _EPHEMERAL_DEFAULT
+
+
+def free_port(span: tuple[int, int] | None = None) -> int:
+    """A loopback TCP port nothing is bound to now, for a child process to listen on later.
+
+    Taken outside the ephemeral range (``span`` defaults to 10000 up to the range's start): a
+    port the kernel gives bind(0) is one it also gives out as the local port of any process's
+    outgoing connection, so between this call and the child's bind another connection could take
+    it and the child would fail with EADDRINUSE (it happened: a gateway's metrics port in
+    tests/e2e/test_up.py). No port is handed out twice by one process.
+    """
+    if span is None:
+        start = ephemeral_ports()[0]
+        if start - _LOWEST < 1000:  # the ephemeral range covers nearly every port: the kernel's pick is as good
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+        span = (_LOWEST, start - 1)
+    low, high = span
+    for _ in range(200):
+        port = _random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port found in {low}-{high}")
 
 
 def wait_serving(

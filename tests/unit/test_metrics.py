@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.cli.procs import free_port
 from services.common import metrics
 
 # The contract (project contract, "Prometheus metric names"): family name -> (type, label names).
@@ -358,9 +359,7 @@ async def test_observe_downstream_times_successes_and_counts_failures_by_code(se
 
 
 async def test_observe_downstream_counts_an_unreachable_target_as_unavailable():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block exits: nothing listens
+    port = free_port()  # nothing listens there
     target = f"t-{uuid.uuid4().hex[:8]}"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -378,9 +377,7 @@ def test_port_zero_disables_the_endpoint():
 
 
 def test_metrics_endpoint_serves_the_contract_families():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = metrics.start_metrics_server(port, host="127.0.0.1")
     try:
         metrics.RERANK_QUEUE_PAIRS.set(17)
