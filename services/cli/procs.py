@@ -52,11 +52,13 @@ def ephemeral_ports() -> tuple[int, int]:
 def free_port(span: tuple[int, int] | None = None) -> int:
     """A loopback TCP port nothing is bound to now, for a child process to listen on later.
 
-    Taken outside the ephemeral range (``span`` defaults to 10000 up to the range's start): a
-    port the kernel gives bind(0) is one it also gives out as the local port of any process's
-    outgoing connection, so between this call and the child's bind another connection could take
-    it and the child would fail with EADDRINUSE (it happened: a gateway's metrics port in
-    tests/e2e/test_up.py). No port is handed out twice by one process.
+    Taken outside the ephemeral range (``span`` defaults to 10000 up to the range's start) and
+    never handed out twice by one process. A port from bind(0), closed for a child to bind later,
+    is one the kernel soon gives out again: 20,000 bind(0)s in a row here gave 10,655 distinct
+    ports, and 6 in a row repeated one 0.1% of the time. Two picks made before either child binds
+    can then be equal, or another process's bind(0) can take the port meanwhile, and a child fails
+    with EADDRINUSE (it happened: a gateway's metrics port in tests/e2e/test_up.py). Outgoing
+    connections take their local ports from that range too (on Linux the other parity).
     """
     if span is None:
         start = ephemeral_ports()[0]
