@@ -8,7 +8,7 @@
   QPS on 1 and 8 threads including the query embedding, and NDCG@10 on the SciFact test
   queries, next to :func:`service_ndcg` of our own Search (search only) on the same queries.
 * :func:`zipf_queries`: queries drawn with a Zipf distribution over the query set (a realistic
-  repeat rate), and :func:`cache_lookups` to read every service's cache hit counts.
+  repeat rate), and :func:`cache_lookups` to sum every service's cache hit counts from its /metrics.
 * :func:`distinct_queries` (from services/cli/bench/profile.py): no query text ever repeats (no cache hits).
 
 Document vectors for the peer are embedded once with the service's bi-encoder (same model,
@@ -68,13 +68,8 @@ def zipf_queries(queries: Sequence[str], n: int, s: float = 1.0, seed: int = 7) 
     return rng.choices(order, weights=weights, k=n)
 
 
-def cache_lookups(metrics_urls: Mapping[str, str]) -> dict[str, dict[str, float]]:
-    """``{cache: {"hit": n, "miss": n}}`` summed over the services' /metrics."""
-    return cache_lookups_from(_scrape(url) for url in metrics_urls.values())
-
-
-def cache_lookups_from(expositions: Iterable[str]) -> dict[str, dict[str, float]]:
-    """:func:`cache_lookups` from /metrics texts already scraped."""
+def cache_lookups(expositions: Iterable[str]) -> dict[str, dict[str, float]]:
+    """``{cache: {"hit": n, "miss": n}}`` summed over the services' /metrics texts."""
     out: dict[str, dict[str, float]] = {}
     for text in expositions:
         for cache in ("query_embedding", "rerank_score", "search_result"):
@@ -256,7 +251,7 @@ def step_figures(before: Mapping[str, str], after: Mapping[str, str], served: in
     texts, batches = (a - b for a, b in zip(embed_batches_from(after["retrieval"]),
                                              embed_batches_from(before["retrieval"]), strict=True))
     return {"cpu_ms_per_query": cpu, "cpu_ms_per_query_by_thread": by_thread,
-            "cache_hit_rates": hit_rates(cache_lookups_from(before.values()), cache_lookups_from(after.values())),
+            "cache_hit_rates": hit_rates(cache_lookups(before.values()), cache_lookups(after.values())),
             "embed_batch_mean_texts": texts / batches if batches else 0.0}
 
 
