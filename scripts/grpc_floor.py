@@ -6,9 +6,11 @@ one) is served in this process, with no interceptor or with the interceptors eve
 server installs (call tracker, trace ids, RED metrics, error mapping; retrieval's conditional
 Retrieve), or with the same interceptors composed once per method and cached (what a server
 would save by not running each interceptor's ``intercept_service`` on every call; a prototype,
-valid only while every interceptor decides by the method alone); 16 concurrent callers in a
-separate process (grpc.aio, one channel) call it for ``--seconds``. Printed: calls/s and this
-process's CPU microseconds per call, each configuration ``--rounds`` times, interleaved.
+valid only while every interceptor decides by the method alone), or on grpc's synchronous
+server (a thread pool of ``--sync-workers`` running the handler, no interceptor: what a server
+would pay without grpc.aio's event loop); 16 concurrent callers in a separate process
+(grpc.aio, one channel) call it for ``--seconds``. Printed: calls/s and this process's CPU
+microseconds per call, each configuration ``--rounds`` times, interleaved.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/grpc_floor.py --seconds 8 --rounds 2
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 import time
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -55,6 +59,11 @@ class Fixed(pb_grpc.RetrievalServiceServicer):
         return ANSWER
 
 
+class FixedSync(pb_grpc.RetrievalServiceServicer):
+    def Retrieve(self, request, context):
+        return ANSWER
+
+
 def platform_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The list services/common/server.py installs for the retrieval service (tracing off, no token)."""
     from services.common import metrics, tracing
@@ -87,6 +96,10 @@ class ComposedOncePerMethod(grpc.aio.ServerInterceptor):
         return handler
 
 
+def report(name: str, calls: int, seconds: float, cpu: float) -> None:
+    print(f"{name:>13}: {calls / seconds:7.1f} calls/s, server CPU {cpu / calls * 1e6:6.1f} us per call", flush=True)
+
+
 async def measure(name: str, interceptors: list, seconds: float) -> None:
     server = grpc.aio.server(interceptors=interceptors)
     pb_grpc.add_RetrievalServiceServicer_to_server(Fixed(), server)
@@ -97,22 +110,37 @@ async def measure(name: str, interceptors: list, seconds: float) -> None:
         callers = await asyncio.create_subprocess_exec(sys.executable, "-c", CALLERS, f"127.0.0.1:{port}", str(seconds),
                                                        str(REPO), stdout=asyncio.subprocess.PIPE)
         out, _ = await callers.communicate()
-        calls = int(out)
-        print(f"{name:>13}: {calls / seconds:7.1f} calls/s, server CPU {(time.process_time() - cpu) / calls * 1e6:6.1f} us per call",
-              flush=True)
+        report(name, int(out), seconds, time.process_time() - cpu)
     finally:
         await server.stop(None)
+
+
+def measure_sync(workers: int, seconds: float) -> None:
+    """The same calls answered by grpc's synchronous server (blocks the caller's event loop: run it alone)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    pb_grpc.add_RetrievalServiceServicer_to_server(FixedSync(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        cpu = time.process_time()
+        out = subprocess.run([sys.executable, "-c", CALLERS, f"127.0.0.1:{port}", str(seconds), str(REPO)],
+                             capture_output=True, text=True, check=True).stdout
+        report(f"sync, {workers} thr", int(out), seconds, time.process_time() - cpu)
+    finally:
+        server.stop(None)
 
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--sync-workers", type=int, default=4, help="threads of the synchronous server's pool")
     args = p.parse_args()
     for _ in range(args.rounds):
         await measure("none", [], args.seconds)
         await measure("platform's 5", platform_interceptors(), args.seconds)
         await measure("5, cached", [ComposedOncePerMethod(platform_interceptors())], args.seconds)
+        measure_sync(args.sync_workers, args.seconds)
 
 
 if __name__ == "__main__":
