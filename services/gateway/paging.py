@@ -112,5 +112,6 @@ def _decode(token: str) -> tuple[str, bytes, list[bytes]]:
         if len(collection.encode()) != length or len(fp) != 8 or len(body) % _DIGEST:
             raise ValueError("truncated")
         return collection, fp, [body[i : i + _DIGEST] for i in range(0, len(body), _DIGEST)]
-    except (ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise InvalidArgument("page_token", f"is not a token this gateway issued ({exc}); start again from the first page") from exc
+    except (ValueError, struct.error, UnicodeDecodeError) as exc:  # which check failed says nothing a caller can use
+        raise InvalidArgument("page_token", "is not a page token this gateway issued: pass a response's next_page_token "
+                                            "unchanged, or start again from the first page") from exc
