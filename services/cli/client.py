@@ -5,6 +5,7 @@ no command and imports none: the commands import it."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 
@@ -67,6 +68,32 @@ def open_blocking_channel(target: str, api_key: str | None = None,
     if ca:
         return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options), metadata
     return grpc.insecure_channel(target, options=options), metadata
+
+
+class _StubWithMetadata:
+    def __init__(self, stub, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub, self._metadata = stub, metadata
+
+    def __getattr__(self, name: str):
+        return functools.partial(getattr(self._stub, name), metadata=self._metadata)
+
+
+def with_metadata(stub, metadata: tuple[tuple[str, str], ...]):
+    """A blocking ``stub`` whose every call carries ``metadata`` (:func:`open_blocking_channel`'s
+    bearer token); ``stub`` itself when there is none."""
+    return _StubWithMetadata(stub, metadata) if metadata else stub
+
+
+def rpc_failure(command: str, exc: grpc.RpcError, target: str) -> str:
+    """The one line a command prints for a failed call: the status, the server's message and,
+    when the cause is on the caller's side (nothing listening, no key), what to do about it."""
+    details = exc.details() or ""
+    line = f"searchctl {command}: {exc.code().name}: {details}"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
+        line += f" (no gateway answers at {target}: start one with `searchctl up`, or name it with --target)"
+    elif exc.code() == grpc.StatusCode.UNAUTHENTICATED and not os.environ.get(API_KEY_ENV):
+        line += f" (set {API_KEY_ENV} to a key from the gateway's callers file)"
+    return line
 
 
 def connection_help(parser: argparse.ArgumentParser) -> None:

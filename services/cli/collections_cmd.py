@@ -11,7 +11,7 @@ import grpc
 from tqdm import tqdm
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from services.cli.client import DEFAULT_TARGET, connection_help, open_channel
+from services.cli.client import DEFAULT_TARGET, connection_help, open_channel, rpc_failure
 
 
 def call(command: str, target: str, fn) -> int:
@@ -24,7 +24,7 @@ def call(command: str, target: str, fn) -> int:
     try:
         return asyncio.run(go()) or 0
     except grpc.aio.AioRpcError as exc:
-        print(f"searchctl {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(rpc_failure(command, exc, target), file=sys.stderr)
         return 1
 
 

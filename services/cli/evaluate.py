@@ -316,14 +316,13 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     qrels_used = {q: qrels[q] for q in chosen}
 
     grpc, _, _, pb_grpc = _grpc()
+    from services.cli.client import open_blocking_channel, rpc_failure, with_metadata
     from services.cli.ingest_stream import IngestFailed
 
-    channel = grpc.insecure_channel(
-        args.target, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-    )
+    channel, metadata = open_blocking_channel(args.target)  # $SEARCHCTL_API_KEY and $SEARCHCTL_CA_FILE, as every command
     results: dict[str, dict[str, float]] = {}
     try:
-        stub = pb_grpc.SearchServiceStub(channel)
+        stub = with_metadata(pb_grpc.SearchServiceStub(channel), metadata)
         if not args.no_ingest:
             ensure_ingested(stub, args.collection, beir.corpus_path(dataset), args.batch_size, args.reingest, args.target)
         wait_for_calibration(stub, args.collection)
@@ -337,7 +336,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
                 print(f"warning: {degraded} {mode.name} responses were degraded (not reranked)", file=sys.stderr)
             results[mode.name] = metrics
     except grpc.RpcError as exc:
-        print(f"searchctl eval: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(rpc_failure("eval", exc, args.target), file=sys.stderr)
         return 1
     except IngestFailed as exc:
         print(f"searchctl eval: ingesting {dataset} failed: {exc} ({exc.acknowledged} documents acknowledged; "
@@ -381,5 +380,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reingest", action="store_true", help="ingest the corpus from its start even when the collection has documents")
     p.add_argument("--no-ingest", action="store_true", help="never ingest; evaluate the collection as it is")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline of each Search in seconds (default %(default)s)")
+    from services.cli.client import connection_help
+
+    connection_help(p)
     p.set_defaults(func=_eval_cmd)
 

@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import json_format
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
-from services.cli.client import DEFAULT_TARGET, MODES, connection_help, open_channel
+from services.cli.client import DEFAULT_TARGET, MODES, connection_help, open_channel, rpc_failure
 from services.common import api_names
 
 
@@ -30,7 +30,7 @@ def _search_cmd(args: argparse.Namespace) -> int:
     try:
         response = asyncio.run(search(args.target, request, args.timeout))
     except grpc.aio.AioRpcError as exc:
-        print(f"searchctl search: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(rpc_failure("search", exc, args.target), file=sys.stderr)
         return 1
     if args.json:
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))

@@ -69,3 +69,38 @@ def test_streams_need_the_key_and_carry_the_internal_token(secured, tmp_path):
                              "--target", secured.gateway, "--batch-size", "16"], capture_output=True, text=True,
                             timeout=300, cwd=REPO, env=env)
     assert result.returncode == 0 and "ingested 40 documents" in result.stdout, result.stderr
+
+
+def _searchctl(*args: str, key: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SEARCHCTL_API_KEY"}
+    if key:
+        env["SEARCHCTL_API_KEY"] = key
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env=env)
+
+
+def test_eval_and_search_send_the_key_and_say_when_it_is_missing(secured, tmp_path):
+    """`searchctl eval` sent no key (its own channel); every command now does, and a refusal says what to set."""
+    with grpc.insecure_channel(secured.gateway) as channel:  # no sparse vectors: eval does not wait for a fusion measurement
+        pb_grpc.SearchServiceStub(channel).CreateCollection(pb.CreateCollectionRequest(name="secure-eval", sparse=False),
+                                                            timeout=60, metadata=AUTH)
+    dataset = tmp_path / "beir"
+    (dataset / "qrels").mkdir(parents=True)
+    (dataset / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"c{i}", "title": "", "text": text}) + "\n" for i, text in
+                                                  enumerate(["Tides follow the moon.", "Bread needs yeast to rise.",
+                                                             "Volcanoes erupt molten rock."])))
+    (dataset / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "why does bread rise"}) + "\n")
+    (dataset / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tc1\t1\n")
+    common = ["--collection", "secure-eval", "--modes", "dense", "--target", secured.gateway]
+
+    refused = _searchctl("eval", str(dataset), *common, key=None)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr, refused.stderr
+    assert "set SEARCHCTL_API_KEY" in refused.stderr, refused.stderr
+    done = _searchctl("eval", str(dataset), *common, key=KEY)
+    assert done.returncode == 0, done.stderr
+    assert "ingested 3/3 documents" in done.stderr and "dense" in done.stdout, (done.stdout, done.stderr)
+
+    refused = _searchctl("search", "bread", "--collection", "secure-eval", "--target", secured.gateway, key=None)
+    assert refused.returncode == 1 and "set SEARCHCTL_API_KEY" in refused.stderr, refused.stderr
+    found = _searchctl("search", "bread", "--collection", "secure-eval", "--target", secured.gateway, key=KEY)
+    assert found.returncode == 0 and "c1" in found.stdout.splitlines()[1], found.stdout
