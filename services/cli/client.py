@@ -84,13 +84,21 @@ def with_metadata(stub, metadata: tuple[tuple[str, str], ...]):
     return _StubWithMetadata(stub, metadata) if metadata else stub
 
 
+def no_gateway(code: str, details: str, target: str) -> str | None:
+    """What to do when a call failed because nothing answers at ``target`` (``code``: the status's name), else None."""
+    if code == "UNAVAILABLE" and "failed to connect" in details:
+        return f"no gateway answers at {target}: start one with `searchctl up`, or name it with --target"
+    return None
+
+
 def rpc_failure(command: str, exc: grpc.RpcError, target: str) -> str:
     """The one line a command prints for a failed call: the status, the server's message and,
     when the cause is on the caller's side (nothing listening, no key), what to do about it."""
     details = exc.details() or ""
     line = f"searchctl {command}: {exc.code().name}: {details}"
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
-        line += f" (no gateway answers at {target}: start one with `searchctl up`, or name it with --target)"
+    hint = no_gateway(exc.code().name, details, target)
+    if hint:
+        line += f" ({hint})"
     elif exc.code() == grpc.StatusCode.UNAUTHENTICATED and not os.environ.get(API_KEY_ENV):
         line += f" (set {API_KEY_ENV} to a key from the gateway's callers file)"
     return line

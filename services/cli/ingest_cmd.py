@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from services.cli import beir
-from services.cli.client import DEFAULT_TARGET, connection_help
+from services.cli.client import DEFAULT_TARGET, connection_help, no_gateway
 from services.cli.ingest_input import InputLine
 from services.cli.ingest_stream import Checkpoint, CheckpointMismatch, IngestFailed, run
 from services.common import validation
@@ -42,8 +42,8 @@ class SkipReport:
             print("(more lines skipped; the count comes at the end)", file=self.out)
 
 
-def explain(source: Path, failure: IngestFailed) -> list[str]:
-    """What went wrong, where, what is durable, and what to do."""
+def explain(source: Path, failure: IngestFailed, target: str = DEFAULT_TARGET) -> list[str]:
+    """What went wrong, where, what is durable, and what to do (``target``: the gateway it streamed to)."""
     where = ""
     if failure.line is not None:
         where = f"{source}:{failure.line.number}"
@@ -58,7 +58,10 @@ def explain(source: Path, failure: IngestFailed) -> list[str]:
     done = f"{n} documents{' before it' if where else ''} are acknowledged (durable)"
     out.append(done + ("; nothing after it was sent" if not failure.code else ""))
     again = f"run the same command again: it resumes after those {n}" if n else "run the same command again"
-    if failure.transient:
+    unreachable = no_gateway(failure.code, failure.message, target)
+    if unreachable:
+        out.append(f"{unreachable}; then {again}")
+    elif failure.transient:
         out.append(f"the service was unavailable or overloaded; {again}")
     elif not failure.code:
         out.append(f"fix that line and {again}; or add --skip-bad to leave out lines that are not documents")
@@ -95,7 +98,7 @@ def _ingest_cmd(args: argparse.Namespace) -> int:
                       skip_bad=args.skip_bad, on_skip=skips)
         written, skipped, resumed = outcome.written, outcome.skipped, outcome.resumed
     except IngestFailed as failure:
-        for line in explain(corpus, failure):
+        for line in explain(corpus, failure, args.target):
             print(f"{PROG}: {line}", file=sys.stderr)
         return 1
     except CheckpointMismatch as exc:

@@ -99,7 +99,12 @@ def test_what_searchctl_ingest_says_when_it_stops(tmp_path):
 
     away = messages(IngestFailed("UNAVAILABLE", "retrieval service unavailable during Upsert", 64, transient=True))
     assert "64 documents are acknowledged (durable)" in away and "run the same command again: it resumes after those 64" in away
-    assert "fix" not in away
+    assert "fix" not in away and "no gateway" not in away
+    nobody = "\n".join(explain(Path("docs.jsonl"), IngestFailed(
+        "UNAVAILABLE", "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused", 0,
+        transient=True), "127.0.0.1:1"))
+    assert "no gateway answers at 127.0.0.1:1: start one with `searchctl up`, or name it with --target; then run the " \
+           "same command again" in nobody and "overloaded" not in nobody
 
     guard = messages(IngestFailed("FAILED_PRECONDITION", "collection 'c' was written by other models; "
                                   "run `searchctl reindex c`", 10, batch=first))
