@@ -47,8 +47,10 @@ def test_collection_lifecycle(store):
     assert store.list_collections() == ["c2"]
     for call in (lambda: store.describe("c1"), lambda: store.delete_collection("c1"),
                  lambda: store.upsert("c1", DOCS[:1]), lambda: store.retrieve("c1", "x", 3)):
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFound) as missing:
             call()
+        assert str(missing.value) == ("collection 'c1' does not exist (ListCollections names those that do; "
+                                      "CreateCollection makes one)")  # the same words whatever the call and the backend
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])

@@ -15,6 +15,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 
+from services.common.errors import NotFound
+
 #: Named vectors of every collection.
 DENSE = "dense"
 SPARSE = "sparse"
@@ -29,6 +31,11 @@ CALLER_PAYLOAD = "payload"
 
 #: Payload field types a collection can index for filtering.
 FIELD_TYPES = ("keyword", "integer", "float", "bool")
+
+
+def missing_collection(name: str) -> NotFound:
+    """The NOT_FOUND every backend raises for a collection it does not have, whatever the call."""
+    return NotFound(f"collection {name!r} does not exist (ListCollections names those that do; CreateCollection makes one)")
 
 
 # -- filters -------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from services.common.errors import (
     AlreadyExists, EngineError, FailedPrecondition, NotFound, ResourceExhausted, ServiceError, Unavailable,
 )
 from services.retrieval.backends.base import (
-    CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore,
+    CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore, missing_collection,
 )
 from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, LocalVersions, OpenCollection, cpus
 from services.retrieval.backends.edge_query_batching import QueryCombiner
@@ -181,7 +181,7 @@ class EdgeBackend:
         # engine's whole create (hundreds of ms), which no search of another collection waits for.
         collection = self._collections.get(name)
         if collection is None:
-            raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
+            raise missing_collection(name)
         return collection
 
     def reads_in_place(self, name: str) -> bool:
@@ -200,7 +200,7 @@ class EdgeBackend:
         collection = self._get(name)
         with collection.lock.shared():
             if collection.shard is None:  # deleted while we waited
-                raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection")
+                raise missing_collection(name)
             started = time.perf_counter()
             try:
                 return fn(collection.shard)
@@ -279,7 +279,7 @@ class EdgeBackend:
         collection = self._get(name)
         with collection.lock.owned():
             if collection.shard is None:
-                raise NotFound(f"collection {name!r} does not exist")
+                raise missing_collection(name)
             collection.shard.close()
             collection.shard = None
             with self._registry:

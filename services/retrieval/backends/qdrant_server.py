@@ -19,7 +19,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from services.common.errors import AlreadyExists, NotFound, Unavailable
 from services.retrieval.backends.base import (
     DENSE, LATE, SPARSE, CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot,
-    Rescore,
+    Rescore, missing_collection,
 )
 from services.retrieval.backends.translation import (
     EngineTypes, engine_filter, engine_point, payload_indexes, point_in, query_request, schema_from_record,
@@ -117,7 +117,7 @@ class QdrantServerBackend:
         try:
             info = self._call("get_collection", self.client.get_collection, name)
         except NotFound as exc:
-            raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection") from exc
+            raise missing_collection(name) from exc
         raw = (info.config.metadata or {}).get(_SCHEMA_KEY)
         if raw is None:  # created by an earlier version (flat metadata) or by hand: read what Qdrant knows
             dense = info.config.params.vectors
@@ -201,7 +201,7 @@ class QdrantServerBackend:
 
     def set_alias(self, alias: str, collection: str) -> None:
         if not self._call("collection_exists", self.client.collection_exists, collection):
-            raise NotFound(f"collection {collection!r} does not exist")
+            raise missing_collection(collection)
         operations: list[Any] = []
         if alias in self.list_aliases():
             operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
