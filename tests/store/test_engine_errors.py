@@ -2,8 +2,8 @@
 test per row. Each condition is provoked for real on Qdrant Edge where a test can: a locked shard
 (opened twice), a damaged one (a file of a copy overwritten), a shard being swapped (a closed
 handle, as the one a swap retires). A full disk or memory cannot be had here (no small tmpfs), so
-those rows are checked with the engine's own message text and errno. Nothing an operator can fix
-answers INTERNAL."""
+those rows are checked with the engine's own message text and errno (and a create's first write is
+made to fail as a full disk fails it). Nothing an operator can fix answers INTERNAL."""
 
 from __future__ import annotations
 
@@ -94,6 +94,25 @@ def test_a_full_disk_is_resource_exhausted_with_the_free_space(store, cause):
     code, message = answer(EngineError(cause, "c", shard_of(store)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert message.startswith("disk full") and str(shard_of(store)) in message and "MB free" in message
+
+
+def test_a_disk_full_while_creating_a_collection_is_resource_exhausted_and_leaves_nothing(store, monkeypatch):
+    real_mkdir = type(store.root).mkdir
+
+    def full(path, *args, **kwargs):  # the OS's answer on a full disk, to the first thing a create writes
+        if path.name.startswith(".creating-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(type(store.root), "mkdir", full)
+    with pytest.raises(EngineError) as caught:
+        store.create_collection(CollectionSchema("d", DIM, True))
+    code, message = answer(caught.value)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and message.startswith("disk full")
+    monkeypatch.undo()
+    assert store.list_collections() == ["c"] and sorted(p.name for p in (store.root / "collections").iterdir()) == ["c"]
+    store.create_collection(CollectionSchema("d", DIM, True))  # with room again, the same create succeeds
+    assert store.list_collections() == ["c", "d"]
 
 
 @pytest.mark.parametrize("cause", [

@@ -240,8 +240,8 @@ class EdgeBackend:
             # Build it beside the others under a temporary name, then rename: a crash
             # half-way leaves no half-made collection that would stop the next start.
             staging = self.collections_dir / f".creating-{schema.name}-{uuid.uuid4().hex[:8]}"
-            staging.mkdir(parents=True)
             try:
+                staging.mkdir(parents=True)
                 shard = qe.EdgeShard.create(str(staging / SHARD_DIR), self._config(schema))
                 for key, kind in payload_indexes(schema).items():
                     shard.update(qe.UpdateOperation.create_field_index(key, INDEX_TYPES[kind]()))
