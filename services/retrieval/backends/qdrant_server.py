@@ -9,6 +9,7 @@ the tests run); it is never a serving option.
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +26,11 @@ from services.retrieval.backends.translation import (
     EngineTypes, engine_filter, engine_point, payload_indexes, point_in, query_request, schema_from_record,
     schema_record, scrolled,
 )
+
+# A server that cannot be reached fails the first call with UNAVAILABLE naming it; qdrant-client's
+# warning then, from its background version check (the check it could not make, and advice to
+# turn the check off), is noise. A warning about an incompatible server version still shows.
+warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
 
 #: Qdrant's builders of the filter and query language (services/retrieval/backends/translation.py).
 SERVER = EngineTypes(
