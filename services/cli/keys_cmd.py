@@ -27,9 +27,16 @@ def create(path: Path, name: str, scopes: list[str], collections: list[str]) -> 
         old = callers.legacy_as_callers(old)
         note = (f"{path} was in the one-key-per-line format: rewritten in the callers format, its keys as caller "
                 f"{callers.LEGACY!r} with every scope (as before)")
+    if old.strip() and any(c.name == name for c in callers.parse(old, str(path)).callers):  # a broken file: its line
+        raise ConfigError(f"caller {name!r} already exists in {path}: choose another --name")
     key = secrets.token_urlsafe(32)
-    text = (old if old.endswith("\n") or not old else old + "\n") + callers.entry_text(name, scopes, collections, key)
-    parsed = callers.parse(text, str(path))  # ConfigError names the problem (an existing name, a bad scope...)
+    entry = callers.entry_text(name, scopes, collections, key)
+    try:
+        callers.parse(entry, "new")
+    except ConfigError as exc:  # what is wrong with the flags, without a line of a file that does not exist yet
+        raise ConfigError(str(exc).split(": ", 1)[-1]) from exc
+    text = (old if old.endswith("\n") or not old else old + "\n") + entry
+    parsed = callers.parse(text, str(path))
     if not any(c.name == name for c in parsed.callers):  # pragma: no cover - entry_text always adds it
         raise ConfigError(f"{path}: caller {name!r} was not added")
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600

@@ -418,7 +418,7 @@ def test_searchctl_keys_create_adds_a_caller_the_gateway_takes_without_a_restart
     assert search(collections["other"]) == grpc.StatusCode.PERMISSION_DENIED
     again = subprocess.run([sys.executable, "-m", "services.cli", "keys", "create", "--file", str(stack.keys_file),
                             "--name", "fresh", "--scopes", "search"], capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert again.returncode == 2 and "caller 'fresh' is defined twice" in again.stderr and not again.stdout
+    assert again.returncode == 2 and f"caller 'fresh' already exists in {stack.keys_file}: choose another --name" in again.stderr and not again.stdout
     assert key not in stack.log_text("gateway")
 
 
