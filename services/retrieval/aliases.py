@@ -26,9 +26,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 
 from services.common import validation
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from services.common.locks import ReadWriteLock
-from services.retrieval.backends.base import Backend
+from services.retrieval.backends.base import Backend, missing_alias
 
 
 class Aliases:
@@ -84,7 +84,7 @@ class Aliases:
         with self._changes:
             current = self._refresh().get(alias)
             if current is None:
-                raise NotFound(f"alias {alias!r} does not exist; create it with CreateAlias")
+                raise missing_alias(alias)
             if expected and expected != current:
                 raise FailedPrecondition(f"alias {alias!r} points to {current!r}, not {expected!r} as expected; "
                                          "someone switched it meanwhile")

@@ -38,6 +38,11 @@ def missing_collection(name: str) -> NotFound:
     return NotFound(f"collection {name!r} does not exist (ListCollections names those that do; CreateCollection makes one)")
 
 
+def missing_alias(alias: str) -> NotFound:
+    """The NOT_FOUND for an alias that does not exist, whatever the call."""
+    return NotFound(f"alias {alias!r} does not exist (ListAliases names those that do; CreateAlias makes one)")
+
+
 # -- filters -------------------------------------------------------------------------------
 
 

@@ -55,7 +55,8 @@ from services.common.errors import (
     AlreadyExists, EngineError, FailedPrecondition, NotFound, ResourceExhausted, ServiceError, Unavailable,
 )
 from services.retrieval.backends.base import (
-    CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore, missing_collection,
+    CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore, missing_alias,
+    missing_collection,
 )
 from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, LocalVersions, OpenCollection, cpus
 from services.retrieval.backends.edge_query_batching import QueryCombiner
@@ -413,7 +414,7 @@ class EdgeBackend:
     def delete_alias(self, alias: str) -> None:
         with self._aliases_lock:
             if alias not in self._aliases:
-                raise NotFound(f"alias {alias!r} does not exist")
+                raise missing_alias(alias)
             self._save_aliases({k: v for k, v in self._aliases.items() if k != alias})
 
     def _load_aliases(self) -> dict[str, str]:

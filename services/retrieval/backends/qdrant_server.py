@@ -20,7 +20,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from services.common.errors import AlreadyExists, NotFound, Unavailable
 from services.retrieval.backends.base import (
     DENSE, LATE, SPARSE, CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot,
-    Rescore, missing_collection,
+    Rescore, missing_alias, missing_collection,
 )
 from services.retrieval.backends.translation import (
     EngineTypes, engine_filter, engine_point, payload_indexes, point_in, query_request, schema_from_record,
@@ -218,7 +218,7 @@ class QdrantServerBackend:
 
     def delete_alias(self, alias: str) -> None:
         if alias not in self.list_aliases():
-            raise NotFound(f"alias {alias!r} does not exist")
+            raise missing_alias(alias)
         self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=[
             models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))])
 
