@@ -115,6 +115,12 @@ async def measure(name: str, interceptors: list, seconds: float) -> None:
         await server.stop(None)
 
 
+def run_callers(port: int, seconds: float) -> int:
+    """The 16 callers against 127.0.0.1:``port`` for ``seconds``, in a process of their own (blocking); calls made."""
+    return int(subprocess.run([sys.executable, "-c", CALLERS, f"127.0.0.1:{port}", str(seconds), str(REPO)],
+                              capture_output=True, text=True, check=True).stdout)
+
+
 def measure_sync(workers: int, seconds: float) -> None:
     """The same calls answered by grpc's synchronous server (blocks the caller's event loop: run it alone)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
@@ -123,9 +129,8 @@ def measure_sync(workers: int, seconds: float) -> None:
     server.start()
     try:
         cpu = time.process_time()
-        out = subprocess.run([sys.executable, "-c", CALLERS, f"127.0.0.1:{port}", str(seconds), str(REPO)],
-                             capture_output=True, text=True, check=True).stdout
-        report(f"sync, {workers} thr", int(out), seconds, time.process_time() - cpu)
+        calls = run_callers(port, seconds)
+        report(f"sync, {workers} thr", calls, seconds, time.process_time() - cpu)
     finally:
         server.stop(None)
 

@@ -20,7 +20,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from concurrent import futures
 from pathlib import Path
 
@@ -30,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from grpc_floor import ANSWER, CALLERS, Fixed, FixedSync  # noqa: E402
+from grpc_floor import ANSWER, Fixed, FixedSync, run_callers  # noqa: E402
 from search.v1 import retrieval_service_pb2_grpc as pb_grpc  # noqa: E402
+from services.cli.bench.harness import process_cpu_seconds  # noqa: E402
 from services.cli.procs import free_port  # noqa: E402
 
 
@@ -75,17 +75,6 @@ def serve(role: str, kind: str, port: int, back_port: int, threads: int) -> None
     server.wait_for_termination()
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def callers(port: int, seconds: float) -> int:
-    out = subprocess.run([sys.executable, "-c", CALLERS, f"127.0.0.1:{port}", str(seconds), str(REPO)],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out)
-
-
 def pairing(middle: str, back: str, args: argparse.Namespace) -> None:
     back_port, middle_port = free_port(), free_port()
     me = [sys.executable, __file__, "--serve"]
@@ -95,10 +84,10 @@ def pairing(middle: str, back: str, args: argparse.Namespace) -> None:
         for port in (back_port, middle_port):  # both ends listening before any call
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 grpc.channel_ready_future(channel).result(timeout=30)
-        callers(middle_port, 1.0)  # warm-up: connections made, code paths run once
-        before = [cpu_seconds(p.pid) for p in procs]
-        calls = callers(middle_port, args.seconds)
-        back_cpu, middle_cpu = (cpu_seconds(p.pid) - b for p, b in zip(procs, before))
+        run_callers(middle_port, 1.0)  # warm-up: connections made, code paths run once
+        before = [process_cpu_seconds(p.pid) for p in procs]
+        calls = run_callers(middle_port, args.seconds)
+        back_cpu, middle_cpu = (process_cpu_seconds(p.pid) - b for p, b in zip(procs, before))
         print(f"middle {middle:>4}, back {back:>4}: {calls / args.seconds:7.1f} calls/s, CPU per call: middle "
               f"{middle_cpu / calls * 1e6:6.1f} us, back {back_cpu / calls * 1e6:6.1f} us, both "
               f"{(middle_cpu + back_cpu) / calls * 1e6:6.1f} us", flush=True)
