@@ -67,6 +67,19 @@ def _alias(args: argparse.Namespace) -> int:
     return call("alias", args.target, go)
 
 
+def done_line(done: pb.ReindexResponse) -> str:
+    """What a finished reindex did to the old collection: kept (the source was an alias), or
+    replaced by an alias of its own name (the source was a collection no alias named)."""
+    names = done.alias.split(",")  # every alias that named the source collection was switched
+    switched = f"alias {names[0]!r}" if len(names) == 1 else "aliases " + ", ".join(map(repr, names))
+    head = f"done: {done.copied} points in {done.target_collection!r}; {switched} -> {done.target_collection!r}"
+    if done.alias == done.source_collection:
+        return (f"{head} (the collection {done.source_collection!r} was replaced by this alias of its name: "
+                f"its documents are in {done.target_collection!r})")
+    return (f"{head} (the old collection {done.source_collection!r} is kept: delete it with "
+            f"`searchctl collections delete {done.source_collection}` once you are satisfied)")
+
+
 def _reindex(args: argparse.Namespace) -> int:
     async def go(stub):
         bar = None
@@ -85,9 +98,7 @@ def _reindex(args: argparse.Namespace) -> int:
         if last is None or last.phase != common_pb2.REINDEX_PHASE_DONE:
             print("searchctl reindex: the stream ended before the reindex was done", file=sys.stderr)
             return 1
-        print(f"done: {last.copied} points in {last.target_collection!r}; alias {last.alias!r} -> {last.target_collection!r} "
-              f"(the old collection {last.source_collection!r} is kept unless it was replaced by the alias; "
-              f"delete it with `searchctl collections delete` once you are satisfied)")
+        print(done_line(last))
         return 0
 
     return call("reindex", args.target, go)

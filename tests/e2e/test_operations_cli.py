@@ -92,6 +92,7 @@ def test_collections_alias_reindex_snapshot_and_migrate_commands(stack, tmp_path
     reindexed = searchctl("reindex", alias, "--to", f"{collection}-v2", *target)
     assert reindexed.returncode == 0, reindexed.stderr
     assert f"alias '{alias}' -> '{collection}-v2'" in reindexed.stdout and "copying the vectors" in reindexed.stdout
+    assert f"the old collection '{collection}' is kept" in reindexed.stdout, reindexed.stdout
     assert top(alias) == reference
     assert f"{alias} -> {collection}-v2" in searchctl("alias", "list", *target).stdout
 
