@@ -32,9 +32,12 @@ FAST_MARKERS := not integration and not e2e and not resilience and not quality
 test-fast: models
 	$(BIN)/python -m pytest -ra -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
-# Regenerate the Python stubs (committed; tests/unit/test_contracts.py checks they are fresh).
+# Regenerate the Python stubs and the documented descriptor set that server reflection serves
+# (committed; tests/unit/test_contracts.py checks they are fresh).
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -I proto --include_source_info \
+		--descriptor_set_out=gen/search/v1/contracts.binpb $(PROTOS)
 
 # Render and validate k8s overlays, the Envoy config, compose and Dockerfiles.
 deploy-check: install

@@ -31,9 +31,8 @@ from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from services.common import metrics, tracing
+from services.common import metrics, reflection, tracing
 from services.common.errors import ServiceError
 from services.common.interceptors import with_unary
 from services.common.status import ErrorMappingInterceptor, status_code, status_message
@@ -177,10 +176,7 @@ async def run(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service.register(server)
-    reflection.enable_server_reflection(
-        (*service.grpc_service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    reflection.enable(server, (*service.grpc_service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     health_names = ("", *service.grpc_service_names)
     for name in health_names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -39,7 +39,7 @@ def test_list_shows_service_health_and_reflection(stack, grpcurl, service, expec
     listed = run(grpcurl, stack.address(service), "list").stdout.split()
     assert expected in listed
     assert "grpc.health.v1.Health" in listed
-    assert "grpc.reflection.v1alpha.ServerReflection" in listed
+    assert "grpc.reflection.v1alpha.ServerReflection" in listed and "grpc.reflection.v1.ServerReflection" in listed
 
 
 def test_describe_shows_the_contract(stack, grpcurl):
@@ -48,6 +48,9 @@ def test_describe_shows_the_contract(stack, grpcurl):
         assert f"rpc {rpc}" in out
     message = run(grpcurl, stack.gateway, "describe", "search.v1.SearchRequest").stdout
     assert "top_k" in message and ".search.v1.Filter filter" in message
+    # The .proto files' comments come with the descriptors (services/common/reflection.py).
+    documented = run(grpcurl, stack.gateway, "describe", "search.v1.Range").stdout
+    assert "// A numeric range; unset bounds are open." in documented, documented
 
 
 @pytest.mark.parametrize("service", ["gateway", "retrieval", "reranker"])

@@ -26,6 +26,21 @@ def test_generated_stubs_are_fresh(tmp_path):
     assert not stale, f"stale generated stubs {stale}: run `make proto` and commit"
 
 
+def test_documented_descriptor_set_is_fresh(tmp_path):
+    """What reflection serves with the comments (services/common/reflection.py) is the .proto
+    files as they are now, comments included."""
+    from google.protobuf import descriptor_pb2
+
+    fresh = tmp_path / "contracts.binpb"
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"), "--include_source_info",
+                    f"--descriptor_set_out={fresh}", *map(str, PROTOS)], check=True)
+    committed = REPO / "gen" / "search" / "v1" / "contracts.binpb"
+    assert committed.exists(), "gen/search/v1/contracts.binpb is missing: run `make proto` and commit"
+    assert (descriptor_pb2.FileDescriptorSet.FromString(fresh.read_bytes())
+            == descriptor_pb2.FileDescriptorSet.FromString(committed.read_bytes())), (
+        "stale gen/search/v1/contracts.binpb: run `make proto` and commit")
+
+
 def test_every_service_has_its_own_file_and_package():
     names = {p.name for p in PROTOS}
     assert {"common.proto", "search_service.proto", "retrieval_service.proto", "rerank_service.proto"} <= names

@@ -18,6 +18,7 @@ GRPC_ROOTS = {"grpc", "grpc_health", "grpc_status", "grpc_reflection"}
 TRANSPORT = {
     "common/interceptors.py",  # the scaffold every server interceptor shares
     "common/metrics.py",  # server interceptor (access log, RPC metrics)
+    "common/reflection.py",  # the server reflection service
     "common/security.py",  # TLS credentials, token and API-key interceptors
     "common/server.py",  # the one server bootstrap
     "common/status.py",  # domain error -> status code
