@@ -268,7 +268,7 @@ def _stack(args, signals: StopSignals, env: dict[str, str], ports: dict[str, int
                 if loaded:
                     _say(loaded)
         if not signals.requested.is_set():
-            _say(_ready(args, env, ports, access.keys, access.key_note))
+            _say(_ready(args, env, ports, access.keys, access.key_note, access.no_demo))
             # A service that exits is restarted with backoff; the others keep serving (supervisor.py).
             supervisor = Supervisor(procs, argvs, addresses, spawn=spawn, say=_say, max_restarts=args.max_restarts)
             gave_up = supervisor.watch(signals.requested)
@@ -309,7 +309,7 @@ def _reachable(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _ready(args, env, ports, keys, key_note) -> str:
+def _ready(args, env, ports, keys, key_note, no_demo: bool) -> str:
     target = f"localhost:{ports['gateway']}"
     body = '{"collection": "%s", "query": "how do I run the tests?", "top_k": 3}' % args.collection
     auth = "-H \"authorization: Bearer $SEARCHCTL_API_KEY\" " if keys else ""
@@ -321,8 +321,13 @@ def _ready(args, env, ports, keys, key_note) -> str:
         where = (f"gateway on {args.host}:{ports['gateway']}, OPEN to the network (--host {args.host}) with its metrics "
                  f":{env.get('GATEWAY_METRICS_PORT', '9101')} (retrieval :{ports['retrieval']}, reranker :{ports['reranker']} "
                  "and their metrics on loopback)")
-    lines = [
-        f"\nready: {where}. Try:",
+    lines = [f"\nready: {where}."]
+    if no_demo:  # the collection may hold nothing: say so before suggesting a search of it
+        why = "--no-demo" if args.no_demo else "no configured caller may load it"
+        lines.append(f"The demo corpus was not loaded ({why}): `searchctl ingest PATH --collection {args.collection}` "
+                     "loads your documents.")
+    lines += [
+        "Try:",
         f"  grpcurl -plaintext {auth}-d '{body}' {target} search.v1.SearchService/Search",
         f"  searchctl search \"how do I run the tests?\" --collection {args.collection}",
     ]

@@ -9,7 +9,7 @@ import time
 
 from services.cli.main import take_sigint
 from services.cli.procs import stop_processes
-from services.cli.up import StopSignals, _client_key
+from services.cli.up import LOOPBACK, StopSignals, _client_key, _ready
 from tests.processes import running, spawn
 
 #: A child that prints "ready" once its SIGTERM disposition is set (ignored, or the default).
@@ -138,3 +138,21 @@ def test_up_loads_the_demo_with_a_caller_that_has_the_scopes_for_it(monkeypatch)
     assert _client_key(book, ["owner-key-0123456789"]) == ("owner-key-0123456789", None)  # the reader's key works for search
     key, note = _client_key(book, [])
     assert key is None and "the demo is not loaded" in note
+
+
+def test_the_ready_line_says_when_the_demo_was_not_loaded():
+    from argparse import Namespace
+
+    ports = {"gateway": 50051, "retrieval": 50052, "reranker": 50053}
+
+    def ready(no_demo_flag: bool, no_demo: bool) -> str:
+        args = Namespace(host=LOOPBACK, collection="docs", no_demo=no_demo_flag)
+        return _ready(args, {}, ports, False, None, no_demo)
+
+    loaded = ready(False, False)
+    assert "ready: gateway on localhost:50051" in loaded and "not loaded" not in loaded
+    assert "searchctl search \"how do I run the tests?\" --collection docs" in loaded
+    skipped = ready(True, True)
+    assert "The demo corpus was not loaded (--no-demo): `searchctl ingest PATH --collection docs`" in skipped
+    refused = ready(False, True)  # API keys on, and no caller may create, write and search the collection
+    assert "not loaded (no configured caller may load it)" in refused
