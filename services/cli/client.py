@@ -5,8 +5,8 @@ no command and imports none: the commands import it."""
 from __future__ import annotations
 
 import argparse
-import functools
 import os
+from collections import namedtuple
 from pathlib import Path
 
 import grpc
@@ -59,44 +59,70 @@ def open_channel(target: str, api_key: str | None = None, ca_file: str | None = 
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
-def open_blocking_channel(target: str, api_key: str | None = None,
-                          ca_file: str | None = None) -> tuple[grpc.Channel, tuple[tuple[str, str], ...]]:
-    """The same channel on grpc's blocking API, and the metadata its calls carry (the bearer
-    token). The streamed ingest uses it (services/cli/ingest_stream.py says why)."""
+def open_blocking_channel(target: str, api_key: str | None = None, ca_file: str | None = None) -> grpc.Channel:
+    """The same channel on grpc's blocking API: its every call carries the bearer token, as
+    :func:`open_channel`'s do (the streamed ingest uses it: services/cli/ingest_stream.py says why)."""
     api_key, ca, options = _channel_settings(api_key, ca_file)
-    metadata = (BearerToken(api_key).entry,) if api_key else ()
     if ca:
-        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options), metadata
-    return grpc.insecure_channel(target, options=options), metadata
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    return grpc.intercept_channel(channel, _WithMetadata((BearerToken(api_key).entry,))) if api_key else channel
 
 
-class _StubWithMetadata:
-    def __init__(self, stub, metadata: tuple[tuple[str, str], ...]) -> None:
-        self._stub, self._metadata = stub, metadata
-
-    def __getattr__(self, name: str):
-        return functools.partial(getattr(self._stub, name), metadata=self._metadata)
+class _CallDetails(namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                                               "compression")), grpc.ClientCallDetails):
+    pass
 
 
-def with_metadata(stub, metadata: tuple[tuple[str, str], ...]):
-    """A blocking ``stub`` whose every call carries ``metadata`` (:func:`open_blocking_channel`'s
-    bearer token); ``stub`` itself when there is none."""
-    return _StubWithMetadata(stub, metadata) if metadata else stub
+class _WithMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                    grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``metadata`` to every call of a blocking channel, whatever its type."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def _details(self, d: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(d.method, d.timeout, (*(d.metadata or ()), *self.metadata), d.credentials,
+                            d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
 
 
-def no_gateway(code: str, details: str, target: str) -> str | None:
-    """What to do when a call failed because nothing answers at ``target`` (``code``: the status's name), else None."""
-    if code == "UNAVAILABLE" and "failed to connect" in details:
-        return f"no gateway answers at {target}: start one with `searchctl up`, or name it with --target"
-    return None
+def unreachable(code: str, details: str, target: str) -> str | None:
+    """What to do when a call failed because no gateway could be reached at ``target`` (nothing
+    listening, or TLS on one side only, or a certificate not trusted), else None. ``code``: the
+    status's name; ``details``: its message, where grpc names the transport's failure."""
+    if code != "UNAVAILABLE" or "failed to connect" not in details:
+        return None
+    if "Socket closed" in details:  # a plaintext hello to a TLS server
+        return (f"{target} closed the connection: if the gateway serves TLS, set {CA_FILE_ENV} to the CA file that "
+                "signed its certificate")
+    if "WRONG_VERSION_NUMBER" in details:  # a TLS hello to a plaintext server
+        return f"{target} does not answer TLS: unset {CA_FILE_ENV} for a gateway without TLS"
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return f"the certificate of {target} is not signed by the CA in {CA_FILE_ENV}: name the CA file that signed it"
+    if "handshake" in details.lower() or "Peer name" in details:
+        return f"the TLS handshake with {target} failed: check {CA_FILE_ENV} and that the certificate names that host"
+    return f"no gateway answers at {target}: start one with `searchctl up`, or name it with --target"
 
 
 def rpc_failure(command: str, exc: grpc.RpcError, target: str) -> str:
     """The one line a command prints for a failed call: the status, the server's message and,
-    when the cause is on the caller's side (nothing listening, no key), what to do about it."""
+    when the cause is on the caller's side (nothing listening, TLS settings, no key), what to do about it."""
     details = exc.details() or ""
     line = f"searchctl {command}: {exc.code().name}: {details}"
-    hint = no_gateway(exc.code().name, details, target)
+    hint = unreachable(exc.code().name, details, target)
     if hint:
         line += f" ({hint})"
     elif exc.code() == grpc.StatusCode.UNAUTHENTICATED and not os.environ.get(API_KEY_ENV):

@@ -316,13 +316,13 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     qrels_used = {q: qrels[q] for q in chosen}
 
     grpc, _, _, pb_grpc = _grpc()
-    from services.cli.client import open_blocking_channel, rpc_failure, with_metadata
+    from services.cli.client import open_blocking_channel, rpc_failure
     from services.cli.ingest_stream import IngestFailed
 
-    channel, metadata = open_blocking_channel(args.target)  # $SEARCHCTL_API_KEY and $SEARCHCTL_CA_FILE, as every command
+    channel = open_blocking_channel(args.target)  # $SEARCHCTL_API_KEY and $SEARCHCTL_CA_FILE, as every command
     results: dict[str, dict[str, float]] = {}
     try:
-        stub = with_metadata(pb_grpc.SearchServiceStub(channel), metadata)
+        stub = pb_grpc.SearchServiceStub(channel)
         if not args.no_ingest:
             ensure_ingested(stub, args.collection, beir.corpus_path(dataset), args.batch_size, args.reingest, args.target)
         wait_for_calibration(stub, args.collection)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from services.cli import beir
-from services.cli.client import DEFAULT_TARGET, connection_help, no_gateway
+from services.cli.client import DEFAULT_TARGET, connection_help, unreachable
 from services.cli.ingest_input import InputLine
 from services.cli.ingest_stream import Checkpoint, CheckpointMismatch, IngestFailed, run
 from services.common import validation
@@ -58,9 +58,9 @@ def explain(source: Path, failure: IngestFailed, target: str = DEFAULT_TARGET) -
     done = f"{n} documents{' before it' if where else ''} are acknowledged (durable)"
     out.append(done + ("; nothing after it was sent" if not failure.code else ""))
     again = f"run the same command again: it resumes after those {n}" if n else "run the same command again"
-    unreachable = no_gateway(failure.code, failure.message, target)
-    if unreachable:
-        out.append(f"{unreachable}; then {again}")
+    cause = unreachable(failure.code, failure.message, target)
+    if cause:
+        out.append(f"{cause}; then {again}")
     elif failure.transient:
         out.append(f"the service was unavailable or overloaded; {again}")
     elif not failure.code:

@@ -210,9 +210,8 @@ class _Stream:
         stop = threading.Event()
         acknowledged: dict[int, Batch] = {}
         awaited = 0
-        channel, metadata = open_blocking_channel(target, api_key)
-        with channel:
-            call = pb_grpc.SearchServiceStub(channel).Ingest(self.requests(stop), metadata=metadata)
+        with open_blocking_channel(target, api_key) as channel:
+            call = pb_grpc.SearchServiceStub(channel).Ingest(self.requests(stop))
             if cancel is not None:
                 threading.Thread(target=_cancel_when, args=(cancel, stop, call), name="ingest-cancel", daemon=True).start()
             try:

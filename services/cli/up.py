@@ -89,11 +89,10 @@ def _load_demo(target: str, collection: str, api_key: str | None, spool: Path, s
     of it was interrupted (that one is resumed)."""
     spool.parent.mkdir(parents=True, exist_ok=True)
     if not Checkpoint.path_for(spool, collection).exists():
-        channel, metadata = open_blocking_channel(target, api_key)
-        with channel:
+        with open_blocking_channel(target, api_key) as channel:
             try:
                 reply = pb_grpc.SearchServiceStub(channel).DescribeCollection(
-                    pb.DescribeCollectionRequest(name=collection), timeout=30, metadata=metadata)
+                    pb.DescribeCollectionRequest(name=collection), timeout=30)
                 if reply.collection.document_count > 0:
                     return f"collection {collection!r} already holds documents; not reloading the demo corpus"
             except grpc.RpcError as exc:

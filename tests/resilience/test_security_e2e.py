@@ -199,3 +199,30 @@ def test_misconfigured_security_stops_start_up(tmp_path, service, env, needle):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, (run.returncode, run.stderr[-1500:])
     assert needle in run.stderr
+
+
+def test_searchctl_over_tls_with_a_ca_file_and_a_key(stack, pki, tmp_path):
+    """Every searchctl channel honours $SEARCHCTL_CA_FILE and $SEARCHCTL_API_KEY: ingest (grpc's
+    blocking API, the key added by an interceptor) and search (grpc.aio); without the CA file
+    the client speaks plaintext to a TLS gateway and the one line it prints names the setting."""
+    corpus = tmp_path / "tls.jsonl"
+    corpus.write_text("".join(f'{{"id": "{i}", "text": "{t}"}}\n' for i, t in CORPUS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEARCHCTL_")}
+    trusted = {**env, "SEARCHCTL_CA_FILE": str(pki.ca.pem), "SEARCHCTL_API_KEY": KEYS[1]}
+
+    def searchctl(*args: str, environment: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services.cli", *args, "--target", stack.gateway], env=environment,
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    created = searchctl("ingest", str(corpus), "--collection", "secure-cli", environment=trusted)
+    assert created.returncode == 0, created.stderr
+    found = searchctl("search", "why does the sea rise and fall", "--collection", "secure-cli", "--json",
+                      environment=trusted)
+    assert found.returncode == 0, found.stderr
+    assert '"tides"' in found.stdout
+    keyless = searchctl("search", "tides", "--collection", "secure-cli", environment={**trusted, "SEARCHCTL_API_KEY": ""})
+    assert keyless.returncode != 0 and "UNAUTHENTICATED" in keyless.stderr and "SEARCHCTL_API_KEY" in keyless.stderr
+    untrusted = searchctl("search", "tides", "--collection", "secure-cli", environment={**env, "SEARCHCTL_API_KEY": KEYS[1]})
+    assert untrusted.returncode != 0 and "UNAVAILABLE" in untrusted.stderr, untrusted.stderr
+    assert "if the gateway serves TLS, set SEARCHCTL_CA_FILE" in untrusted.stderr, untrusted.stderr
+    assert len(untrusted.stderr.strip().splitlines()) == 1, untrusted.stderr

@@ -33,3 +33,48 @@ def test_a_missing_key_says_which_variable_to_set(monkeypatch):
     assert rpc_failure("search", exc, "gw:1").endswith("(set SEARCHCTL_API_KEY to a key from the gateway's callers file)")
     monkeypatch.setenv("SEARCHCTL_API_KEY", "a-wrong-key")  # sent and refused: the server's message says so
     assert rpc_failure("search", exc, "gw:1") == "searchctl search: UNAUTHENTICATED: missing API key"
+
+
+@pytest.fixture(scope="module")
+def tls_and_plain(tmp_path_factory):
+    """A TLS server and a plaintext one on loopback (no service behind: the handshake is what counts)."""
+    from concurrent import futures
+
+    from tests.resilience.certs import ScratchCA
+
+    directory = tmp_path_factory.mktemp("pki")
+    ca, rogue = ScratchCA(directory / "ca"), ScratchCA(directory / "rogue", name="rogue-ca")
+    issued = ca.issue("server")
+    servers, ports = [], []
+    for secure in (True, False):
+        server, port = grpc.server(futures.ThreadPoolExecutor(1)), free_port()
+        if secure:
+            credentials = grpc.ssl_server_credentials([(issued.key.read_bytes(), issued.cert.read_bytes())])
+            server.add_secure_port(f"127.0.0.1:{port}", credentials)
+        else:
+            server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        servers.append(server)
+        ports.append(port)
+    yield ca, rogue, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
+    for server in servers:
+        server.stop(None)
+
+
+def failure(channel: grpc.Channel, target: str) -> str:
+    with channel, pytest.raises(grpc.RpcError) as err:
+        pb_grpc.SearchServiceStub(channel).ListCollections(pb.ListCollectionsRequest(), timeout=10)
+    return rpc_failure("collections", err.value, target)
+
+
+def test_tls_on_one_side_only_or_an_untrusted_certificate_says_which_setting(tls_and_plain):
+    ca, rogue, tls, plain = tls_and_plain
+    line = failure(grpc.insecure_channel(tls), tls)  # plaintext to a TLS gateway: it closes the connection
+    assert line.endswith(f"({tls} closed the connection: if the gateway serves TLS, set SEARCHCTL_CA_FILE to the CA "
+                         "file that signed its certificate)"), line
+    line = failure(grpc.secure_channel(plain, grpc.ssl_channel_credentials(ca.pem.read_bytes())), plain)
+    assert line.endswith(f"({plain} does not answer TLS: unset SEARCHCTL_CA_FILE for a gateway without TLS)"), line
+    line = failure(grpc.secure_channel(tls, grpc.ssl_channel_credentials(rogue.pem.read_bytes())), tls)
+    assert line.endswith(f"(the certificate of {tls} is not signed by the CA in SEARCHCTL_CA_FILE: name the CA file "
+                         "that signed it)"), line
+    assert "no gateway answers" not in line
