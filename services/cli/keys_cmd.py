@@ -29,12 +29,9 @@ def create(path: Path, name: str, scopes: list[str], collections: list[str]) -> 
                 f"{callers.LEGACY!r} with every scope (as before)")
     if old.strip() and any(c.name == name for c in callers.parse(old, str(path)).callers):  # a broken file: its line
         raise ConfigError(f"caller {name!r} already exists in {path}: choose another --name")
+    callers.check_caller(name, scopes, collections)  # what is wrong with the flags, without a line of any file
     key = secrets.token_urlsafe(32)
     entry = callers.entry_text(name, scopes, collections, key)
-    try:
-        callers.parse(entry, "new")
-    except ConfigError as exc:  # what is wrong with the flags, without a line of a file that does not exist yet
-        raise ConfigError(str(exc).split(": ", 1)[-1]) from exc
     text = (old if old.endswith("\n") or not old else old + "\n") + entry
     parsed = callers.parse(text, str(path))
     if not any(c.name == name for c in parsed.callers):  # pragma: no cover - entry_text always adds it

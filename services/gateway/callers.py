@@ -276,32 +276,43 @@ def _claim(parsed: CallersFile, token: str, where: str, owner: str, what: str) -
     parsed.origin[token] = f"{owner} ({where})"
 
 
+def _at(where: str, message: str) -> str:
+    """``message`` prefixed with where it was found (a file's line), if anywhere."""
+    return f"{where}: {message}" if where else message
+
+
+def check_caller(name: str, scopes: Sequence[str], collections: Sequence[str]) -> None:
+    """ConfigError, saying what is wrong without a location, unless an entry of caller ``name``
+    with these scopes and collections would be valid (``searchctl keys create`` checks its flags)."""
+    _caller({"name": name, "scopes": list(scopes), "collections": list(collections)}, "", {}, 0)
+
+
 def _strings(entry: Mapping[str, Any], name: str, where: str) -> list[str]:
     value = entry.get(name, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {name} must be a list of strings, e.g. {name} = [\"...\"]")
+        raise ConfigError(_at(where, f"{name} must be a list of strings, e.g. {name} = [\"...\"]"))
     return value
 
 
 def _caller(entry: Any, where: str, default_quotas: Mapping[str, Quota], line: int) -> Caller:
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: a [[caller]] entry is a table")
+        raise ConfigError(_at(where, "a [[caller]] entry is a table"))
     unknown = sorted(set(entry) - _CALLER_FIELDS)
     if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (a caller has {', '.join(sorted(_CALLER_FIELDS))})")
+        raise ConfigError(_at(where, f"unknown field {unknown[0]!r} (a caller has {', '.join(sorted(_CALLER_FIELDS))})"))
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ConfigError(f"{where}: name must be 1-63 letters, digits, '.', '_' or '-' (got {name!r})")
+        raise ConfigError(_at(where, f"name must be 1-63 letters, digits, '.', '_' or '-' (got {name!r})"))
     if name in (ANONYMOUS, OTHER):
-        raise ConfigError(f"{where}: {name!r} is reserved (it names requests from no configured caller)")
+        raise ConfigError(_at(where, f"{name!r} is reserved (it names requests from no configured caller)"))
     scopes = _strings(entry, "scopes", where)
     if not scopes:
-        raise ConfigError(f"{where}: caller {name!r} needs scopes, some of {', '.join(SCOPES)}")
+        raise ConfigError(_at(where, f"caller {name!r} needs scopes, some of {', '.join(SCOPES)}"))
     wrong = [s for s in scopes if s not in SCOPES]
     if wrong:
-        raise ConfigError(f"{where}: caller {name!r}: unknown scope {wrong[0]!r} (scopes: {', '.join(SCOPES)})")
-    collections = collection_patterns(_strings(entry, "collections", where), f"{where}: caller {name!r}")
-    quotas = {**default_quotas, **_quotas(entry.get("quota", {}), f"{where}: caller {name!r}")}
+        raise ConfigError(_at(where, f"caller {name!r}: unknown scope {wrong[0]!r} (scopes: {', '.join(SCOPES)})"))
+    collections = collection_patterns(_strings(entry, "collections", where), _at(where, f"caller {name!r}"))
+    quotas = {**default_quotas, **_quotas(entry.get("quota", {}), _at(where, f"caller {name!r}"))}
     return Caller(name, frozenset(scopes), collections, MappingProxyType(quotas), line)
 
 
@@ -314,23 +325,23 @@ def collection_patterns(values: Iterable[str], where: str) -> tuple[str, ...]:
             try:
                 validation.collection_name(stem, "collections")
             except InvalidArgument as exc:
-                raise ConfigError(f"{where}: collections: {value!r}: {exc.description}") from exc
+                raise ConfigError(_at(where, f"collections: {value!r}: {exc.description}")) from exc
         patterns.append(value)
     return () if "*" in patterns else tuple(patterns)
 
 
 def _quotas(value: Any, where: str) -> dict[str, Quota]:
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: quota is a table of method classes, e.g. quota.search = {{ rate = 20, burst = 40 }}")
+        raise ConfigError(_at(where, f"quota is a table of method classes, e.g. quota.search = {{ rate = 20, burst = 40 }}"))
     quotas = {}
     for klass, spec in value.items():
         if klass not in SCOPES:
-            raise ConfigError(f"{where}: quota for unknown method class {klass!r} (classes: {', '.join(SCOPES)})")
+            raise ConfigError(_at(where, f"quota for unknown method class {klass!r} (classes: {', '.join(SCOPES)})"))
         if not isinstance(spec, dict) or set(spec) - {"rate", "burst"} or "rate" not in spec:
-            raise ConfigError(f"{where}: quota.{klass} = {{ rate = <requests per second>, burst = <requests> }}")
+            raise ConfigError(_at(where, f"quota.{klass} = {{ rate = <requests per second>, burst = <requests> }}"))
         rate, burst = spec["rate"], spec.get("burst", max(1.0, math.ceil(spec["rate"])) if _number(spec["rate"]) else 0)
         if not _number(rate) or rate <= 0 or not _number(burst) or burst < 1:
-            raise ConfigError(f"{where}: quota.{klass}: rate must be > 0 and burst >= 1 (got rate={rate!r}, burst={burst!r})")
+            raise ConfigError(_at(where, f"quota.{klass}: rate must be > 0 and burst >= 1 (got rate={rate!r}, burst={burst!r})"))
         quotas[klass] = Quota(float(rate), float(burst))
     return quotas
 

@@ -39,3 +39,10 @@ def test_a_broken_file_is_named_with_its_line(tmp_path):
     path.write_text(path.read_text().replace('"search"', '"serch"'))
     with pytest.raises(ConfigError, match=r"callers.toml line 2: caller 'bob': unknown scope 'serch'"):
         create(path, "carol", ["search"], [])
+
+
+def test_a_bad_collection_pattern_is_named_without_a_line(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        create(tmp_path / "callers.toml", "dave", ["search"], ["no spaces*"])
+    assert str(exc.value).startswith("caller 'dave': collections: 'no spaces*': "), str(exc.value)
+    assert not (tmp_path / "callers.toml").exists()
