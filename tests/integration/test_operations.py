@@ -228,7 +228,7 @@ def test_a_refused_restore_gets_its_own_status_while_the_caller_is_still_writing
         outcomes[code_of(lambda: stub.RestoreSnapshot(iter(taken), timeout=60))] += 1
         outcomes[code_of(lambda: stub.RestoreSnapshot(iter(second_header), timeout=60))] += 1
     assert outcomes == {
-        (grpc.StatusCode.ALREADY_EXISTS, f"collection {name!r} already exists"): 30,
+        (grpc.StatusCode.ALREADY_EXISTS, f"collection {name!r} already exists: name another (DeleteCollection removes that one)"): 30,
         (grpc.StatusCode.INVALID_ARGUMENT, "header: only the first message carries the header and the collection"): 30,
     }, outcomes
     assert fresh not in {c.name for c in stub.ListCollections(pb.ListCollectionsRequest(), timeout=30).collections}

@@ -38,8 +38,9 @@ def test_collection_lifecycle(store):
     desc = store.create_collection("c1", FIELDS)
     assert (desc.name, desc.document_count, desc.point_count, desc.sparse_enabled) == ("c1", 0, 0, True)
     assert desc.filter_fields == FIELDS and desc.dense_dimension == 384 and desc.dense_model == store.embedder.name
-    with pytest.raises(AlreadyExists):
+    with pytest.raises(AlreadyExists) as taken:
         store.create_collection("c1", {})
+    assert str(taken.value) == "collection 'c1' already exists: name another (DeleteCollection removes that one)"
     store.create_collection("c2", {}, sparse=False)
     assert store.list_collections() == ["c1", "c2"]
     assert store.describe("c2").sparse_enabled is False

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 
-from services.common.errors import NotFound
+from services.common.errors import AlreadyExists, NotFound
 
 #: Named vectors of every collection.
 DENSE = "dense"
@@ -36,6 +36,12 @@ FIELD_TYPES = ("keyword", "integer", "float", "bool")
 def missing_collection(name: str) -> NotFound:
     """The NOT_FOUND every backend raises for a collection it does not have, whatever the call."""
     return NotFound(f"collection {name!r} does not exist (ListCollections names those that do; CreateCollection makes one)")
+
+
+def taken_collection(name: str) -> AlreadyExists:
+    """The ALREADY_EXISTS every backend raises for a new collection (created, restored, migrated
+    into) whose name is taken."""
+    return AlreadyExists(f"collection {name!r} already exists: name another (DeleteCollection removes that one)")
 
 
 def missing_alias(alias: str) -> NotFound:

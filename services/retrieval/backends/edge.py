@@ -52,11 +52,11 @@ import qdrant_edge as qe
 
 from services.common import metrics
 from services.common.errors import (
-    AlreadyExists, EngineError, FailedPrecondition, NotFound, ResourceExhausted, ServiceError, Unavailable,
+    EngineError, FailedPrecondition, NotFound, ResourceExhausted, ServiceError, Unavailable,
 )
 from services.retrieval.backends.base import (
     CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot, Rescore, missing_alias,
-    missing_collection,
+    missing_collection, taken_collection,
 )
 from services.retrieval.backends.edge_collection import THREAD_BUDGET_PER_CPU, LocalVersions, OpenCollection, cpus
 from services.retrieval.backends.edge_query_batching import QueryCombiner
@@ -236,7 +236,7 @@ class EdgeBackend:
         with self._registry:
             directory = self.collections_dir / schema.name
             if schema.name in self._collections or directory.exists():
-                raise AlreadyExists(f"collection {schema.name!r} already exists")
+                raise taken_collection(schema.name)
             self._check_disk(self.collections_dir)
             # Build it beside the others under a temporary name, then rename: a crash
             # half-way leaves no half-made collection that would stop the next start.

@@ -17,10 +17,10 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from services.common.errors import AlreadyExists, NotFound, Unavailable
+from services.common.errors import NotFound, Unavailable
 from services.retrieval.backends.base import (
     DENSE, LATE, SPARSE, CollectionSchema, CollectionStats, Filter, Fused, Hit, Nearest, PointIn, PointSnapshot,
-    Rescore, missing_alias, missing_collection,
+    Rescore, missing_alias, missing_collection, taken_collection,
 )
 from services.retrieval.backends.translation import (
     EngineTypes, engine_filter, engine_point, payload_indexes, point_in, query_request, schema_from_record,
@@ -101,7 +101,7 @@ class QdrantServerBackend:
 
     def create_collection(self, schema: CollectionSchema) -> None:
         if self._call("collection_exists", self.client.collection_exists, schema.name):
-            raise AlreadyExists(f"collection {schema.name!r} already exists")
+            raise taken_collection(schema.name)
         self._call(
             "create_collection",
             self.client.create_collection,
