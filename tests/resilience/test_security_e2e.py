@@ -131,7 +131,14 @@ def test_health_and_reflection_need_no_key(stack, pki):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
         )
         names = {s.name for r in replies for s in r.list_services_response.service}
-    assert "search.v1.SearchService" in names
+        v1 = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",  # same messages
+                                   request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                   response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        replies = v1(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="search.v1.SearchService")]),
+                     timeout=5)
+        served = [f for r in replies for f in r.file_descriptor_response.file_descriptor_proto]
+    assert "search.v1.SearchService" in names and "grpc.reflection.v1.ServerReflection" in names
+    assert served, "reflection v1 answered nothing without a key"
 
 
 def test_unauthenticated_calls_are_counted(stack, pki, collection):
