@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,6 +291,25 @@ def test_dockerignore_sends_only_the_package():
     for p in ("tests/conftest.py", "k8s/base/kustomization.yaml", ".venv/bin/python", ".git/HEAD",
               "services/__pycache__/x.pyc", "services/gateway/__pycache__/server.cpython-311.pyc", ".data/qdrant/x"):
         assert dockerignore_excludes(p, patterns), f"{p} would be sent"
+
+
+def test_the_package_built_from_that_context_carries_the_stubs_and_the_documented_contracts(tmp_path):
+    """`pip install .` (every image) installs gen/'s stubs and contracts.binpb, which reflection
+    serves with the comments (services/common/reflection.py; without it, reflection loses them)."""
+    source = tmp_path / "src"  # a copy: the build writes build/ and *.egg-info beside pyproject.toml
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for tree in ("gen", "services"):
+        shutil.copytree(REPO / tree, source / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
+                            "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    if built.returncode != 0 and "No module named" in built.stderr:
+        pytest.skip(f"cannot build a wheel here: {built.stderr.strip().splitlines()[-1]}")
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"search/v1/contracts.binpb", "search/v1/search_service_pb2.py", "services/common/reflection.py"} <= names
 
 
 # --------------------------------------------------------------------------- HEALTHCHECK, executed
