@@ -36,7 +36,7 @@ test-fast: models
 # (committed; tests/unit/test_contracts.py checks they are fresh).
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
-	$(BIN)/python -m grpc_tools.protoc -I proto --include_source_info \
+	$(BIN)/python -m grpc_tools.protoc -I proto --include_source_info --include_imports \
 		--descriptor_set_out=gen/search/v1/contracts.binpb $(PROTOS)
 
 # Render and validate k8s overlays, the Envoy config, compose and Dockerfiles.

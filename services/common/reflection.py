@@ -48,7 +48,9 @@ def documented_files() -> dict[str, bytes]:
     except (FileNotFoundError, ModuleNotFoundError) as exc:
         log.warning("reflection serves the contracts without comments: %s (run `make proto`)", exc)
         return {}
-    files = descriptor_pb2.FileDescriptorSet.FromString(data).file
+    # The set also holds its imports (google/protobuf/struct.proto, for `grpcurl -protoset`): those
+    # are served from the runtime pool, as every file not the platform's own.
+    files = [f for f in descriptor_pb2.FileDescriptorSet.FromString(data).file if f.name.startswith("search/")]
     for file in files:
         _clear_json_names(file.message_type)
     return {f.name: f.SerializeToString() for f in files}

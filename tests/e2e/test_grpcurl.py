@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,21 @@ def test_describe_shows_the_contract(stack, grpcurl):
     # The .proto files' comments come with the descriptors (services/common/reflection.py).
     documented = run(grpcurl, stack.gateway, "describe", "search.v1.Range").stdout
     assert "// A numeric range; unset bounds are open." in documented, documented
+
+
+def test_the_descriptor_set_serves_grpcurl_without_reflection(stack, grpcurl):
+    """Where reflection is not routed (Envoy: docs/DEPLOY.md), grpcurl reads the contracts from
+    gen/search/v1/contracts.binpb, comments and imports included."""
+    protoset = str(REPO / "gen" / "search" / "v1" / "contracts.binpb")
+    described = run(grpcurl, "-protoset", protoset, "describe", "search.v1.Range").stdout
+    assert "// A numeric range; unset bounds are open." in described
+    name = f"set{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(stack.gateway) as channel:
+        pb_grpc.SearchServiceStub(channel).CreateCollection(pb.CreateCollectionRequest(name=name), timeout=30)
+    body = json.dumps({"name": name})
+    out = run(grpcurl, "-protoset", protoset, "-d", body, stack.gateway, "search.v1.SearchService/DescribeCollection").stdout
+    described = json.loads(out)["collection"]
+    assert described["name"] == name and described["denseDimension"] == 384  # proto3 JSON names (DEPLOY.md says so)
 
 
 @pytest.mark.parametrize("service", ["gateway", "retrieval", "reranker"])

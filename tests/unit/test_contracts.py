@@ -33,7 +33,7 @@ def test_documented_descriptor_set_is_fresh(tmp_path):
 
     fresh = tmp_path / "contracts.binpb"
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"), "--include_source_info",
-                    f"--descriptor_set_out={fresh}", *map(str, PROTOS)], check=True)
+                    "--include_imports", f"--descriptor_set_out={fresh}", *map(str, PROTOS)], check=True)
     committed = REPO / "gen" / "search" / "v1" / "contracts.binpb"
     assert committed.exists(), "gen/search/v1/contracts.binpb is missing: run `make proto` and commit"
     assert (descriptor_pb2.FileDescriptorSet.FromString(fresh.read_bytes())
