@@ -33,6 +33,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common import metrics, reflection, tracing
+from services.common.config import ConfigError
 from services.common.errors import ServiceError
 from services.common.interceptors import with_unary
 from services.common.status import ErrorMappingInterceptor, status_code, status_message
@@ -175,7 +176,11 @@ async def run(
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service.register(server)
+    try:
+        service.register(server)
+    except ValueError as exc:  # a setting the service's own checks refuse (the flag parser took its type)
+        await server.stop(None)
+        raise ConfigError(f"{service.name}: {exc}") from exc
     reflection.enable(server, (*service.grpc_service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     health_names = ("", *service.grpc_service_names)
     for name in health_names:
@@ -202,9 +207,12 @@ async def run(
     if starting in done:
         if starting.exception() is not None:
             exc = starting.exception()
-            log.error("start-up failed: %s", exc, exc_info=exc)
+            # A setting the service refuses is the operator's to fix: its message, no traceback.
+            log.error("start-up failed: %s", exc, exc_info=None if isinstance(exc, ConfigError) else exc)
             await server.stop(0)
             await service.stop()
+            if isinstance(exc, ConfigError):  # searchctl prints it as it does a setting it cannot parse (exit 2)
+                raise ConfigError(f"{service.name}: {exc}") from exc
             if isinstance(exc, ServiceError):  # e.g. a locked or damaged shard: say what to do
                 raise SystemExit(f"{service.name}: start-up failed: {status_code(exc).name}: {status_message(exc)}")
             raise SystemExit(f"{service.name}: start-up failed: {exc}")

@@ -62,9 +62,11 @@ class RerankDefaults:
 
     def __post_init__(self) -> None:
         if self.combination not in COMBINATIONS.values():
-            raise ValueError(f"score combination must be one of {sorted(COMBINATIONS.values())}, got {self.combination!r}")
+            raise ValueError(f"GATEWAY_SCORE_COMBINATION must be one of {sorted(COMBINATIONS.values())}, "
+                             f"got {self.combination!r}")
         try:
             validation.unit_interval(self.rerank_weight, "GATEWAY_RERANK_WEIGHT")
+            validation.bounded_int(self.candidates, "GATEWAY_DEFAULT_CANDIDATES", 1, validation.MAX_CANDIDATES)
         except ServiceError as exc:  # a setting, not a request: a start-up error
             raise ValueError(exc.message) from exc
 

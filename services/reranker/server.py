@@ -12,6 +12,7 @@ import numpy as np
 from search.v1 import rerank_service_pb2 as pb, rerank_service_pb2_grpc as pb_grpc
 from services.common import metrics, tracing, validation
 from services.common.batching import DynamicBatcher
+from services.common.config import ConfigError
 from services.common.errors import InvalidArgument, Unavailable
 from services.reranker.config import RerankerConfig
 from services.reranker.reranker import QUEUE_NAMES, PerRequestScorer, RerankMetrics, Reranker
@@ -54,7 +55,7 @@ class RerankerService:
 
     def __init__(self, config: RerankerConfig) -> None:
         if config.batching not in ("dynamic", "none"):
-            raise ValueError(f"RERANKER_BATCHING must be dynamic or none, got {config.batching!r}")
+            raise ConfigError(f"RERANKER_BATCHING must be dynamic or none, got {config.batching!r}")
         self.config = config
         # Inference threads are sized in start(), once the execution provider is known.
         self.inference_executor: ThreadPoolExecutor | None = None

@@ -12,6 +12,7 @@ import grpc
 
 from search.v1 import retrieval_service_pb2 as pb, retrieval_service_pb2_grpc as pb_grpc
 from services.common import api_names, metrics, validation
+from services.common.config import ConfigError
 from services.common.errors import ServiceError, Unavailable
 from services.common.status import status_message
 from services.retrieval.config import RetrievalConfig
@@ -36,16 +37,16 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
     if cfg.late_interaction_model_dir == "off":
         return None
     if cfg.late_interaction_quantization not in ("int8", "binary", "none"):
-        raise SystemExit(f"RETRIEVAL_LATE_INTERACTION_QUANTIZATION must be int8, binary or none, "
+        raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_QUANTIZATION must be int8, binary or none, "
                          f"got {cfg.late_interaction_quantization!r}")
     if cfg.late_interaction_prune not in PRUNE_MODES:
-        raise SystemExit(f"RETRIEVAL_LATE_INTERACTION_PRUNE must be one of {PRUNE_MODES}, got {cfg.late_interaction_prune!r}")
+        raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_PRUNE must be one of {PRUNE_MODES}, got {cfg.late_interaction_prune!r}")
     if not 0.0 <= cfg.late_interaction_weight <= 1.0:
-        raise SystemExit(f"RETRIEVAL_LATE_INTERACTION_WEIGHT must be between 0 and 1, got {cfg.late_interaction_weight}")
+        raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_WEIGHT must be between 0 and 1, got {cfg.late_interaction_weight}")
     model_dir = cfg.late_interaction_model_dir or default_models_dir() / LATE_INTERACTION
     if not (Path(model_dir) / "model.onnx").is_file():
         if cfg.late_interaction_model_dir or cfg.late_interaction_default:
-            raise SystemExit(f"late-interaction model not found in {model_dir}; run `searchctl models fetch` "
+            raise ConfigError(f"late-interaction model not found in {model_dir}; run `searchctl models fetch` "
                              "or set RETRIEVAL_LATE_INTERACTION_MODEL_DIR=off")
         log.info("no late-interaction model in %s: collections without the stage only", model_dir)
         return None
@@ -59,7 +60,7 @@ def shard_tuning(cfg: RetrievalConfig):
     try:
         return cfg.shard_tuning()
     except ValueError as exc:
-        raise SystemExit(f"EDGE_DENSE_STORAGE: {exc}") from exc
+        raise ConfigError(f"EDGE_DENSE_STORAGE: {exc}") from exc
 
 
 def _uses_late_interaction(backend) -> bool:
@@ -277,11 +278,11 @@ class RetrievalService:
             # Every write gives its collection a new version (services/retrieval/write_versions.py).
             self._backend = VersionedBackend(await loop.run_in_executor(self.executor, open_backend, settings))
         except ServiceError as exc:  # a shard that cannot be opened: say which, change nothing
-            raise SystemExit(f"retrieval cannot open its store: {status_message(exc)}") from exc
+            raise RuntimeError(f"cannot open its store: {status_message(exc)}") from exc
         from services.retrieval.passages import MODES as LONG_DOCUMENT_MODES, PassageSplitter
 
         if cfg.long_documents not in LONG_DOCUMENT_MODES:
-            raise SystemExit(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
+            raise ConfigError(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
         splitter = PassageSplitter(encoder.model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
         late = late_interaction_stage(cfg, threads)
         if late is not None and await loop.run_in_executor(self.executor, _uses_late_interaction, self._backend):

@@ -51,6 +51,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from services.common import metrics
+from services.common.config import ConfigError
 from services.common.errors import (
     EngineError, FailedPrecondition, NotFound, ResourceExhausted, ServiceError, Unavailable,
 )
@@ -111,7 +112,11 @@ class EdgeBackend:
         self._closing = threading.Event()
         self._building = threading.Lock()  # one background build at a time
         self._child: OptimizerChild | None = None
-        self.collections_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.collections_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the operator's folder: name the setting, no traceback
+            raise ConfigError(f"QDRANT_PATH {self.root}: cannot create {self.collections_dir} "
+                              f"({exc.strerror or exc}): name a folder this service may write") from exc
         shutil.rmtree(self.root / ".snapshots", ignore_errors=True)  # copies a crash left behind
         self._aliases_lock = threading.Lock()
         self._aliases = self._load_aliases()

@@ -1,0 +1,42 @@
+"""A setting a service refuses stops `searchctl serve` with one line naming it (exit 2, as for a
+value the flag parser cannot read), never a traceback: whether the service checks it when it is
+built, when it registers, or while it starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, require_models
+
+
+@pytest.mark.parametrize("service, env, line", [
+    ("gateway", {"GATEWAY_RERANK_POLICY": "sometimes"},
+     "searchctl: gateway: GATEWAY_RERANK_POLICY must be one of ('always', 'auto', 'never'), got 'sometimes'"),
+    ("gateway", {"GATEWAY_DEFAULT_CANDIDATES": "0"},
+     "searchctl: gateway: GATEWAY_DEFAULT_CANDIDATES: must be between 1 and 200, got 0"),
+    ("gateway", {"GATEWAY_SCORE_COMBINATION": "sum"},
+     "searchctl: gateway: GATEWAY_SCORE_COMBINATION must be one of ['rerank_only', 'weighted_rrf', 'weighted_zscore'], "
+     "got 'sum'"),
+    ("reranker", {"RERANKER_BATCHING": "always"}, "searchctl: RERANKER_BATCHING must be dynamic or none, got 'always'"),
+    ("retrieval", {"RETRIEVAL_LONG_DOCUMENTS": "cut"},
+     "searchctl: retrieval: RETRIEVAL_LONG_DOCUMENTS must be one of ('truncate', 'split'), got 'cut'"),
+    ("retrieval", {"EDGE_DENSE_STORAGE": "tape"},
+     "searchctl: retrieval: EDGE_DENSE_STORAGE: dense storage must be one of ('memory', 'int8', 'disk-int8'), got 'tape'"),
+    ("retrieval", {"QDRANT_PATH": "/proc/no-such-store"},
+     "searchctl: retrieval: QDRANT_PATH /proc/no-such-store: cannot create /proc/no-such-store/collections (No such file "
+     "or directory): name a folder this service may write"),
+])
+def test_a_refused_setting_is_one_line_without_a_traceback(tmp_path, service, env, line):
+    if service == "retrieval":
+        require_models()
+    full_env = {**os.environ, f"{service.upper()}_PORT": "0", f"{service.upper()}_METRICS_PORT": "0",
+                "QDRANT_PATH": str(tmp_path / "q"), **env}
+    run = subprocess.run([sys.executable, "-m", "services.cli", "serve", service], env=full_env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, (run.returncode, run.stderr[-1500:])
+    assert run.stderr.strip().splitlines()[-1] == line, run.stderr[-1500:]
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr[-3000:]
