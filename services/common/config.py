@@ -29,9 +29,10 @@ class ConfigError(ValueError):
     """A configuration value cannot be parsed; the message names the env var and the flag."""
 
 
-def setting(default: Any, env: str, help: str) -> Any:  # noqa: A002 - mirrors argparse
-    """Declare a dataclass field configurable by ``env`` and by a flag named after the field."""
-    return dataclasses.field(default=default, metadata={"env": env, "help": help})
+def setting(default: Any, env: str, help: str, choices: Sequence[str] = ()) -> Any:  # noqa: A002 - mirrors argparse
+    """Declare a dataclass field configurable by ``env`` and by a flag named after the field;
+    ``choices``: the values a text setting may take (any other stops the load with its name)."""
+    return dataclasses.field(default=default, metadata={"env": env, "help": help, "choices": tuple(choices)})
 
 
 def server_settings(prefix: str, grpc_port: int, metrics_port_default: int) -> type:
@@ -120,6 +121,11 @@ def load(cls: type[T], args: argparse.Namespace | None = None, environ: Mapping[
             values[field.name] = _converter(tp)(raw) if isinstance(raw, str) else raw
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid value {raw!r} for {source} ({field.metadata['help']}): {exc}") from exc
+        choices = field.metadata.get("choices", ())
+        if choices:  # compared and kept as written in the list: ' CPU' is 'cpu'
+            values[field.name] = str(values[field.name]).strip().lower()
+            if values[field.name] not in choices:
+                raise ConfigError(f"invalid value {raw!r} for {source}: expected one of {', '.join(choices)}")
     return cls(**values)
 
 

@@ -15,13 +15,20 @@ __all__ = [
     "CPU_BATCH_TOKENS",
     "CUDA",
     "GPU_BATCH_TOKENS",
+    "GRAPH_OPTIMIZATIONS",
     "GPU_PROVIDERS",
+    "PROVIDER_CHOICES",
     "TENSORRT",
     "available_cpus",
     "batching_for",
     "cpu_layout",
     "cuda_device_present",
 ]
+
+#: ORT_PROVIDER's values, and the graph optimization levels (*_GRAPH_OPTIMIZATION) by name:
+#: here, without ONNX Runtime, so the settings can list them (services/common/onnx_session.py maps them).
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 #: ONNX Runtime's execution provider names.
 CPU = "CPUExecutionProvider"

@@ -32,7 +32,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding
 
-from services.common.hardware import CPU, CUDA, GPU_PROVIDERS, TENSORRT, cuda_device_present
+from services.common.hardware import (
+    CPU, CUDA, GPU_PROVIDERS, GRAPH_OPTIMIZATIONS, PROVIDER_CHOICES, TENSORRT, cuda_device_present,
+)
 
 __all__ = [
     "GRAPH_OPTIMIZATIONS",
@@ -47,17 +49,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 
 #: An ORT provider entry: a name, or (name, options).
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
-_GRAPH_OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+_GRAPH_OPT_LEVELS = dict(zip(GRAPH_OPTIMIZATIONS, (  # disable, basic, extended, all
+    ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+), strict=True))
 
 
 #: The inputs of the BERT-style encoders this project ships.
@@ -89,7 +90,6 @@ class TrtProfile:
             "trt_profile_max_shapes": shapes(self.max_batch, self.max_length),
         }
 
-GRAPH_OPTIMIZATIONS = tuple(_GRAPH_OPT_LEVELS)
 
 
 def _provider_name(spec: ProviderSpec) -> str:

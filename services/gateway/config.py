@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import server_settings, setting
+from services.gateway.cascade import POLICIES
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class GatewayConfig(server_settings("GATEWAY", 50051, 9101)):
         "when a Search is reranked if the request does not say: always, auto (only queries whose first stage is "
         "uncertain, GATEWAY_AUTO_RERANK_*) or never; chosen on SciFact train for a CPU reranker (docs/QUALITY.md); "
         "always suits a GPU",
+        choices=POLICIES,
     )
     auto_rerank_depth: int = setting(
         5, "GATEWAY_AUTO_RERANK_DEPTH",

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import server_settings, setting
+from services.common.hardware import GRAPH_OPTIMIZATIONS, PROVIDER_CHOICES
+
+#: RERANKER_BATCHING's values.
+BATCHING_MODES = ("dynamic", "none")
 
 
 @dataclass(frozen=True)
@@ -23,9 +27,10 @@ class RerankerConfig(server_settings("RERANKER", 50053, 9103)):
         "dynamic",
         "RERANKER_BATCHING",
         "dynamic: coalesce pairs across concurrent requests; none: score each request on its own (the naive baseline of `searchctl bench rerank`)",
+        choices=BATCHING_MODES,
     )
-    graph_optimization: str = setting("all", "RERANKER_GRAPH_OPTIMIZATION", "ONNX Runtime graph optimisation level: disable, basic, extended or all")
-    provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")
+    graph_optimization: str = setting("all", "RERANKER_GRAPH_OPTIMIZATION", "ONNX Runtime graph optimisation level: disable, basic, extended or all", choices=GRAPH_OPTIMIZATIONS)
+    provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt", choices=PROVIDER_CHOICES)
     inference_workers: int = setting(
         0, "RERANKER_INFERENCE_WORKERS", "inference batches run at once (0 = one per available CPU on CPU, 1 on GPU)"
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import server_settings, setting
-from services.retrieval.backends.edge_tuning import ShardTuning
+from services.common.hardware import GRAPH_OPTIMIZATIONS, PROVIDER_CHOICES
+from services.retrieval.backends.edge_tuning import DENSE_STORAGE, ShardTuning
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class RetrievalConfig(server_settings("RETRIEVAL", 50052, 9102)):
         "copies, which the HNSW build and searches use first, the best candidates rescored with the originals) or "
         "disk-int8 (the same, originals on disk, read to rescore: less RAM, slower on a slow disk; docs/BENCHMARKS.md "
         "compares them at 100k and 1M points); applied at the next optimization",
+        choices=DENSE_STORAGE,
     )
     edge_int8_oversampling: float = setting(
         2.0, "EDGE_INT8_OVERSAMPLING",
@@ -89,8 +91,8 @@ class RetrievalConfig(server_settings("RETRIEVAL", 50052, 9102)):
     max_batch_tokens: int = setting(0, "EMBEDDER_MAX_BATCH_TOKENS", "padded tokens per bi-encoder inference batch (0 = 256 on CPU, 16384 on GPU)")
     max_wait_ms: float = setting(2.0, "EMBEDDER_MAX_WAIT_MS", "while a batch runs, how long a partial batch waits for concurrent requests (queries, upserts) to join before it takes a free worker; an idle embedder starts a lone request at once")
     max_queue_texts: int = setting(8192, "EMBEDDER_MAX_QUEUE_TEXTS", "texts queued for embedding before requests are shed (RESOURCE_EXHAUSTED)")
-    graph_optimization: str = setting("all", "EMBEDDER_GRAPH_OPTIMIZATION", "ONNX Runtime graph optimisation level: disable, basic, extended or all")
-    provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt")
+    graph_optimization: str = setting("all", "EMBEDDER_GRAPH_OPTIMIZATION", "ONNX Runtime graph optimisation level: disable, basic, extended or all", choices=GRAPH_OPTIMIZATIONS)
+    provider: str = setting("auto", "ORT_PROVIDER", "ONNX Runtime execution provider: auto, cpu, cuda or tensorrt", choices=PROVIDER_CHOICES)
     inference_workers: int = setting(
         0, "EMBEDDER_INFERENCE_WORKERS", "bi-encoder batches run at once (0 = one per available CPU on CPU, 1 on GPU)"
     )

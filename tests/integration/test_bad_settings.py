@@ -14,18 +14,21 @@ from tests.conftest import REPO, require_models
 
 
 @pytest.mark.parametrize("service, env, line", [
-    ("gateway", {"GATEWAY_RERANK_POLICY": "sometimes"},
-     "searchctl: gateway: GATEWAY_RERANK_POLICY must be one of ('always', 'auto', 'never'), got 'sometimes'"),
+    ("gateway", {"GATEWAY_RERANK_POLICY": "sometimes"},  # refused as the settings are read
+     "searchctl: invalid value 'sometimes' for GATEWAY_RERANK_POLICY: expected one of always, auto, never"),
     ("gateway", {"GATEWAY_DEFAULT_CANDIDATES": "0"},
      "searchctl: gateway: GATEWAY_DEFAULT_CANDIDATES: must be between 1 and 200, got 0"),
     ("gateway", {"GATEWAY_SCORE_COMBINATION": "sum"},
      "searchctl: gateway: GATEWAY_SCORE_COMBINATION must be one of ['rerank_only', 'weighted_rrf', 'weighted_zscore'], "
      "got 'sum'"),
-    ("reranker", {"RERANKER_BATCHING": "always"}, "searchctl: RERANKER_BATCHING must be dynamic or none, got 'always'"),
+    ("reranker", {"RERANKER_BATCHING": "always"}, "searchctl: invalid value 'always' for RERANKER_BATCHING: expected one of "
+     "dynamic, none"),
     ("retrieval", {"RETRIEVAL_LONG_DOCUMENTS": "cut"},
      "searchctl: retrieval: RETRIEVAL_LONG_DOCUMENTS must be one of ('truncate', 'split'), got 'cut'"),
     ("retrieval", {"EDGE_DENSE_STORAGE": "tape"},
-     "searchctl: retrieval: EDGE_DENSE_STORAGE: dense storage must be one of ('memory', 'int8', 'disk-int8'), got 'tape'"),
+     "searchctl: invalid value 'tape' for EDGE_DENSE_STORAGE: expected one of memory, int8, disk-int8"),
+    ("reranker", {"ORT_PROVIDER": "gpu"}, "searchctl: invalid value 'gpu' for ORT_PROVIDER: expected one of auto, cpu, cuda, "
+     "tensorrt"),
     ("retrieval", {"QDRANT_PATH": "/proc/no-such-store"},
      "searchctl: retrieval: QDRANT_PATH /proc/no-such-store: cannot create /proc/no-such-store/collections (No such file "
      "or directory): name a folder this service may write"),

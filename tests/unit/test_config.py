@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -84,3 +85,23 @@ def test_every_service_shares_the_server_settings(cls, prefix, port, metrics_por
     assert f'"{prefix}_HOST"' not in own and "LOG_LEVEL" not in own, "declared again instead of derived from server_settings"
     loaded = cfg.load(cls, argparse.Namespace(), {f"{prefix}_PORT": "6000"})
     assert loaded.port == 6000 and loaded.host == "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class Chosen:
+    mode: str = cfg.setting("fast", "SAMPLE_MODE", "mode", choices=("fast", "slow"))
+
+
+def test_a_setting_with_choices_takes_one_of_them_as_written_in_the_list():
+    assert cfg.load(Chosen, None, environ={"SAMPLE_MODE": " SLOW "}).mode == "slow"
+    with pytest.raises(cfg.ConfigError, match="invalid value 'quick' for SAMPLE_MODE: expected one of fast, slow"):
+        cfg.load(Chosen, None, environ={"SAMPLE_MODE": "quick"})
+    with pytest.raises(cfg.ConfigError, match="for --mode: expected one of fast, slow"):
+        cfg.load(Chosen, argparse.Namespace(mode="quick"), environ={})
+
+
+@pytest.mark.parametrize("cls", [GatewayConfig, RerankerConfig, RetrievalConfig])
+def test_every_default_is_one_of_its_choices(cls):
+    for field in dataclasses.fields(cls):
+        choices = field.metadata.get("choices", ())
+        assert not choices or field.default in choices, (field.name, field.default, choices)
