@@ -38,7 +38,7 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
         return None
     if cfg.late_interaction_quantization not in ("int8", "binary", "none"):
         raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_QUANTIZATION must be int8, binary or none, "
-                         f"got {cfg.late_interaction_quantization!r}")
+                          f"got {cfg.late_interaction_quantization!r}")
     if cfg.late_interaction_prune not in PRUNE_MODES:
         raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_PRUNE must be one of {PRUNE_MODES}, got {cfg.late_interaction_prune!r}")
     if not 0.0 <= cfg.late_interaction_weight <= 1.0:
@@ -47,7 +47,7 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
     if not (Path(model_dir) / "model.onnx").is_file():
         if cfg.late_interaction_model_dir or cfg.late_interaction_default:
             raise ConfigError(f"late-interaction model not found in {model_dir}; run `searchctl models fetch` "
-                             "or set RETRIEVAL_LATE_INTERACTION_MODEL_DIR=off")
+                              "or set RETRIEVAL_LATE_INTERACTION_MODEL_DIR=off")
         log.info("no late-interaction model in %s: collections without the stage only", model_dir)
         return None
     encoder = LazyEncoder(model_dir, partial(LateInteractionEncoder.from_config, cfg, model_dir, threads))
