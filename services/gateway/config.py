@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common import api_names
 from services.common.config import server_settings, setting
 from services.gateway.cascade import POLICIES
 
@@ -42,6 +43,7 @@ class GatewayConfig(server_settings("GATEWAY", 50051, 9101)):
     score_combination: str = setting(
         "weighted_zscore", "GATEWAY_SCORE_COMBINATION",
         "default combination of rerank and first-stage scores: weighted_zscore, weighted_rrf or rerank_only",
+        choices=tuple(api_names.SCORE_COMBINATIONS.values()),
     )
     rerank_weight: float = setting(0.4, "GATEWAY_RERANK_WEIGHT", "default weight of the rerank score in the combination (0..1)")
     default_deadline_seconds: float = setting(10.0, "GATEWAY_DEFAULT_DEADLINE_SECONDS", "deadline of a Search whose caller set none")

@@ -19,8 +19,10 @@ from tests.conftest import REPO, require_models
     ("gateway", {"GATEWAY_DEFAULT_CANDIDATES": "0"},
      "searchctl: gateway: GATEWAY_DEFAULT_CANDIDATES: must be between 1 and 200, got 0"),
     ("gateway", {"GATEWAY_SCORE_COMBINATION": "sum"},
-     "searchctl: gateway: GATEWAY_SCORE_COMBINATION must be one of ['rerank_only', 'weighted_rrf', 'weighted_zscore'], "
-     "got 'sum'"),
+     "searchctl: invalid value 'sum' for GATEWAY_SCORE_COMBINATION: expected one of rerank_only, weighted_zscore, "
+     "weighted_rrf"),
+    ("gateway", {"GATEWAY_RERANK_WEIGHT": "1.5"},  # a range the gateway checks as it registers
+     "searchctl: gateway: GATEWAY_RERANK_WEIGHT: must be between 0 and 1, got 1.5"),
     ("reranker", {"RERANKER_BATCHING": "always"}, "searchctl: invalid value 'always' for RERANKER_BATCHING: expected one of "
      "dynamic, none"),
     ("retrieval", {"RETRIEVAL_LONG_DOCUMENTS": "cut"},
