@@ -8,6 +8,12 @@ from services.common.config import server_settings, setting
 from services.common.hardware import GRAPH_OPTIMIZATIONS, PROVIDER_CHOICES
 from services.retrieval.backends.edge_tuning import DENSE_STORAGE, ShardTuning
 
+#: RETRIEVAL_LONG_DOCUMENTS, RETRIEVAL_LATE_INTERACTION_QUANTIZATION and _PRUNE: their values,
+#: here once (services/retrieval/passages.py and late_interaction.py use them).
+LONG_DOCUMENT_MODES = ("truncate", "split")
+LATE_QUANTIZATIONS = ("int8", "binary", "none")
+PRUNE_MODES = ("none", "punctuation", "stopwords")
+
 
 @dataclass(frozen=True)
 class RetrievalConfig(server_settings("RETRIEVAL", 50052, 9102)):
@@ -85,6 +91,7 @@ class RetrievalConfig(server_settings("RETRIEVAL", 50052, 9102)):
         "truncate", "RETRIEVAL_LONG_DOCUMENTS",
         "documents longer than the model window: truncate (index the first window) or split (overlapping passages); "
         "recorded per collection at creation",
+        choices=LONG_DOCUMENT_MODES,
     )
     passage_overlap: int = setting(32, "RETRIEVAL_PASSAGE_OVERLAP_TOKENS", "tokens neighbouring passages share when splitting")
     batch_size: int = setting(32, "EMBEDDER_BATCH_SIZE", "texts per bi-encoder inference batch")
@@ -116,9 +123,11 @@ class RetrievalConfig(server_settings("RETRIEVAL", 50052, 9102)):
     )
     late_interaction_quantization: str = setting(
         "int8", "RETRIEVAL_LATE_INTERACTION_QUANTIZATION", "token vectors in the engine: int8, binary or none (recorded per collection)",
+        choices=LATE_QUANTIZATIONS,
     )
     late_interaction_prune: str = setting(
         "none", "RETRIEVAL_LATE_INTERACTION_PRUNE", "document tokens not stored: none, punctuation or stopwords",
+        choices=PRUNE_MODES,
     )
     late_interaction_max_length: int = setting(256, "RETRIEVAL_LATE_INTERACTION_MAX_LENGTH", "tokens per passage the late-interaction model reads")
     fusion_calibration: bool = setting(

@@ -27,12 +27,12 @@ import numpy as np
 from services.common.model_dir import resolve_model_dir
 from services.common.onnx_session import create_session, encodings_to_inputs, run_with_io_binding
 from services.common.tokenization import load_tokenizer
+from services.retrieval.config import PRUNE_MODES
 from services.retrieval.sparse import ENGLISH_STOP_WORDS
 
 __all__ = ["LateInteractionEncoder", "LazyEncoder", "maxsim"]
 
 _PUNCTUATION = re.compile(r"^\W+$")
-PRUNE_MODES = ("none", "punctuation", "stopwords")
 
 
 class LateInteractionEncoder:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-MODES = ("truncate", "split")
+from services.retrieval.config import LONG_DOCUMENT_MODES
+
+MODES = LONG_DOCUMENT_MODES
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from services.common import api_names, metrics, validation
 from services.common.config import ConfigError
 from services.common.errors import ServiceError, Unavailable
 from services.common.status import status_message
-from services.retrieval.config import RetrievalConfig
+from services.retrieval.config import LATE_QUANTIZATIONS, RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
 from services.retrieval.calibration import FusionCalibrator
@@ -36,7 +36,7 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
 
     if cfg.late_interaction_model_dir == "off":
         return None
-    if cfg.late_interaction_quantization not in ("int8", "binary", "none"):
+    if cfg.late_interaction_quantization not in LATE_QUANTIZATIONS:
         raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_QUANTIZATION must be int8, binary or none, "
                           f"got {cfg.late_interaction_quantization!r}")
     if cfg.late_interaction_prune not in PRUNE_MODES:

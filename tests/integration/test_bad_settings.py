@@ -26,7 +26,10 @@ from tests.conftest import REPO, require_models
     ("reranker", {"RERANKER_BATCHING": "always"}, "searchctl: invalid value 'always' for RERANKER_BATCHING: expected one of "
      "dynamic, none"),
     ("retrieval", {"RETRIEVAL_LONG_DOCUMENTS": "cut"},
-     "searchctl: retrieval: RETRIEVAL_LONG_DOCUMENTS must be one of ('truncate', 'split'), got 'cut'"),
+     "searchctl: invalid value 'cut' for RETRIEVAL_LONG_DOCUMENTS: expected one of truncate, split"),
+    ("retrieval", {"RETRIEVAL_LATE_INTERACTION_MODEL_DIR": "/no/such/colbert"},  # checked as the service starts
+     "searchctl: retrieval: late-interaction model not found in /no/such/colbert; run `searchctl models fetch` or set "
+     "RETRIEVAL_LATE_INTERACTION_MODEL_DIR=off"),
     ("retrieval", {"EDGE_DENSE_STORAGE": "tape"},
      "searchctl: invalid value 'tape' for EDGE_DENSE_STORAGE: expected one of memory, int8, disk-int8"),
     ("reranker", {"ORT_PROVIDER": "gpu"}, "searchctl: invalid value 'gpu' for ORT_PROVIDER: expected one of auto, cpu, cuda, "
