@@ -48,8 +48,20 @@ def server_settings(prefix: str, grpc_port: int, metrics_port_default: int) -> t
         grace_seconds: float = setting(10.0, f"{prefix}_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
         log_level: str = setting("INFO", "LOG_LEVEL", "log level")
 
+        def __post_init__(self) -> None:  # a config built in code too (load() checks first, naming the flag)
+            check_choices(self)
+
     ServerSettings.__qualname__ = ServerSettings.__name__ = f"{prefix.title()}ServerSettings"
     return ServerSettings
+
+
+def check_choices(settings: Any) -> None:
+    """ConfigError unless every setting declared with ``choices`` holds one of them."""
+    for field in dataclasses.fields(settings):
+        choices = field.metadata.get("choices", ())
+        value = getattr(settings, field.name)
+        if choices and value not in choices:
+            raise ConfigError(f"invalid value {value!r} for {field.metadata['env']}: expected one of {', '.join(choices)}")
 
 
 def _parse_bool(raw: str) -> bool:

@@ -12,9 +12,8 @@ import numpy as np
 from search.v1 import rerank_service_pb2 as pb, rerank_service_pb2_grpc as pb_grpc
 from services.common import metrics, tracing, validation
 from services.common.batching import DynamicBatcher
-from services.common.config import ConfigError
 from services.common.errors import InvalidArgument, Unavailable
-from services.reranker.config import BATCHING_MODES, RerankerConfig
+from services.reranker.config import RerankerConfig
 from services.reranker.reranker import QUEUE_NAMES, PerRequestScorer, RerankMetrics, Reranker
 from services.reranker.score_cache import CachedReranker
 
@@ -54,8 +53,6 @@ class RerankerService:
     grpc_service_names = (pb.DESCRIPTOR.services_by_name["RerankService"].full_name,)
 
     def __init__(self, config: RerankerConfig) -> None:
-        if config.batching not in BATCHING_MODES:  # searchctl's load checks it too; a config built in code may not
-            raise ConfigError(f"RERANKER_BATCHING must be dynamic or none, got {config.batching!r}")
         self.config = config
         # Inference threads are sized in start(), once the execution provider is known.
         self.inference_executor: ThreadPoolExecutor | None = None

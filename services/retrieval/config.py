@@ -9,7 +9,7 @@ from services.common.hardware import GRAPH_OPTIMIZATIONS, PROVIDER_CHOICES
 from services.retrieval.backends.edge_tuning import DENSE_STORAGE, ShardTuning
 
 #: RETRIEVAL_LONG_DOCUMENTS, RETRIEVAL_LATE_INTERACTION_QUANTIZATION and _PRUNE: their values,
-#: here once (services/retrieval/passages.py and late_interaction.py use them).
+#: here once (late_interaction.py's encoder checks its prune mode against PRUNE_MODES too).
 LONG_DOCUMENT_MODES = ("truncate", "split")
 LATE_QUANTIZATIONS = ("int8", "binary", "none")
 PRUNE_MODES = ("none", "punctuation", "stopwords")

@@ -15,10 +15,6 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from services.retrieval.config import LONG_DOCUMENT_MODES
-
-MODES = LONG_DOCUMENT_MODES
-
 
 @dataclass(frozen=True)
 class Passage:

@@ -15,7 +15,7 @@ from services.common import api_names, metrics, validation
 from services.common.config import ConfigError
 from services.common.errors import ServiceError, Unavailable
 from services.common.status import status_message
-from services.retrieval.config import LATE_QUANTIZATIONS, RetrievalConfig
+from services.retrieval.config import RetrievalConfig
 from services.retrieval.backends import BackendSettings, open_backend
 from services.retrieval.backends.legacy_local import IMPORT_COMMAND, legacy_collections
 from services.retrieval.calibration import FusionCalibrator
@@ -32,15 +32,10 @@ log = logging.getLogger(__name__)
 def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteraction | None:
     """The late-interaction stage the settings ask for, or None (model 'off' or absent)."""
     from services.common.model_dir import LATE_INTERACTION, default_models_dir
-    from services.retrieval.late_interaction import PRUNE_MODES, LateInteractionEncoder, LazyEncoder
+    from services.retrieval.late_interaction import LateInteractionEncoder, LazyEncoder
 
     if cfg.late_interaction_model_dir == "off":
         return None
-    if cfg.late_interaction_quantization not in LATE_QUANTIZATIONS:
-        raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_QUANTIZATION must be int8, binary or none, "
-                          f"got {cfg.late_interaction_quantization!r}")
-    if cfg.late_interaction_prune not in PRUNE_MODES:
-        raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_PRUNE must be one of {PRUNE_MODES}, got {cfg.late_interaction_prune!r}")
     if not 0.0 <= cfg.late_interaction_weight <= 1.0:
         raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_WEIGHT must be between 0 and 1, got {cfg.late_interaction_weight}")
     model_dir = cfg.late_interaction_model_dir or default_models_dir() / LATE_INTERACTION
@@ -53,14 +48,6 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
     encoder = LazyEncoder(model_dir, partial(LateInteractionEncoder.from_config, cfg, model_dir, threads))
     return LateInteraction(encoder, candidates=cfg.late_interaction_candidates, weight=cfg.late_interaction_weight,
                            quantization=cfg.late_interaction_quantization, default_on=cfg.late_interaction_default)
-
-
-def shard_tuning(cfg: RetrievalConfig):
-    """The EDGE_* settings of embedded shards; a bad EDGE_DENSE_STORAGE stops the start with its name."""
-    try:
-        return cfg.shard_tuning()
-    except ValueError as exc:
-        raise ConfigError(f"EDGE_DENSE_STORAGE: {exc}") from exc
 
 
 def _uses_late_interaction(backend) -> bool:
@@ -265,7 +252,7 @@ class RetrievalService:
             optimize_after_points=cfg.edge_optimize_after_points,
             optimize_quiet_s=cfg.edge_optimize_quiet_seconds,
             min_free_disk_mb=cfg.edge_min_free_disk_mb,
-            tuning=shard_tuning(cfg),
+            tuning=cfg.shard_tuning(),
             query_batching=cfg.edge_query_batching,
         )
         if not cfg.qdrant_url and (legacy := legacy_collections(cfg.qdrant_path)):
@@ -279,10 +266,8 @@ class RetrievalService:
             self._backend = VersionedBackend(await loop.run_in_executor(self.executor, open_backend, settings))
         except ServiceError as exc:  # a shard that cannot be opened: say which, change nothing
             raise RuntimeError(f"cannot open its store: {status_message(exc)}") from exc
-        from services.retrieval.passages import MODES as LONG_DOCUMENT_MODES, PassageSplitter
+        from services.retrieval.passages import PassageSplitter
 
-        if cfg.long_documents not in LONG_DOCUMENT_MODES:
-            raise ConfigError(f"RETRIEVAL_LONG_DOCUMENTS must be one of {LONG_DOCUMENT_MODES}, got {cfg.long_documents!r}")
         splitter = PassageSplitter(encoder.model_dir / "tokenizer.json", embedder.max_length, cfg.passage_overlap)
         late = late_interaction_stage(cfg, threads)
         if late is not None and await loop.run_in_executor(self.executor, _uses_late_interaction, self._backend):

@@ -105,3 +105,11 @@ def test_every_default_is_one_of_its_choices(cls):
     for field in dataclasses.fields(cls):
         choices = field.metadata.get("choices", ())
         assert not choices or field.default in choices, (field.name, field.default, choices)
+
+
+def test_a_config_built_in_code_is_held_to_the_same_choices():
+    with pytest.raises(cfg.ConfigError, match="invalid value 'cut' for RETRIEVAL_LONG_DOCUMENTS: expected one of"):
+        RetrievalConfig(long_documents="cut")
+    with pytest.raises(cfg.ConfigError, match="for RERANKER_BATCHING"):
+        RerankerConfig(batching="always")
+    assert GatewayConfig(rerank_policy="never").rerank_policy == "never"
