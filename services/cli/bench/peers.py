@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.beir import load_qrels, load_queries
@@ -40,7 +40,7 @@ from services.cli.bench.harness import (
     _scrape,
     measure_limit_cpu,
 )
-from services.cli.bench.profile import distinct_queries, metric_value
+from services.cli.bench.profile import distinct_queries, sample_sum, samples_of
 from services.cli.evaluate import compute_metrics
 
 __all__ = ["cache_lookups", "distinct_queries", "lancedb_peer", "raw_rerank_limit", "service_ndcg",
@@ -70,11 +70,15 @@ def zipf_queries(queries: Sequence[str], n: int, s: float = 1.0, seed: int = 7) 
 
 def cache_lookups(expositions: Iterable[str]) -> dict[str, dict[str, float]]:
     """``{cache: {"hit": n, "miss": n}}`` summed over the services' /metrics texts."""
+    return _cache_lookups(samples_of(text) for text in expositions)
+
+
+def _cache_lookups(parsed: Iterable[list[Sample]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for text in expositions:
+    for samples in parsed:
         for cache in ("query_embedding", "rerank_score", "search_result"):
             for outcome in ("hit", "miss"):
-                value = metric_value(text, "search_cache_lookups_total", {"cache": cache, "outcome": outcome})
+                value = sample_sum(samples, "search_cache_lookups_total", {"cache": cache, "outcome": outcome})
                 if value:
                     out.setdefault(cache, {"hit": 0.0, "miss": 0.0})[outcome] += value
     return out
@@ -208,10 +212,10 @@ def step_queries(queries: Sequence[str], offset: int, n: int, zipf: float, seed:
     return zipf_queries(queries, n, zipf, seed + offset) if zipf > 0 else distinct_queries(queries, offset, n)
 
 
-def embed_batches_from(exposition: str) -> tuple[float, float]:
-    """(texts embedded, batches run) so far, from the retrieval service's /metrics text."""
-    return (metric_value(exposition, "search_retrieval_embed_batch_texts_sum"),
-            metric_value(exposition, "search_retrieval_embed_batch_texts_count"))
+def _embed_batches(samples: list[Sample]) -> tuple[float, float]:
+    """(texts embedded, batches run) so far, from the retrieval service's /metrics samples."""
+    return (sample_sum(samples, "search_retrieval_embed_batch_texts_sum"),
+            sample_sum(samples, "search_retrieval_embed_batch_texts_count"))
 
 
 class StepCounters:
@@ -242,33 +246,34 @@ def step_figures(before: Mapping[str, str], after: Mapping[str, str], served: in
     """What one step cost, from each service's /metrics text at its start and end: CPU ms per
     query by service and by thread group, cache hit rates, the query embedder's mean batch."""
     served = max(served, 1)
+    start = {name: samples_of(text) for name, text in before.items()}  # each text parsed once
+    end = {name: samples_of(text) for name, text in after.items()}
     cpu, by_thread = {}, {}
-    for name, text in after.items():
-        (process, threads), (process_before, threads_before) = cpu_from(text), cpu_from(before[name])
+    for name, samples in end.items():
+        (process, threads), (process_before, threads_before) = _cpu(samples), _cpu(start[name])
         cpu[name] = (process - process_before) / served * 1000.0
         used = {g: (threads[g] - threads_before.get(g, 0.0)) / served * 1000.0 for g in threads}
         by_thread[name] = dict(sorted(((g, v) for g, v in used.items() if v > 0), key=lambda gv: -gv[1]))
-    texts, batches = (a - b for a, b in zip(embed_batches_from(after["retrieval"]),
-                                             embed_batches_from(before["retrieval"]), strict=True))
+    texts, batches = (a - b for a, b in zip(_embed_batches(end["retrieval"]), _embed_batches(start["retrieval"]),
+                                             strict=True))
     return {"cpu_ms_per_query": cpu, "cpu_ms_per_query_by_thread": by_thread,
-            "cache_hit_rates": hit_rates(cache_lookups(before.values()), cache_lookups(after.values())),
+            "cache_hit_rates": hit_rates(_cache_lookups(start.values()), _cache_lookups(end.values())),
             "embed_batch_mean_texts": texts / batches if batches else 0.0}
 
 
-def cpu_from(exposition: str) -> tuple[float, dict[str, float]]:
-    """One service's CPU seconds from its /metrics text: the process's, and by thread group
-    (search_thread_cpu_seconds_total; {} when not exported)."""
-    return metric_value(exposition, "process_cpu_seconds_total"), thread_cpu_from(exposition)
+def _cpu(samples: list[Sample]) -> tuple[float, dict[str, float]]:
+    """One service's CPU seconds: the process's, and by thread group (search_thread_cpu_seconds_total;
+    {} when not exported)."""
+    return sample_sum(samples, "process_cpu_seconds_total"), _thread_cpu(samples)
 
 
 def thread_cpu_from(exposition: str) -> dict[str, float]:
     """``search_thread_cpu_seconds_total`` by ``thread`` in a /metrics text."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == "search_thread_cpu_seconds_total":
-                out[sample.labels["thread"]] = sample.value
-    return out
+    return _thread_cpu(samples_of(exposition))
+
+
+def _thread_cpu(samples: list[Sample]) -> dict[str, float]:
+    return {s.labels["thread"]: s.value for s in samples if s.name == "search_thread_cpu_seconds_total"}
 
 
 def describe_step(extra: Mapping[str, Any]) -> str:

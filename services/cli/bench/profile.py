@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from search.v1 import search_service_pb2_grpc as pb_grpc
 from services.cli.bench.harness import (
@@ -53,7 +54,7 @@ from services.cli.bench.harness import (
     process_cpu_seconds,
 )
 
-__all__ = ["LAYERS", "classify_stack", "layer_shares", "metric_value", "register"]
+__all__ = ["LAYERS", "classify_stack", "layer_shares", "metric_value", "register", "sample_sum", "samples_of"]
 
 #: (layer, substrings of a py-spy frame ``function (file:line)``); the first layer matching the
 #: innermost frame that matches any layer wins. Order matters: specific before general.
@@ -115,15 +116,19 @@ def leaf_functions(lines: Iterable[str], top: int = 15) -> list[tuple[str, int]]
     return counts.most_common(top)
 
 
+def samples_of(exposition: str) -> list[Sample]:
+    """Every sample of a /metrics text, parsed once (read several figures with :func:`sample_sum`)."""
+    return [sample for family in text_string_to_metric_families(exposition) for sample in family.samples]
+
+
+def sample_sum(samples: Iterable[Sample], name: str, labels: Mapping[str, str] | None = None) -> float:
+    """Sum of the samples called ``name`` (with these labels); 0 when absent."""
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()))
+
+
 def metric_value(exposition: str, name: str, labels: Mapping[str, str] | None = None) -> float:
     """Sum of the samples called ``name`` (with these labels) in a /metrics text; 0 when absent."""
-
-    total = 0.0
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
-                total += sample.value
-    return total
+    return sample_sum(samples_of(exposition), name, labels)
 
 
 def cpu_seconds(url: str) -> float:
