@@ -13,6 +13,7 @@ import grpc
 from tenacity import retry_if_exception, stop_after_attempt, wait_exponential
 
 from services.common import api_names
+from services.common.config import ConfigError
 from services.common.security import BearerToken, bearer_interceptors
 
 DEFAULT_TARGET = "localhost:50051"
@@ -45,7 +46,12 @@ def _channel_settings(api_key: str | None, ca_file: str | None) -> tuple[str | N
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     ca_file = ca_file if ca_file is not None else os.environ.get(CA_FILE_ENV) or None
     options = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
-    return api_key, Path(ca_file).read_bytes() if ca_file else None, options
+    try:
+        ca = Path(ca_file).read_bytes() if ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"{CA_FILE_ENV}={ca_file}: cannot read it ({exc.strerror or exc}): name the CA file that "
+                          "signed the gateway's certificate, or unset it for a gateway without TLS") from exc
+    return api_key, ca, options
 
 
 def open_channel(target: str, api_key: str | None = None, ca_file: str | None = None) -> grpc.aio.Channel:

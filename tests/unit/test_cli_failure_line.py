@@ -3,12 +3,17 @@ the status and message, plus what to do when the cause is on the caller's side."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import grpc
 import pytest
 
 from search.v1 import search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.client import rpc_failure
 from services.cli.procs import free_port
+from tests.conftest import REPO
 
 
 def test_nothing_listening_names_the_address_and_what_to_do():
@@ -78,3 +83,13 @@ def test_tls_on_one_side_only_or_an_untrusted_certificate_says_which_setting(tls
     assert line.endswith(f"(the certificate of {tls} is not signed by the CA in SEARCHCTL_CA_FILE: name the CA file "
                          "that signed it)"), line
     assert "no gateway answers" not in line
+
+
+def test_an_unreadable_ca_file_is_one_line_naming_the_setting(tmp_path):
+    env = {**os.environ, "SEARCHCTL_CA_FILE": str(tmp_path / "missing-ca.pem")}
+    run = subprocess.run([sys.executable, "-m", "services.cli", "search", "x", "--collection", "c", "--target",
+                          f"127.0.0.1:{free_port()}"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (f"searchctl: SEARCHCTL_CA_FILE={tmp_path / 'missing-ca.pem'}: cannot read it (No such "
+                                  "file or directory): name the CA file that signed the gateway's certificate, or unset "
+                                  "it for a gateway without TLS"), run.stderr
