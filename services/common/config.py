@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -29,10 +30,16 @@ class ConfigError(ValueError):
     """A configuration value cannot be parsed; the message names the env var and the flag."""
 
 
-def setting(default: Any, env: str, help: str, choices: Sequence[str] = ()) -> Any:  # noqa: A002 - mirrors argparse
-    """Declare a dataclass field configurable by ``env`` and by a flag named after the field;
-    ``choices``: the values a text setting may take (any other stops the load with its name)."""
-    return dataclasses.field(default=default, metadata={"env": env, "help": help, "choices": tuple(choices)})
+def setting(default: Any, env: str, help: str, choices: Sequence[str] = (),  # noqa: A002 - mirrors argparse
+            minimum: float | None = None, maximum: float | None = None, above: float | None = None) -> Any:
+    """Declare a dataclass field configurable by ``env`` and by a flag named after the field.
+
+    ``choices``: the values a text setting may take. ``minimum`` / ``maximum`` (inclusive) and
+    ``above`` (exclusive) bound a number; a float setting is finite whatever its bounds. A value
+    outside them stops the load with the setting's name, before anything starts."""
+    bounds = {key: value for key, value in (("minimum", minimum), ("maximum", maximum), ("above", above))
+              if value is not None}
+    return dataclasses.field(default=default, metadata={"env": env, "help": help, "choices": tuple(choices), **bounds})
 
 
 def server_settings(prefix: str, grpc_port: int, metrics_port_default: int) -> type:
@@ -43,25 +50,66 @@ def server_settings(prefix: str, grpc_port: int, metrics_port_default: int) -> t
     @dataclasses.dataclass(frozen=True)
     class ServerSettings:
         host: str = setting("0.0.0.0", f"{prefix}_HOST", "address to listen on")
-        port: int = setting(grpc_port, f"{prefix}_PORT", "gRPC port")
-        metrics_port: int = setting(metrics_port_default, f"{prefix}_METRICS_PORT", "Prometheus /metrics port, on the same address as the gRPC port (0 disables)")
-        grace_seconds: float = setting(10.0, f"{prefix}_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM")
+        port: int = setting(grpc_port, f"{prefix}_PORT", "gRPC port", minimum=0, maximum=65535)
+        metrics_port: int = setting(metrics_port_default, f"{prefix}_METRICS_PORT",
+                                    "Prometheus /metrics port, on the same address as the gRPC port (0 disables)",
+                                    minimum=0, maximum=65535)
+        grace_seconds: float = setting(10.0, f"{prefix}_GRACE_SECONDS", "time in-flight calls get to finish on SIGTERM",
+                                       minimum=0)
         log_level: str = setting("INFO", "LOG_LEVEL", "log level")
 
         def __post_init__(self) -> None:  # a config built in code too (load() checks first, naming the flag)
-            check_choices(self)
+            check_settings(self)
 
     ServerSettings.__qualname__ = ServerSettings.__name__ = f"{prefix.title()}ServerSettings"
     return ServerSettings
 
 
-def check_choices(settings: Any) -> None:
-    """ConfigError unless every setting declared with ``choices`` holds one of them."""
+def check_settings(settings: Any) -> None:
+    """ConfigError unless every setting holds a value its declaration allows (choices, bounds)."""
     for field in dataclasses.fields(settings):
-        choices = field.metadata.get("choices", ())
+        if "env" not in field.metadata:
+            continue
         value = getattr(settings, field.name)
-        if choices and value not in choices:
-            raise ConfigError(f"invalid value {value!r} for {field.metadata['env']}: expected one of {', '.join(choices)}")
+        problem = value_problem(field, value)
+        if problem:
+            raise ConfigError(f"invalid value {value!r} for {field.metadata['env']}: {problem}")
+
+
+def value_problem(field: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``field`` (a :func:`setting`), or None."""
+    meta = field.metadata
+    choices = meta.get("choices", ())
+    if choices and value not in choices:
+        return f"expected one of {', '.join(choices)}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    low, high, above = meta.get("minimum"), meta.get("maximum"), meta.get("above")
+    if (low is not None and value < low) or (high is not None and value > high) or (above is not None and value <= above):
+        return f"must be {allowed(field)}"
+    return None
+
+
+def allowed(field: dataclasses.Field) -> str:
+    """The values ``field`` takes, in words (``one of a, b``, ``between 0 and 1``, ``at least 1``,
+    ``above 0``), or '' for any value of its type."""
+    meta = field.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(meta["choices"])
+    low, high, above = (_number(meta.get(key)) for key in ("minimum", "maximum", "above"))
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    words = [f"at least {low}" if low is not None else "", f"above {above}" if above is not None else "",
+             f"at most {high}" if high is not None else ""]
+    return " and ".join(word for word in words if word)
+
+
+def _number(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _parse_bool(raw: str) -> bool:
@@ -106,7 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             dest=field.name,
             default=None,
             metavar=field.name.upper(),
-            help=f"{field.metadata['help']} [env {field.metadata['env']}; default: {_show(default)}]",
+            help=f"{field.metadata['help']} [env {field.metadata['env']}; default: {_show(default)}"
+                 f"{'; ' + allowed(field) if allowed(field) else ''}]",
         )
         del tp
 
@@ -133,20 +182,21 @@ def load(cls: type[T], args: argparse.Namespace | None = None, environ: Mapping[
             values[field.name] = _converter(tp)(raw) if isinstance(raw, str) else raw
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid value {raw!r} for {source} ({field.metadata['help']}): {exc}") from exc
-        choices = field.metadata.get("choices", ())
-        if choices:  # compared and kept as written in the list: ' CPU' is 'cpu'
+        if field.metadata.get("choices"):  # compared and kept as written in the list: ' CPU' is 'cpu'
             values[field.name] = str(values[field.name]).strip().lower()
-            if values[field.name] not in choices:
-                raise ConfigError(f"invalid value {raw!r} for {source}: expected one of {', '.join(choices)}")
+        problem = value_problem(field, values[field.name])
+        if problem:
+            raise ConfigError(f"invalid value {raw!r} for {source}: {problem}")
     return cls(**values)
 
 
 def markdown_table(cls: type) -> str:
-    """The configuration table of ``cls`` for the docs: env var, flag, default, meaning."""
-    lines = ["| env var | flag | default | meaning |", "|---|---|---|---|"]
+    """The configuration table of ``cls`` for the docs: env var, flag, default, values, meaning."""
+    lines = ["| env var | flag | default | values | meaning |", "|---|---|---|---|---|"]
     for field, _ in _fields(cls):
         lines.append(
-            f"| `{field.metadata['env']}` | `{flag_name(field.name)}` | `{_show(field.default)}` | {field.metadata['help']} |"
+            f"| `{field.metadata['env']}` | `{flag_name(field.name)}` | `{_show(field.default)}` | {allowed(field)} "
+            f"| {field.metadata['help']} |"
         )
     return "\n".join(lines)
 

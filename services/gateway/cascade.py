@@ -50,22 +50,13 @@ ALWAYS, NEVER, AUTO_UNCERTAIN, AUTO_CONFIDENT, NO_CANDIDATES, AUTO_WEAK_LIST, AU
 
 @dataclass(frozen=True)
 class CascadeSettings:
-    """The gateway's cascade settings (GATEWAY_RERANK_POLICY, GATEWAY_AUTO_RERANK_*)."""
+    """The gateway's cascade settings (GATEWAY_RERANK_POLICY, GATEWAY_AUTO_RERANK_*; their values are
+    checked where they are declared, services/gateway/config.py)."""
 
     policy: str
     auto_depth: int
     auto_max_gap: float
     auto_max_in_flight: int  # near-tie reranks at once per gateway (0: no cap)
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"GATEWAY_RERANK_POLICY must be one of {POLICIES}, got {self.policy!r}")
-        if self.auto_depth < 1:
-            raise ValueError(f"GATEWAY_AUTO_RERANK_DEPTH must be at least 1, got {self.auto_depth}")
-        if not (math.isfinite(self.auto_max_gap) and self.auto_max_gap >= 0):
-            raise ValueError(f"GATEWAY_AUTO_RERANK_MAX_GAP must be a finite number >= 0, got {self.auto_max_gap}")
-        if self.auto_max_in_flight < 0:
-            raise ValueError(f"GATEWAY_AUTO_RERANK_MAX_IN_FLIGHT must be >= 0 (0: no cap), got {self.auto_max_in_flight}")
 
 
 @dataclass(frozen=True)

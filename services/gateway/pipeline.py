@@ -54,21 +54,13 @@ BREAKER_FAILURES = frozenset(
 class RerankDefaults:
     """What a Search reranks when the request does not say. No defaults here: their one home
     is the gateway's settings (GATEWAY_DEFAULT_CANDIDATES, GATEWAY_SCORE_COMBINATION,
-    GATEWAY_RERANK_WEIGHT in services/gateway/config.py), chosen on SciFact train (docs/QUALITY.md)."""
+    GATEWAY_RERANK_WEIGHT in services/gateway/config.py, which also bounds them), chosen on SciFact train
+    (docs/QUALITY.md)."""
 
     candidates: int
     combination: str
     rerank_weight: float
 
-    def __post_init__(self) -> None:
-        if self.combination not in COMBINATIONS.values():
-            raise ValueError(f"GATEWAY_SCORE_COMBINATION must be one of {sorted(COMBINATIONS.values())}, "
-                             f"got {self.combination!r}")
-        try:
-            validation.unit_interval(self.rerank_weight, "GATEWAY_RERANK_WEIGHT")
-            validation.bounded_int(self.candidates, "GATEWAY_DEFAULT_CANDIDATES", 1, validation.MAX_CANDIDATES)
-        except ServiceError as exc:  # a setting, not a request: a start-up error
-            raise ValueError(exc.message) from exc
 
 
 def budget_for(

@@ -148,8 +148,6 @@ class FusionCalibrator:
 
     def __init__(self, store: Any, embed_queries: Callable[[Sequence[str]], Any], default_weight: float,
                  sample: int, debounce_s: float = 2.0) -> None:
-        if sample < 1:
-            raise ValueError(f"RETRIEVAL_FUSION_CALIBRATION_SAMPLE must be at least 1, got {sample}")
         self.sample = sample
         self.store = store
         self.embed_queries = embed_queries

@@ -36,8 +36,6 @@ def late_interaction_stage(cfg: RetrievalConfig, threads: int) -> LateInteractio
 
     if cfg.late_interaction_model_dir == "off":
         return None
-    if not 0.0 <= cfg.late_interaction_weight <= 1.0:
-        raise ConfigError(f"RETRIEVAL_LATE_INTERACTION_WEIGHT must be between 0 and 1, got {cfg.late_interaction_weight}")
     model_dir = cfg.late_interaction_model_dir or default_models_dir() / LATE_INTERACTION
     if not (Path(model_dir) / "model.onnx").is_file():
         if cfg.late_interaction_model_dir or cfg.late_interaction_default:

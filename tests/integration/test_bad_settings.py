@@ -16,13 +16,27 @@ from tests.conftest import REPO, require_models
 @pytest.mark.parametrize("service, env, line", [
     ("gateway", {"GATEWAY_RERANK_POLICY": "sometimes"},  # refused as the settings are read
      "searchctl: invalid value 'sometimes' for GATEWAY_RERANK_POLICY: expected one of always, auto, never"),
-    ("gateway", {"GATEWAY_DEFAULT_CANDIDATES": "0"},
-     "searchctl: gateway: GATEWAY_DEFAULT_CANDIDATES: must be between 1 and 200, got 0"),
+    ("gateway", {"GATEWAY_DEFAULT_CANDIDATES": "0"},  # numbers too are refused as the settings are read
+     "searchctl: invalid value '0' for GATEWAY_DEFAULT_CANDIDATES: must be between 1 and 200"),
     ("gateway", {"GATEWAY_SCORE_COMBINATION": "sum"},
      "searchctl: invalid value 'sum' for GATEWAY_SCORE_COMBINATION: expected one of rerank_only, weighted_zscore, "
      "weighted_rrf"),
-    ("gateway", {"GATEWAY_RERANK_WEIGHT": "1.5"},  # a range the gateway checks as it registers
-     "searchctl: gateway: GATEWAY_RERANK_WEIGHT: must be between 0 and 1, got 1.5"),
+    ("gateway", {"GATEWAY_RERANK_WEIGHT": "1.5"},
+     "searchctl: invalid value '1.5' for GATEWAY_RERANK_WEIGHT: must be between 0 and 1"),
+    ("gateway", {"GATEWAY_MAX_IN_FLIGHT": "-1"},  # was a ValueError traceback, exit 1
+     "searchctl: invalid value '-1' for GATEWAY_MAX_IN_FLIGHT: must be at least 0"),
+    ("gateway", {"GATEWAY_RESULT_CACHE_MB": "-1"},  # was refused by the cache without the setting's name
+     "searchctl: invalid value '-1' for GATEWAY_RESULT_CACHE_MB: must be at least 0"),
+    ("gateway", {"GATEWAY_UPSERT_BATCH_SIZE": "0"},  # started, and every Upsert failed
+     "searchctl: invalid value '0' for GATEWAY_UPSERT_BATCH_SIZE: must be between 1 and 1000"),
+    ("gateway", {"GATEWAY_DEFAULT_DEADLINE_SECONDS": "nan"},  # started
+     "searchctl: invalid value 'nan' for GATEWAY_DEFAULT_DEADLINE_SECONDS: must be a finite number"),
+    ("gateway", {"GATEWAY_PORT": "70000"},  # started
+     "searchctl: invalid value '70000' for GATEWAY_PORT: must be between 0 and 65535"),
+    ("reranker", {"RERANKER_MAX_BATCH_PAIRS": "0"},
+     "searchctl: invalid value '0' for RERANKER_MAX_BATCH_PAIRS: must be at least 1"),
+    ("retrieval", {"RETRIEVAL_LATE_INTERACTION_WEIGHT": "2"},  # was checked only once the model had loaded
+     "searchctl: invalid value '2' for RETRIEVAL_LATE_INTERACTION_WEIGHT: must be between 0 and 1"),
     ("reranker", {"RERANKER_BATCHING": "always"}, "searchctl: invalid value 'always' for RERANKER_BATCHING: expected one of "
      "dynamic, none"),
     ("retrieval", {"RETRIEVAL_LONG_DOCUMENTS": "cut"},

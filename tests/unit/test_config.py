@@ -113,3 +113,60 @@ def test_a_config_built_in_code_is_held_to_the_same_choices():
     with pytest.raises(cfg.ConfigError, match="for RERANKER_BATCHING"):
         RerankerConfig(batching="always")
     assert GatewayConfig(rerank_policy="never").rerank_policy == "never"
+
+
+@dataclass(frozen=True)
+class Bounded:
+    workers: int = cfg.setting(4, "SAMPLE_WORKERS", "workers", minimum=1)
+    weight: float = cfg.setting(0.4, "SAMPLE_WEIGHT", "weight", minimum=0, maximum=1)
+    timeout: float = cfg.setting(3.0, "SAMPLE_TIMEOUT", "timeout", above=0)
+    free: float = cfg.setting(1.0, "SAMPLE_FREE", "any finite number")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"SAMPLE_WORKERS": "0"}, "invalid value '0' for SAMPLE_WORKERS: must be at least 1"),
+    ({"SAMPLE_WEIGHT": "1.5"}, "invalid value '1.5' for SAMPLE_WEIGHT: must be between 0 and 1"),
+    ({"SAMPLE_WEIGHT": "-0.01"}, "invalid value '-0.01' for SAMPLE_WEIGHT: must be between 0 and 1"),
+    ({"SAMPLE_TIMEOUT": "0"}, "invalid value '0' for SAMPLE_TIMEOUT: must be above 0"),
+    ({"SAMPLE_TIMEOUT": "nan"}, "invalid value 'nan' for SAMPLE_TIMEOUT: must be a finite number"),
+    ({"SAMPLE_FREE": "inf"}, "invalid value 'inf' for SAMPLE_FREE: must be a finite number"),
+])
+def test_a_number_outside_its_bounds_stops_the_load_naming_the_setting(env, message):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(Bounded, None, environ=env)
+    assert str(err.value) == message
+
+
+def test_bounds_are_inclusive_except_above_and_checked_for_flags_and_code_too():
+    loaded = cfg.load(Bounded, None, environ={"SAMPLE_WORKERS": "1", "SAMPLE_WEIGHT": "1", "SAMPLE_TIMEOUT": "0.001"})
+    assert (loaded.workers, loaded.weight, loaded.timeout) == (1, 1.0, 0.001)
+    with pytest.raises(cfg.ConfigError, match=r"^invalid value '0' for --workers: must be at least 1$"):
+        cfg.load(Bounded, argparse.Namespace(workers="0"), environ={})
+    with pytest.raises(cfg.ConfigError, match=r"^invalid value 0 for SAMPLE_WORKERS: must be at least 1$"):
+        cfg.check_settings(Bounded(workers=0))
+    with pytest.raises(cfg.ConfigError, match="for RETRIEVAL_WORKERS: must be at least 1"):
+        RetrievalConfig(workers=0)
+
+
+def test_help_and_the_docs_table_say_which_values_a_setting_takes():
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser, Bounded)
+    text = " ".join(parser.format_help().split())
+    assert "[env SAMPLE_WORKERS; default: 4; at least 1]" in text
+    assert "[env SAMPLE_WEIGHT; default: 0.4; between 0 and 1]" in text
+    assert "[env SAMPLE_TIMEOUT; default: 3.0; above 0]" in text
+    assert "[env SAMPLE_FREE; default: 1.0]" in text
+    table = cfg.markdown_table(Chosen).splitlines()
+    assert table[0] == "| env var | flag | default | values | meaning |"
+    assert table[2] == "| `SAMPLE_MODE` | `--mode` | `fast` | one of fast, slow | mode |"
+
+
+@pytest.mark.parametrize("cls", [GatewayConfig, RerankerConfig, RetrievalConfig])
+def test_every_number_a_service_reads_is_bounded_and_its_default_within_them(cls):
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    unbounded = [field.metadata["env"] for field in dataclasses.fields(cls)
+                 if hints[field.name] in (int, float) and not {"minimum", "above"} & set(field.metadata)]
+    assert not unbounded, f"declare minimum= (or above=) for {unbounded}"
+    cfg.check_settings(cls())  # every default within its own bounds
