@@ -95,6 +95,9 @@ def test_reupsert_is_idempotent_and_replaces(loaded):
         (c.Filter(should=[c.Condition(filter=c.Filter(must=[field(key="topic", keyword="biology"),
                                                              field(key="year", range=c.Range(gt=2020))])),
                           field(key="topic", keyword="cooking")]), {"vaccines", "sourdough"}),
+        # A key no payload holds (a typo) makes its condition false: nothing under must, everything under must_not.
+        (c.Filter(must=[field(key="topci", keyword="geology")]), set()),
+        (c.Filter(must_not=[field(key="topci", keyword="geology")]), {doc.id for doc in DOCS}),
     ],
 )
 @pytest.mark.parametrize("mode", ["dense", "hybrid"])
