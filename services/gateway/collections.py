@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from search.v1 import retrieval_service_pb2 as rpb, search_service_pb2 as pb
-from services.common import streams, validation
+from services.common import api_names, payload_types, streams, validation
 from services.common.errors import InvalidArgument, NotFound
 from services.gateway import access
 from services.gateway.clients import Budget, downstream_error
@@ -29,6 +30,10 @@ from services.gateway.ingest import IngestStream
 
 INGEST_METHOD = f"/{pb.DESCRIPTOR.services_by_name['SearchService'].full_name}/Ingest"
 _DOCUMENT_FIELD = re.compile(r"^documents\[(\d+)\]")
+
+
+def _declared(info: Any) -> dict[str, str]:
+    return {f.key: api_names.FIELD_TYPES[f.type] for f in info.filter_fields if f.type in api_names.FIELD_TYPES}
 
 
 def _shifted(exc: InvalidArgument, offset: int) -> InvalidArgument:
@@ -128,6 +133,8 @@ class CollectionsMixin:
         """Write validated ``docs`` to retrieval in GATEWAY_UPSERT_BATCH_SIZE slices; a refusal
         names the document by its index in ``docs``, not in the slice."""
         size = self.config.upsert_batch_size
+        if len(docs) > size:  # retrieval checks each batch; a later one refused would leave the first written
+            await self._check_declared_types(collection, docs, budget)
         written = 0
         for start in range(0, len(docs), size):
             try:
@@ -138,6 +145,16 @@ class CollectionsMixin:
                 raise _shifted(exc, start) from exc
             written += reply.upserted
         return written
+
+    async def _check_declared_types(self, collection: str, docs: list, budget: Budget) -> None:
+        """Refuse ``docs`` before any batch is written when a payload holds another type than its
+        collection declares for filtering (services/common/payload_types.py)."""
+        reply = await self.retrieval.call("DescribeCollection", rpb.RetrievalServiceDescribeCollectionRequest(name=collection),
+                                          budget, self.config.retrieval_timeout_seconds, idempotent=True)
+        declared = _declared(reply.collection)
+        if declared:
+            payload_types.check(reply.collection.name, declared,
+                                [json_format.MessageToDict(doc.payload) for doc in docs])
 
     async def _relay(self, method: str, call, reply_cls: type) -> AsyncIterator[Any]:
         try:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.common import metrics, tracing, validation
+from services.common import metrics, payload_types, tracing, validation
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval import calibration, fusion, model_guard
 from services.retrieval.calibration import Calibration
@@ -261,6 +261,7 @@ class DocumentStore:
         """Embed and write ``documents``; all or nothing for the batch as the caller sees it."""
         schema = self._schema(name)
         self._check_model(name, schema)
+        payload_types.check(name, schema.filter_fields, [doc.payload for doc in documents])  # no filter would match
         split = _splits(schema)
         units: list[tuple[DocumentIn, Passage]] = []
         for doc in documents:

@@ -81,6 +81,22 @@ def test_document_with_neither_title_nor_text_rejects_whole_batch(stub, empty_co
     assert info.document_count == 0, "a rejected batch must write nothing"
 
 
+@pytest.mark.parametrize("size, bad", [(3, 1), (70, 66)])  # one batch to retrieval; several (GATEWAY_UPSERT_BATCH_SIZE 64)
+def test_a_payload_value_of_another_type_than_declared_writes_nothing(stub, size, bad):
+    name = f"typed{uuid.uuid4().hex[:10]}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, filter_fields=[
+        common_pb2.FilterField(key="year", type=common_pb2.FIELD_TYPE_INTEGER)]), timeout=30)
+    docs = [common_pb2.Document(id=str(i), text=f"document {i}") for i in range(size)]
+    for i, doc in enumerate(docs):
+        doc.payload.update({"year": "2023" if i == bad else 2000 + i})
+    err = expect(grpc.StatusCode.INVALID_ARGUMENT, stub.Upsert, pb.UpsertRequest(collection=name, documents=docs),
+                 contains=f"documents[{bad}].payload.year: collection {name!r} declares 'year' an integer field")
+    assert "the string '2023' is not an integer" in err.details()
+    info = stub.DescribeCollection(pb.DescribeCollectionRequest(name=name), timeout=30).collection
+    assert info.document_count == 0, "a rejected request writes nothing"
+    stub.DeleteCollection(pb.DeleteCollectionRequest(name=name), timeout=30)
+
+
 def test_bad_filter(stub, empty_collection):
     flt = common_pb2.Filter(must=[common_pb2.Condition(field=common_pb2.FieldCondition(key="year", range=common_pb2.Range()))])
     expect(grpc.StatusCode.INVALID_ARGUMENT, stub.Search, pb.SearchRequest(collection=empty_collection, query="x", filter=flt), contains="range")

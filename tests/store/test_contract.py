@@ -106,6 +106,15 @@ def test_filters_select_the_same_documents(loaded, flt, expected, mode):
     assert {x.id for x in candidates} == expected
 
 
+def test_a_value_of_another_type_than_declared_is_refused_and_nothing_is_written(loaded):
+    fine = DocumentIn("comets", "Comets", "Icy bodies that grow a tail near the Sun.", {"topic": "astronomy", "year": 2023})
+    typed_wrong = DocumentIn("meteors", "Meteors", "Streaks of light from space rock.", {"topic": "astronomy", "year": "2023"})
+    with pytest.raises(InvalidArgument) as err:
+        loaded.upsert("docs", [fine, typed_wrong])
+    assert err.value.field == "documents[1].payload.year" and "the string '2023' is not an integer" in err.value.description
+    assert loaded.describe("docs").document_count == len(DOCS)  # neither document: the batch is all or nothing
+
+
 def test_delete_counts_what_was_there(loaded):
     assert loaded.delete("docs", ["tides", "volcano", "never-stored"]) == 2
     assert loaded.delete("docs", ["tides"]) == 0

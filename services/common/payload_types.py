@@ -1,0 +1,77 @@
+"""The values a document may hold at a payload key its collection declares for filtering.
+
+A collection's ``filter_fields`` give a key a type (keyword, integer, float, bool) and the
+engine an index of that type. A value of another type is not indexed and no filter on the key
+ever matches its document: ``{"year": "2020"}`` in a collection that declares ``year`` an
+integer is invisible to ``year`` filters, silently. :func:`check` refuses such a batch before
+anything is embedded or written (INVALID_ARGUMENT naming the document and the key), as a
+typed index would. Keys are followed as filters follow them (dots into objects, through
+arrays); an array holds values of the declared type; a missing key or a null is no value.
+Only new writes are checked: points already stored, snapshots and reindexing copy as they are.
+
+Retrieval checks every batch it writes (services/retrieval/store.py). The gateway checks a
+request it forwards in several batches before the first (services/gateway/collections.py), so
+that a refused request writes nothing there too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from services.common.errors import InvalidArgument
+
+
+def check(collection: str, declared: Mapping[str, str], payloads: Sequence[Mapping[str, Any]]) -> None:
+    """InvalidArgument for the first document (``documents[i]``, ``payloads[i]`` its payload as
+    JSON) holding a value of another type than ``declared`` (key -> keyword|integer|float|bool)."""
+    if not declared:
+        return
+    for i, payload in enumerate(payloads):
+        for key, kind in declared.items():
+            for value in _values(payload, key.split(".")):
+                if not _fits(kind, value):
+                    raise InvalidArgument(
+                        f"documents[{i}].payload.{key}",
+                        f"collection {collection!r} declares {key!r} {_a(kind)} field for filtering (filter_fields); "
+                        f"{_describe(value)} is not {_a(kind)}, and no filter on {key!r} would match this document",
+                    )
+
+
+def _values(node: Any, path: list[str]) -> Iterator[Any]:
+    if isinstance(node, list):
+        for item in node:
+            yield from _values(item, path)
+        return
+    if not path:
+        if node is not None:
+            yield node
+        return
+    if isinstance(node, dict) and path[0] in node:
+        yield from _values(node[path[0]], path[1:])
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "keyword":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    # JSON (a protobuf Struct) carries every number as a double: 2020.0 is the integer 2020.
+    return kind == "float" or isinstance(value, int) or value.is_integer()
+
+
+def _a(kind: str) -> str:
+    return {"integer": "an integer", "keyword": "a keyword", "float": "a float", "bool": "a bool"}.get(kind, kind)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value:g}"
+    return "an object"
