@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from search.v1 import common_pb2
 from services.common import validation
+from services.common.errors import InvalidArgument
 from services.retrieval.backends import base
 
 
@@ -41,3 +42,42 @@ def _condition(cond: common_pb2.Condition):
         return base.MatchAny(key, tuple(getattr(fc, match).values))
     bounds = {b: getattr(fc.range, b) for b in ("gt", "gte", "lt", "lte") if fc.range.HasField(b)}
     return base.Range(key, **bounds)
+
+
+#: The conditions that can match a value of each declared type (services/common/payload_types.py
+#: keeps other types out of a declared key on every write).
+_FITS = {
+    "keyword": ("keyword", "any_keyword"),
+    "integer": ("integer", "any_integer", "range"),
+    "float": ("range",),
+    "bool": ("boolean",),
+}
+
+
+def check_declared(collection: str, declared: dict[str, str], flt: base.Filter) -> None:
+    """InvalidArgument when a condition on a key ``collection`` declares for filtering could
+    never match a value of the declared type (a keyword match on an integer field, say)."""
+    for cond in (*flt.must, *flt.should, *flt.must_not):
+        if isinstance(cond, base.Filter):
+            check_declared(collection, declared, cond)
+            continue
+        key = cond.key.removeprefix("payload.")
+        kind = declared.get(key)
+        if kind is None or kind not in _FITS:
+            continue
+        used = _condition_name(cond)
+        if used not in _FITS[kind]:
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise InvalidArgument(
+                "filter", f"collection {collection!r} declares {key!r} {article} {kind} field (filter_fields): "
+                          f"a `{used}` condition on it never matches; use {' or '.join(f'`{c}`' for c in _FITS[kind])}")
+
+
+def _condition_name(cond) -> str:
+    if isinstance(cond, base.Range):
+        return "range"
+    if isinstance(cond, base.MatchAny):
+        return "any_keyword" if cond.values and isinstance(cond.values[0], str) else "any_integer"
+    if isinstance(cond.value, bool):
+        return "boolean"
+    return "keyword" if isinstance(cond.value, str) else "integer"

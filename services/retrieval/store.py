@@ -30,7 +30,7 @@ import numpy as np
 
 from services.common import metrics, payload_types, tracing, validation
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.retrieval import calibration, fusion, model_guard
+from services.retrieval import calibration, filters, fusion, model_guard
 from services.retrieval.calibration import Calibration
 from services.retrieval.backends.base import (
     DENSE, FIELD_TYPES, LATE, SPARSE, Backend, CollectionSchema, CollectionStats, Filter, Fused, Hit, Match,
@@ -382,6 +382,8 @@ class DocumentStore:
         tracing.set_attributes(**{"retrieval.collection": name, "retrieval.limit": limit, "retrieval.mode": mode})
         schema = self._schema(name)
         self._check_model(name, schema)
+        if query_filter is not None and schema.filter_fields:
+            filters.check_declared(name, schema.filter_fields, query_filter)
         if signals is not None:
             signals.one_list_weak = calibration.one_list_weak(
                 Calibration.from_metadata(schema.metadata.get(calibration.METADATA_KEY)))

@@ -97,6 +97,17 @@ def test_a_payload_value_of_another_type_than_declared_writes_nothing(stub, size
     stub.DeleteCollection(pb.DeleteCollectionRequest(name=name), timeout=30)
 
 
+def test_a_filter_condition_that_cannot_match_the_declared_type_is_refused(stub):
+    name = f"typed{uuid.uuid4().hex[:10]}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, filter_fields=[
+        common_pb2.FilterField(key="year", type=common_pb2.FIELD_TYPE_INTEGER)]), timeout=30)
+    flt = common_pb2.Filter(must=[common_pb2.Condition(field=common_pb2.FieldCondition(key="year", keyword="2020"))])
+    expect(grpc.StatusCode.INVALID_ARGUMENT, stub.Search, pb.SearchRequest(collection=name, query="x", filter=flt),
+           contains=f"filter: collection {name!r} declares 'year' an integer field (filter_fields): a `keyword` condition "
+                    "on it never matches; use `integer` or `any_integer` or `range`")
+    stub.DeleteCollection(pb.DeleteCollectionRequest(name=name), timeout=30)
+
+
 def test_bad_filter(stub, empty_collection):
     flt = common_pb2.Filter(must=[common_pb2.Condition(field=common_pb2.FieldCondition(key="year", range=common_pb2.Range()))])
     expect(grpc.StatusCode.INVALID_ARGUMENT, stub.Search, pb.SearchRequest(collection=empty_collection, query="x", filter=flt), contains="range")

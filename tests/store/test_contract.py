@@ -115,6 +115,13 @@ def test_a_value_of_another_type_than_declared_is_refused_and_nothing_is_written
     assert loaded.describe("docs").document_count == len(DOCS)  # neither document: the batch is all or nothing
 
 
+def test_a_filter_condition_that_cannot_match_the_declared_type_is_refused(loaded):
+    flt = to_filter(c.Filter(must=[field(key="year", keyword="2021")]))
+    with pytest.raises(InvalidArgument) as err:
+        loaded.retrieve("docs", "science", 10, query_filter=flt, mode="dense")
+    assert "declares 'year' an integer field (filter_fields): a `keyword` condition on it never matches" in str(err.value)
+
+
 def test_delete_counts_what_was_there(loaded):
     assert loaded.delete("docs", ["tides", "volcano", "never-stored"]) == 2
     assert loaded.delete("docs", ["tides"]) == 0

@@ -58,3 +58,39 @@ def test_invalid_conditions_name_the_field(cond, needle):
     with pytest.raises(InvalidArgument, match=needle) as info:
         to_filter(c.Filter(must=[cond]))
     assert info.value.field.startswith("filter.must[0]")
+
+
+DECLARED = {"year": "integer", "score": "float", "topic": "keyword", "open": "bool"}
+
+
+@pytest.mark.parametrize("condition", [
+    field(key="year", integer=2020), field(key="year", any_integer=c.IntegerList(values=[2019, 2020])),
+    field(key="year", range=c.Range(gte=2019)), field(key="score", range=c.Range(lt=0.5)),
+    field(key="topic", keyword="geology"), field(key="topic", any_keyword=c.KeywordList(values=["a", "b"])),
+    field(key="open", boolean=False), field(key="undeclared", keyword="anything"),
+])
+def test_conditions_that_fit_the_declared_type_pass(condition):
+    from services.retrieval.filters import check_declared
+
+    check_declared("c", DECLARED, to_filter(c.Filter(must=[condition])))
+
+
+@pytest.mark.parametrize("condition, used, use", [
+    (field(key="year", keyword="2020"), "keyword", "`integer` or `any_integer` or `range`"),
+    (field(key="score", integer=2), "integer", "`range`"),
+    (field(key="topic", integer=1), "integer", "`keyword` or `any_keyword`"),
+    (field(key="topic", range=c.Range(gte=0)), "range", "`keyword` or `any_keyword`"),
+    (field(key="open", keyword="true"), "keyword", "`boolean`"),
+    (field(key="year", any_keyword=c.KeywordList(values=["2020"])), "any_keyword", "`integer` or `any_integer` or `range`"),
+])
+def test_a_condition_that_could_never_match_the_declared_type_is_refused(condition, used, use):
+    from services.retrieval.filters import check_declared
+
+    nested = c.Filter(must_not=[c.Condition(filter=c.Filter(should=[condition]))])  # wherever it sits
+    with pytest.raises(InvalidArgument) as err:
+        check_declared("papers", DECLARED, to_filter(nested))
+    key = condition.field.key
+    kind = DECLARED[key]
+    assert err.value.field == "filter"
+    assert err.value.description == (f"collection 'papers' declares {key!r} {'an' if kind[0] in 'aeiou' else 'a'} {kind} "
+                                     f"field (filter_fields): a `{used}` condition on it never matches; use {use}")
