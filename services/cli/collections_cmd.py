@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
 from services.cli.client import DEFAULT_TARGET, connection_help, open_channel, rpc_failure
+from services.common import api_names
 
 
 def call(command: str, target: str, fn) -> int:
@@ -45,7 +46,33 @@ def _collections(args: argparse.Namespace) -> int:
         await stub.DeleteCollection(pb.DeleteCollectionRequest(name=args.name), timeout=args.timeout)
         print(f"deleted collection {args.name!r}")
 
-    return call("collections", args.target, list_ if args.action == "list" else delete)
+    async def create(stub):
+        request = pb.CreateCollectionRequest(name=args.name, filter_fields=args.filter_field, sparse=not args.no_sparse)
+        if args.late_interaction != "default":
+            request.late_interaction = args.late_interaction == "on"
+        info = (await stub.CreateCollection(request, timeout=args.timeout)).collection
+        print(created_line(info))
+
+    actions = {"list": list_, "delete": delete, "create": create}
+    return call("collections", args.target, actions[args.action])
+
+
+def created_line(info: common_pb2.CollectionInfo) -> str:
+    """What `collections create` made: the name, its filter fields and its vectors."""
+    fields = ", ".join(f"{f.key} {api_names.FIELD_TYPES[f.type]}" for f in info.filter_fields) or "none"
+    vectors = ["dense " + info.dense_model, *(["sparse (BM25)"] if info.sparse_enabled else []),
+               *([f"late interaction {info.late_interaction_model}"] if info.late_interaction_model else [])]
+    return f"created collection {info.name!r}: vectors {', '.join(vectors)}; filter fields: {fields}"
+
+
+def filter_field(text: str) -> common_pb2.FilterField:
+    """``KEY:TYPE`` (``year:integer``) as a FilterField; argparse prints the error and exits 2."""
+    key, sep, kind = text.rpartition(":")
+    kind = kind.strip().lower()
+    if not sep or not key or kind not in api_names.FIELD_TYPE_ENUM:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected KEY:TYPE, TYPE one of {', '.join(api_names.FIELD_TYPE_ENUM)} (e.g. year:integer)")
+    return common_pb2.FilterField(key=key, type=api_names.FIELD_TYPE_ENUM[kind])
 
 
 def _alias(args: argparse.Namespace) -> int:
@@ -112,11 +139,25 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("collections", help="list or delete collections",
-                       description="List collections (documents, points, model, aliases) or delete one.")
+    c = sub.add_parser("collections", help="list, create or delete collections",
+                       description="List collections (documents, points, model, aliases), create one (with the payload "
+                                   "fields to filter on) or delete one.")
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(csub.add_parser("list", help="collections and their aliases"))
     _common(csub.add_parser("delete", help="delete a collection and everything in it")).add_argument("name")
+    create = _common(csub.add_parser(
+        "create", help="create a collection, with the payload fields to filter on",
+        description="Create an empty collection (`searchctl ingest` creates one without filter fields when it is "
+                    "missing). A declared field gets a payload index of its type; a document whose payload holds "
+                    "another type there is refused, as is a filter condition that cannot match it."))
+    create.add_argument("name")
+    create.add_argument("--filter-field", type=filter_field, action="append", default=[], metavar="KEY:TYPE",
+                        help="a payload field to filter on: KEY (dotted for nesting) and TYPE, one of keyword, "
+                             "integer, float, bool (e.g. year:integer); repeat for several")
+    create.add_argument("--no-sparse", action="store_true", help="dense vectors only (no BM25 sparse vectors)")
+    create.add_argument("--late-interaction", choices=["default", "on", "off"], default="default",
+                        help="the ColBERT late-interaction stage (default: the server's "
+                             "RETRIEVAL_LATE_INTERACTION_DEFAULT)")
     c.set_defaults(func=_collections)
 
     a = sub.add_parser("alias", help="create, switch, delete or list aliases",

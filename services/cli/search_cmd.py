@@ -27,6 +27,12 @@ def _search_cmd(args: argparse.Namespace) -> int:
         request.rerank.policy = api_names.RERANK_POLICY_ENUM[args.rerank]
     if args.candidates:
         request.rerank.candidates = args.candidates
+    if args.filter:
+        try:
+            json_format.Parse(args.filter, request.filter)
+        except json_format.ParseError as exc:
+            print(f"searchctl search: --filter is not a Filter in JSON: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
     try:
         response = asyncio.run(search(args.target, request, args.timeout))
     except grpc.aio.AioRpcError as exc:
@@ -60,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="when to rerank: always, auto (only an uncertain first stage) or never "
                         "(default: the server's GATEWAY_RERANK_POLICY)")
     s.add_argument("--no-rerank", action="store_true", help="skip the cross-encoder (as --rerank never)")
+    s.add_argument("--filter", metavar="JSON",
+                   help="a payload filter: the API's Filter message in JSON, as grpcurl takes it, e.g. "
+                        "'{\"must\": [{\"field\": {\"key\": \"year\", \"range\": {\"gte\": 2020}}}]}' "
+                        "(conditions: keyword, integer, boolean, any_keyword, any_integer, range; must, should, must_not)")
     s.add_argument("--json", action="store_true", help="print the response as JSON")
     s.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default %(default)s)")
     s.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")

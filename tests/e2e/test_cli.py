@@ -58,3 +58,41 @@ def test_search_reports_errors_without_traceback(stack):
 
 
 # `searchctl up`: tests/e2e/test_up.py
+
+
+def test_a_collection_with_filter_fields_from_create_to_a_filtered_search(stack, tmp_path: Path):
+    collection = f"f{uuid.uuid4().hex[:10]}"
+    target = ("--target", stack.gateway)
+    created = searchctl("collections", "create", collection, "--filter-field", "year:integer",
+                        "--filter-field", "topic:KEYWORD", *target)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == (f"created collection {collection!r}: vectors dense bge-small-en, sparse (BM25); "
+                                      "filter fields: topic keyword, year integer")
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{year}", "title": f"Glaciers in {year}",
+                                          "text": f"Glacier retreat measured in {year}.",
+                                          "payload": {"year": year, "topic": "ice"}}) + "\n" for year in (2019, 2020, 2021)))
+    assert searchctl("ingest", str(corpus), "--collection", collection, *target).returncode == 0
+
+    def search(flt: dict) -> subprocess.CompletedProcess:
+        return searchctl("search", "glacier retreat", "--collection", collection, "--json", "--no-rerank",
+                         "--filter", json.dumps(flt), *target)
+
+    found = search({"must": [{"field": {"key": "year", "range": {"gte": 2020}}}]})
+    assert found.returncode == 0, found.stderr
+    assert sorted(r["id"] for r in json.loads(found.stdout)["results"]) == ["d2020", "d2021"]
+    refused = search({"must": [{"field": {"key": "year", "keyword": "2020"}}]})
+    assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
+    assert "declares 'year' an integer field (filter_fields): a `keyword` condition on it never matches" in refused.stderr
+    bad_json = search({"must": [{"feild": {}}]})
+    assert bad_json.returncode == 2 and bad_json.stderr.startswith("searchctl search: --filter is not a Filter in JSON: ")
+    assert len(bad_json.stderr.strip().splitlines()) == 1
+
+    typed_wrong = tmp_path / "wrong.jsonl"
+    typed_wrong.write_text(json.dumps({"id": "late", "text": "Glaciers in 2022.", "payload": {"year": "2022"}}) + "\n")
+    stopped = searchctl("ingest", str(typed_wrong), "--collection", collection, *target)
+    assert stopped.returncode != 0 and "the string '2022' is not an integer" in stopped.stderr, stopped.stderr
+    assert f"at {typed_wrong}:1 (document 'late')" in stopped.stderr, stopped.stderr
+    bad_field = searchctl("collections", "create", f"{collection}-x", "--filter-field", "year:date", *target)
+    assert bad_field.returncode == 2 and "expected KEY:TYPE, TYPE one of keyword, integer, float, bool" in bad_field.stderr
+    assert searchctl("collections", "delete", collection, *target).returncode == 0
