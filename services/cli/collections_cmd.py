@@ -8,6 +8,7 @@ import asyncio
 import sys
 
 import grpc
+from google.protobuf import json_format
 from tqdm import tqdm
 
 from search.v1 import common_pb2, search_service_pb2 as pb, search_service_pb2_grpc as pb_grpc
@@ -53,7 +54,11 @@ def _collections(args: argparse.Namespace) -> int:
         info = (await stub.CreateCollection(request, timeout=args.timeout)).collection
         print(created_line(info))
 
-    actions = {"list": list_, "delete": delete, "create": create}
+    async def describe(stub):
+        info = (await stub.DescribeCollection(pb.DescribeCollectionRequest(name=args.name), timeout=args.timeout)).collection
+        print(json_format.MessageToJson(info, preserving_proto_field_name=True))
+
+    actions = {"list": list_, "delete": delete, "create": create, "describe": describe}
     return call("collections", args.target, actions[args.action])
 
 
@@ -139,11 +144,13 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("collections", help="list, create or delete collections",
-                       description="List collections (documents, points, model, aliases), create one (with the payload "
-                                   "fields to filter on) or delete one.")
+    c = sub.add_parser("collections", help="list, describe, create or delete collections",
+                       description="List collections (documents, points, model, aliases), describe one, create one (with "
+                                   "the payload fields to filter on) or delete one.")
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(csub.add_parser("list", help="collections and their aliases"))
+    _common(csub.add_parser("describe", help="everything the service knows of one collection (JSON): counts, "
+                                             "models, filter fields, fusion calibration")).add_argument("name")
     _common(csub.add_parser("delete", help="delete a collection and everything in it")).add_argument("name")
     create = _common(csub.add_parser(
         "create", help="create a collection, with the payload fields to filter on",

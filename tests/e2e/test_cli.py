@@ -73,6 +73,9 @@ def test_a_collection_with_filter_fields_from_create_to_a_filtered_search(stack,
                                           "text": f"Glacier retreat measured in {year}.",
                                           "payload": {"year": year, "topic": "ice"}}) + "\n" for year in (2019, 2020, 2021)))
     assert searchctl("ingest", str(corpus), "--collection", collection, *target).returncode == 0
+    described = json.loads(searchctl("collections", "describe", collection, *target).stdout)
+    assert described["document_count"] == "3" and described["filter_fields"] == [
+        {"key": "topic", "type": "FIELD_TYPE_KEYWORD"}, {"key": "year", "type": "FIELD_TYPE_INTEGER"}]
 
     def search(flt: dict) -> subprocess.CompletedProcess:
         return searchctl("search", "glacier retreat", "--collection", collection, "--json", "--no-rerank",
