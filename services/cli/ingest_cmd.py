@@ -128,7 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "records what was acknowledged: after an interruption the same command resumes there, also after lines past "
         "that point were edited. Prints the rate. Idempotent: re-running ends with exactly the file's documents. A bad "
         "line (not JSON, no id, a field of the wrong type) or a document the service refuses stops the ingest there, "
-        "naming the file, line and document; --skip-bad leaves such lines out instead, and counts them.")
+        "naming the file, line and document; --skip-bad leaves such lines out instead, and counts them. A missing "
+        "collection is created with no payload fields to filter on: to declare some, create it first with "
+        "`searchctl collections create C --filter-field KEY:TYPE`.")
     p.add_argument("path", help="a JSONL file or a BEIR folder holding corpus.jsonl")
     p.add_argument("--collection", required=True)
     p.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
