@@ -33,8 +33,8 @@ def check(collection: str, declared: Mapping[str, str], payloads: Sequence[Mappi
                 if not _fits(kind, value):
                     raise InvalidArgument(
                         f"documents[{i}].payload.{key}",
-                        f"collection {collection!r} declares {key!r} {_a(kind)} field for filtering (filter_fields); "
-                        f"{_describe(value)} is not {_a(kind)}, and no filter on {key!r} would match this document",
+                        f"collection {collection!r} declares {key!r} {with_article(kind)} field for filtering (filter_fields); "
+                        f"{_describe(value)} is not {with_article(kind)}, and no filter on {key!r} would match this document",
                     )
 
 
@@ -62,7 +62,8 @@ def _fits(kind: str, value: Any) -> bool:
     return kind == "float" or isinstance(value, int) or value.is_integer()
 
 
-def _a(kind: str) -> str:
+def with_article(kind: str) -> str:
+    """``an integer``, ``a keyword``: a declared type in a sentence."""
     return {"integer": "an integer", "keyword": "a keyword", "float": "a float", "bool": "a bool"}.get(kind, kind)
 
 

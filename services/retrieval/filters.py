@@ -11,6 +11,7 @@ from __future__ import annotations
 from search.v1 import common_pb2
 from services.common import validation
 from services.common.errors import InvalidArgument
+from services.common.payload_types import with_article
 from services.retrieval.backends import base
 
 
@@ -67,9 +68,8 @@ def check_declared(collection: str, declared: dict[str, str], flt: base.Filter) 
             continue
         used = _condition_name(cond)
         if used not in _FITS[kind]:
-            article = "an" if kind[0] in "aeiou" else "a"
             raise InvalidArgument(
-                "filter", f"collection {collection!r} declares {key!r} {article} {kind} field (filter_fields): "
+                "filter", f"collection {collection!r} declares {key!r} {with_article(kind)} field (filter_fields): "
                           f"a `{used}` condition on it never matches; use {' or '.join(f'`{c}`' for c in _FITS[kind])}")
 
 
