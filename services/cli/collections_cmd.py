@@ -117,9 +117,14 @@ def _reindex(args: argparse.Namespace) -> int:
         bar = None
         last = None
         try:
-            async for p in stub.Reindex(pb.ReindexRequest(source=args.source, target=args.to or "", reembed=args.reembed)):
+            request = pb.ReindexRequest(source=args.source, target=args.to or "", reembed=args.reembed,
+                                        add_filter_fields=args.filter_field)
+            async for p in stub.Reindex(request):
                 if bar is None:
                     how = "re-embedding the stored text" if p.reembedded else "copying the vectors"
+                    if args.filter_field:
+                        how += "; adding filter fields " + ", ".join(
+                            f"{f.key} {api_names.FIELD_TYPES[f.type]}" for f in args.filter_field)
                     print(f"reindexing {p.source_collection!r} into {p.target_collection!r} ({how})", flush=True)
                     bar = tqdm(total=p.total, unit="point", desc="reindex", disable=not sys.stderr.isatty())
                 bar.update(p.copied - bar.n)
@@ -187,10 +192,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "else the stored text is re-embedded with the loaded models. Writes go on meanwhile (documents "
                        "written during the copy are copied again, the last of them while writes pause briefly); then the "
                        "alias switches atomically. A collection no alias names is replaced by an alias of its name. "
-                       "Searches never fail and never mix the two collections.")
+                       "Searches never fail and never mix the two collections. --filter-field declares payload "
+                       "fields to filter on that the collection was created without.")
     r.add_argument("source", help="an alias (switched when done) or a collection")
     r.add_argument("--to", help="name of the new collection (default: <name>-<UTC timestamp>)")
     r.add_argument("--reembed", action="store_true", help="re-embed even when the models are unchanged")
+    r.add_argument("--filter-field", type=filter_field, action="append", default=[], metavar="KEY:TYPE",
+                   help="a payload field to filter on, added to the source's (as in `collections create`); every "
+                        "document must hold TYPE at KEY, or the reindex stops and names the first that does not")
     r.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
     connection_help(r)
     r.set_defaults(func=_reindex)

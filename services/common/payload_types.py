@@ -7,7 +7,8 @@ integer is invisible to ``year`` filters, silently. :func:`check` refuses such a
 anything is embedded or written (INVALID_ARGUMENT naming the document and the key), as a
 typed index would. Keys are followed as filters follow them (dots into objects, through
 arrays); an array holds values of the declared type; a missing key or a null is no value.
-Only new writes are checked: points already stored, snapshots and reindexing copy as they are.
+Only new writes are checked: points already stored and snapshots are copied as they are; a
+reindex checks the fields it adds (services/retrieval/reindex.py).
 
 Retrieval checks every batch it writes (services/retrieval/store.py). The gateway checks a
 request it forwards in several batches before the first (services/gateway/collections.py), so
@@ -28,14 +29,28 @@ def check(collection: str, declared: Mapping[str, str], payloads: Sequence[Mappi
     if not declared:
         return
     for i, payload in enumerate(payloads):
-        for key, kind in declared.items():
-            for value in _values(payload, key.split(".")):
-                if not _fits(kind, value):
-                    raise InvalidArgument(
-                        f"documents[{i}].payload.{key}",
-                        f"collection {collection!r} declares {key!r} {with_article(kind)} field for filtering (filter_fields); "
-                        f"{_describe(value)} is not {with_article(kind)}, and no filter on {key!r} would match this document",
-                    )
+        found = misfit(declared, payload)
+        if found is not None:
+            key, kind, value = found
+            raise InvalidArgument(
+                f"documents[{i}].payload.{key}",
+                f"collection {collection!r} declares {key!r} {with_article(kind)} field for filtering (filter_fields); "
+                f"{explain(kind, value)}, and no filter on {key!r} would match this document",
+            )
+
+
+def misfit(declared: Mapping[str, str], payload: Mapping[str, Any]) -> tuple[str, str, Any] | None:
+    """The first (key, declared type, value) of ``payload`` whose value is not of the type, or None."""
+    for key, kind in declared.items():
+        for value in _values(payload, key.split(".")):
+            if not _fits(kind, value):
+                return key, kind, value
+    return None
+
+
+def explain(kind: str, value: Any) -> str:
+    """``the string '2020' is not an integer``."""
+    return f"{describe(value)} is not {with_article(kind)}"
 
 
 def _values(node: Any, path: list[str]) -> Iterator[Any]:
@@ -67,7 +82,8 @@ def with_article(kind: str) -> str:
     return {"integer": "an integer", "keyword": "a keyword", "float": "a float", "bool": "a bool"}.get(kind, kind)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """``the string '2020'``, ``the number 2021.5``, ``the boolean true``, ``an object``."""
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, str):

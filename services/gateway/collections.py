@@ -167,8 +167,10 @@ class CollectionsMixin:
         source = validation.collection_name(request.source, "source")
         if request.target:
             validation.collection_name(request.target, "target")
+        validation.filter_fields(request.add_filter_fields, "add_filter_fields")
         call = self.retrieval.stub.Reindex(
-            rpb.RetrievalServiceReindexRequest(source=source, target=request.target, reembed=request.reembed),
+            rpb.RetrievalServiceReindexRequest(source=source, target=request.target, reembed=request.reembed,
+                                               add_filter_fields=request.add_filter_fields),
             timeout=context.time_remaining())
         async for message in self._relay("Reindex", call, pb.ReindexResponse):
             yield message

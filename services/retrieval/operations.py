@@ -22,7 +22,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from search.v1 import common_pb2, retrieval_service_pb2 as pb
-from services.common import streams, validation
+from services.common import api_names, streams, validation
 from services.common.errors import InvalidArgument, NotFound
 from services.retrieval import reindex as reindexing, snapshots
 from services.retrieval.aliases import Aliases, WriteGate
@@ -184,12 +184,15 @@ class CollectionOperations:
         source = validation.collection_name(request.source, "source")
         if request.target:
             validation.collection_name(request.target, "target")
+        validation.filter_fields(request.add_filter_fields, "add_filter_fields")
+        added = {f.key: api_names.FIELD_TYPES[f.type] for f in request.add_filter_fields}
         store, aliases, gate, calibrator = self.store, self.aliases, self.gate, self.calibrator
 
         def produce(emit, cancelled):
             reindexing.reindex(store, aliases, gate, source, request.target, request.reembed,
                                progress=emit, cancelled=cancelled,
-                               calibrate=partial(calibrator.calibrate_if_due, force=True) if calibrator else None)
+                               calibrate=partial(calibrator.calibrate_if_due, force=True) if calibrator else None,
+                               add_filter_fields=added)
 
         async for p in stream_from_thread(self.executor, produce):
             yield pb.RetrievalServiceReindexResponse(

@@ -3,7 +3,9 @@
 1. The source is an alias (its collection is rebuilt and the alias switched) or a collection:
    the aliases pointing to it are switched; a collection no alias names is replaced by an
    alias of the same name (the old collection is deleted once the alias points to the new one).
-2. The new collection gets the source's schema. Its vectors are copied when the source's
+2. The new collection gets the source's schema, plus any payload fields the request adds to
+   filter on (a field the source declares keeps its type; every copied document must hold the
+   added type at an added key, or the reindex stops and names it). Its vectors are copied when the source's
    recorded models are the loaded ones, else recomputed from the stored text (title + passage)
    with the loaded models (``reembed`` forces that); it records the models that wrote them.
 3. Writes go on during the bulk copy; the documents they touch are recorded
@@ -24,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from services.common import validation
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common import payload_types, validation
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.retrieval import calibration, model_guard
 from services.retrieval.aliases import Aliases, WriteGate, chunks
 from services.retrieval.backends.base import DOC_ID, LATE, CollectionSchema, Filter, MatchAny, PointIn, SparseVector
@@ -70,8 +72,10 @@ def reindex(
     progress: Callable[[Progress], None] = lambda p: None,
     cancelled: threading.Event | None = None,
     calibrate: Callable[[str], Any] | None = None,
+    add_filter_fields: dict[str, str] | None = None,
 ) -> Progress:
     backend = store.backend
+    added = dict(add_filter_fields or {})
     validation.collection_name(source, "source")
     known = aliases.all()
     if source in known:
@@ -81,6 +85,7 @@ def reindex(
         switch = aliases.of(source)
         replace_name = "" if switch else source
     schema = backend.schema(collection)  # NotFound names it
+    _check_added(collection, schema.filter_fields, added)
     target = target or default_target(switch[0] if switch else source)
     validation.collection_name(target, "target")
     if target in backend.list_collections() or target in known:
@@ -100,7 +105,7 @@ def reindex(
         metadata.pop(calibration.METADATA_KEY, None)  # other vectors: measured again below
     new_schema = CollectionSchema(
         name=target, dense_dimension=store.embedder.dimension if recompute else schema.dense_dimension,
-        sparse=schema.sparse, filter_fields=dict(schema.filter_fields), metadata=metadata,
+        sparse=schema.sparse, filter_fields={**schema.filter_fields, **added}, metadata=metadata,
         late_dimension=(store.late.encoder.dimension if recompute else schema.late_dimension) if late else 0,
         late_quantization=schema.late_quantization,
     )
@@ -117,7 +122,7 @@ def reindex(
             _check(cancelled)
             page, offset = backend.scroll(collection, offset, PAGE, True)
             if page:
-                backend.upsert(target, _points(store, page, recompute, schema.sparse))
+                backend.upsert(target, _points(store, page, recompute, schema.sparse, added))
                 copied += len(page)
                 state = replace(state, copied=copied)
                 progress(state)
@@ -131,11 +136,11 @@ def reindex(
             _check(cancelled)
             dirty = gate.take(collection)
             if len(dirty) < PAGE:
-                _recopy(store, collection, target, dirty, recompute, schema.sparse)
+                _recopy(store, collection, target, dirty, recompute, schema.sparse, added)
                 break
-            _recopy(store, collection, target, dirty, recompute, schema.sparse)
+            _recopy(store, collection, target, dirty, recompute, schema.sparse, added)
         with gate.paused():  # 3. the last of it with writes paused, then the switch
-            _recopy(store, collection, target, gate.take(collection), recompute, schema.sparse)
+            _recopy(store, collection, target, gate.take(collection), recompute, schema.sparse, added)
             gate.untrack(collection)
             if replace_name:
                 aliases.replace_collection(replace_name, target, backend.delete_collection)
@@ -162,7 +167,8 @@ def _check(cancelled: threading.Event | None) -> None:
         raise Cancelled("the reindex was cancelled (the caller went away); the new collection was deleted")
 
 
-def _recopy(store: DocumentStore, source: str, target: str, doc_ids: list[str], recompute: bool, sparse: bool) -> None:
+def _recopy(store: DocumentStore, source: str, target: str, doc_ids: list[str], recompute: bool, sparse: bool,
+            added: dict[str, str]) -> None:
     """Make ``doc_ids`` in ``target`` what they are in ``source`` (deleted ones deleted)."""
     backend = store.backend
     for ids in chunks(doc_ids, PAGE):
@@ -172,12 +178,31 @@ def _recopy(store: DocumentStore, source: str, target: str, doc_ids: list[str], 
         while True:
             page, offset = backend.scroll(source, offset, PAGE, True, where)
             if page:
-                backend.upsert(target, _points(store, page, recompute, sparse))
+                backend.upsert(target, _points(store, page, recompute, sparse, added))
             if offset is None:
                 break
 
 
-def _points(store: DocumentStore, page, recompute: bool, sparse: bool) -> list[PointIn]:
+def _check_added(collection: str, declared: dict[str, str], added: dict[str, str]) -> None:
+    for key, kind in added.items():
+        if declared.get(key, kind) != kind:
+            raise InvalidArgument("add_filter_fields", f"collection {collection!r} declares {key!r} "
+                                  f"{payload_types.with_article(declared[key])} field; a reindex adds fields, it does not "
+                                  "change their type")
+    if len({**declared, **added}) > validation.MAX_FILTER_FIELDS:
+        raise InvalidArgument("add_filter_fields", f"{collection!r} declares {len(declared)} fields; with these it would "
+                                                   f"have {len({**declared, **added})}, more than {validation.MAX_FILTER_FIELDS}")
+
+
+def _points(store: DocumentStore, page, recompute: bool, sparse: bool, added: dict[str, str]) -> list[PointIn]:
+    for _, payload, _ in page if added else ():  # an added field: every document holds its type there
+        found = payload_types.misfit(added, payload.get("payload") or {})
+        if found is not None:
+            key, kind, value = found
+            raise InvalidArgument("add_filter_fields", f"document {payload.get('doc_id')!r} holds "
+                                  f"{payload_types.describe(value)} at {key!r}, not {payload_types.with_article(kind)}: fix "
+                                  f"that document or declare {key!r} with the type it holds; the reindex stopped and its "
+                                  "new collection was deleted")
     if not recompute:
         return [point_in(pid, payload, vectors) for pid, payload, vectors in page]
     texts = [validation.document_text(str(p.get("title", "")), str(p.get("text", ""))) for _, p, _ in page]

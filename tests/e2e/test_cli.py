@@ -99,3 +99,37 @@ def test_a_collection_with_filter_fields_from_create_to_a_filtered_search(stack,
     bad_field = searchctl("collections", "create", f"{collection}-x", "--filter-field", "year:date", *target)
     assert bad_field.returncode == 2 and "expected KEY:TYPE, TYPE one of keyword, integer, float, bool" in bad_field.stderr
     assert searchctl("collections", "delete", collection, *target).returncode == 0
+
+
+def test_reindex_adds_a_field_to_filter_on_and_stops_at_a_document_that_does_not_fit(stack, tmp_path: Path):
+    collection = f"r{uuid.uuid4().hex[:10]}"
+    target = ("--target", stack.gateway)
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{year}", "title": f"Tides in {year}", "text": f"Tide gauges in {year}.",
+                                          "payload": {"year": year}}) + "\n" for year in (2019, 2020, 2021)))
+    assert searchctl("ingest", str(corpus), "--collection", collection, *target).returncode == 0  # no filter fields
+    done = searchctl("reindex", collection, "--to", f"{collection}-typed", "--filter-field", "year:integer", *target)
+    assert done.returncode == 0, done.stderr
+    assert "(copying the vectors; adding filter fields year integer)" in done.stdout
+    described = json.loads(searchctl("collections", "describe", collection, *target).stdout)  # now an alias of its name
+    assert described["name"] == f"{collection}-typed"
+    assert described["filter_fields"] == [{"key": "year", "type": "FIELD_TYPE_INTEGER"}]
+    found = searchctl("search", "tide gauges", "--collection", collection, "--json", "--no-rerank", "--filter",
+                      json.dumps({"must": [{"field": {"key": "year", "range": {"lt": 2021}}}]}), *target)
+    assert sorted(r["id"] for r in json.loads(found.stdout)["results"]) == ["d2019", "d2020"], found.stderr
+    changed = searchctl("reindex", collection, "--filter-field", "year:keyword", *target)
+    assert changed.returncode == 1 and "declares 'year' an integer field; a reindex adds fields, it does not change " \
+                                       "their type" in changed.stderr, changed.stderr
+
+    mixed = f"m{uuid.uuid4().hex[:10]}"
+    corpus.write_text(json.dumps({"id": "ok", "text": "Tides.", "payload": {"year": 2020}}) + "\n"
+                      + json.dumps({"id": "odd", "text": "Tides again.", "payload": {"year": "recent"}}) + "\n")
+    assert searchctl("ingest", str(corpus), "--collection", mixed, *target).returncode == 0
+    stopped = searchctl("reindex", mixed, "--to", f"{mixed}-typed", "--filter-field", "year:integer", *target)
+    assert stopped.returncode == 1 and "INVALID_ARGUMENT" in stopped.stderr
+    assert ("document 'odd' holds the string 'recent' at 'year', not an integer: fix that document or declare 'year' with the type it "
+            "holds; the reindex stopped and its new collection was deleted") in stopped.stderr, stopped.stderr
+    listing = searchctl("collections", "list", *target).stdout
+    assert f"{mixed}-typed" not in listing and mixed in listing
+    for name in (mixed, f"{collection}-typed"):
+        searchctl("collections", "delete", name, *target)

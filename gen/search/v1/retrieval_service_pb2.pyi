@@ -205,14 +205,16 @@ class RetrievalServiceListAliasesResponse(_message.Message):
     def __init__(self, aliases: _Optional[_Iterable[_Union[_common_pb2.Alias, _Mapping]]] = ...) -> None: ...
 
 class RetrievalServiceReindexRequest(_message.Message):
-    __slots__ = ("source", "target", "reembed")
+    __slots__ = ("source", "target", "reembed", "add_filter_fields")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     REEMBED_FIELD_NUMBER: _ClassVar[int]
+    ADD_FILTER_FIELDS_FIELD_NUMBER: _ClassVar[int]
     source: str
     target: str
     reembed: bool
-    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., reembed: _Optional[bool] = ...) -> None: ...
+    add_filter_fields: _containers.RepeatedCompositeFieldContainer[_common_pb2.FilterField]
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., reembed: _Optional[bool] = ..., add_filter_fields: _Optional[_Iterable[_Union[_common_pb2.FilterField, _Mapping]]] = ...) -> None: ...
 
 class RetrievalServiceReindexResponse(_message.Message):
     __slots__ = ("phase", "copied", "total", "source_collection", "target_collection", "alias", "reembedded")
