@@ -164,6 +164,21 @@ def test_reindex_of_a_plain_collection_replaces_it_by_an_alias(loaded):
     assert [c.id for c in loaded.retrieve(aliases.resolve("docs"), "sourdough starter", 1)[0]] == ["sourdough"]
 
 
+def test_reindex_adds_fields_but_neither_retypes_one_nor_passes_the_limit(loaded):
+    from services.common.validation import MAX_FILTER_FIELDS
+
+    aliases = Aliases(loaded.backend)
+    with pytest.raises(InvalidArgument, match="declares 'year' an integer field; a reindex adds fields, it does not change"):
+        reindexing.reindex(loaded, aliases, WriteGate(), "docs", "docs-v2", add_filter_fields={"year": "keyword"})
+    many = {f"f{i}": "keyword" for i in range(MAX_FILTER_FIELDS - len(FIELDS) + 1)}
+    with pytest.raises(InvalidArgument, match=f"'docs' declares {len(FIELDS)} fields; with these it would have "
+                                              f"{MAX_FILTER_FIELDS + 1}, more than {MAX_FILTER_FIELDS}"):
+        reindexing.reindex(loaded, aliases, WriteGate(), "docs", "docs-v2", add_filter_fields=many)
+    assert loaded.list_collections() == ["docs"] and aliases.all() == {}
+    done = reindexing.reindex(loaded, aliases, WriteGate(), "docs", "docs-v2", add_filter_fields={"year": "integer"})
+    assert loaded.describe(done.target).filter_fields == FIELDS  # declared already, with the same type: no change
+
+
 def test_a_cancelled_reindex_leaves_nothing_behind(loaded):
     aliases = Aliases(loaded.backend)
     aliases.create("live", "docs")
