@@ -49,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-
 #: An ORT provider entry: a name, or (name, options).
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
@@ -89,7 +88,6 @@ class TrtProfile:
             "trt_profile_opt_shapes": shapes(self.max_batch, self.max_length),
             "trt_profile_max_shapes": shapes(self.max_batch, self.max_length),
         }
-
 
 
 def _provider_name(spec: ProviderSpec) -> str:

@@ -64,7 +64,7 @@ def check_declared(collection: str, declared: dict[str, str], flt: base.Filter) 
             continue
         key = cond.key.removeprefix("payload.")
         kind = declared.get(key)
-        if kind is None or kind not in _FITS:
+        if kind not in _FITS:  # not declared
             continue
         used = _condition_name(cond)
         if used not in _FITS[kind]:

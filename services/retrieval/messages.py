@@ -27,9 +27,10 @@ def fusion_options(options: common_pb2.FusionOptions) -> Fusion:
     )
 
 
-def filter_fields(fields) -> dict[str, str]:
-    """Declared filter fields -> ``{key: type name}``, validated as the gateway validates them."""
-    validation.filter_fields(fields)
+def filter_fields(fields, field: str = "filter_fields") -> dict[str, str]:
+    """Declared filter fields -> ``{key: type name}``, validated as the gateway validates them
+    (``field``: the request field they came in, for the error)."""
+    validation.filter_fields(fields, field)
     return {f.key: api_names.FIELD_TYPES[f.type] for f in fields}
 
 

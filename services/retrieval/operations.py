@@ -22,12 +22,12 @@ from typing import Any
 from google.protobuf import json_format
 
 from search.v1 import common_pb2, retrieval_service_pb2 as pb
-from services.common import api_names, streams, validation
+from services.common import streams, validation
 from services.common.errors import InvalidArgument, NotFound
 from services.retrieval import reindex as reindexing, snapshots
 from services.retrieval.aliases import Aliases, WriteGate
 from services.retrieval.calibration import FusionCalibrator
-from services.retrieval.messages import collection_info
+from services.retrieval.messages import collection_info, filter_fields
 from services.retrieval.store import DocumentStore
 
 PHASES = {reindexing.COPYING: common_pb2.REINDEX_PHASE_COPYING, reindexing.CATCHING_UP: common_pb2.REINDEX_PHASE_CATCHING_UP,
@@ -184,8 +184,7 @@ class CollectionOperations:
         source = validation.collection_name(request.source, "source")
         if request.target:
             validation.collection_name(request.target, "target")
-        validation.filter_fields(request.add_filter_fields, "add_filter_fields")
-        added = {f.key: api_names.FIELD_TYPES[f.type] for f in request.add_filter_fields}
+        added = filter_fields(request.add_filter_fields, "add_filter_fields")
         store, aliases, gate, calibrator = self.store, self.aliases, self.gate, self.calibrator
 
         def produce(emit, cancelled):
